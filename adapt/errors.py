@@ -1,0 +1,13 @@
+"""The one exception type a user can cause.
+
+Anything raised as :class:`UserError` is printed by the CLIs as a single line
+(no traceback) and the process exits with code 2. Library code raises it for bad
+input a person can fix: a wrong recipe key, a missing folder, a corrupt image,
+a checkpoint from another model.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user. ``str(err)`` is the whole one-line message."""
+
+    exit_code = 2

@@ -1,0 +1,1 @@
+"""domaingap.diagnostics — measure a domain gap and audit an adaptation."""
