@@ -1,0 +1,75 @@
+"""The protocols a method implements to plug into the one training loop.
+
+``adapt.train.fit`` owns the loop (device, AMP, optimiser, schedule, checkpoints,
+early stopping). A method contributes pieces to it and never loops itself:
+
+* :class:`Objective` — the loss for one (source batch, target batch) step;
+* :class:`ImageStyle` — an image-level transform of the source batch towards the
+  target's style (FDA, histogram matching), applied in [0, 1] pixel space before the
+  model's own normalisation, during training only;
+* :class:`FeatureStyle` — forward hooks that restyle feature maps (MixStyle);
+* :class:`Penalty` — a parameter regulariser added to every step's loss (EWC, L2-SP).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """The training loss of a method."""
+
+    name: str
+    #: when True the loop draws an unlabelled target batch ``xt`` for every source batch
+    uses_target: bool
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Extra trainable modules (e.g. a domain discriminator): optimised and checkpointed."""
+        ...
+
+    def loss(
+        self, model: nn.Module, xs: Tensor, ys: Tensor, xt: Tensor | None, progress: float
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Return (scalar loss, logs). ``progress`` is p in [0, 1] over the whole run."""
+        ...
+
+
+@runtime_checkable
+class ImageStyle(Protocol):
+    """Moves source images towards the target style; training only."""
+
+    name: str
+
+    def fit(self, target_images: Tensor) -> None:
+        """See target images [N, C, H, W] in [0, 1] once before training."""
+        ...
+
+    def __call__(
+        self, xs: Tensor, xt: Tensor | None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Restyle a source batch [B, C, H, W] in [0, 1]; returns the same shape, in [0, 1]."""
+        ...
+
+
+@runtime_checkable
+class FeatureStyle(Protocol):
+    """Restyles intermediate feature maps through forward hooks while attached."""
+
+    name: str
+
+    def attach(self, model: nn.Module) -> None: ...
+
+    def detach(self) -> None: ...
+
+
+@runtime_checkable
+class Penalty(Protocol):
+    """A regulariser on the parameters, added to the objective's loss."""
+
+    name: str
+
+    def __call__(self, model: nn.Module) -> Tensor: ...
