@@ -1,0 +1,110 @@
+"""Adaptation methods, one file each, and the assembly of a recipe run's pieces.
+
+A run in ``method.runs`` names an objective (``source_only``, ``dann``, ``finetune``),
+an image style (``fda``, ``histogram``), MixStyle, AdaBN and EWC; :func:`build_run_components`
+turns that into the objects the one training loop takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from adapt.errors import UserError
+from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.source_only import SourceOnly
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adapt.pipeline import Domains
+    from adapt.recipe import AdaptRunConfig, Recipe
+
+
+@dataclass
+class RunComponents:
+    """Everything :func:`adapt.train.fit` needs for one adaptation run."""
+
+    objective: Objective | None
+    train_data: Any  # the labelled batches: source train, or the labelled target images
+    target_data: Any | None  # unlabelled target batches (DANN, FDA, MixStyle), or None
+    style: ImageStyle | None = None
+    feature_style: FeatureStyle | None = None
+    penalties: list[Penalty] = field(default_factory=list)
+
+
+def build_run_components(
+    run: AdaptRunConfig,
+    *,
+    model: nn.Module,
+    recipe: Recipe,
+    domains: Domains,
+    device: torch.device,
+    out_dir: Path,
+) -> RunComponents:
+    """Assemble a run: its objective, the data it trains on, styles and penalties.
+
+    EWC's Fisher is computed here, on the source training images, from ``model`` (still
+    the source model's weights), and saved to ``out_dir/fisher.pt``.
+    """
+    from adapt.methods.dann import DANN
+    from adapt.methods.style import FDA, HistogramMatching, MixStyle
+
+    target_train = domains.target_split["train"]
+    objective: Objective | None
+    train_data = domains.source_split["train"]
+    if run.objective == "none":
+        objective = None
+    elif run.objective == "source_only":
+        objective = SourceOnly(recipe.train.label_smoothing)
+    elif run.objective == "dann":
+        objective = DANN.for_model(model, domain_weight=run.dann.weight, width=run.dann.hidden,
+                                   depth=run.dann.depth, label_smoothing=recipe.train.label_smoothing)
+    elif run.objective == "finetune":
+        if domains.target_labeled is None:
+            raise UserError(f"method.runs.{run.name}: objective 'finetune' needs labelled target images "
+                            "(set data.target_labeled: K)")
+        objective = SourceOnly(recipe.train.label_smoothing)
+        train_data = domains.target_labeled
+    else:  # pragma: no cover - the schema forbids it
+        raise UserError(f"method.runs.{run.name}: unknown objective {run.objective!r}")
+
+    style: ImageStyle | None = None
+    if run.style == "fda":
+        style = FDA(beta=run.fda_beta)
+    elif run.style == "histogram":
+        style = HistogramMatching()
+        style.fit(target_train.images())
+    feature_style = MixStyle(seed=recipe.seed) if run.mixstyle else None
+
+    penalties: list[Penalty] = []
+    if run.ewc is not None and objective is not None:
+        penalties.append(_ewc_penalty(run, model, domains, device, out_dir, recipe.seed))
+
+    needs_target = objective is not None and (
+        getattr(objective, "uses_target", False) or run.style == "fda" or run.mixstyle
+    )
+    return RunComponents(objective, train_data, target_train if needs_target else None,
+                         style, feature_style, penalties)
+
+
+def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, domains: Domains, device: torch.device,
+                 out_dir: Path, seed: int) -> Penalty:
+    from adapt.methods.ewc import EWC, L2SP, fisher_diagonal, save_fisher
+
+    cfg = run.ewc
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    if cfg.fisher == "l2sp":
+        return L2SP(anchor, lam=cfg.lam)
+    src = domains.source_split["train"]
+    n = min(cfg.samples, len(src))
+    idx = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))[:n].numpy()
+    images = src.images(idx).to(device)
+    labels = torch.as_tensor(src.labels[idx]).to(device)
+    fisher = fisher_diagonal(model, images, labels if cfg.fisher == "empirical" else None,
+                             mode=cfg.fisher, generator=torch.Generator(device=device).manual_seed(seed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_fisher(out_dir / "fisher.pt", fisher)
+    return EWC(fisher, anchor, lam=cfg.lam)

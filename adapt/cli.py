@@ -1,0 +1,81 @@
+"""``adapt-run RECIPE [key.path=value ...]`` — train the source model, adapt it, audit it.
+
+Also the torchrun entry point: ``torchrun --nproc-per-node N -m adapt.cli RECIPE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from adapt.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adapt-run",
+        description="Train (or load) a source model, adapt it to the target domain with the "
+        "recipe's methods, compare them, and write runs/<name>/ with metrics and an audit report.",
+    )
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/xray_to_xray.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="override recipe fields, e.g. train.epochs=3 method.runs.0.adabn=false")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run from its checkpoints (finished stages are loaded)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes (torch.distributed; gloo on CPU, NCCL on GPU)")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the audit report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return _relaunch_with_torchrun(args, argv if argv is not None else sys.argv[1:])
+        if args.nproc < 1:
+            raise UserError(f"--nproc: must be at least 1 (got {args.nproc})")
+        return _run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with: adapt-run RECIPE --resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from adapt import distributed
+    from adapt.pipeline import run_recipe
+    from adapt.recipe import load_recipe
+    from adapt.train import resolve_device
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    ctx = distributed.init_from_env(resolve_device(recipe.train.device))
+    try:
+        summary = run_recipe(recipe, resume=args.resume, ctx=ctx, progress=not args.quiet,
+                             diagnostics=False if args.no_diagnostics else None)
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        print(f"wrote {summary.run_dir}/ (metrics.json, comparison.md"
+              + (", audit.html" if summary.audit_path else "") + ")")
+    return 0
+
+
+def _relaunch_with_torchrun(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--nproc N`` is shorthand for ``torchrun --standalone --nproc-per-node N -m adapt.cli``."""
+    rest = [a for a in argv if not a.startswith("--nproc")]
+    if "--nproc" in argv:  # "--nproc N" as two words
+        i = argv.index("--nproc")
+        rest = argv[:i] + argv[i + 2:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.nproc}", "-m", "adapt.cli", *rest]
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""``phantom-cxr``: deterministic synthetic chest radiographs from two "hospitals".
+
+Every image is drawn in two stages, both vectorised over the whole batch:
+
+1. **Anatomy** (a density map, bright = dense): air around a soft-tissue torso, two
+   dark elliptical lung fields, curved ribs across the thorax, the mediastinum/spine
+   band and the heart shadow overlapping the left lung. Class ``opacity`` adds one
+   soft, blurry bright lesion (an anisotropic Gaussian of random size and strength)
+   at a random position inside a lung field; class ``normal`` has none. Per-patient
+   variation: positions/sizes of every organ, rib spacing/curvature/phase, a smooth
+   low-frequency texture and the exposure (gain, offset).
+2. **Acquisition** (the site): an intensity curve y = offset + contrast · x^gamma,
+   blur, noise and, for site B, collimation (dark borders). Site A burns a
+   laterality marker (a bright block-letter "L" or "R") into a top corner, and its
+   presence correlates with the label (default 85% of opacity, 15% of normal images)
+   — the planted shortcut the diagnostics must find. Site B has no marker.
+
+The anatomy of site A and site B images comes from different random streams (they
+are different patients); the marker draws come from their own stream, so changing
+the marker rates (e.g. to zero, to "paint the marker out") leaves every other pixel
+of every image unchanged.
+
+Site B's shift is tuned (``benchmarks/phantom_probe.py``) to be real but closable: a
+small CNN trained on site A loses accuracy on site B, and histogram matching or
+re-estimated BatchNorm statistics (AdaBN) recover much of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adapt.errors import UserError
+
+CLASSES = ["normal", "opacity"]
+
+#: lesion peak density and Gaussian σ per axis (fraction of the image side), drawn uniformly
+LESION_AMPLITUDE = (0.20, 0.34)
+LESION_SIGMA = (0.035, 0.07)
+
+
+@dataclass(frozen=True)
+class SiteStyle:
+    """How one site acquires an image (applied to the density map x in [0, 1]).
+
+    y = offset + contrast · x^gamma; then Gaussian blur (σ in pixels at 64 px, scaled
+    with the image size), additive Gaussian noise (σ in intensity units) and
+    collimation borders of a random width in ``collimation`` (fraction of the side).
+    ``marker_rates`` = (P(marker | normal), P(marker | opacity)).
+    """
+
+    gamma: float = 1.0
+    contrast: float = 1.0
+    offset: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.015
+    collimation: tuple[float, float] = (0.0, 0.0)
+    marker_rates: tuple[float, float] = (0.0, 0.0)
+
+
+SITES: dict[str, SiteStyle] = {
+    "A": SiteStyle(gamma=1.0, contrast=1.0, offset=0.0, blur=0.0, noise=0.015, marker_rates=(0.15, 0.85)),
+    "B": SiteStyle(
+        gamma=0.75, contrast=0.80, offset=0.12, blur=0.8, noise=0.035, collimation=(0.03, 0.09)
+    ),
+}
+
+
+@dataclass
+class PhantomBatch:
+    """A batch of phantom images with their ground truth.
+
+    images: float32 [N, 1, S, S] in [0, 1]; labels: int64 [N] (index into CLASSES);
+    marker_boxes / lesion_boxes: int64 [N, 4] = (x0, y0, x1, y1) pixel coordinates,
+    ends exclusive (``img[y0:y1, x0:x1]``), all -1 when absent; lung_masks: float32
+    [N, S, S] in {0, 1}.
+    """
+
+    images: torch.Tensor
+    labels: np.ndarray
+    marker_boxes: np.ndarray
+    lesion_boxes: np.ndarray
+    lung_masks: torch.Tensor
+    site: str = "A"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_phantom(
+    site: str,
+    n: int,
+    seed: int = 0,
+    image_size: int = 64,
+    *,
+    marker_rates: tuple[float, float] | None = None,
+    style: SiteStyle | None = None,
+) -> PhantomBatch:
+    """Generate n phantom chest X-rays of ``site`` ("A" or "B"), balanced classes.
+
+    Deterministic: the same (site, n, seed, image_size) gives identical images.
+    ``marker_rates`` overrides the site's (P(marker | normal), P(marker | opacity));
+    (0, 0) gives the same images with the marker painted out. ``style`` replaces the
+    whole site style (for experiments).
+    """
+    site = str(site).upper()
+    if site not in SITES:
+        raise UserError(f"phantom-cxr: site must be A or B, got {site!r}")
+    if n < 1:
+        raise UserError(f"phantom-cxr: n must be positive, got {n}")
+    if image_size < 16:
+        raise UserError(f"phantom-cxr: image_size must be at least 16, got {image_size}")
+    st = style if style is not None else SITES[site]
+    if marker_rates is not None:
+        st = replace(st, marker_rates=(float(marker_rates[0]), float(marker_rates[1])))
+
+    root = np.random.SeedSequence([int(seed), ord(site)])
+    rng_label, rng_anat, rng_lesion, rng_marker, rng_acq = (np.random.default_rng(s) for s in root.spawn(5))
+    S = int(image_size)
+
+    labels = rng_label.permutation(np.arange(n) % 2).astype(np.int64)
+    u, v = _grid(S)
+    anat = _sample_anatomy(rng_anat, n)
+    density, lung_visible, heart = _draw_anatomy(anat, u, v, rng_anat, S)
+    lesion, lesion_boxes = _draw_lesions(rng_lesion, anat, labels, u, v, S)
+    x = np.clip((density + lesion) * anat["gain"] + anat["bias"], 0.0, 1.0)
+
+    y = st.offset + st.contrast * np.power(x, st.gamma)
+    y = _gaussian_blur(y, st.blur * S / 64.0)
+    marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, S)
+    y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
+    _collimate(rng_acq, y, st.collimation, S)
+    images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
+    lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
+    return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site)
+
+
+def write_phantom(root: str | Path, site: str, n: int, seed: int = 0, image_size: int = 64) -> Path:
+    """Write a phantom site as 8-bit PNGs ``root/<class>/<site>_<i>.png`` + ``manifest.csv``.
+
+    The folder is an ImageFolder domain and the manifest (``path,label,site``, paths
+    relative to it) a CSV domain, so users can look at and reload what they train on.
+    The manifest lists the images of this call. Returns ``root``.
+    """
+    from PIL import Image
+
+    from adapt.io import atomic_write_bytes, atomic_write_text
+
+    root = Path(root)
+    batch = make_phantom(site, n, seed=seed, image_size=image_size)
+    pixels = (batch.images[:, 0].numpy() * 255.0 + 0.5).astype(np.uint8)
+    rows = []
+    for i, (img, label) in enumerate(zip(pixels, batch.labels)):
+        rel = Path(CLASSES[label]) / f"{batch.site}_{i}.png"
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, format="PNG")
+        atomic_write_bytes(root / rel, buf.getvalue())
+        rows.append((rel.as_posix(), CLASSES[label], batch.site))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "label", "site"])
+    writer.writerows(rows)
+    atomic_write_text(root / "manifest.csv", out.getvalue())
+    return root
+
+
+# ------------------------------------------------------------------------------ anatomy
+
+
+def _grid(S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates u (column) and v (row) in (0, 1), each [1, S, S]."""
+    c = (np.arange(S, dtype=np.float32) + 0.5) / S
+    v, u = np.meshgrid(c, c, indexing="ij")
+    return u[None], v[None]
+
+
+def _sample_anatomy(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Per-patient shape/density parameters, each [n, 1, 1] (normalised coordinates)."""
+
+    def U(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, size=(n, 1, 1)).astype(np.float32)
+
+    scale = U(0.92, 1.06)
+    lung_cy = U(0.43, 0.49)
+    return {
+        "body_cx": 0.5 + U(-0.02, 0.02),
+        "body_cy": U(0.54, 0.60),
+        "body_ax": U(0.40, 0.47),
+        "body_ay": U(0.50, 0.58),
+        "lung_dx": U(0.17, 0.20) * scale,
+        "lung_cy": lung_cy,
+        "lung_ax": U(0.12, 0.14) * scale,
+        "lung_ay": U(0.25, 0.29) * scale,
+        "heart_cx": 0.5 + U(0.03, 0.07),
+        "heart_cy": lung_cy + U(0.17, 0.21),
+        "heart_ax": U(0.13, 0.17),
+        "heart_ay": U(0.10, 0.13),
+        "rib_spacing": U(0.085, 0.105),
+        "rib_phase": U(0.0, 1.0),
+        "rib_curve": U(0.9, 1.8),
+        "rib_amp": U(0.06, 0.10),
+        "tissue": U(0.50, 0.60),
+        "lung_drop": U(0.27, 0.35),
+        "heart_add": U(0.18, 0.26),
+        "medi_add": U(0.10, 0.16),
+        "gain": U(0.93, 1.07),
+        "bias": U(-0.03, 0.03),
+    }
+
+
+def _soft_ellipse(u, v, cx, cy, ax, ay, edge: float = 0.06) -> np.ndarray:
+    """≈1 inside the ellipse, ≈0 outside, with a soft rim (width ∝ edge)."""
+    r = np.sqrt(((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2)
+    return _sigmoid((1.0 - r) / edge)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _draw_anatomy(a: dict[str, np.ndarray], u, v, rng: np.random.Generator, S: int):
+    """Density map [n, S, S] (bright = dense), visible lung field and heart, both [n, S, S]."""
+    n = a["tissue"].shape[0]
+    body = _soft_ellipse(u, v, a["body_cx"], a["body_cy"], a["body_ax"], a["body_ay"], edge=0.04)
+    lung_r = _soft_ellipse(u, v, 0.5 - a["lung_dx"], a["lung_cy"], a["lung_ax"], a["lung_ay"])
+    lung_l = _soft_ellipse(u, v, 0.5 + a["lung_dx"], a["lung_cy"], a["lung_ax"], a["lung_ay"])
+    heart = _soft_ellipse(u, v, a["heart_cx"], a["heart_cy"], a["heart_ax"], a["heart_ay"], edge=0.08)
+    lungs = np.clip(lung_r + lung_l, 0.0, 1.0) * (1.0 - heart)
+    # spine + mediastinum: a vertical band on the midline
+    medi = _sigmoid((0.065 - np.abs(u - 0.5)) / 0.012) * body
+    # posterior ribs: arcs that dip laterally, thin bright bands inside the thorax
+    phase = (v - a["rib_curve"] * (u - 0.5) ** 2) / a["rib_spacing"] + a["rib_phase"]
+    ribs = (0.5 + 0.5 * np.cos(2.0 * np.pi * phase)) ** 6
+    thorax = _soft_ellipse(u, v, 0.5, a["lung_cy"], 0.40, 0.31, edge=0.08)
+    texture = _smooth_noise(rng, n, S, cells=6) * 0.03
+
+    air = 0.04
+    density = (
+        air
+        + body * (a["tissue"] - air)
+        - lungs * a["lung_drop"]
+        # heart and mediastinum overlap; the denser one shows (no double brightness)
+        + np.maximum(medi * a["medi_add"], heart * body * a["heart_add"])
+        + ribs * thorax * a["rib_amp"]
+        + texture * body
+    )
+    return density.astype(np.float32), lungs.astype(np.float32), heart
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, S: int, cells: int) -> np.ndarray:
+    """Low-frequency noise [n, S, S], ~unit std: a cells×cells grid upsampled bicubically."""
+    coarse = torch.from_numpy(rng.standard_normal((n, 1, cells, cells), dtype=np.float32))
+    return F.interpolate(coarse, size=(S, S), mode="bicubic", align_corners=False)[:, 0].numpy()
+
+
+def _draw_lesions(rng, a, labels, u, v, S):
+    """Lesion density [n, S, S] (zero for normal) and boxes [n, 4] (-1 for normal).
+
+    Centre: uniform in a random lung ellipse (shrunk to 70% so it stays in the field),
+    redrawn when it falls in the heart shadow; shape: anisotropic Gaussian, σ per axis
+    in LESION_SIGMA·S, peak density in LESION_AMPLITUDE.
+    """
+    n = len(labels)
+    tries = 8
+    side = np.where(rng.random((n, tries)) < 0.5, -1.0, 1.0)
+    r = 0.7 * np.sqrt(rng.random((n, tries)))
+    theta = rng.uniform(0.0, 2.0 * np.pi, (n, tries))
+    flat = {k: val.reshape(n, 1) for k, val in a.items()}
+    cx = 0.5 + side * flat["lung_dx"] + flat["lung_ax"] * r * np.cos(theta)
+    cy = flat["lung_cy"] + flat["lung_ay"] * r * np.sin(theta)
+    in_heart = ((cx - flat["heart_cx"]) / flat["heart_ax"]) ** 2 + ((cy - flat["heart_cy"]) / flat["heart_ay"]) ** 2 < 1.2
+    pick = np.argmax(~in_heart, axis=1)  # first candidate outside the heart (0 if none)
+    rows = np.arange(n)
+    cx, cy = cx[rows, pick], cy[rows, pick]
+    sx = rng.uniform(*LESION_SIGMA, n)
+    sy = rng.uniform(*LESION_SIGMA, n)
+    amp = rng.uniform(*LESION_AMPLITUDE, n) * (labels == 1)
+
+    col = lambda z: z.reshape(n, 1, 1).astype(np.float32)  # noqa: E731
+    lesion = col(amp) * np.exp(-0.5 * (((u - col(cx)) / col(sx)) ** 2 + ((v - col(cy)) / col(sy)) ** 2))
+    boxes = np.stack(
+        [
+            np.floor((cx - 2 * sx) * S),
+            np.floor((cy - 2 * sy) * S),
+            np.ceil((cx + 2 * sx) * S),
+            np.ceil((cy + 2 * sy) * S),
+        ],
+        axis=1,
+    )
+    boxes = np.clip(boxes, 0, S).astype(np.int64)
+    boxes[labels != 1] = -1
+    return lesion.astype(np.float32), boxes
+
+
+# ------------------------------------------------------------------------------ acquisition
+
+_GLYPHS = {
+    "L": ["X....", "X....", "X....", "X....", "X....", "X....", "XXXXX"],
+    "R": ["XXXX.", "X...X", "X...X", "XXXX.", "X.X..", "X..X.", "X...X"],
+}
+_GLYPH_ARRAYS = [np.array([[ch == "X" for ch in row] for row in g], dtype=bool) for g in _GLYPHS.values()]
+
+
+def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, float], S: int) -> np.ndarray:
+    """Burn a bright "L"/"R" glyph into a top corner of the chosen images (in place).
+
+    Presence ~ Bernoulli(rates[label]); all random draws are made for every image so
+    that the rates change only which images get a marker. Returns boxes [n, 4].
+    """
+    n = len(labels)
+    draw = rng.random(n)
+    letter = rng.integers(0, len(_GLYPH_ARRAYS), n)
+    right = rng.random(n) < 0.5
+    g = max(1, round(S / 64))  # glyph pixel scale
+    margin = rng.integers(2, 5, n) * g
+    top = rng.integers(2, 5, n) * g
+    level = rng.uniform(0.9, 1.0, n)
+    present = draw < np.asarray(rates, dtype=np.float64)[labels]
+    boxes = np.full((n, 4), -1, dtype=np.int64)
+    for i in np.flatnonzero(present):  # ≤ n small slice writes
+        glyph = np.kron(_GLYPH_ARRAYS[letter[i]], np.ones((g, g), dtype=bool))
+        h, w = glyph.shape
+        x0 = S - margin[i] - w if right[i] else margin[i]
+        y0 = top[i]
+        patch = y[i, y0 : y0 + h, x0 : x0 + w]
+        patch[glyph] = level[i]
+        boxes[i] = (x0, y0, x0 + w, y0 + h)
+    return boxes
+
+
+def _gaussian_blur(y: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of [n, S, S] with σ in pixels (reflect padding)."""
+    if sigma <= 0:
+        return y
+    radius = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k = torch.from_numpy((k / k.sum()).astype(np.float32))
+    t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None]
+    t = F.conv2d(F.pad(t, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    t = F.conv2d(F.pad(t, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return t[:, 0].numpy()
+
+
+def _collimate(rng, y: np.ndarray, width: tuple[float, float], S: int) -> None:
+    """Dark borders of random width per side (in place): the collimator's shadow."""
+    lo, hi = width
+    n = y.shape[0]
+    w = np.round(rng.uniform(lo, hi, (n, 4)) * S).astype(np.int64)
+    if hi <= 0:
+        return
+    level = rng.uniform(0.0, 0.05, (n, 1, 1)).astype(np.float32)
+    idx = np.arange(S)
+    rows_out = (idx[None, :] < w[:, 0:1]) | (idx[None, :] >= S - w[:, 1:2])  # [n, S] top/bottom
+    cols_out = (idx[None, :] < w[:, 2:3]) | (idx[None, :] >= S - w[:, 3:4])  # [n, S] left/right
+    outside = rows_out[:, :, None] | cols_out[:, None, :]
+    np.copyto(y, np.broadcast_to(level, y.shape), where=outside)

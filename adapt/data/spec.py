@@ -1,0 +1,123 @@
+"""What a domain is: a small validated description, and the short command-line form.
+
+A domain is one of
+
+* ``imagefolder`` — a folder with one sub-folder per class (``root/<class>/<image>``);
+* ``csv`` — a manifest with ``path,label`` (+ optional group / mask columns), paths
+  relative to the CSV file;
+* ``dicom`` — a CSV manifest whose paths are DICOM files;
+* ``phantom-cxr`` — the built-in synthetic chest X-rays of site ``A`` or ``B``.
+
+``parse_domain_arg`` turns the short form used on command lines
+(``phantom-cxr:A``, ``phantom-cxr:B:600``, ``path/to/folder``, ``manifest.csv``)
+into a :class:`DomainSpec`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapt.errors import UserError
+
+DomainKind = Literal["imagefolder", "csv", "dicom", "phantom-cxr"]
+
+#: file suffixes read as DICOM when a manifest or folder mixes formats
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+class DomainSpec(BaseModel):
+    """A validated description of one domain (source or target)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: DomainKind
+    path: str | None = None
+    site: Literal["A", "B"] | None = None
+    n: int = Field(default=1200, ge=2)
+    path_column: str = "path"
+    label_column: str = "label"
+    group_columns: list[str] = Field(default_factory=list)
+    mask_column: str | None = None
+    labeled: bool = True
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> DomainSpec:
+        if self.kind == "phantom-cxr":
+            if self.site is None:
+                raise ValueError("phantom-cxr needs site 'A' or 'B'")
+        elif self.path is None:
+            raise ValueError(f"kind {self.kind!r} needs a path")
+        return self
+
+    def describe(self) -> str:
+        """Short human name, e.g. ``phantom-cxr:A`` or the path."""
+        if self.kind == "phantom-cxr":
+            return f"phantom-cxr:{self.site}"
+        return str(self.path)
+
+
+def parse_domain_arg(text: str) -> DomainSpec:
+    """Parse a command-line domain argument into a :class:`DomainSpec`.
+
+    ``phantom-cxr:A`` / ``phantom-cxr:B:600`` (site, optional image count);
+    an existing folder → ``imagefolder``; a ``.csv`` file → ``csv``, or ``dicom``
+    when the paths it lists end in ``.dcm``. Anything else is a :class:`UserError`.
+    """
+    text = text.strip()
+    if text.lower().startswith("phantom-cxr"):
+        return _parse_phantom(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return DomainSpec(kind="imagefolder", path=str(path))
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise UserError(f"{text}: CSV manifest not found")
+        kind = "dicom" if _manifest_lists_dicom(path) else "csv"
+        return DomainSpec(kind=kind, path=str(path))
+    if path.exists():
+        raise UserError(f"{text}: a domain is a folder of class sub-folders or a .csv manifest")
+    raise UserError(
+        f"{text}: no such folder or CSV (expected a folder, a .csv manifest, or phantom-cxr:A|B[:N])"
+    )
+
+
+def _parse_phantom(text: str) -> DomainSpec:
+    parts = text.split(":")
+    if parts[0].lower() != "phantom-cxr" or len(parts) not in (2, 3):
+        raise UserError(f"{text}: expected phantom-cxr:A, phantom-cxr:B or phantom-cxr:<site>:<n>")
+    site = parts[1].upper()
+    if site not in ("A", "B"):
+        raise UserError(f"{text}: phantom site must be A or B, got {parts[1]!r}")
+    fields: dict = {"kind": "phantom-cxr", "site": site}
+    if len(parts) == 3:
+        try:
+            fields["n"] = int(parts[2])
+        except ValueError:
+            raise UserError(f"{text}: image count {parts[2]!r} is not an integer") from None
+    try:
+        return DomainSpec(**fields)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{text}: {first['msg']}") from None
+
+
+def _manifest_lists_dicom(path: Path, path_column: str = "path", peek_rows: int = 20) -> bool:
+    """True when the first listed paths of a manifest are DICOM files (by suffix)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            paths = []
+            for row in reader:
+                value = (row.get(path_column) or "").strip()
+                if value:
+                    paths.append(value)
+                if len(paths) >= peek_rows:
+                    break
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False  # load_domain reports the real problem with the file
+    return bool(paths) and all(p.lower().endswith(DICOM_SUFFIXES) for p in paths)

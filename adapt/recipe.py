@@ -1,0 +1,412 @@
+"""Recipes: the YAML file that describes one run, its schema, and its errors.
+
+A recipe has the sections ``data``, ``model``, ``strategy``, ``method``, ``train``,
+``diagnostics`` and ``output`` (see ``recipes/template_real_data.yaml`` for every key
+with a comment). :func:`load_recipe` reads the YAML, applies ``key.path=value``
+overrides from the command line and validates the result; any problem becomes a
+one-line :class:`~adapt.errors.UserError` that names the file, the key path and the
+value, e.g. ``recipes/x.yaml: train.lr: must be greater than 0 (got -1)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapt.data.spec import DomainSpec
+from adapt.errors import UserError
+
+ARCHS = (
+    "small_cnn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+)
+
+
+class _Section(BaseModel):
+    """Every recipe section rejects unknown keys (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Section):
+    """Fractions of each domain used for training, validation and test (stratified)."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class DataConfig(_Section):
+    source: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
+    target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
+    #: images are resized to image_size x image_size
+    image_size: int = Field(64, ge=16, le=1024)
+    #: 1 keeps grayscale X-rays single-channel; 3 repeats/keeps colour
+    channels: Literal[1, 3] = 1
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    #: draw source batches with inverse-class-frequency weights (skewed classes)
+    balanced_sampler: bool = False
+    #: skip (and count) unreadable images instead of stopping with an error
+    skip_unreadable: bool = False
+    #: K labelled target images per class, taken from the target training split, for
+    #: fine-tuning methods and the from-scratch target baseline (0 = unsupervised)
+    target_labeled: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Section):
+    arch: Literal[ARCHS] = "small_cnn"  # type: ignore[valid-type]
+    #: None (random init), a local weight file, or "imagenet" (torch cache only)
+    weights: str | None = None
+    #: a checkpoint written by adapt-run: skip source training and load it instead
+    source_checkpoint: str | None = None
+
+
+class StrategyConfig(_Section):
+    """How the source model is transferred: which parameters train, at which rate."""
+
+    kind: Literal["feature_extraction", "finetune", "progressive"] = "finetune"
+    #: finetune only the top-k backbone blocks (None = all)
+    top_k: int | None = Field(None, ge=0)
+    #: progressive: unfreeze one more block every this many epochs
+    progressive_epochs: int = Field(1, ge=1)
+    #: discriminative learning rates: backbone lr = train.lr * backbone_lr_mult
+    backbone_lr_mult: float = Field(1.0, gt=0, le=10)
+
+
+class DANNConfig(_Section):
+    #: maximum weight of the domain loss; the paper's ramp 2/(1+exp(-10p))-1 scales it
+    weight: float = Field(0.3, ge=0)
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1, le=8)
+
+
+class EWCConfig(_Section):
+    #: lambda in (lambda/2) sum F_i (theta_i - theta*_i)^2
+    lam: float = Field(100.0, ge=0, alias="lambda")
+    #: true: labels sampled from the model; empirical: true labels; l2sp: F = 1
+    fisher: Literal["true", "empirical", "l2sp"] = "true"
+    #: source images used to estimate the Fisher
+    samples: int = Field(500, ge=1)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AdaptRunConfig(_Section):
+    """One adaptation run, started from the source model's weights."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    #: source_only (continue on source), dann (adversarial, unlabelled target) or
+    #: finetune (supervised on the data.target_labeled images)
+    objective: Literal["none", "source_only", "dann", "finetune"] = "none"
+    #: image-level style alignment of source batches towards the target
+    style: Literal["none", "fda", "histogram"] = "none"
+    fda_beta: float = Field(0.05, ge=0, le=0.5)
+    #: cross-domain MixStyle in early blocks (training only)
+    mixstyle: bool = False
+    #: re-estimate BatchNorm statistics on target data (after training, and before
+    #: each epoch's label-free score)
+    adabn: bool = False
+    dann: DANNConfig = Field(default_factory=DANNConfig)
+    ewc: EWCConfig | None = None
+    #: overrides of train.epochs / train.lr for this run
+    epochs: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaptRunConfig:
+        if self.objective == "none" and self.epochs not in (None, 0):
+            raise ValueError("objective 'none' trains nothing; set epochs: 0 or choose an objective")
+        return self
+
+
+class MethodConfig(_Section):
+    #: adaptation runs, each from the source model; compared in one table
+    runs: list[AdaptRunConfig] = Field(
+        default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
+    )
+    #: label-free checkpoint selection: im | snd | source_val | last
+    selection: Literal["im", "snd", "source_val", "last"] = "im"
+    #: the run the audit compares against the source model (default: the last run)
+    audit_run: str | None = None
+    #: also train from scratch on the labelled target images (needs data.target_labeled)
+    target_scratch: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodConfig:
+        names = [r.name for r in self.runs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"run names must be unique (repeated: {', '.join(sorted(dup))})")
+        if self.audit_run is not None and self.audit_run not in names:
+            raise ValueError(f"audit_run '{self.audit_run}' is not one of the runs ({', '.join(names)})")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    #: cosine: cosine decay over all steps; dann: mu0/(1+10p)^0.75; constant
+    schedule: Literal["cosine", "dann", "constant"] = "cosine"
+    #: stop after this many epochs without improvement, then roll back to the best
+    patience: int | None = Field(3, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True
+    #: clip the gradient norm (None = off)
+    max_grad_norm: float | None = Field(5.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: CPU threads for torch (None = torch's default)
+    threads: int | None = Field(None, ge=1)
+
+
+class DiagnosticsConfig(_Section):
+    enabled: bool = True
+    #: features for the gap statistics: the model's penultimate layer, or raw pixels
+    features: Literal["model", "pixels"] = "model"
+    permutations: int = Field(500, ge=10)
+    #: images per domain used by the diagnostics (subsampled, stratified)
+    max_samples: int = Field(600, ge=20)
+    attribution: bool = True
+    attribution_samples: int = Field(200, ge=10)
+    umap: bool = True
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    #: run folder name (default: the recipe's name)
+    name: str | None = None
+
+
+class Recipe(_Section):
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**31:
+            raise ValueError(f"must be between 0 and 2^31-1 (got {v})")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / (self.output.name or self.name)
+
+    def audit_run_name(self) -> str | None:
+        if self.method.audit_run:
+            return self.method.audit_run
+        return self.method.runs[-1].name if self.method.runs else None
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (defaults filled in) as YAML."""
+        data = self.model_dump(mode="json", by_alias=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply ``key.path=value`` overrides, validate.
+
+    Relative data paths in the recipe are resolved against the recipe's folder.
+    Raises :class:`UserError` with a one-line message on any problem.
+    """
+    path = Path(path)
+    label = str(path)
+    if not path.is_file():
+        raise UserError(f"{label}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{label}: cannot read recipe ({e.__class__.__name__}: {e})") from None
+    raw = parse_yaml(text, label)
+    for item in overrides:
+        apply_override(raw, item, label)
+    recipe = validate_recipe(raw, label)
+    _resolve_paths(recipe, path.parent)
+    return recipe
+
+
+def parse_yaml(text: str, label: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{label}: YAML syntax error{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{label}: a recipe must be a mapping of sections (got {type(raw).__name__})")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str, label: str = "override") -> None:
+    """Set ``a.b.c=value`` in the nested dict ``raw``; the value is parsed as YAML
+    (so ``3`` is an int, ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list).
+    Integer path parts index lists (``method.runs.0.epochs=2``)."""
+    if "=" not in item:
+        raise UserError(f"override '{item}': expected key.path=value")
+    key, _, value_text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override '{item}': empty key path")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, item, where)]
+            continue
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = {}
+            node[part] = nxt
+        elif not isinstance(nxt, (dict, list)):
+            raise UserError(f"override '{item}': {where} is a value, not a section")
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, item, key)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, item: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"override '{item}': {where}: no list item {part} (the list has {len(node)})")
+    return int(part)
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c in s.lower() for c in "e.") and not s.lower() in ("inf", "nan")
+
+
+def validate_recipe(raw: dict[str, Any], label: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{label}: {format_validation_error(e, raw)}") from None
+
+
+def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
+    """The first validation problem as ``key.path: problem (got value)``."""
+    first = err.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        bad = loc[-1]
+        parent = loc[:-1]
+        allowed = _allowed_keys(parent)
+        hint = difflib.get_close_matches(bad, allowed, n=1, cutoff=0.6)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else (
+            f" (allowed: {', '.join(allowed)})" if allowed else ""
+        )
+        prefix = f"{'.'.join(parent)}: " if parent else ""
+        return f"{prefix}unknown key '{bad}'{suggestion}"
+    where = ".".join(loc) if loc else "recipe"
+    msg = first["msg"]
+    for old, new in (("Input should be", "must be"), ("Value error, ", ""), ("Field required", "is required")):
+        msg = msg.replace(old, new)
+    if kind != "missing" and "input" in first and not isinstance(first["input"], (dict, list)):
+        msg += f" (got {first['input']!r})" if isinstance(first["input"], str) else f" (got {first['input']})"
+    return f"{where}: {msg}"
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    """Field names (and aliases) of the section at ``parent`` in the schema."""
+    model: Any = Recipe
+    for part in parent:
+        if part.isdigit():
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    names = []
+    for name, f in model.model_fields.items():
+        names.append(f.alias or name)
+    return names
+
+
+def _section_type(annotation: Any) -> Any:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        t = _section_type(arg)
+        if t is not None:
+            return t
+    return None
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> None:
+    """Data, weight and checkpoint paths in a recipe are relative to the recipe file
+    (output.dir stays relative to the working directory, where a user expects runs/)."""
+
+    def fix(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        if not q.is_absolute() and not q.exists() and (base / q).exists():
+            return str(base / q)
+        return str(q)
+
+    for spec in (recipe.data.source, recipe.data.target):
+        if spec.path is not None:
+            spec.path = fix(spec.path)
+    if recipe.model.weights not in (None, "imagenet"):
+        recipe.model.weights = fix(recipe.model.weights)
+    recipe.model.source_checkpoint = fix(recipe.model.source_checkpoint)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return recipe.to_yaml()
+
+
+def recipe_copy(recipe: Recipe, **updates: Any) -> Recipe:
+    return Recipe.model_validate({**copy.deepcopy(recipe.model_dump(by_alias=True)), **updates})

@@ -1,0 +1,86 @@
+"""Label-free model selection: score each epoch's model without target labels.
+
+Target labels, when known, are used only for reporting, never here. The scores come
+from pytorch-adapt's validators (Musgrave et al., "Benchmarking Validation Methods for
+Unsupervised Domain Adaptation", 2022):
+
+* ``im`` — information maximisation, H(E p) − E H(p) on target predictions: high when
+  predictions are confident *and* diverse. A model that collapses onto one class
+  scores ~0, which is why it is the default.
+* ``snd`` — soft neighbourhood density (Saito et al. 2021) of target predictions: high
+  when target points cluster. It can reward a collapsed model, so it is reported but
+  not the default.
+* ``source_val`` — accuracy on the labelled source validation split (a supervised but
+  source-only criterion: it protects source accuracy, not target accuracy).
+* ``last`` — no selection: the final epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from adapt.evaluate import classification_metrics, predict
+
+SELECTORS = ("im", "snd", "source_val", "last")
+
+
+def label_free_scores(probs: np.ndarray) -> dict[str, float]:
+    """IM and SND of target predicted probabilities ``probs`` [N, K] (higher is better)."""
+    from pytorch_adapt.validators import IMValidator, SNDValidator
+
+    p = torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-12)
+    logits = p.log()  # softmax(log p) = p, so IM sees exactly these predictions
+    return {
+        "im": float(IMValidator()(target_train={"logits": logits})),
+        "snd": float(SNDValidator()(target_train={"preds": p})),
+    }
+
+
+def make_score_fn(
+    selector: str,
+    *,
+    target: Dataset,
+    source_val: Dataset | None,
+    class_names: list[str],
+    device: torch.device,
+    prepare: Callable[[nn.Module], nn.Module] | None = None,
+    batch_size: int = 256,
+) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
+    """A score function for :func:`adapt.train.fit` that logs every score and returns
+    the one ``selector`` names. ``prepare`` turns the training model into the model that
+    will be deployed (e.g. AdaBN on the target) before it is scored; it gets a copy."""
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
+    epoch_counter = {"n": 0}
+
+    def score(model: nn.Module) -> tuple[float, dict[str, float]]:
+        candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
+        logs = label_free_scores(predict(candidate, target, device, batch_size)["probs"])
+        if source_val is not None and len(source_val):
+            out = predict(candidate, source_val, device, batch_size)
+            m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
+            logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
+        epoch_counter["n"] += 1
+        if selector == "last":
+            return float(epoch_counter["n"]), logs
+        if selector == "source_val":
+            return logs.get("source_val_accuracy", float("nan")), logs
+        return logs[selector], logs
+
+    return score
+
+
+def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: int) -> dict[str, Any]:
+    """The chosen epoch and every epoch's scores, for ``selection.json``."""
+    keys = ("im", "snd", "source_val_accuracy", "score")
+    return {
+        "selector": selector,
+        "selected_epoch": best_epoch,
+        "epochs": [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history],
+    }

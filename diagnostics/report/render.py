@@ -1,0 +1,523 @@
+"""Render an :class:`~diagnostics.audit.Audit` as ONE self-contained HTML file.
+
+The renderer turns the audit (plain data) into a view model of formatted strings and
+``data:`` URIs, then fills the Jinja2 template ``templates/report.html`` with autoescape
+on: every user-derived string (class names, paths, group values, the recipe) reaches the
+page escaped. Figures are inline base64 PNGs, the stylesheet is inlined, there is no
+script and no external URL, so the file opens anywhere, offline, and can be archived.
+It computes no statistics; it only formats what the audit holds.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import jinja2
+
+from adapt.io import atomic_write_text
+from diagnostics import audit as _audit
+from diagnostics.audit import Audit, StageResult
+from diagnostics.report import figures
+
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
+_SPLITS = (("source_test", "source"), ("target_test", "target"))
+_PCT_WORDS = ("accuracy", "acc", "f1", "share", "recall", "rate")
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _f(x: Any) -> float | None:
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def fmt_pct(x: Any) -> str:
+    """0.7123 -> '71.2%'; missing -> '—'."""
+    v = _f(x)
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def fmt_p(x: Any) -> str:
+    """p-values as 0.003 or <0.001."""
+    v = _f(x)
+    return "—" if v is None else _audit.fmt_p(v)
+
+
+def fmt_num(x: Any) -> str:
+    """A statistic with 3 significant figures; integers as integers."""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    v = _f(x)
+    if v is None:
+        return "—" if x is None else str(x)
+    if v.is_integer() and abs(v) < 1e9 and not isinstance(x, float):
+        return f"{int(v):,}"
+    return _audit._g(v)
+
+
+def fmt_points(a: Any, b: Any) -> str:
+    """Change between two fractions in percentage points: '+17.3'."""
+    va, vb = _f(a), _f(b)
+    if va is None or vb is None:
+        return ""
+    d = 100 * (vb - va)
+    return f"{0.0 if abs(d) < 0.05 else d:+.1f}"
+
+
+def _is_pct_key(key: str) -> bool:
+    k = key.lower()
+    if "p_value" in k or "entropy" in k:
+        return False
+    return any(w in k.replace("-", "_").split("_") or k.endswith(w) for w in _PCT_WORDS)
+
+
+def fmt_value(key: str, value: Any) -> str:
+    """Format an evidence/table value by what its key says it is."""
+    k = str(key).lower()
+    if "p_value" in k:
+        return fmt_p(value)
+    v = _f(value)
+    if v is not None and _is_pct_key(k) and -1.0 <= v <= 1.0:
+        return fmt_pct(v)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt_num(x) for x in value) + "]"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{kk}: {fmt_value(kk, vv)}" for kk, vv in value.items())
+    return fmt_num(value)
+
+
+def _label(key: str) -> str:
+    text = str(key).replace("_", " ")
+    for a, b in (("mmd2", "MMD²"), ("mmd", "MMD"), ("auc", "AUC"), ("im score", "IM score"),
+                 ("snd", "SND"), ("log k", "log K"), ("frechet", "Fréchet"), ("f1", "F1")):
+        text = text.replace(a, b)
+    return text[:1].upper() + text[1:]
+
+
+def _facts(d: Mapping | None, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Scalar items of a dict as (label, formatted value); nested lists/maps left out."""
+    out = []
+    for k, v in (d or {}).items():
+        if k in skip or isinstance(v, Mapping) or (isinstance(v, (list, tuple)) and len(v) > 6):
+            continue
+        if isinstance(v, (list, tuple)) and any(isinstance(x, (list, tuple, Mapping)) for x in v):
+            continue
+        out.append((_label(k), fmt_value(k, v)))
+    return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _stages(a: Audit) -> list[StageResult]:
+    return [s for s in (a.before, a.after) if s is not None]
+
+
+def _metrics_section(a: Audit) -> dict | None:
+    stages = _stages(a)
+    if not any(s.metrics for s in stages):
+        return None
+    rows = []
+    for split, split_name in _SPLITS:
+        for key, key_name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            vals = [_audit._num(s.metrics, split, key) for s in stages]
+            if all(v is None for v in vals):
+                continue
+            n = [_audit._num(s.metrics, split, "n") for s in stages]
+            rows.append({
+                "label": f"{split_name.capitalize()} {key_name}",
+                "values": [fmt_pct(v) for v in vals],
+                "n": next((fmt_num(int(x)) for x in n if x is not None), "—"),
+                "delta": fmt_points(vals[0], vals[-1]) if len(vals) == 2 else "",
+                "delta_sign": _sign(vals[0], vals[-1]) if len(vals) == 2 else "",
+            })
+    # per-class recall: one row per class, a column per (split, stage)
+    recall_cols = []
+    for split, split_name in _SPLITS:
+        for s in stages:
+            rec = _audit._sec(s.metrics, split, "per_class_recall")
+            if rec:
+                recall_cols.append((f"{split_name} · {_stage_label(a, s)}", rec))
+    classes = list(a.classes) or sorted({c for _, r in recall_cols for c in r})
+    recall_rows = [{"cls": c, "values": [fmt_pct(r.get(c)) for _, r in recall_cols]} for c in classes]
+    confusions = []
+    for split, split_name in _SPLITS:
+        for s in stages:
+            cm = _audit._sec(s.metrics, split).get("confusion")
+            if cm:
+                uri = figures.confusion_matrix(cm, a.classes)
+                if uri:
+                    confusions.append({"title": f"{split_name.capitalize()} — {s.name}", "uri": uri})
+    chart = figures.metric_bars([(s.name, s.metrics) for s in stages])
+    return {
+        "rows": rows,
+        "chart": chart,
+        "recall_head": [c for c, _ in recall_cols],
+        "recall_rows": recall_rows if recall_cols else [],
+        "confusions": confusions,
+    }
+
+
+def _stage_label(a: Audit, s: StageResult) -> str:
+    if a.after is None:
+        return "model"
+    return "before" if s is a.before else "after"
+
+
+def _sign(a: Any, b: Any) -> str:
+    va, vb = _f(a), _f(b)
+    if va is None or vb is None or abs(vb - va) < 0.0005:
+        return ""
+    return "up" if vb > va else "down"
+
+
+_GAP_ROWS = (
+    # (section key, headline field, row label)
+    ("mmd", "mmd2", "MMD² (Gaussian kernel)"),
+    ("frechet", "distance", "Fréchet distance"),
+    ("domain_classifier", "auc", "Domain-classifier AUC"),
+    ("transport", "distance", "Transport distance"),
+)
+
+
+def _gap_detail(key: str, d: Mapping) -> str:
+    if key == "mmd":
+        bits = []
+        if d.get("p_value") is not None:
+            if _f(d["p_value"]) is not None:
+                bits.append(_audit.p_phrase(_f(d["p_value"])))
+        if d.get("permutations") is not None:
+            bits.append(f"{fmt_num(d['permutations'])} permutations")
+        if d.get("bandwidth") is not None:
+            bits.append(f"σ = {fmt_num(d['bandwidth'])}")
+        if d.get("n_x") is not None and d.get("n_y") is not None:
+            bits.append(f"n = {fmt_num(d['n_x'])} / {fmt_num(d['n_y'])}")
+        return " · ".join(bits)
+    if key == "frechet":
+        bits = []
+        if d.get("ci_low") is not None and d.get("ci_high") is not None:
+            bits.append(f"95% CI {fmt_num(d['ci_low'])}–{fmt_num(d['ci_high'])}")
+        if d.get("n_source") is not None and d.get("n_target") is not None:
+            bits.append(f"n = {fmt_num(d['n_source'])} / {fmt_num(d['n_target'])}")
+        if d.get("dim") is not None:
+            bits.append(f"d = {fmt_num(d['dim'])}")
+        if d.get("extractor"):
+            bits.append(str(d["extractor"]))
+        return " · ".join(bits)
+    if key == "domain_classifier":
+        bits = []
+        if d.get("accuracy") is not None:
+            bits.append(f"accuracy {fmt_pct(d['accuracy'])}")
+        if d.get("proxy_a_distance") is not None:
+            bits.append(f"proxy A-distance {fmt_num(d['proxy_a_distance'])}")
+        return " · ".join(bits)
+    if key == "transport":
+        bits = []
+        if d.get("method"):
+            bits.append(str(d["method"]))
+        if d.get("n_points") is not None:
+            bits.append(f"{fmt_num(d['n_points'])} points")
+        return " · ".join(bits)
+    return ""
+
+
+def _gap_section(a: Audit) -> dict | None:
+    stages = _stages(a)
+    rows = []
+    for key, field, label in _GAP_ROWS:
+        secs = [_audit._sec(s.gap, key) for s in stages]
+        if not any(secs):
+            continue
+        cells = []
+        vals = []
+        for sec in secs:
+            v = _audit._num(sec, field)
+            vals.append(v)
+            shown = f"{v:.3f}" if key == "domain_classifier" and v is not None else fmt_num(v)
+            cells.append({"value": shown, "detail": _gap_detail(key, sec) if sec else ""})
+        change, direction = "", ""
+        if len(vals) == 2 and vals[0] is not None and vals[1] is not None:
+            if key == "domain_classifier":
+                d0, d1 = abs(vals[0] - 0.5), abs(vals[1] - 0.5)
+                change = f"{vals[1] - vals[0]:+.3f}"
+            else:
+                d0, d1 = vals[0], vals[1]
+                change = f"{100 * (vals[1] - vals[0]) / abs(vals[0]):+.0f}%" if vals[0] else ""
+            direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
+        rows.append({"label": label, "cells": cells, "change": change, "direction": direction})
+    if not rows:
+        return None
+    return {"rows": rows}
+
+
+def _collapse_section(a: Audit) -> list[dict]:
+    out = []
+    for s in _stages(a):
+        c = s.collapse
+        if not c:
+            continue
+        prior = _audit._sec(c, "source_prior") or _audit._sec(c, "source", "histogram")
+        prior_name = "source prior" if _audit._sec(c, "source_prior") else "source predictions"
+        series = [
+            (prior_name, prior),
+            ("target predictions", _audit._sec(c, "target", "histogram")),
+            ("BBSE target mix", _audit._sec(c, "bbse_target_mix")),
+        ]
+        uri = figures.class_histogram(series, a.classes, title=s.name)
+        facts = []
+        for dom in ("source", "target"):
+            sec = _audit._sec(c, dom)
+            if sec:
+                facts.append((dom.capitalize(), _facts(sec, skip=("histogram",))))
+        collapsed = c.get("collapsed")
+        out.append({
+            "stage": s.name,
+            "uri": uri,
+            "facts": facts,
+            "collapsed": None if collapsed is None else bool(collapsed),
+            "reason": str(c.get("reason") or ""),
+        })
+    return out
+
+
+def _embedding_section(a: Audit) -> list[dict]:
+    out = []
+    for s in _stages(a):
+        e = s.embedding
+        coords = e.get("coords") if e else None
+        if not coords:
+            continue
+        plots = []
+        for key, what in (("domain", "domain"), ("label", "class")):
+            col = e.get(key)
+            if col:
+                uri = figures.embedding_scatter(coords, col, title=f"{s.name} · by {what}")
+                if uri:
+                    plots.append({"title": f"by {what}", "uri": uri})
+        if plots:
+            out.append({"stage": s.name, "plots": plots, "n": len(coords)})
+    return out
+
+
+def _spurious_section(a: Audit) -> list[dict]:
+    out = []
+    for s in _stages(a):
+        for domain, sec in (s.spurious or {}).items():
+            if not isinstance(sec, Mapping):
+                continue
+            v = sec.get("verdict") or {}
+            level = v.get("level") if v.get("level") in _audit.LEVELS else ("warn" if v.get("flagged") else "ok")
+            hot = sec.get("hot_box")
+            facts = []
+            if sec.get("border_share") is not None:
+                facts.append(("Attribution in border band", fmt_pct(sec["border_share"])))
+            if sec.get("border_area_share") is not None:
+                facts.append(("Border band's share of the image", fmt_pct(sec["border_area_share"])))
+            if v.get("region"):
+                facts.append(("Flagged region", str(v["region"])))
+            if v.get("share") is not None:
+                facts.append(("Attribution in the region", fmt_pct(v["share"])))
+            if v.get("flips") is not None:
+                facts.append(("Predictions flipped by occluding it", fmt_num(v["flips"])))
+            if hot is not None:
+                facts.append(("Hot box (x0, y0, x1, y1)", fmt_value("hot_box", hot)))
+            out.append({
+                "stage": s.name,
+                "domain": str(domain),
+                "level": level,
+                "flagged": bool(v.get("flagged")),
+                "reason": str(v.get("reason") or ""),
+                "facts": facts,
+                "occlusion": _facts(sec.get("occlusion") if isinstance(sec.get("occlusion"), Mapping) else None),
+                "mean_maps": _mean_map_tiles(sec.get("mean_maps"), hot, a.classes),
+                "gallery": _gallery_rows(sec.get("gallery"), hot, a.classes),
+            })
+    return out
+
+
+def _mean_map_tiles(maps: Any, hot: Any, classes: list[str]) -> list[dict]:
+    if not isinstance(maps, Mapping):
+        return []
+    order = [c for c in classes if c in maps] + [c for c in maps if c not in classes]
+    tiles = []
+    for cls in order:
+        uri = figures.map_tile(maps[cls], hot_box=hot)
+        if uri:
+            tiles.append({"cls": str(cls), "uri": uri})
+    return tiles
+
+
+def _gallery_rows(items: Any, hot: Any, classes: list[str], per_class: int = 8) -> list[dict]:
+    """Gallery tiles grouped by true class (the most-attributed examples of each)."""
+    if not isinstance(items, (list, tuple)):
+        return []
+    rows: dict[str, list[dict]] = {}
+    for it in items:
+        if not isinstance(it, Mapping):
+            continue
+        label = "—" if it.get("label") is None else str(it["label"])
+        if len(rows.setdefault(label, [])) >= per_class:
+            continue
+        uri = figures.attribution_tile(figures.image_array(it), it.get("map"), hot_box=hot)
+        if uri is None:
+            continue
+        pred = None if it.get("pred") is None else str(it["pred"])
+        rows[label].append({"uri": uri, "label": label, "pred": pred if pred is not None else "—",
+                            "wrong": pred is not None and label != "—" and pred != label})
+    order = [c for c in classes if c in rows] + [c for c in rows if c not in classes]
+    return [{"cls": c, "tiles": rows[c]} for c in order if rows[c]]
+
+
+def _groups_section(a: Audit) -> list[dict]:
+    stages = _stages(a)
+    columns = list(dict.fromkeys(k for s in stages for k in (s.groups or {})))
+    out = []
+    for col in columns:
+        per = [_audit._sec(s.groups, col) for s in stages]
+        values = list(dict.fromkeys(str(v) for p in per for v in p))
+        rows = []
+        for val in values:
+            cells = [p.get(val) or {} for p in per]
+            rows.append({
+                "value": val,
+                "n": next((fmt_num(c["n"]) for c in cells if c.get("n") is not None), "—"),
+                "acc": [fmt_pct(c.get("accuracy")) for c in cells],
+                "f1": [fmt_pct(c.get("macro_f1")) for c in cells],
+            })
+        gaps = []
+        for s, p in zip(stages, per):
+            accs = {v: _f((p.get(v) or {}).get("accuracy")) for v in values}
+            accs = {k: x for k, x in accs.items() if x is not None}
+            if len(accs) >= 2:
+                lo = min(accs, key=accs.get)
+                hi = max(accs, key=accs.get)
+                gaps.append({
+                    "stage": s.name,
+                    "points": f"{100 * (accs[hi] - accs[lo]):.1f}",
+                    "low": lo, "low_acc": fmt_pct(accs[lo]),
+                    "high": hi, "high_acc": fmt_pct(accs[hi]),
+                })
+        bar_rows = [
+            (val, _f((per[0].get(val) or {}).get("accuracy")),
+             _f((per[1].get(val) or {}).get("accuracy")) if len(per) > 1 else None)
+            for val in values
+        ]
+        chart = figures.group_bars(bar_rows, stage_names=tuple(s.name for s in stages) + ("",) * (2 - len(stages)),
+                                   title=f"Accuracy by {col}") if len(values) <= 30 else None
+        out.append({"column": str(col), "rows": rows, "gaps": gaps, "chart": chart})
+    return out
+
+
+_METHOD_COLS = ("method", "seed", "source_acc", "target_acc", "source_f1", "target_f1",
+                "selected_epoch", "selector")
+
+
+def _methods_section(a: Audit) -> dict | None:
+    rows = [r for r in (a.methods_table or []) if isinstance(r, Mapping)]
+    if not rows:
+        return None
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [c for c in _METHOD_COLS if c in seen] + [c for c in seen if c not in _METHOD_COLS]
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            numeric = _f(v) is not None
+            cells.append({"text": "—" if v is None else (fmt_value(c, v) if numeric else str(v)), "num": numeric})
+        body.append(cells)
+    return {"head": [_label(c) for c in cols], "rows": body}
+
+
+def _verdict_view(v: _audit.Verdict) -> dict:
+    return {
+        "name": v.name,
+        "level": v.level,
+        "title": v.title,
+        "summary": v.summary,
+        "evidence": [(_label(k), fmt_value(k, x)) for k, x in (v.evidence or {}).items()
+                     if not isinstance(x, Mapping)],
+    }
+
+
+def build_view(audit: Audit | Mapping) -> dict:
+    """The template's context: formatted strings and figure data URIs only."""
+    a = _coerce(audit)
+    overall = _audit.overall_verdict(a.verdicts)
+    run = a.run
+    return {
+        "title": ("Adaptation audit" if a.after is not None else "Domain gap report"),
+        "run": {
+            "name": run.name,
+            "created": run.created or "",
+            "seed": "—" if run.seed is None else str(run.seed),
+            "device": run.device or "—",
+            "versions": sorted(run.versions.items()),
+            "recipe_text": run.recipe_text or "",
+        },
+        "stage_names": [s.name for s in _stages(a)],
+        # short column headers; the header line maps them to the stage names
+        "stage_labels": ["Before", "After"] if a.after is not None else ["Model"],
+        "classes": list(a.classes),
+        "overall": _verdict_view(overall),
+        "verdicts": [_verdict_view(v) for v in a.verdicts],
+        "metrics": _metrics_section(a),
+        "gap": _gap_section(a),
+        "collapse": _collapse_section(a),
+        "embeddings": _embedding_section(a),
+        "spurious": _spurious_section(a),
+        "groups": _groups_section(a),
+        "methods": _methods_section(a),
+    }
+
+
+def _coerce(audit: Audit | Mapping) -> Audit:
+    if isinstance(audit, Audit):
+        return audit
+    if not isinstance(audit, Mapping):
+        raise TypeError(f"render_html needs an Audit or its dict, got {type(audit).__name__}")
+    a = Audit.from_dict(audit)
+    if "verdicts" not in audit:  # a bare AuditInput dict: judge it here (logic only, no statistics)
+        a.verdicts = _audit.compute_verdicts(a.before, a.after)
+    return a
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        autoescape=True,  # every {{ }} is HTML-escaped: class names, paths, recipe text
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_html(audit: Audit | Mapping) -> str:
+    """The audit as one self-contained HTML page (inline CSS and PNGs, no script, no URL)."""
+    return _env().get_template("report.html").render(**build_view(audit))
+
+
+def write_report(audit: Audit | Mapping, html_path: str | Path, json_path: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the HTML report and, next to it, the JSON of everything it shows (atomically).
+
+    ``json_path`` defaults to ``html_path`` with the suffix ``.json``. Returns both paths.
+    """
+    a = _coerce(audit)
+    html_path = Path(html_path)
+    json_path = Path(json_path) if json_path is not None else html_path.with_suffix(".json")
+    html = render_html(a)
+    atomic_write_text(json_path, a.to_json() + "\n")
+    atomic_write_text(html_path, html)
+    return html_path, json_path
