@@ -250,8 +250,12 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{label}: cannot read recipe ({e.__class__.__name__}: {e})") from None
     raw = parse_yaml(text, label)
-    for item in overrides:
-        apply_override(raw, item, label)
+    if overrides:
+        # Overrides apply to the recipe with its defaults filled in, so that
+        # data.source.n=50 works when the file never mentions data.source.
+        raw = validate_recipe(raw, label).model_dump(mode="json", by_alias=True)
+        for item in overrides:
+            apply_override(raw, item, label)
     recipe = validate_recipe(raw, label)
     _resolve_paths(recipe, path.parent)
     return recipe

@@ -280,6 +280,8 @@ class Audit:
     run: RunInfo = field(default_factory=RunInfo)
     methods_table: list = field(default_factory=list)
     verdicts: list = field(default_factory=list)
+    #: the AuditThresholds the verdicts were judged with (as a dict)
+    thresholds: dict = field(default_factory=dict)
 
     @property
     def overall(self) -> Verdict:
@@ -294,6 +296,7 @@ class Audit:
             "before": self.before.to_dict(),
             "after": None if self.after is None else self.after.to_dict(),
             "methods_table": to_plain(self.methods_table) or [],
+            "thresholds": to_plain(self.thresholds) or {},
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -312,6 +315,7 @@ class Audit:
             run=RunInfo.from_dict(d.get("run")),
             methods_table=[dict(r) for r in (d.get("methods_table") or [])],
             verdicts=[Verdict.from_dict(v) for v in (d.get("verdicts") or [])],
+            thresholds=dict(d.get("thresholds") or {}),
         )
 
 
@@ -574,13 +578,13 @@ def accuracy_gap_verdict(stage: StageResult, th: AuditThresholds) -> Verdict | N
 
 
 def _collapse_phrase(stage: StageResult) -> tuple[str, dict]:
-    """"97.0% of target predictions are 'normal'" plus its evidence."""
+    """"the largest class 'normal' holds 97.0% of target predictions; ..." plus its evidence."""
     hist = _sec(stage.collapse, "target", "histogram")
     ev: dict[str, Any] = {}
     phrase = ""
     if hist:
         cls, share = max(hist.items(), key=lambda kv: float(kv[1] or 0.0))
-        phrase = f"{_pct(float(share))} of target predictions are '{cls}'"
+        phrase = f"the largest class '{cls}' holds {_pct(float(share))} of target predictions"
         ev["largest_class"] = str(cls)
         ev["largest_share"] = float(share)
     ent, logk = _num(stage.collapse, "target", "marginal_entropy"), _num(stage.collapse, "target", "log_k")
@@ -626,11 +630,11 @@ def collapse_verdict(before: StageResult, after: StageResult | None) -> Verdict 
     if cb and not ca:
         return Verdict(
             "collapse", "ok", "Adaptation removed class collapse",
-            f"Adaptation removed the class collapse: before {phrase_b}; after {phrase_a}.", ev,
+            f"Adaptation removed the class collapse: before, {phrase_b}; after, {phrase_a}.", ev,
         )
     return Verdict(
         "collapse", "ok", "No class collapse",
-        "No class collapse before or after adaptation" + (f": after {phrase_a}." if phrase_a else "."), ev,
+        "No class collapse before or after adaptation" + (f": after, {phrase_a}." if phrase_a else "."), ev,
     )
 
 
@@ -821,4 +825,5 @@ def build_audit(
         run=info,
         methods_table=[dict(to_plain(r)) for r in (methods_table or [])],
         verdicts=compute_verdicts(b, a, thresholds=thresholds),
+        thresholds=dataclasses.asdict(thresholds),
     )

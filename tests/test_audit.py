@@ -152,7 +152,7 @@ def test_collapse_before_and_after():
     assert by_name(compute_verdicts(stage(collapsed=True), stage(collapsed=False)))["collapse"].level == "ok"
     assert by_name(compute_verdicts(stage(collapsed=True), stage(collapsed=True)))["collapse"].level == "fail"
     v = by_name(compute_verdicts(stage(collapsed=True, largest=0.97)))["collapse"]
-    assert v.level == "fail" and "97.0% of target predictions are 'normal'" in v.summary
+    assert v.level == "fail" and "the largest class 'normal' holds 97.0% of target predictions" in v.summary
 
 
 def _spur(share, level, flagged):
@@ -209,6 +209,7 @@ def test_audit_json_round_trip_with_numpy_and_nan():
     assert data["before"]["metrics"]["source_test"]["confusion"] == [[40, 10], [5, 45]]
     assert data["before"]["label_free"]["im_score"] is None
     assert data["run"]["versions"]  # filled in from the installed packages
+    assert data["thresholds"]["source_drop_fail"] == AuditThresholds().source_drop_fail
     again = Audit.from_dict(data)
     assert again.to_dict() == data
     assert [v.level for v in again.verdicts] == [v.level for v in audit.verdicts]
