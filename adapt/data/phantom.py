@@ -132,10 +132,11 @@ def make_phantom(
     x = np.clip((density + lesion) * anat["gain"] + anat["bias"], 0.0, 1.0)
 
     y = st.offset + st.contrast * np.power(x, st.gamma)
+    # the collimator's shadow is part of the exposure: blurred and noisy like the rest
+    _collimate(rng_acq, y, st.collimation, S)
     y = _gaussian_blur(y, st.blur * S / 64.0)
     marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, S)
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
-    _collimate(rng_acq, y, st.collimation, S)
     images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
     lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
     return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site)
