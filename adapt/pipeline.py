@@ -59,6 +59,9 @@ class Domains:
     source_split: dict[str, DomainDataset]
     target_split: dict[str, DomainDataset]
     target_labeled: DomainDataset | None
+    #: validation + test images of each domain (never trained on): what the audit measures
+    source_eval: DomainDataset | None = None
+    target_eval: DomainDataset | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -131,7 +134,9 @@ def load_domains(recipe: Recipe) -> Domains:
             raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
         tr = target_split["train"]
         labeled = tr.subset(labeled_per_class(tr.labels, d.target_labeled, seed=recipe.seed))
-    return Domains(source, target, source_split, target_split, labeled)
+    held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
+    return Domains(source, target, source_split, target_split, labeled,
+                   source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx))
 
 
 # --------------------------------------------------------------------------- stages

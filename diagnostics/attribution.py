@@ -59,6 +59,7 @@ __all__ = [
     "map_correlation",
     "mean_maps",
     "occlusion_flips",
+    "roi_hull",
     "roi_outside_share",
     "spurious_analysis",
     "top_attributed",
@@ -431,10 +432,16 @@ def map_correlation(a, b) -> float:
     return float(x @ y) / den if den > 0 else float("nan")
 
 
-def hottest_region(mean_map, size: int | tuple[int, int]) -> Box:
+def hottest_region(mean_map, size: int | tuple[int, int], within=None,
+                   min_fraction: float = 0.5) -> Box | None:
     """The ``size`` window (int, or (height, width)) holding the most attribution mass,
     as a box (x0, y0, x1, y1), ends exclusive. Window sums for every position come
-    from one summed-area table, O(H·W). Ties go to the first window in raster order."""
+    from one summed-area table, O(H·W). Ties go to the first window in raster order.
+
+    within: optional [H, W] bool zone; only windows with ≥ ``min_fraction`` of their
+    pixels in it compete (e.g. the border band, or outside the anatomy). None when no
+    window qualifies.
+    """
     m = np.asarray(mean_map.detach().cpu() if isinstance(mean_map, Tensor) else mean_map, dtype=np.float64)
     if m.ndim != 2:
         raise UserError(f"hottest_region: expected one [H, W] map, got shape {m.shape}")
@@ -442,11 +449,24 @@ def hottest_region(mean_map, size: int | tuple[int, int]) -> Box:
     h, w = m.shape
     if not (1 <= sh <= h and 1 <= sw <= w):
         raise UserError(f"hottest_region: window {sh}x{sw} does not fit a {h}x{w} map")
-    sat = np.zeros((h + 1, w + 1))
-    sat[1:, 1:] = m.cumsum(0).cumsum(1)
-    win = sat[sh:, sw:] - sat[:-sh, sw:] - sat[sh:, :-sw] + sat[:-sh, :-sw]
+    win = _window_sums(m, sh, sw)
+    if within is not None:
+        zone = np.asarray(within, dtype=np.float64)
+        if zone.shape != m.shape:
+            raise UserError(f"hottest_region: zone shape {zone.shape} does not match map {m.shape}")
+        ok = _window_sums(zone, sh, sw) >= min_fraction * sh * sw - 1e-9
+        if not ok.any():
+            return None
+        win = np.where(ok, win, -np.inf)
     y0, x0 = np.unravel_index(int(np.argmax(win)), win.shape)
     return (int(x0), int(y0), int(x0) + sw, int(y0) + sh)
+
+
+def _window_sums(m: np.ndarray, sh: int, sw: int) -> np.ndarray:
+    """[H−sh+1, W−sw+1] sums of every sh×sw window (summed-area table)."""
+    sat = np.zeros((m.shape[0] + 1, m.shape[1] + 1))
+    sat[1:, 1:] = m.cumsum(0).cumsum(1)
+    return sat[sh:, sw:] - sat[:-sh, sw:] - sat[sh:, :-sw] + sat[:-sh, :-sw]
 
 
 def top_attributed(maps, labels, region, k: int = 4, indices=None) -> dict[int, list[int]]:
@@ -563,7 +583,7 @@ class RegionScore:
     share / area_share: mean share of |attribution| in the box over the images of that
         source (all images, or that class's), and the box's share of the image area.
     in_border / outside_roi: fraction of the box's pixels in the border band / outside
-        the mean ROI mask (None without masks).
+        the convex hull of the mean ROI mask (:func:`roi_hull`; None without masks).
     occlusion: predictions over *all* analysed images with the box occluded.
     """
 
@@ -612,7 +632,7 @@ class SpuriousResult:
     mean_map: np.ndarray                     # [H, W], all analysed images, unit-mass maps
     class_maps: dict[int, np.ndarray]        # class -> [H, W]
     hot: RegionScore                         # hottest window of the overall mean map
-    candidates: list[RegionScore]            # hot + the per-class hottest windows (distinct)
+    candidates: list[RegionScore]            # hot + hottest suspect-zone windows (distinct)
     control_flips: float                     # mean flips for same-size boxes away from them
     border_px: int
     border_share: float
@@ -702,6 +722,32 @@ def stratified_subsample(labels: np.ndarray, max_samples: int, seed: int = 0) ->
     return np.sort(np.concatenate(picked))
 
 
+def roi_hull(mask: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the convex hull of a region-of-interest mask (pixel squares).
+
+    The location test asks whether a hot window lies outside the *anatomy*, and an ROI
+    such as two lung fields leaves the mediastinum and heart between them outside the
+    mask although they are anatomy; artefacts (markers, text, collimator edges) sit
+    outside the hull. The window-level share score (:func:`roi_outside_share`) keeps
+    the mask itself. An empty or degenerate mask is returned unchanged.
+    """
+    from scipy.spatial import Delaunay, QhullError
+
+    mask = np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return mask
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    try:
+        tri = Delaunay(corners.astype(np.float64))
+    except QhullError:
+        return mask
+    h, w = mask.shape
+    gy, gx = np.mgrid[0:h, 0:w]
+    centres = np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5], 1)
+    return (tri.find_simplex(centres) >= 0).reshape(h, w) | mask
+
+
 def _control_boxes(h: int, w: int, size: tuple[int, int], avoid: list[Box], band: np.ndarray,
                    k: int, rng: np.random.Generator) -> list[Box]:
     """Up to k same-size boxes away from the candidates and the border band: the flips
@@ -774,8 +820,9 @@ def spurious_analysis(
     (each image's flat mean): a black baseline credits IG ∝ x·∂F/∂x to bright pixels,
     so dense anatomy (heart, spine) would dominate every map whether used or not.
 
-    Candidates: the hottest window of the mean map of all images and of each class's
-    mean map (a shortcut tied to one class shows most clearly in that class).
+    Candidates: the hottest window of the mean map of all images, and the hottest
+    window inside the suspect zone (border band ∪ outside the ROI hull) of the overall
+    and of each class's mean map.
     Verdict (thresholds: :data:`DEFAULT_THRESHOLDS`):
       * **fail** (flagged) when a candidate lies in the border band or outside the ROI,
         holds ≥ ``share_ratio``× its area's share of the attribution, and occluding it
@@ -823,7 +870,7 @@ def spurious_analysis(
     size = (side, side) if isinstance(side, (int, np.integer)) else (int(side[0]), int(side[1]))
     b_px = band_width(h, w, band_frac)
     band = border_mask(h, w, band_px=b_px)
-    mean_roi = None if m_sel is None else _masks_np(m_sel, tuple(maps.shape)).mean(0) > 0.5
+    mean_roi = None if m_sel is None else roi_hull(_masks_np(m_sel, tuple(maps.shape)).mean(0) > 0.5)
 
     def score(box: Box, source: str, rows: np.ndarray) -> RegionScore:
         k = box_mask(h, w, box)
@@ -834,13 +881,19 @@ def spurious_analysis(
             outside_roi=None if mean_roi is None else float((~mean_roi)[k].mean()),
             occlusion=occlusion_flips(model, x, box, labels=lab, predictions=preds))
 
+    # Candidates: the hottest window overall, and the hottest window in the suspect
+    # zone (border band, or outside the anatomy) of the overall and per-class mean
+    # maps — a marker in a corner is rarely the hottest spot of the whole image, and a
+    # shortcut tied to one class shows most clearly in that class's map.
+    suspect_zone = band if mean_roi is None else band | ~mean_roi
     everyone = np.arange(len(idx))
     hot = score(hottest_region(mean_map, size), "all", everyone)
     candidates = [hot]
-    for c, cmap in class_maps.items():
-        box = hottest_region(cmap, size)
-        if all(box != other.box for other in candidates):
-            candidates.append(score(box, f"class {c}", np.flatnonzero(lab == c)))
+    for c, cmap in [("all", mean_map), *class_maps.items()]:
+        box = hottest_region(cmap, size, within=suspect_zone, min_fraction=th["location_fraction"])
+        if box is not None and all(box != other.box for other in candidates):
+            rows = everyone if c == "all" else np.flatnonzero(lab == c)
+            candidates.append(score(box, "all" if c == "all" else f"class {c}", rows))
 
     bs = border_share(maps, band_px=b_px)
     occ_border = occlusion_flips(model, x, band, labels=lab, predictions=preds)

@@ -102,8 +102,9 @@ def stratified_cap(groups: np.ndarray, max_points: int, seed: int = 0) -> np.nda
     take = np.floor(quota).astype(int)
     if len(keys) <= max_points:          # a small group must not vanish from the picture
         take = np.maximum(take, 1)
-    while take.sum() > max_points:       # the floor-at-1 can overshoot: trim the largest
-        take[np.argmax(take - quota)] -= 1
+    while take.sum() > max_points:       # the floor-at-1 can overshoot: trim a group
+        over = np.where(take > 1, take - quota, -np.inf)   # that keeps at least one row
+        take[np.argmax(over)] -= 1
     for j in np.argsort(-(quota - take), kind="stable")[: max(0, max_points - take.sum())]:
         take[j] += 1
     picked = [rng.choice(np.flatnonzero(inverse == g), size=k, replace=False)

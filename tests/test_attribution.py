@@ -25,6 +25,7 @@ from diagnostics.attribution import (
     map_correlation,
     mean_maps,
     occlusion_flips,
+    roi_hull,
     roi_outside_share,
     spurious_analysis,
     stratified_subsample,
@@ -77,6 +78,15 @@ def test_roi_outside_share_and_zero_maps():
     assert rs.share[0] == pytest.approx(0.0)
     assert np.isnan(rs.share[1])         # an all-zero map carries no evidence
     np.testing.assert_allclose(rs.area_share, 1 - 16 / 64)
+
+
+def test_roi_hull_fills_between_two_fields():
+    m = np.zeros((10, 10), bool)
+    m[2:8, 1:3] = True
+    m[2:8, 7:9] = True
+    hull = roi_hull(m)
+    assert hull[2:8, 1:9].all() and hull.sum() == 6 * 8     # the gap is filled, nothing else
+    assert not roi_hull(np.zeros((4, 4), bool)).any()
 
 
 def test_hottest_region_finds_a_planted_square():
@@ -225,11 +235,11 @@ def test_occluding_what_the_model_ignores_flips_nothing():
 # ----------------------------------------------------------------------------- phantom end to end
 
 EPOCHS, N_TRAIN = 3, 600
-ANALYSIS = dict(method="integrated_gradients", n_steps=16, max_samples=128)
+ANALYSIS = dict(method="integrated_gradients", n_steps=8, max_samples=96)
 
 
 def _train_small_cnn(marker_rates) -> nn.Module:
-    """Site A phantom, 600 images at 64 px, 3 epochs of Adam: enough for the marker."""
+    """Site A phantom, 600 images at 64 px, 3 epochs of Adam (~80-90% accuracy on site A)."""
     torch.manual_seed(0)
     batch = make_phantom("A", N_TRAIN, seed=0, image_size=64, marker_rates=marker_rates)
     model = build_model("small_cnn", num_classes=2, in_channels=1)
@@ -243,6 +253,16 @@ def _train_small_cnn(marker_rates) -> nn.Module:
             opt.zero_grad()
             loss.backward()
             opt.step()
+    # Re-estimate BatchNorm statistics with the final weights (cumulative average):
+    # after 57 steps the running averages still lag the weights, which makes the
+    # eval-mode model erratic from seed to seed.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        for j in torch.arange(N_TRAIN).split(100):
+            model(batch.images[j])
     return model.eval()
 
 
@@ -261,7 +281,10 @@ def test_site_a(threads):
 
 @pytest.fixture(scope="module")
 def shortcut_result(threads, test_site_a):
-    model = _train_small_cnn(marker_rates=None)             # site A: marker ~ label
+    # The marker on every opacity image and no normal one: a shortcut the model must
+    # take. (With site A's default 85%/15% a well-trained small CNN learns the lesion
+    # too and leans on the marker only partly — see the report numbers.)
+    model = _train_small_cnn(marker_rates=(0.0, 1.0))
     b = test_site_a
     return spurious_analysis(model, b.images, b.labels, "site A", masks=b.lung_masks,
                              known_boxes=b.marker_boxes, **ANALYSIS)

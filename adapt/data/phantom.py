@@ -41,8 +41,8 @@ from adapt.errors import UserError
 CLASSES = ["normal", "opacity"]
 
 #: lesion peak density and Gaussian σ per axis (fraction of the image side), drawn uniformly
-LESION_AMPLITUDE = (0.20, 0.34)
-LESION_SIGMA = (0.035, 0.07)
+LESION_AMPLITUDE = (0.25, 0.40)
+LESION_SIGMA = (0.045, 0.08)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,7 @@ class SiteStyle:
 
 SITES: dict[str, SiteStyle] = {
     "A": SiteStyle(gamma=1.0, contrast=1.0, offset=0.0, blur=0.0, noise=0.015, marker_rates=(0.15, 0.85)),
-    "B": SiteStyle(
-        gamma=0.75, contrast=0.80, offset=0.12, blur=0.8, noise=0.035, collimation=(0.03, 0.09)
-    ),
+    "B": SiteStyle(gamma=0.8, contrast=0.85, offset=0.08, blur=0.6, noise=0.03, collimation=(0.0, 0.03)),
 }
 
 

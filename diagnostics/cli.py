@@ -1,0 +1,301 @@
+"""``diagnose`` — measure a domain gap, look at the phantom data, re-render an audit.
+
+    diagnose gap --source S --target T [--model CKPT] [--features model|pixels|NAME]
+                 [--json OUT] [--html OUT] [--fail-on 'mmd_p<0.01'] ...
+    diagnose phantom OUT [--site A|B] [--n N] [--seed S] [--image-size N]
+    diagnose audit RUN_DIR
+
+Exit codes: 0 normally; 1 when a ``--fail-on`` condition holds (for CI pipelines);
+2 on bad input (one line ``error: <message>`` on stderr, no traceback).
+Every command is a few lines over a public function (library first, CLI thin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapt.errors import UserError
+
+EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diagnose",
+        description="Domain-gap diagnostics: how different are two image domains, and did a model collapse?",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    g = sub.add_parser(
+        "gap", help="measure the gap between a source and a target domain",
+        description="MMD permutation test, Fréchet distance, domain-classifier AUC and Wasserstein distance "
+        "between two domains; with --model also class-collapse and label-shift checks. Domains: an "
+        "ImageFolder folder, a CSV manifest (path,label), a CSV of DICOM files, or phantom-cxr:A / "
+        "phantom-cxr:B:600.",
+    )
+    g.add_argument("--source", required=True, metavar="DOMAIN", help="source domain")
+    g.add_argument("--target", required=True, metavar="DOMAIN", help="target domain")
+    g.add_argument("--model", metavar="CKPT", help="a domaingap checkpoint (adapt-run's model.pt)")
+    g.add_argument("--features", metavar="KIND",
+                   help="model (default with --model), pixels (default without), or a torchvision "
+                   "architecture with ImageNet weights in the torch hub cache, e.g. inception_v3 (FID)")
+    g.add_argument("--json", metavar="OUT", help="write every figure as JSON")
+    g.add_argument("--html", metavar="OUT", help="write a self-contained HTML gap report (+ its JSON)")
+    g.add_argument("--fail-on", metavar="EXPR",
+                   help="exit 1 when any condition holds, e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40' "
+                   "(metrics: mmd2 mmd_p fid auc proxy_a wasserstein; ops: < <= > >=)")
+    g.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
+    g.add_argument("--bootstrap", type=int, default=100, metavar="B",
+                   help="bootstrap resamples of the Fréchet interval (100; 0 = none)")
+    g.add_argument("--max-samples", type=int, default=2000, metavar="N",
+                   help="use at most N images per domain (stratified, seeded; 2000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of subsampling, permutations, bootstrap (0)")
+    g.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize images to N×N (default: the checkpoint's, else 64)")
+    g.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+
+    ph = sub.add_parser("phantom", help="write the built-in phantom chest X-rays as PNGs + manifest.csv",
+                        description="Write phantom-cxr images as OUT/<class>/<site>_<i>.png and OUT/manifest.csv "
+                        "(the same images phantom-cxr:SITE:N gives at that seed and size).")
+    ph.add_argument("out", metavar="OUT", help="output folder")
+    ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B"], help="site (A)")
+    ph.add_argument("--n", type=int, default=1200, help="number of images, balanced classes (1200)")
+    ph.add_argument("--seed", type=int, default=0, help="seed (0)")
+    ph.add_argument("--image-size", type=int, default=64, metavar="N", help="image side in pixels (64)")
+
+    au = sub.add_parser("audit", help="re-render the audit report of an adapt-run run folder")
+    au.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "gap":
+            return cmd_gap(args)
+        if args.command == "phantom":
+            return cmd_phantom(args)
+        if args.command == "audit":
+            return cmd_audit(args)
+        raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ----------------------------------------------------------------------------- gap
+
+
+def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Exactly ``min(n, N)`` sorted indices with the class proportions of ``labels``.
+
+    Per class c (unknown labels -1 are one more stratum) the count is n·N_c/N rounded by
+    the largest-remainder method (Hamilton), members drawn at random (seeded).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    total = len(labels)
+    if n >= total:
+        return np.arange(total, dtype=np.int64)
+    rng = np.random.default_rng(int(seed))
+    classes, sizes = np.unique(labels, return_counts=True)
+    ideal = n * sizes / total
+    counts = np.floor(ideal).astype(np.int64)
+    order = np.lexsort((rng.random(len(classes)), -(ideal - counts)))  # largest remainder first
+    counts[order[: n - int(counts.sum())]] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, counts)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _domain_spec(text: str):
+    """parse_domain_arg, plus: a flat folder of images is an unlabelled domain."""
+    from adapt.data import parse_domain_arg
+    from adapt.data.domain import _image_files  # noqa: PLC2701 - the loader's own notion of an image file
+
+    spec = parse_domain_arg(text)
+    if spec.kind == "imagefolder":
+        root = Path(spec.path)
+        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+        if not has_class_dirs and _image_files(root, recursive=False):
+            spec = spec.model_copy(update={"labeled": False})
+    return spec
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("permutations", "max_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if args.max_samples < 5:
+        raise UserError(f"--max-samples: must be at least 5, got {args.max_samples}")
+    if args.bootstrap < 0 or args.workers < 0:
+        raise UserError("--bootstrap, --workers: must be >= 0")
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"--image-size: must be positive, got {args.image_size}")
+
+
+def cmd_gap(args: argparse.Namespace) -> int:
+    from adapt.data import load_domain
+    from adapt.io import atomic_write_json
+    from diagnostics.features import extract_features, resolve_device
+    from diagnostics.gap import (classification_section, collapse_section, fired_conditions, gap_table,
+                                 measure_gap, parse_fail_on)
+
+    _check_args(args)
+    conditions = parse_fail_on(args.fail_on) if args.fail_on is not None else []  # fail fast, before work
+    device = resolve_device(args.device)
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+    model, meta = None, {}
+    if args.model:
+        from adapt.models import load_checkpoint
+
+        model, meta = load_checkpoint(args.model, map_location=device)
+    kind = args.features or ("model" if model is not None else "pixels")
+    if kind == "model" and model is None:
+        raise UserError("--features model: needs --model CKPT (without a model use pixels or e.g. inception_v3)")
+    image_size = args.image_size or int(meta.get("image_size") or 64)
+    channels = int(getattr(model, "in_channels", 1) or 1) if model is not None else 1
+    classes = list(meta["classes"]) if meta.get("classes") else None
+    if model is not None and classes is not None and len(classes) != model.num_classes:
+        raise UserError(f"{args.model}: checkpoint lists {len(classes)} classes for a {model.num_classes}-class head")
+
+    source = load_domain(_domain_spec(args.source), image_size=image_size, channels=channels,
+                         seed=args.seed, classes=classes)
+    # without a model the class names of the two domains need not match: nothing is predicted
+    target = load_domain(_domain_spec(args.target), image_size=image_size, channels=channels,
+                         seed=args.seed, classes=source.classes if model is not None else None)
+    if model is not None and classes is None:
+        if len(source.classes) != model.num_classes:
+            raise UserError(f"{args.model}: a {model.num_classes}-class model, but {source.name} has "
+                            f"{len(source.classes)} classes")
+        classes = source.classes
+    source = source.subset(stratified_subsample(source.labels, args.max_samples, args.seed))
+    target = target.subset(stratified_subsample(target.labels, args.max_samples, args.seed + 1))
+
+    common = dict(batch_size=args.batch_size, num_workers=args.workers, device=device,
+                  progress=not args.quiet, model_source=args.model)
+    fs = extract_features(source, model, kind, **common)
+    ft = extract_features(target, model, kind, **common)
+    if kind == "pixels" and model is None:
+        say(f"note: no --model given, so the features are {fs.extractor}")
+    gap = measure_gap(fs, ft, permutations=args.permutations, seed=args.seed,
+                      max_points=args.max_samples, bootstrap=args.bootstrap)
+    for note in gap.notes:
+        say(f"note: {note}")
+
+    collapse = collapse_section(fs, ft, classes) if model is not None else None
+    metrics: dict[str, Any] = {}
+    if model is not None:
+        metrics = {"source_test": classification_section(fs, classes or []),
+                   "target_test": classification_section(ft, classes or [])}
+
+    print(f"source: {source.name} ({len(source)} images)    target: {target.name} ({len(target)} images)")
+    print(gap_table(gap, collapse))
+
+    fired = fired_conditions(conditions, gap.to_dict())
+    payload = {
+        "source": {"domain": args.source, "name": source.name, "n": len(source), "classes": source.classes},
+        "target": {"domain": args.target, "name": target.name, "n": len(target), "classes": target.classes},
+        "model": args.model,
+        "features": {"kind": fs.kind, "extractor": fs.extractor, "dim": fs.dim},
+        "settings": {"permutations": args.permutations, "bootstrap": args.bootstrap,
+                     "max_samples": args.max_samples, "seed": args.seed, "image_size": image_size,
+                     "device": str(device)},
+        "gap": gap.to_dict(),
+        "gap_details": gap.details(),
+        "collapse": collapse,
+        "metrics": metrics or None,
+        "fail_on": None if args.fail_on is None else {
+            "expression": args.fail_on, "fired": [str(c) for c, _ in fired]},
+    }
+    if args.json:
+        atomic_write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if args.html:
+        html, report_json = _write_html(args, gap.to_dict(), collapse, metrics, classes or source.classes,
+                                        fs.extractor, device)
+        print(f"wrote {html} (and {report_json})")
+
+    if fired:
+        for cond, value in fired:
+            print(f"fail-on: {cond} holds ({cond.metric} = {value:.4g})")
+        return EXIT_GATE
+    return EXIT_OK
+
+
+def _write_html(args, gap: dict, collapse: dict | None, metrics: dict, classes: list[str],
+                extractor: str, device) -> tuple[Path, Path]:
+    """The gap-only report: one StageResult (gap + collapse), rendered by diagnostics.report."""
+    from diagnostics.audit import StageResult, build_audit
+    from diagnostics.report import write_report
+
+    stage = StageResult(
+        name=Path(args.model).name if args.model else "no model",
+        gap=gap,
+        collapse=collapse or {},
+        metrics={k: v for k, v in metrics.items() if v is not None},
+    )
+    audit = build_audit(stage, classes=classes, run={
+        "name": f"diagnose gap: {args.source} → {args.target}",
+        "seed": args.seed,
+        "device": str(device),
+        "recipe_text": f"features: {extractor}\npermutations: {args.permutations}\n"
+                       f"max_samples: {args.max_samples}\n",
+    })
+    html = Path(args.html)
+    report_json = html.with_suffix(".json")
+    if args.json and Path(args.json).resolve() == report_json.resolve():
+        report_json = html.with_name(html.stem + ".audit.json")  # don't overwrite --json
+    return write_report(audit, html, report_json)
+
+
+# ----------------------------------------------------------------------------- phantom
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from adapt.data import write_phantom
+
+    if args.n < 1:
+        raise UserError(f"--n: must be at least 1, got {args.n}")
+    root = write_phantom(args.out, args.site, args.n, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {args.n} phantom-cxr site {args.site} images ({args.image_size}×{args.image_size}) to "
+          f"{root}/<class>/ and {Path(root) / 'manifest.csv'}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- audit
+
+# PLACEHOLDER — `diagnose audit RUN_DIR`: the lead owns diagnostics/run_audit.py; this
+# subcommand only forwards to its `rerender(run_dir)` (imported lazily so that `diagnose
+# gap` works without it).
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        from diagnostics.run_audit import rerender
+    except ImportError as err:
+        if getattr(err, "name", None) in ("diagnostics.run_audit",):
+            raise UserError("diagnose audit: not available in this build (diagnostics.run_audit is missing)") from None
+        raise
+    out = rerender(args.run_dir)
+    if out is not None:
+        print(f"wrote {out}" if not isinstance(out, (tuple, list)) else "wrote " + ", ".join(map(str, out)))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""The domain gap between two feature sets, in four statistics, plus the collapse check.
+
+``measure_gap(source, target)`` only calls the pure statistics:
+
+* MMD²_u with a Gaussian kernel (median-heuristic bandwidth) and its permutation test
+  (Gretton et al., JMLR 2012) — :mod:`diagnostics.mmd`;
+* the Fréchet distance ‖μ1−μ2‖² + Tr Σ1 + Tr Σ2 − 2 Tr (Σ1Σ2)^½ from the streaming
+  moments, with a bootstrap interval (Heusel et al. 2017; biased at small n) —
+  :mod:`diagnostics.frechet`;
+* a cross-validated logistic-regression domain classifier: ROC AUC and the proxy
+  A-distance 2(1 − 2ε) (Ben-David et al. 2010) — :mod:`diagnostics.domain_classifier`;
+* the Wasserstein-2 distance (POT, exact EMD on ≤ ``max_points`` points) —
+  :mod:`diagnostics.transport`.
+
+``GapResult.to_dict()`` is exactly the ``gap`` section of the audit data contract
+(:mod:`diagnostics.audit`); ``GapResult.details()`` keeps every figure (null quantiles,
+the mean/covariance split of the Fréchet distance, the bootstrap bias, ...).
+
+``collapse_section(source, target)`` turns the classifier's softmax outputs into the
+``collapse`` section (predicted-class histograms per domain, marginal entropy, IM score,
+BBSE target label mix, collapsed or not) via :mod:`diagnostics.collapse`.
+
+``parse_fail_on`` / ``fired_conditions`` implement the CI gate of ``diagnose gap
+--fail-on 'mmd_p<0.01'``: a tiny grammar, parsed by a regular expression, never eval'd.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from adapt.errors import UserError
+from diagnostics.collapse import CollapseResult, collapse_report, im_score, marginal_entropy, prediction_histogram
+from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
+from diagnostics.features import FeatureSet
+from diagnostics.frechet import FrechetInterval, FrechetSampleSizeWarning, frechet_bootstrap, frechet_from_moments
+from diagnostics.mmd import MMDResult, mmd_permutation_test
+from diagnostics.transport import TransportResult, wasserstein_distance
+
+__all__ = [
+    "GapResult",
+    "measure_gap",
+    "collapse_section",
+    "classification_section",
+    "gap_table",
+    "FailCondition",
+    "parse_fail_on",
+    "fired_conditions",
+    "GATE_METRICS",
+]
+
+
+# ----------------------------------------------------------------------------- gap
+
+
+@dataclass
+class GapResult:
+    """The four gap statistics of one source/target pair (see module docstring)."""
+
+    mmd: MMDResult
+    frechet_distance: float
+    frechet_mean_term: float
+    frechet_interval: FrechetInterval | None
+    domain: DomainClassifierResult
+    transport: TransportResult
+    extractor: str
+    n_source: int
+    n_target: int
+    dim: int
+    small_sample: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Exactly the report's ``gap`` shape (plain floats/ints/strings)."""
+        iv = self.frechet_interval
+        return {
+            "mmd": {
+                "mmd2": float(self.mmd.mmd2),
+                "p_value": float(self.mmd.p_value),
+                "bandwidth": self.mmd.to_dict()["bandwidth"],
+                "permutations": int(self.mmd.permutations),
+                "n_x": int(self.mmd.n_x),
+                "n_y": int(self.mmd.n_y),
+            },
+            "frechet": {
+                "distance": float(self.frechet_distance),
+                "ci_low": None if iv is None else float(iv.low),
+                "ci_high": None if iv is None else float(iv.high),
+                "n_source": int(self.n_source),
+                "n_target": int(self.n_target),
+                "dim": int(self.dim),
+                "extractor": self.extractor,
+            },
+            "domain_classifier": {
+                "auc": float(self.domain.auc),
+                "accuracy": float(self.domain.accuracy),
+                "proxy_a_distance": float(self.domain.proxy_a_distance),
+            },
+            "transport": {
+                "distance": float(self.transport.distance),
+                "method": self.transport.method,
+                "n_points": int(self.transport.n_used_x + self.transport.n_used_y),
+            },
+        }
+
+    def details(self) -> dict:
+        """Every figure behind :meth:`to_dict` (for the JSON written next to a report)."""
+        return {
+            "mmd": self.mmd.to_dict(),
+            "frechet": {
+                "distance": float(self.frechet_distance),
+                "mean_term": float(self.frechet_mean_term),
+                "covariance_term": float(self.frechet_distance - self.frechet_mean_term),
+                "interval": None if self.frechet_interval is None else self.frechet_interval.to_dict(),
+                "small_sample": bool(self.small_sample),
+                "n_source": int(self.n_source),
+                "n_target": int(self.n_target),
+                "dim": int(self.dim),
+            },
+            "domain_classifier": self.domain.to_dict(),
+            "transport": self.transport.to_dict(),
+            "extractor": self.extractor,
+            "notes": list(self.notes),
+        }
+
+
+def _subsample_rows(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    return x if len(x) <= k else x[np.sort(rng.choice(len(x), size=k, replace=False))]
+
+
+def measure_gap(
+    source: FeatureSet,
+    target: FeatureSet,
+    *,
+    permutations: int = 500,
+    seed: int = 0,
+    max_points: int = 2000,
+    bootstrap: int = 100,
+) -> GapResult:
+    """All four gap statistics between ``source`` and ``target`` features.
+
+    The Fréchet distance uses the streaming moments (all points); its interval resamples
+    the feature rows ``bootstrap`` times (0 skips it). MMD, the domain classifier and
+    transport run on at most ``max_points`` points per domain (seeded subsample), since
+    they cost O(N²)–O(N³).
+    """
+    if source.dim != target.dim:
+        raise UserError(f"features: source has {source.dim} dimensions, target {target.dim}")
+    if source.extractor != target.extractor:
+        raise UserError("features: source and target were extracted differently "
+                        f"({source.extractor!r} vs {target.extractor!r})")
+    for fs, which in ((source, "source"), (target, "target")):
+        if len(fs) < 5:
+            label = f"{which} {fs.name}" if fs.name else which
+            raise UserError(f"{label}: {len(fs)} images; the gap needs at least 5 per domain")
+    if max_points < 5:
+        raise UserError(f"max_points: must be at least 5, got {max_points}")
+    rng = np.random.default_rng(int(seed))
+    xs = _subsample_rows(source.features, max_points, rng).astype(np.float64)
+    xt = _subsample_rows(target.features, max_points, rng).astype(np.float64)
+
+    mmd = mmd_permutation_test(xs, xt, permutations=permutations, seed=seed)
+
+    notes: list[str] = []
+    d = source.dim
+    small = min(source.moments.n, target.moments.n) < d
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FrechetSampleSizeWarning)  # said once, in notes
+        distance = frechet_from_moments(source.moments, target.moments)
+        interval = (frechet_bootstrap(source.features, target.features, n_boot=bootstrap, seed=seed)
+                    if bootstrap > 0 else None)
+    if small:
+        notes.append(f"Fréchet distance from fewer images than feature dimensions (n < {d}): "
+                     "strongly biased, compare only at equal n")
+    diff = (source.moments.mean - target.moments.mean).numpy()
+    mean_term = float(diff @ diff)
+
+    domain = domain_classifier(xs, xt, seed=seed, max_points=max_points)
+    transport = wasserstein_distance(xs, xt, max_points=max_points, seed=seed)
+    if permutations < 100:
+        notes.append(f"only {permutations} permutations: the smallest reachable p-value is "
+                     f"{1 / (1 + permutations):.3f}")
+    return GapResult(
+        mmd=mmd, frechet_distance=float(distance), frechet_mean_term=mean_term, frechet_interval=interval,
+        domain=domain, transport=transport, extractor=source.extractor,
+        n_source=int(source.moments.n), n_target=int(target.moments.n), dim=int(d),
+        small_sample=bool(small), notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------- collapse
+
+
+def _named(values, classes: list[str]) -> dict[str, float]:
+    return {c: float(v) for c, v in zip(classes, values)}
+
+
+def _domain_summary(probs: np.ndarray, classes: list[str]) -> dict:
+    """C = {histogram, marginal_entropy, log_k, largest_share, im_score, mean_confidence}."""
+    hist = prediction_histogram(probs)
+    return {
+        "histogram": _named(hist, classes),
+        "marginal_entropy": marginal_entropy(probs),
+        "log_k": math.log(probs.shape[1]),
+        "largest_share": float(hist.max()),
+        "im_score": im_score(probs),
+        "mean_confidence": float(np.asarray(probs).max(1).mean()),
+        "n": int(len(probs)),
+    }
+
+
+def collapse_section(source: FeatureSet, target: FeatureSet, classes: list[str] | None = None) -> dict:
+    """The audit's ``collapse`` section from the classifier outputs of both domains.
+
+    BBSE needs labelled *held-out* source data: the source domain's labels are used when
+    known (if the model was trained on these very images its source confusion is
+    optimistic, which makes BBSE read a collapse as milder than it is). Without source
+    labels only the pile-up test (largest share, marginal entropy) decides.
+    """
+    if source.probs is None or target.probs is None:
+        raise UserError("collapse: needs a classifier model (--model CKPT)")
+    k = source.probs.shape[1]
+    names = list(classes) if classes is not None and len(classes) == k else [str(i) for i in range(k)]
+    labelled = len(source.labels) > 0 and bool((source.labels >= 0).all()) and int(source.labels.max()) < k
+    if labelled:
+        result: CollapseResult = collapse_report(
+            target.probs, source_probs=source.probs, source_labels=source.labels, class_names=names)
+    else:
+        result = collapse_report(target.probs, class_names=names)
+    out: dict[str, Any] = {
+        "source": _domain_summary(source.probs, names),
+        "target": _domain_summary(target.probs, names),
+        "collapsed": bool(result.collapsed),
+        "label_shift": bool(result.label_shift),
+        "verdict": result.verdict,
+        "reason": "; ".join(result.reasons),
+        "bbse_source": ("labels of the source domain (held out only if the model was not trained on them)"
+                        if labelled else None),
+        "details": result.to_dict(),
+    }
+    if result.source_prior is not None:
+        out["source_prior"] = _named(result.source_prior, names)
+    if result.bbse is not None:
+        out["bbse_target_mix"] = _named(result.bbse.target_prior, names)
+    return out
+
+
+def classification_section(fs: FeatureSet, classes: list[str]) -> dict | None:
+    """Accuracy / macro-F1 / confusion of the classifier on a labelled domain, else None."""
+    from adapt.evaluate import classification_metrics
+
+    if fs.probs is None or len(fs.labels) == 0 or not bool((fs.labels >= 0).all()):
+        return None
+    k = fs.probs.shape[1]
+    names = list(classes) if len(classes) == k else [str(i) for i in range(k)]
+    return classification_metrics(fs.labels, fs.probs.argmax(1), names)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e5:
+        return f"{x:.4g}"
+    return f"{x:.3e}"
+
+
+def _p_text(p: float, b: int) -> str:
+    # at the smallest reachable p-value the permutation test cannot say more
+    return f"p≤{p:.2g}" if p <= 1 / (1 + b) + 1e-12 else f"p={p:.3g}"
+
+
+def mmd_meaning(p: float) -> str:
+    """What a permutation p-value says, in words."""
+    if p < 0.01:
+        return "different (p<0.01)"
+    if p < 0.05:
+        return "different (p<0.05)"
+    return f"not distinguishable (p={p:.2f})"
+
+
+def auc_meaning(auc: float) -> str:
+    """How well a linear classifier tells the domains apart, in words."""
+    a = max(auc, 1.0 - auc)
+    if a >= 0.9:
+        return "easily told apart"
+    if a >= 0.75:
+        return "clearly separable"
+    if a >= 0.6:
+        return "weakly separable"
+    return "indistinguishable (≈ chance)"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def gap_table(result: GapResult | Mapping, collapse: Mapping | None = None) -> str:
+    """A readable aligned terminal table: statistic, value, p-value / interval, meaning."""
+    g = result.to_dict() if isinstance(result, GapResult) else dict(result)
+    mmd, fr, dc, tr = g["mmd"], g["frechet"], g["domain_classifier"], g["transport"]
+    ci = (f"95% CI {_fmt(fr['ci_low'])}–{_fmt(fr['ci_high'])}"
+          if fr.get("ci_low") is not None and fr.get("ci_high") is not None else "–")
+    rows = [
+        ("statistic", "value", "p-value / interval", "meaning"),
+        ("MMD² (Gaussian kernel)", _fmt(mmd["mmd2"]),
+         f"{_p_text(mmd['p_value'], mmd['permutations'])} ({mmd['permutations']} permutations)",
+         mmd_meaning(mmd["p_value"])),
+        ("Fréchet distance", _fmt(fr["distance"]), ci,
+         "0 = same mean and covariance; no absolute scale, compare at equal n"),
+        ("domain-classifier AUC", f"{dc['auc']:.3f}", f"accuracy {100 * dc['accuracy']:.1f}%",
+         auc_meaning(dc["auc"])),
+        ("proxy A-distance", f"{dc['proxy_a_distance']:.3f}", "–", "0 = indistinguishable, 2 = disjoint"),
+        (f"Wasserstein-2 ({tr['method']})", _fmt(tr["distance"]), f"{tr['n_points']} points",
+         "cost of moving one sample onto the other, in feature units"),
+    ]
+    head = (f"features: {fr['extractor']}\n"
+            f"images: {fr['n_source']} source, {fr['n_target']} target "
+            f"(MMD on {mmd['n_x']} + {mmd['n_y']})")
+    out = head + "\n\n" + _table(rows)
+    if collapse:
+        out += "\n\n" + _collapse_lines(collapse)
+    return out
+
+
+def _collapse_lines(c: Mapping) -> str:
+    def hist(sec: Mapping) -> str:
+        h = sec.get("histogram") or {}
+        return ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in h.items())
+
+    lines = []
+    for dom in ("source", "target"):
+        sec = c.get(dom) or {}
+        if sec:
+            lines.append(f"{dom} predictions: {hist(sec)} (entropy {sec['marginal_entropy']:.2f} of "
+                         f"log K = {sec['log_k']:.2f}, IM {sec['im_score']:.2f})")
+    if c.get("bbse_target_mix"):
+        lines.append("BBSE target label mix: " + ", ".join(
+            f"{k} {100 * float(v):.0f}%" for k, v in c["bbse_target_mix"].items()))
+    verdict = c.get("verdict") or ("collapsed" if c.get("collapsed") else "no collapse")
+    text = {"collapsed": "COLLAPSED — the model predicts (almost) one class on the target",
+            "label_shift": "label shift — the target has another class mix; the model did not collapse",
+            "no_shift": "no collapse, no label shift"}.get(verdict, verdict)
+    lines.append(f"collapse check: {text}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CI gate
+
+#: gate metric → (section, field) of the gap dict
+GATE_METRICS: dict[str, tuple[str, str]] = {
+    "mmd2": ("mmd", "mmd2"),
+    "mmd_p": ("mmd", "p_value"),
+    "fid": ("frechet", "distance"),
+    "auc": ("domain_classifier", "auc"),
+    "proxy_a": ("domain_classifier", "proxy_a_distance"),
+    "wasserstein": ("transport", "distance"),
+}
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+_TERM = re.compile(
+    r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
+    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+_SPLIT = re.compile(r"\s*,\s*|\s+or\s+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FailCondition:
+    """``metric op threshold``, e.g. mmd_p < 0.01."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.threshold:g}"
+
+    def value(self, gap: Mapping) -> float | None:
+        section, key = GATE_METRICS[self.metric]
+        v = (gap.get(section) or {}).get(key)
+        return None if v is None else float(v)
+
+    def holds(self, gap: Mapping) -> bool:
+        v = self.value(gap)
+        return v is not None and math.isfinite(v) and _OPS[self.op](v, self.threshold)
+
+
+def parse_fail_on(text: str) -> list[FailCondition]:
+    """Parse ``'mmd_p<0.01, auc>=0.9 or fid>50'`` (any true → the gate fires).
+
+    Grammar: term (("," | " or ") term)*; term = metric op number; metric in
+    :data:`GATE_METRICS`; op in < <= > >=. Anything else is a one-line UserError.
+    """
+    where = f"--fail-on {text!r}"
+    if not text or not text.strip():
+        raise UserError(f"{where}: empty; expected e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40'")
+    conditions = []
+    for term in _SPLIT.split(text.strip()):
+        m = _TERM.match(term)
+        if m is None:
+            raise UserError(f"{where}: cannot read {term.strip()!r}; expected <metric><op><number> "
+                            f"joined by ',' or 'or' (metrics: {', '.join(GATE_METRICS)}; ops: < <= > >=)")
+        metric = m["metric"].lower()
+        if metric not in GATE_METRICS:
+            raise UserError(f"{where}: unknown metric {m['metric']!r} (choose {', '.join(GATE_METRICS)})")
+        threshold = float(m["num"])
+        if not math.isfinite(threshold):
+            raise UserError(f"{where}: threshold {m['num']!r} is not a finite number")
+        conditions.append(FailCondition(metric, m["op"], threshold))
+    return conditions
+
+
+def fired_conditions(conditions: list[FailCondition], gap: Mapping) -> list[tuple[FailCondition, float]]:
+    """The conditions that hold for ``gap`` (the report's gap dict), with the measured value."""
+    return [(c, c.value(gap)) for c in conditions if c.holds(gap)]

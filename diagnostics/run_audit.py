@@ -1,0 +1,265 @@
+"""The audit of an ``adapt-run``: diagnose the model before and after adaptation, judge,
+and write ``runs/<name>/audit.html`` + ``audit.json``.
+
+This module only wires the measuring functions together (features → gap statistics,
+collapse, attributions, embeddings) into the report's data contract
+(:mod:`diagnostics.audit`); every statistic lives in its own module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from adapt.errors import UserError
+from diagnostics.audit import StageResult, build_audit
+from diagnostics.report import write_report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from adapt.pipeline import Domains, RunSummary
+    from adapt.recipe import DiagnosticsConfig, Recipe
+
+
+def _subsample(ds, max_samples: int, seed: int):
+    from diagnostics.attribution import stratified_subsample
+
+    if len(ds) <= max_samples:
+        return ds
+    return ds.subset(stratified_subsample(ds.labels, max_samples, seed))
+
+
+def _masks(ds) -> torch.Tensor | None:
+    first = ds.mask(0) if len(ds) else None
+    if first is None:
+        return None
+    return torch.stack([ds.mask(i) for i in range(len(ds))])
+
+
+def spurious_section(result, images: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """A :class:`~diagnostics.attribution.SpuriousResult` in the report's shape: the
+    verdict, the hot box, border figures, occlusion results, per-class mean maps and a
+    gallery of the most-attributed images with their maps."""
+    d = result.to_dict()
+    gallery = []
+    pos = {idx: j for j, idx in enumerate(result.indices)}
+    for cls, idxs in result.gallery.items():
+        for idx in idxs:
+            j = pos.get(idx)
+            if j is None:
+                continue
+            m = result.maps[j]
+            m = (m / m.max()).numpy() if float(m.max()) > 0 else m.numpy()
+            gallery.append({
+                "image": np.round(images[idx, 0].numpy().astype(np.float64), 3).tolist(),
+                "map": np.round(m.astype(np.float64), 3).tolist(),
+                "label": classes[result.labels[j]] if result.labels[j] >= 0 else None,
+                "pred": classes[result.predictions[j]],
+            })
+    occlusion = {
+        "hot_region_flipped_share": d["hot_region"].get("occlusion", {}).get("flipped_share")
+        if isinstance(d["hot_region"].get("occlusion"), dict) else None,
+        "border_flipped_share": d["border"]["occlusion"].get("flipped_share"),
+        "control_flipped_share": d["control_flipped_share"],
+    }
+    if d.get("known_boxes"):
+        occlusion["known_artifact_flipped_share"] = (d["known_boxes"].get("occlusion") or {}).get("flipped_share")
+        occlusion["known_artifact_share"] = d["known_boxes"].get("share")
+        occlusion["hot_known_iou"] = d["known_boxes"].get("best_candidate_iou")
+    if d.get("reference"):
+        occlusion["before_region_share"] = d["reference"].get("share")
+        occlusion["before_region_flipped_share"] = (d["reference"].get("occlusion") or {}).get("flipped_share")
+    return {
+        "verdict": d["verdict"],
+        "hot_box": list(result.hot_box),
+        "border_share": d["border"]["share"],
+        "border_area_share": d["border"]["area_share"],
+        "roi_outside": d.get("roi_outside"),
+        "occlusion": occlusion,
+        "convergence_delta": d.get("convergence_delta"),
+        "method": d["method"],
+        "n": d["n"],
+        "mean_maps": {classes[int(c)]: m for c, m in d["class_maps"].items()},
+        "gallery": gallery,
+        "seconds": d["seconds"],
+    }
+
+
+def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device) -> dict[str, Any]:
+    """Accuracy / macro-F1 per value of every group column (site, sex, age band...)."""
+    from adapt.evaluate import classification_metrics, predict
+
+    if not ds.groups or not ds.has_labels:
+        return {}
+    out = predict(model, ds, device)
+    preds = out["probs"].argmax(1)
+    result: dict[str, Any] = {}
+    for col, values in ds.groups.items():
+        values = np.asarray(values)
+        per = {}
+        for v in sorted(set(values.tolist())):
+            sel = values == v
+            m = classification_metrics(out["labels"][sel], preds[sel], classes)
+            per[str(v)] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+        result[col] = per
+    return result
+
+
+def diagnose_model(
+    name: str,
+    model: nn.Module,
+    metrics: dict[str, Any],
+    *,
+    source,
+    target,
+    classes: list[str],
+    device: torch.device,
+    cfg: DiagnosticsConfig,
+    seed: int,
+    reference_boxes: dict[str, list[int]] | None = None,
+    progress: bool = True,
+) -> tuple[StageResult, dict[str, Any]]:
+    """Measure one model on held-out source and target images.
+
+    Returns the report's :class:`StageResult` and the raw result objects (for
+    before/after comparisons such as :func:`diagnostics.attribution.compare_reliance`).
+    """
+    from adapt.selection import label_free_scores
+    from diagnostics.attribution import spurious_analysis
+    from diagnostics.embedding import umap_embedding
+    from diagnostics.features import extract_features
+    from diagnostics.gap import collapse_section, measure_gap
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    kind = cfg.features
+    fs = extract_features(source, model, kind, device=device, progress=False)
+    ft = extract_features(target, model, kind, device=device, progress=False)
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed)
+    timings["gap"] = time.perf_counter() - t
+    collapse = collapse_section(fs, ft, classes)
+    label_free = label_free_scores(ft.probs)
+
+    raw: dict[str, Any] = {"gap": gap}
+    spurious: dict[str, Any] = {}
+    if cfg.attribution:
+        t = time.perf_counter()
+        for dom_name, ds in (("source", source), ("target", target)):
+            sub = _subsample(ds, cfg.attribution_samples, seed)
+            images = sub.images()
+            res = spurious_analysis(
+                model, images, sub.labels, dom_name, masks=_masks(sub),
+                known_boxes=getattr(sub, "marker_boxes", None),
+                reference_box=(reference_boxes or {}).get(dom_name),
+                max_samples=cfg.attribution_samples, seed=seed,
+            )
+            raw[f"spurious_{dom_name}"] = res
+            spurious[dom_name] = spurious_section(res, images, classes)
+        timings["attribution"] = time.perf_counter() - t
+
+    embedding: dict[str, Any] = {}
+    if cfg.umap:
+        t = time.perf_counter()
+        emb = umap_embedding(fs.features, ft.features, fs.labels, ft.labels, seed=seed,
+                             max_points=2 * cfg.max_samples)
+        d = emb.to_dict()
+        embedding = {
+            "coords": d["coords"],
+            "domain": ["source" if v == 0 else "target" for v in d["domain"]],
+            "label": [classes[v] if v >= 0 else "unknown" for v in d["label"]],
+            "method": d["method"],
+        }
+        timings["embedding"] = time.perf_counter() - t
+
+    groups: dict[str, Any] = {}
+    for dom_name, ds in (("source", source), ("target", target)):
+        for col, per in group_metrics(model, ds, classes, device).items():
+            groups[f"{dom_name} {col}"] = per
+
+    stage = StageResult(
+        name=name,
+        metrics={"source_test": metrics.get("source_test"), "target_test": metrics.get("target_test")},
+        label_free={"im_score": label_free["im"], "snd": label_free["snd"]},
+        gap=gap.to_dict(),
+        collapse=collapse,
+        spurious=spurious,
+        embedding=embedding,
+        groups=groups,
+    )
+    stage.gap["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    return stage, raw
+
+
+def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
+              progress: bool = True) -> Path:
+    """Diagnose the source model (before) and the audited run (after); write the report."""
+    from adapt.pipeline import environment_info
+
+    t0 = time.perf_counter()
+    cfg = recipe.diagnostics
+    say = tqdm.write if progress else (lambda m: None)
+    # held-out validation + test images of each domain, never trained on
+    source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed)
+    target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
+    common = dict(source=source, target=target, classes=domains.classes, device=device, cfg=cfg,
+                  seed=recipe.seed, progress=progress)
+    say("audit: diagnosing the source-only model")
+    before, raw_before = diagnose_model("source-only", summary.source.model, summary.source.metrics, **common)
+    after = None
+    after_name = recipe.audit_run_name()
+    if after_name and after_name in summary.runs:
+        refs = {}
+        for dom in ("source", "target"):
+            r = raw_before.get(f"spurious_{dom}")
+            if r is not None:
+                region = r.verdict.get("region")
+                refs[dom] = list(region) if isinstance(region, (list, tuple)) else list(r.hot_box)
+        say(f"audit: diagnosing the adapted model ({after_name})")
+        stage = summary.runs[after_name]
+        after, raw_after = diagnose_model(f"adapted ({after_name})", stage.model, stage.metrics,
+                                          reference_boxes=refs, **common)
+        _add_reliance(after, raw_before, raw_after)
+
+    env = environment_info(device)
+    audit = build_audit(
+        before, after, classes=domains.classes,
+        run={"name": recipe.name, "recipe_text": recipe.to_yaml(), "seed": recipe.seed,
+             "device": env["device"], "versions": env["versions"]},
+        methods_table=[{**row, "seed": recipe.seed, "selector": recipe.method.selection}
+                       for row in summary.table],
+    )
+    html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
+    say(f"audit: {time.perf_counter() - t0:.1f} s")
+    return html
+
+
+def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:
+    from diagnostics.attribution import compare_reliance
+
+    for dom in ("source", "target"):
+        b, a = raw_before.get(f"spurious_{dom}"), raw_after.get(f"spurious_{dom}")
+        if b is not None and a is not None and dom in after.spurious:
+            after.spurious[dom]["reliance_change"] = compare_reliance(b, a)
+
+
+def rerender(run_dir: str | Path) -> Path:
+    """``diagnose audit RUN_DIR``: render ``audit.html`` again from ``audit.json``."""
+    run_dir = Path(run_dir)
+    src = run_dir / "audit.json"
+    if not src.is_file():
+        raise UserError(f"{run_dir}: no audit.json (run adapt-run with diagnostics.enabled: true first)")
+    try:
+        data = json.loads(src.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{src}: not valid JSON (line {e.lineno})") from None
+    html, _ = write_report(data, run_dir / "audit.html", run_dir / "audit.json")
+    return html

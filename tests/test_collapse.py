@@ -1,0 +1,131 @@
+"""Class collapse vs label shift: BBSE recovers a planted shift, and the verdict
+separates a collapsed model from an accurate one under a real label shift."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from adapt.errors import UserError
+from diagnostics.collapse import (
+    bbse_weights,
+    collapse_report,
+    confusion_matrix,
+    im_score,
+    marginal_entropy,
+    mean_entropy,
+    prediction_histogram,
+)
+
+# P(ŷ = i | y = j): rows predicted, columns true. An imperfect but usable classifier.
+CONFUSION = np.array(
+    [
+        [0.80, 0.10, 0.05],
+        [0.15, 0.75, 0.15],
+        [0.05, 0.15, 0.80],
+    ]
+)
+
+
+def _sample(rng, prior, n, confusion=CONFUSION, confidence=0.85):
+    """Labels from ``prior`` and softmax outputs of a synthetic classifier with the
+    given confusion: ŷ ~ confusion[:, y], probability ``confidence`` on ŷ."""
+    k = len(prior)
+    y = rng.choice(k, size=n, p=prior)
+    yhat = np.array([rng.choice(k, p=confusion[:, j]) for j in y])
+    probs = np.full((n, k), (1 - confidence) / (k - 1))
+    probs[np.arange(n), yhat] = confidence
+    return y, probs
+
+
+def test_entropies_and_im_score():
+    k = 4
+    uniform_confident = np.eye(k)[np.arange(400) % k]
+    assert marginal_entropy(uniform_confident) == pytest.approx(math.log(k))
+    assert mean_entropy(uniform_confident) == pytest.approx(0.0)
+    assert im_score(uniform_confident) == pytest.approx(math.log(k))
+    one_class = np.tile(np.eye(k)[0], (50, 1))
+    assert marginal_entropy(one_class) == pytest.approx(0.0) and im_score(one_class) == pytest.approx(0.0)
+    assert prediction_histogram(uniform_confident).tolist() == [0.25] * 4
+    assert prediction_histogram(np.array([0, 2, 2, 1]), num_classes=3).tolist() == [0.25, 0.25, 0.5]
+
+
+def test_confusion_matrix_convention():
+    c = confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 2, normalize=None)
+    assert c.tolist() == [[1, 0], [1, 2]]  # C[pred, true]
+    assert confusion_matrix([0, 0, 1, 1], [0, 1, 1, 1], 2, normalize="conditional")[:, 0].tolist() == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("kind", ["joint", "conditional"])
+def test_bbse_recovers_planted_label_shift(kind):
+    rng = np.random.default_rng(0)
+    source_prior = np.array([1 / 3, 1 / 3, 1 / 3])
+    target_prior = np.array([0.6, 0.3, 0.1])
+    ys, ps = _sample(rng, source_prior, 6000)  # held-out labelled source
+    _, pt = _sample(rng, target_prior, 6000)  # unlabelled target
+    c = confusion_matrix(ys, ps, 3, normalize=kind)
+    res = bbse_weights(c, prediction_histogram(pt), kind=kind, source_prior=np.bincount(ys) / len(ys))
+    est = np.array(res.target_prior)
+    assert 0.5 * np.abs(est - target_prior).sum() < 0.05
+    # Importance weights are the label ratio q_t / p_s.
+    assert np.allclose(res.weights, est / (np.bincount(ys) / len(ys)))
+    # The naive estimate (predicted histogram) is further off than BBSE.
+    assert 0.5 * np.abs(prediction_histogram(pt) - target_prior).sum() > 0.5 * np.abs(est - target_prior).sum()
+    json.dumps(res.to_dict())
+
+
+def test_bbse_is_exact_on_exact_inputs_and_clips_negatives():
+    q = np.array([0.2, 0.5, 0.3])
+    res = bbse_weights(CONFUSION, CONFUSION @ q, kind="conditional")
+    assert np.allclose(res.target_prior, q) and res.residual < 1e-12 and not res.clipped
+    # A histogram no label mix can produce: solution has negative parts, clipped.
+    res = bbse_weights(CONFUSION, np.array([1.0, 0.0, 0.0]), kind="conditional")
+    assert res.clipped and min(res.target_prior) >= 0 and sum(res.target_prior) == pytest.approx(1.0)
+
+
+def test_collapsed_model_is_flagged():
+    rng = np.random.default_rng(1)
+    ys, ps = _sample(rng, [1 / 3] * 3, 3000)
+    # On the target the model predicts class 1 for everything, confidently.
+    pt = np.tile([0.03, 0.94, 0.03], (800, 1))
+    res = collapse_report(pt, source_probs=ps, source_labels=ys, class_names=["a", "b", "c"])
+    assert res.collapsed and res.verdict == "collapsed"
+    assert res.largest_class == 1 and res.largest_class_share == 1.0
+    assert res.marginal_entropy < 0.3 * res.max_entropy
+    assert res.excess_share > 0.1  # more than any label mix explains
+    json.dumps(res.to_dict())
+
+
+def test_accurate_model_under_real_label_shift_is_not_collapse():
+    rng = np.random.default_rng(2)
+    accurate = np.array([[0.95, 0.03, 0.02], [0.03, 0.94, 0.03], [0.02, 0.03, 0.95]])
+    ys, ps = _sample(rng, [1 / 3] * 3, 3000, confusion=accurate, confidence=0.9)
+    target_prior = np.array([0.7, 0.2, 0.1])
+    _, pt = _sample(rng, target_prior, 3000, confusion=accurate, confidence=0.9)
+    res = collapse_report(pt, source_probs=ps, source_labels=ys)
+    assert not res.collapsed
+    assert res.label_shift and res.verdict == "label_shift"
+    assert 0.5 * np.abs(np.array(res.bbse.target_prior) - target_prior).sum() < 0.05
+
+
+def test_extreme_but_explained_shift_vs_no_confusion():
+    rng = np.random.default_rng(3)
+    ys, ps = _sample(rng, [0.5, 0.5], 2000, confusion=np.array([[0.97, 0.03], [0.03, 0.97]]))
+    # Without source information a pile-up cannot be told from a shift to one class:
+    # flagged, with the caveat in the reasons.
+    pt = np.tile([0.9, 0.1], (300, 1))
+    res = collapse_report(pt)
+    assert res.collapsed and any("cannot be ruled out" in r for r in res.reasons)
+    # No shift at all: an accurate model on a target with the source mix.
+    _, pt_same = _sample(rng, [0.5, 0.5], 2000, confusion=np.array([[0.97, 0.03], [0.03, 0.97]]))
+    res_same = collapse_report(pt_same, source_probs=ps, source_labels=ys)
+    assert res_same.verdict == "no_shift"
+
+
+def test_bad_inputs_raise_user_error():
+    with pytest.raises(UserError, match="logits"):
+        collapse_report(np.array([[2.0, -1.0], [0.5, 0.1]]))
+    with pytest.raises(UserError, match="give both"):
+        collapse_report(np.full((4, 2), 0.5), source_labels=[0, 1, 0, 1])

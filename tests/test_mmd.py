@@ -1,0 +1,168 @@
+"""MMD²: known answers against a double loop, the GEMM permutation trick against
+re-indexing, and the test's size and power."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adapt.errors import UserError
+from diagnostics.mmd import (
+    gaussian_kernel,
+    median_bandwidth,
+    mmd2_block,
+    mmd2_from_kernel,
+    mmd2_linear,
+    mmd2_permutation_statistics,
+    mmd2_unbiased,
+    mmd_permutation_test,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Many small kernels: on a shared 2-core machine, thread hand-offs cost more
+    # than they save (measured 10x slower under load). Restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _loop_mmd2(x: np.ndarray, y: np.ndarray, sigmas: list[float]) -> float:
+    """Gretton et al. 2012 eq. 3, written as plain loops."""
+
+    def k(a, b):
+        d2 = float(((a - b) ** 2).sum())
+        return sum(math.exp(-d2 / (2 * s * s)) for s in sigmas)
+
+    m, n = len(x), len(y)
+    sxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    syy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j)
+    sxy = sum(k(x[i], y[j]) for i in range(m) for j in range(n))
+    return sxx / (m * (m - 1)) + syy / (n * (n - 1)) - 2 * sxy / (m * n)
+
+
+def _loop_median(z: np.ndarray) -> float:
+    return float(np.median([np.linalg.norm(z[i] - z[j]) for i in range(len(z)) for j in range(i + 1, len(z))]))
+
+
+def test_mmd2_equals_double_loop_single_and_multi_bandwidth():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 3))
+    y = rng.standard_normal((7, 3)) + 0.5
+    sigma = _loop_median(np.concatenate([x, y]))
+    assert median_bandwidth(x, y) == pytest.approx(sigma, rel=1e-12)
+    assert mmd2_unbiased(x, y) == pytest.approx(_loop_mmd2(x, y, [sigma]), rel=1e-10)
+    assert mmd2_unbiased(x, y, bandwidth=0.7) == pytest.approx(_loop_mmd2(x, y, [0.7]), rel=1e-10)
+    sigmas = [0.5, 1.0, 4.0]
+    assert mmd2_unbiased(x, y, bandwidth=sigmas) == pytest.approx(_loop_mmd2(x, y, sigmas), rel=1e-10)
+    k = gaussian_kernel(x, y, sigmas)
+    assert k[2, 3].item() == pytest.approx(
+        sum(math.exp(-((x[2] - y[3]) ** 2).sum() / (2 * s * s)) for s in sigmas), rel=1e-12
+    )
+
+
+def test_mmd2_is_symmetric_and_near_zero_for_identical_samples():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 5, generator=g)
+    y = torch.randn(30, 5, generator=g) * 1.5
+    assert mmd2_unbiased(x, y) == pytest.approx(mmd2_unbiased(y, x), rel=1e-12)
+    res_xy = mmd_permutation_test(x, y, permutations=50, seed=0)
+    res_yx = mmd_permutation_test(y, x, permutations=50, seed=0)
+    assert res_xy.mmd2 == pytest.approx(res_yx.mmd2, rel=1e-12)
+    # The permutation test's statistic is the same estimator.
+    assert res_xy.mmd2 == pytest.approx(mmd2_unbiased(x, y), rel=1e-12)
+    assert mmd2_unbiased(x, y) > 0.01
+
+
+def test_gemm_permutation_statistics_equal_reindexing():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(13, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(17, 4, generator=g, dtype=torch.float64) + 0.3
+    z = torch.cat([x, y])
+    m, n_total = 13, 30
+    k = gaussian_kernel(z, z, [0.8, 2.0])
+    perms = [torch.randperm(n_total, generator=g) for _ in range(6)]
+    a = torch.zeros(len(perms), n_total, dtype=torch.float64)
+    for r, p in enumerate(perms):
+        a[r, p[:m]] = 1.0  # the first m permuted points play X
+    fast = mmd2_permutation_statistics(k, a)
+    for r, p in enumerate(perms):
+        expected = mmd2_from_kernel(k[p][:, p], m)  # re-index K as a per-permutation loop does
+        assert fast[r].item() == pytest.approx(expected, rel=1e-10, abs=1e-14)
+    # The identity split reproduces the observed statistic.
+    ident = torch.zeros(1, n_total, dtype=torch.float64)
+    ident[0, :m] = 1
+    assert mmd2_permutation_statistics(k, ident)[0].item() == pytest.approx(mmd2_from_kernel(k, m), rel=1e-12)
+
+
+def test_null_rejection_rate_is_near_nominal():
+    # 200 two-sample problems where H0 holds; the test must reject ~5% of them.
+    g = torch.Generator().manual_seed(3)
+    trials, rejections = 200, 0
+    for t in range(trials):
+        x = torch.randn(25, 3, generator=g)
+        y = torch.randn(25, 3, generator=g)
+        rejections += mmd_permutation_test(x, y, permutations=150, seed=1000 + t).p_value <= 0.05
+    rate = rejections / trials
+    assert 0.02 <= rate <= 0.09, rate
+
+
+def test_power_against_small_mean_shift():
+    # 0.3σ shift in 10 of 64 dimensions, n = m = 200.
+    g = torch.Generator().manual_seed(4)
+    trials, rejections = 50, 0
+    for t in range(trials):
+        x = torch.randn(200, 64, generator=g)
+        y = torch.randn(200, 64, generator=g)
+        y[:, :10] += 0.3
+        rejections += mmd_permutation_test(x, y, permutations=100, seed=t).p_value <= 0.05
+    assert rejections / trials > 0.9, rejections
+
+
+def test_result_fields_and_json():
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(30, 2, generator=g), torch.randn(20, 2, generator=g) + 3.0
+    res = mmd_permutation_test(x, y, permutations=99, bandwidths=[0.5, 1.0])
+    assert res.p_value == pytest.approx(1 / 100)  # far apart: no permutation beats the truth
+    assert (res.n_x, res.n_y, res.permutations, res.method) == (30, 20, 99, "permutation")
+    assert res.bandwidth == [0.5, 1.0]
+    assert res.null_quantiles["q50"] <= res.null_quantiles["q95"] < res.mmd2
+    json.dumps(res.to_dict())
+    # Same seed, same p-value; a generator works as well as a seed.
+    again = mmd_permutation_test(x, y, permutations=99, bandwidths=[0.5, 1.0])
+    assert again.to_dict() == res.to_dict()
+    gen = torch.Generator().manual_seed(7)
+    assert mmd_permutation_test(x, y, permutations=10, generator=gen).permutations == 10
+
+
+def test_large_inputs_switch_to_block_test_with_linear_and_block_estimators():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3000, 4, generator=g)
+    y_same = torch.randn(3000, 4, generator=g)
+    y_shift = torch.randn(3000, 4, generator=g) + 0.25
+    near = mmd_permutation_test(x, y_same, max_exact_points=1000, block_size=100)
+    far = mmd_permutation_test(x, y_shift, max_exact_points=1000, block_size=100)
+    assert near.method == far.method == "block" and far.blocks == 30
+    assert near.p_value > 0.01 and far.p_value < 1e-4
+    # Block and linear estimators are unbiased: close to the quadratic one on average.
+    bw = median_bandwidth(x, y_shift)
+    quad = mmd2_unbiased(x[:1000], y_shift[:1000], bandwidth=bw)
+    block_mean, block_se, _ = mmd2_block(x, y_shift, block_size=100, bandwidth=bw)
+    lin_mean, lin_se = mmd2_linear(x, y_shift, bandwidth=bw)
+    assert abs(block_mean - quad) < 4 * block_se + 0.005
+    assert abs(lin_mean - quad) < 4 * lin_se + 0.005
+
+
+def test_bad_arguments_raise_user_error():
+    x = torch.randn(10, 3)
+    with pytest.raises(UserError, match="bandwidth"):
+        mmd2_unbiased(x, x, bandwidth=-1.0)
+    with pytest.raises(UserError, match="dimensions differ"):
+        mmd2_unbiased(x, torch.randn(10, 4))
+    with pytest.raises(UserError, match="not both"):
+        mmd_permutation_test(x, x, bandwidth=1.0, bandwidths=[1.0])
