@@ -108,6 +108,11 @@ class EWCConfig(_Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @field_validator("fisher", mode="before")
+    @classmethod
+    def _yaml_true(cls, v: Any) -> Any:
+        return "true" if v is True else v  # YAML reads an unquoted true as a boolean
+
 
 class AdaptRunConfig(_Section):
     """One adaptation run, started from the source model's weights."""

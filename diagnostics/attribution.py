@@ -62,6 +62,11 @@ __all__ = [
     "roi_hull",
     "roi_outside_share",
     "spurious_analysis",
+    "spurious_verdict",
+    "stratified_subsample",
+    "predict",
+    "occlude",
+    "frozen_eval",
     "top_attributed",
 ]
 

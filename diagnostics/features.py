@@ -435,7 +435,9 @@ def extract_features(
                 feats.append(f.cpu())
                 labels.append(torch.as_tensor(y).reshape(-1).cpu())
                 if classifier is not None:
-                    logits = classifier(_match_channels(x, classifier.in_channels))
+                    # the penultimate features are already there: only the head is left to run
+                    logits = (classifier.head(f) if ext.kind == "model"
+                              else classifier(_match_channels(x, classifier.in_channels)))
                     probs.append(torch.softmax(logits.float(), dim=1).cpu())
     finally:
         for m, t in zip(modules, was_training):
