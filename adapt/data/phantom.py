@@ -43,6 +43,8 @@ CLASSES = ["normal", "opacity"]
 #: lesion peak density and Gaussian σ per axis (fraction of the image side), drawn uniformly
 LESION_AMPLITUDE = (0.25, 0.40)
 LESION_SIGMA = (0.045, 0.08)
+#: brightness of the burnt-in laterality marker, drawn uniformly per image
+MARKER_LEVEL = (0.9, 1.0)
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,7 @@ def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, fl
     g = max(1, round(S / 64))  # glyph pixel scale
     margin = rng.integers(2, 5, n) * g
     top = rng.integers(2, 5, n) * g
-    level = rng.uniform(0.9, 1.0, n)
+    level = rng.uniform(*MARKER_LEVEL, n)
     present = draw < np.asarray(rates, dtype=np.float64)[labels]
     boxes = np.full((n, 4), -1, dtype=np.int64)
     for i in np.flatnonzero(present):  # ≤ n small slice writes
