@@ -194,7 +194,12 @@ class DiagnosticsConfig(_Section):
     #: images per domain used by the diagnostics (subsampled, stratified)
     max_samples: int = Field(600, ge=20)
     attribution: bool = True
-    attribution_samples: int = Field(200, ge=10)
+    #: integrated_gradients (pixel-exact, convergence delta reported) or gradcam (fast, coarse)
+    attribution_method: Literal["integrated_gradients", "gradcam"] = "integrated_gradients"
+    #: held-out images per domain whose attributions are computed
+    attribution_samples: int = Field(64, ge=10)
+    #: Integrated Gradients path steps (the cost is samples x steps forward+backward passes)
+    attribution_steps: int = Field(12, ge=2)
     umap: bool = True
 
 

@@ -668,7 +668,8 @@ def _spurious_desc(domain: str, v: Mapping) -> str:
         bits.append(f"holds {_pct(share)} of the attribution")
     text = " ".join(bits)
     if isinstance(flips, (int, float)) and not isinstance(flips, bool):
-        text += f", occluding it flips {int(flips)} predictions"
+        # ``flips`` is the share of predictions that change when the region is occluded
+        text += f", occluding it changes {_pct(float(flips))} of the predictions"
     return text
 
 

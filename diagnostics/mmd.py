@@ -180,9 +180,13 @@ def mmd2_unbiased(x, y, bandwidth: Bandwidth = None) -> float:
     (it is unbiased, and MMD² = 0 under H0).
     """
     xt, yt = _pair(x, y)
-    bw = _resolve_bandwidth(xt, yt, bandwidth)
     z = torch.cat([xt, yt])
-    k = _kernel_from_sq_dists(pairwise_sq_dists(z, z), _bandwidth_list(bw))
+    d2 = pairwise_sq_dists(z, z)
+    if bandwidth is None:
+        # Exact median of all pooled pairs, as in mmd_permutation_test.
+        med = _median_from_sq_dists(d2)
+        bandwidth = med if med > 0 else 1.0
+    k = _kernel_from_sq_dists(d2, _bandwidth_list(bandwidth))
     return mmd2_from_kernel(k, xt.shape[0])
 
 

@@ -42,6 +42,30 @@ def _masks(ds) -> torch.Tensor | None:
     return torch.stack([ds.mask(i) for i in range(len(ds))])
 
 
+def png_base64(image: torch.Tensor) -> str:
+    """An image [C, H, W] in [0, 1] as a base64 8-bit PNG (compact, for the report JSON)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    pil = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.moveaxis(arr, 0, -1))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _small_map(m: torch.Tensor, side: int = 32) -> list:
+    """An attribution map scaled to max 1, average-pooled to at most side x side."""
+    t = m[None, None].float()
+    if t.shape[-1] > side:
+        t = torch.nn.functional.adaptive_avg_pool2d(t, side)
+    t = t[0, 0]
+    t = t / t.max() if float(t.max()) > 0 else t
+    return np.round(t.numpy().astype(np.float64), 2).tolist()
+
+
 def spurious_section(result, images: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """A :class:`~diagnostics.attribution.SpuriousResult` in the report's shape: the
     verdict, the hot box, border figures, occlusion results, per-class mean maps and a
@@ -54,11 +78,9 @@ def spurious_section(result, images: torch.Tensor, classes: list[str]) -> dict[s
             j = pos.get(idx)
             if j is None:
                 continue
-            m = result.maps[j]
-            m = (m / m.max()).numpy() if float(m.max()) > 0 else m.numpy()
             gallery.append({
-                "image": np.round(images[idx, 0].numpy().astype(np.float64), 3).tolist(),
-                "map": np.round(m.astype(np.float64), 3).tolist(),
+                "image_png_b64": png_base64(images[idx]),
+                "map": _small_map(result.maps[j]),
                 "label": classes[result.labels[j]] if result.labels[j] >= 0 else None,
                 "pred": classes[result.predictions[j]],
             })
@@ -111,10 +133,30 @@ def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device
     return result
 
 
-def diagnose_model(
+def _embedding_job(fs: np.ndarray, ft: np.ndarray, ls: np.ndarray, lt: np.ndarray, seed: int,
+                   max_points: int) -> dict[str, Any]:
+    """UMAP of pooled source+target features (run in a worker process: see audit_run)."""
+    from diagnostics.embedding import umap_embedding
+
+    return umap_embedding(fs, ft, ls, lt, seed=seed, max_points=max_points).to_dict()
+
+
+def _embedding_section(d: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    return {
+        "coords": d["coords"],
+        "domain": ["source" if v == 0 else "target" for v in d["domain"]],
+        "label": [classes[v] if v >= 0 else "unknown" for v in d["label"]],
+        "method": d["method"],
+        "seconds": d.get("seconds"),
+    }
+
+
+def measure_stage(
     name: str,
     model: nn.Module,
     metrics: dict[str, Any],
+    fs,
+    ft,
     *,
     source,
     target,
@@ -123,28 +165,21 @@ def diagnose_model(
     cfg: DiagnosticsConfig,
     seed: int,
     reference_boxes: dict[str, list[int]] | None = None,
-    progress: bool = True,
 ) -> tuple[StageResult, dict[str, Any]]:
-    """Measure one model on held-out source and target images.
+    """Everything but the embedding for one model, from its features ``fs``/``ft`` of the
+    held-out ``source``/``target`` images: gap statistics, collapse, label-free scores,
+    spurious-feature analysis per domain, per-group metrics.
 
     Returns the report's :class:`StageResult` and the raw result objects (for
     before/after comparisons such as :func:`diagnostics.attribution.compare_reliance`).
     """
     from adapt.selection import label_free_scores
     from diagnostics.attribution import spurious_analysis
-    from diagnostics.embedding import umap_embedding
-    from diagnostics.features import extract_features
     from diagnostics.gap import collapse_section, measure_gap
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    kind = cfg.features
-    fs = extract_features(source, model, kind, device=device, progress=False)
-    ft = extract_features(target, model, kind, device=device, progress=False)
-    timings["features"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed)
+    gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed, bootstrap=50)
     timings["gap"] = time.perf_counter() - t
     collapse = collapse_section(fs, ft, classes)
     label_free = label_free_scores(ft.probs)
@@ -160,25 +195,12 @@ def diagnose_model(
                 model, images, sub.labels, dom_name, masks=_masks(sub),
                 known_boxes=getattr(sub, "marker_boxes", None),
                 reference_box=(reference_boxes or {}).get(dom_name),
+                method=cfg.attribution_method, n_steps=cfg.attribution_steps,
                 max_samples=cfg.attribution_samples, seed=seed,
             )
             raw[f"spurious_{dom_name}"] = res
             spurious[dom_name] = spurious_section(res, images, classes)
         timings["attribution"] = time.perf_counter() - t
-
-    embedding: dict[str, Any] = {}
-    if cfg.umap:
-        t = time.perf_counter()
-        emb = umap_embedding(fs.features, ft.features, fs.labels, ft.labels, seed=seed,
-                             max_points=2 * cfg.max_samples)
-        d = emb.to_dict()
-        embedding = {
-            "coords": d["coords"],
-            "domain": ["source" if v == 0 else "target" for v in d["domain"]],
-            "label": [classes[v] if v >= 0 else "unknown" for v in d["label"]],
-            "method": d["method"],
-        }
-        timings["embedding"] = time.perf_counter() - t
 
     groups: dict[str, Any] = {}
     for dom_name, ds in (("source", source), ("target", target)):
@@ -189,46 +211,73 @@ def diagnose_model(
         name=name,
         metrics={"source_test": metrics.get("source_test"), "target_test": metrics.get("target_test")},
         label_free={"im_score": label_free["im"], "snd": label_free["snd"]},
-        gap=gap.to_dict(),
+        gap={**gap.to_dict(), "seconds": {k: round(v, 2) for k, v in timings.items()}},
         collapse=collapse,
         spurious=spurious,
-        embedding=embedding,
         groups=groups,
     )
-    stage.gap["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     return stage, raw
 
 
 def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
               progress: bool = True) -> Path:
-    """Diagnose the source model (before) and the audited run (after); write the report."""
+    """Diagnose the source model (before) and the audited run (after); write the report.
+
+    Measured on held-out validation + test images of each domain (never trained on).
+    UMAP's first call spends ~20 s compiling numba code; it runs in a worker process while
+    this one computes the gap statistics and attributions, so the two overlap.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
     from adapt.pipeline import environment_info
+    from diagnostics.features import extract_features
 
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
     say = tqdm.write if progress else (lambda m: None)
-    # held-out validation + test images of each domain, never trained on
     source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed)
     target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
-    common = dict(source=source, target=target, classes=domains.classes, device=device, cfg=cfg,
-                  seed=recipe.seed, progress=progress)
-    say("audit: diagnosing the source-only model")
-    before, raw_before = diagnose_model("source-only", summary.source.model, summary.source.metrics, **common)
-    after = None
+    stages = [("source-only", summary.source)]
     after_name = recipe.audit_run_name()
     if after_name and after_name in summary.runs:
-        refs = {}
-        for dom in ("source", "target"):
-            r = raw_before.get(f"spurious_{dom}")
-            if r is not None:
-                region = r.verdict.get("region")
-                refs[dom] = list(region) if isinstance(region, (list, tuple)) else list(r.hot_box)
-        say(f"audit: diagnosing the adapted model ({after_name})")
-        stage = summary.runs[after_name]
-        after, raw_after = diagnose_model(f"adapted ({after_name})", stage.model, stage.metrics,
-                                          reference_boxes=refs, **common)
-        _add_reliance(after, raw_before, raw_after)
+        stages.append((f"adapted ({after_name})", summary.runs[after_name]))
 
+    feats = [(extract_features(source, st.model, cfg.features, device=device, progress=False),
+              extract_features(target, st.model, cfg.features, device=device, progress=False))
+             for _, st in stages]
+    pool = futures = None
+    if cfg.umap:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        futures = [pool.submit(_embedding_job, fs.features, ft.features, fs.labels, ft.labels,
+                               recipe.seed, 2 * cfg.max_samples) for fs, ft in feats]
+    try:
+        common = dict(source=source, target=target, classes=domains.classes, device=device, cfg=cfg,
+                      seed=recipe.seed)
+        results = []
+        refs: dict[str, list[int]] = {}
+        for (name, st), (fs, ft) in zip(stages, feats):
+            say(f"audit: diagnosing the {name} model")
+            stage, raw = measure_stage(name, st.model, st.metrics, fs, ft, reference_boxes=refs or None,
+                                       **common)
+            if not refs:  # the after-model is tested on the before-model's suspect regions
+                for dom in ("source", "target"):
+                    r = raw.get(f"spurious_{dom}")
+                    if r is not None:
+                        region = r.verdict.get("region")
+                        refs[dom] = list(region) if isinstance(region, (list, tuple)) else list(r.hot_box)
+            results.append((stage, raw))
+        if futures is not None:
+            for (stage, _), fut in zip(results, futures):
+                stage.embedding = _embedding_section(fut.result(), domains.classes)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    before = results[0][0]
+    after = results[1][0] if len(results) > 1 else None
+    if after is not None:
+        _add_reliance(after, results[0][1], results[1][1])
     env = environment_info(device)
     audit = build_audit(
         before, after, classes=domains.classes,

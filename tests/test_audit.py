@@ -157,7 +157,7 @@ def test_collapse_before_and_after():
 
 def _spur(share, level, flagged):
     return {"source": {"verdict": {"level": level, "flagged": flagged, "region": "top-left corner",
-                                   "share": share, "flips": 40 if flagged else 1, "reason": "r"}}}
+                                   "share": share, "flips": 0.4 if flagged else 0.01, "reason": "r"}}}
 
 
 def test_spurious_reliance_removed_by_adaptation():
@@ -172,7 +172,7 @@ def test_spurious_reliance_kept_after_adaptation():
     v = v["spurious"]
     assert v.level == "fail"
     assert "The adapted model relies on a spurious region" in v.summary
-    assert "occluding it flips 40 predictions" in v.summary
+    assert "occluding it changes 40.0% of the predictions" in v.summary
     # without an explicit level a flagged region still warns
     only = by_name(compute_verdicts(stage(spurious={"target": {"verdict": {"flagged": True, "share": 0.4}}})))
     assert only["spurious"].level == "warn"

@@ -41,8 +41,11 @@ from adapt.errors import UserError
 CLASSES = ["normal", "opacity"]
 
 #: lesion peak density and Gaussian σ per axis (fraction of the image side), drawn uniformly
-LESION_AMPLITUDE = (0.25, 0.40)
-LESION_SIGMA = (0.045, 0.08)
+LESION_AMPLITUDE = (0.40, 0.55)
+LESION_SIGMA = (0.055, 0.09)
+#: a lesion centre must lie outside the heart ellipse scaled by √HEART_CLEARANCE (a lesion
+#: against the heart shadow reads as cardiomegaly, not as a lung opacity)
+HEART_CLEARANCE = 2.0
 #: brightness of the burnt-in laterality marker, drawn uniformly per image
 MARKER_LEVEL = (0.9, 1.0)
 
@@ -68,7 +71,7 @@ class SiteStyle:
 
 SITES: dict[str, SiteStyle] = {
     "A": SiteStyle(gamma=1.0, contrast=1.0, offset=0.0, blur=0.0, noise=0.015, marker_rates=(0.15, 0.85)),
-    "B": SiteStyle(gamma=0.8, contrast=0.85, offset=0.08, blur=0.6, noise=0.03, collimation=(0.0, 0.03)),
+    "B": SiteStyle(gamma=0.7, contrast=0.8, offset=0.1, blur=0.6, noise=0.03, collimation=(0.0, 0.03)),
 }
 
 
@@ -264,7 +267,7 @@ def _draw_lesions(rng, a, labels, u, v, S):
     """Lesion density [n, S, S] (zero for normal) and boxes [n, 4] (-1 for normal).
 
     Centre: uniform in a random lung ellipse (shrunk to 70% so it stays in the field),
-    redrawn when it falls in the heart shadow; shape: anisotropic Gaussian, σ per axis
+    redrawn when it falls in or next to the heart shadow; shape: anisotropic Gaussian, σ per axis
     in LESION_SIGMA·S, peak density in LESION_AMPLITUDE.
     """
     n = len(labels)
@@ -275,7 +278,8 @@ def _draw_lesions(rng, a, labels, u, v, S):
     flat = {k: val.reshape(n, 1) for k, val in a.items()}
     cx = 0.5 + side * flat["lung_dx"] + flat["lung_ax"] * r * np.cos(theta)
     cy = flat["lung_cy"] + flat["lung_ay"] * r * np.sin(theta)
-    in_heart = ((cx - flat["heart_cx"]) / flat["heart_ax"]) ** 2 + ((cy - flat["heart_cy"]) / flat["heart_ay"]) ** 2 < 1.2
+    heart_r2 = ((cx - flat["heart_cx"]) / flat["heart_ax"]) ** 2 + ((cy - flat["heart_cy"]) / flat["heart_ay"]) ** 2
+    in_heart = heart_r2 < HEART_CLEARANCE
     pick = np.argmax(~in_heart, axis=1)  # first candidate outside the heart (0 if none)
     rows = np.arange(n)
     cx, cy = cx[rows, pick], cy[rows, pick]
