@@ -132,7 +132,9 @@ def bench_mmd(n: int, d: int, permutations: int, repeats: int) -> tuple[list[tup
                      "alibi-detect MMDDrift(pytorch), init+predict", t_alibi,
                      "mmd_permutation_test", t_ours, (a_mmd, a_p), (res.mmd2, res.p_value)))
     except Exception as exc:  # noqa: BLE001 - report any import/runtime failure verbatim
-        note = f"alibi-detect not usable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); compared against the re-indexing reference only"
+        note = (f"alibi-detect not usable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}), "
+                "so the MMD rows compare against the re-indexing reference only (alibi-detect 0.13 pins "
+                "numba 0.59 / numpy<1.27 and is kept out of the project venv)")
     t_ref, ref = _timeit(lambda: _reindex_permutation_test(x, y, permutations, seed=0), repeats)
     rows.append((f"MMD perm n=m={n} d={d} B={permutations}",
                  "re-indexing reference K[idx][:,idx] (alibi's loop)", t_ref,

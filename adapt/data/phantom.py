@@ -340,16 +340,21 @@ def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, fl
 
 
 def _gaussian_blur(y: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of [n, S, S] with σ in pixels (reflect padding)."""
+    """Separable Gaussian blur of [n, S, S] with σ in pixels (reflect padding).
+
+    A weighted sum of shifted views per axis: for these tiny kernels it is several
+    times faster than a one-channel ``conv2d``.
+    """
     if sigma <= 0:
         return y
     radius = max(1, int(np.ceil(3 * sigma)))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k = torch.from_numpy((k / k.sum()).astype(np.float32))
-    t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None]
-    t = F.conv2d(F.pad(t, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    t = F.conv2d(F.pad(t, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
-    return t[:, 0].numpy()
+    k = (k / k.sum()).astype(np.float32)
+    S_h, S_w = y.shape[1], y.shape[2]
+    p = np.pad(y, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+    rows = sum(w * p[:, j : j + S_h, :] for j, w in enumerate(k))
+    p = np.pad(rows, ((0, 0), (0, 0), (radius, radius)), mode="reflect")
+    return sum(w * p[:, :, j : j + S_w] for j, w in enumerate(k)).astype(np.float32)
 
 
 def _collimate(rng, y: np.ndarray, width: tuple[float, float], S: int) -> None:
