@@ -263,7 +263,7 @@ class CollapseResult:
     """Evidence and verdict. ``verdict`` is one of:
 
     * ``"collapsed"``: predictions pile onto one class (share ≥ share_threshold and
-      marginal entropy ≤ entropy_ratio_threshold · log K) and BBSE cannot explain
+      entropy of the predicted-class histogram ≤ entropy_ratio_threshold · log K) and BBSE cannot explain
       it with a plausible label mix (or no source confusion was given);
     * ``"label_shift"``: the BBSE target mix differs from the source prior by more
       than ``shift_threshold`` (half L1) and explains the predicted histogram;
@@ -379,14 +379,17 @@ def collapse_report(
             raise UserError(f"source_prior: expected {k} non-negative shares")
         p_s = p_s / p_s.sum()
 
-    # ---- pile-up
-    ratio = h_marg / h_max
+    # ---- pile-up, judged on the hard predictions: a model whose outputs hover near 1/K
+    # but always tip the same way has a high soft marginal entropy, yet every decision
+    # it makes is the same class — that is the collapse a user must hear about.
+    h_pred = float(_entropy(hist))
+    ratio = h_pred / h_max
     pile_up = share >= share_threshold and ratio <= entropy_ratio_threshold
     reasons: list[str] = []
     if pile_up:
         reasons.append(
-            f"{share:.0%} of target predictions are '{names[top]}' and the marginal entropy is "
-            f"{h_marg:.3f} nats, {ratio:.0%} of log K = {h_max:.3f}"
+            f"{share:.0%} of target predictions are '{names[top]}' and the entropy of the predicted "
+            f"classes is {h_pred:.3f} nats, {ratio:.0%} of log K = {h_max:.3f}"
         )
     if p_s is not None:
         reasons.append(f"source prior of '{names[top]}' is {p_s[top]:.0%}; predicted share on target {share:.0%}")
