@@ -182,6 +182,10 @@ class TrainConfig(_Section):
     #: clip the gradient norm (None = off)
     max_grad_norm: float | None = Field(5.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: re-estimate BatchNorm statistics on (up to 1024) training images at the end of each
+    #: epoch ("precise BN"): running averages lag weights that move fast, and a model
+    #: evaluated with stale statistics can score at chance while it trains well
+    precise_bn: bool = True
     #: CPU threads for torch (None = torch's default)
     threads: int | None = Field(None, ge=1)
 

@@ -272,6 +272,8 @@ def fit(
             feature_style.detach()
         dist_utils.average_buffers(trainable, ctx)
 
+        if cfg.precise_bn:
+            _precise_bn(model, source_train, seed, device)
         n_steps = step + 1
         head_lr = next((g["lr"] for g in optimizer.param_groups if g.get("name") == "head"),
                        optimizer.param_groups[-1]["lr"])
@@ -316,6 +318,19 @@ def fit(
 
     _restore_best(trainable, best_path, device)
     return _result(state, best_path, time.perf_counter() - t0, stopped=stopped_early)
+
+
+def _precise_bn(model: nn.Module, data: Dataset, seed: int, device: torch.device,
+                max_images: int = 1024) -> None:
+    """Re-estimate trainable BatchNorm layers' statistics on a fixed sample of the
+    training data (the same images every epoch, so a resumed run matches)."""
+    from adapt.methods.adabn import adabn, batchnorm_layers
+
+    if not batchnorm_layers(model):
+        return
+    order = np.random.default_rng([seed, 0xB2]).permutation(len(data))[:max_images].tolist()
+    loader = DataLoader(data, batch_size=256, sampler=order)
+    adabn(model, loader, device, trainable_only=True)
 
 
 def _load_training_checkpoint(path: Path) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def shortcut_result(threads, test_site_a):
     # too and leans on the marker only partly — see the report numbers.)
     model = _train_small_cnn(marker_rates=(0.0, 1.0))
     b = test_site_a
-    return spurious_analysis(model, b.images, b.labels, "site A", masks=b.lung_masks,
+    return spurious_analysis(model, b.images, b.labels, "site A", masks=b.roi_masks,
                              known_boxes=b.marker_boxes, **ANALYSIS)
 
 
@@ -319,7 +319,7 @@ def test_phantom_without_marker_correlation_is_not_flagged(threads, test_site_a,
     model = _train_small_cnn(marker_rates=(0.0, 0.0))       # the marker painted out
     b = test_site_a
     before = shortcut_result
-    after = spurious_analysis(model, b.images, b.labels, "site A", masks=b.lung_masks,
+    after = spurious_analysis(model, b.images, b.labels, "site A", masks=b.roi_masks,
                               known_boxes=b.marker_boxes, reference_box=tuple(before.verdict["region"]),
                               **ANALYSIS)
     assert not after.verdict["flagged"], after.verdict["reason"]

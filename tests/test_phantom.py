@@ -121,7 +121,8 @@ def test_load_domain_phantom(site_a):
     np.testing.assert_array_equal(ds.labels, site_a.labels)
     np.testing.assert_array_equal(ds.marker_boxes, site_a.marker_boxes)
     torch.testing.assert_close(ds[5][0], site_a.images[5])
-    torch.testing.assert_close(ds.mask(5), site_a.lung_masks[5])
+    torch.testing.assert_close(ds.mask(5), site_a.roi_masks[5])
+    assert bool((site_a.roi_masks >= site_a.lung_masks).all())  # the ROI holds the lungs
     assert ds.groups["site"][0] == "A"
 
     sub = ds.subset([3, 1])

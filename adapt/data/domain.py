@@ -396,7 +396,7 @@ def _load_phantom(
         channels=channels,
         image_size=image_size,
         images=batch.images,
-        masks=batch.lung_masks,
+        masks=batch.roi_masks,
         groups={"site": [spec.site] * len(labels)},
         marker_boxes=batch.marker_boxes,
         lesion_boxes=batch.lesion_boxes,

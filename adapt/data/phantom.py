@@ -84,7 +84,9 @@ class PhantomBatch:
     images: float32 [N, 1, S, S] in [0, 1]; labels: int64 [N] (index into CLASSES);
     marker_boxes / lesion_boxes: int64 [N, 4] = (x0, y0, x1, y1) pixel coordinates,
     ends exclusive (``img[y0:y1, x0:x1]``), all -1 when absent; lung_masks: float32
-    [N, S, S] in {0, 1}.
+    [N, S, S] in {0, 1}, the visible lung fields; roi_masks: the same plus the heart
+    shadow — the chest a reader looks at, the region of interest of the attribution
+    checks (a laterality marker, text or the collimation border lies outside it).
     """
 
     images: torch.Tensor
@@ -93,6 +95,7 @@ class PhantomBatch:
     lesion_boxes: np.ndarray
     lung_masks: torch.Tensor
     site: str = "A"
+    roi_masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,7 +147,8 @@ def make_phantom(
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
     images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
     lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
-    return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site)
+    roi_masks = torch.from_numpy(((lung_visible > 0.5) | (heart > 0.5)).astype(np.float32))
+    return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site, roi_masks)
 
 
 def write_phantom(root: str | Path, site: str, n: int, seed: int = 0, image_size: int = 64) -> Path:

@@ -34,7 +34,8 @@ def _batches(data, batch_size: int) -> Iterable[Tensor]:
 
 
 @torch.no_grad()
-def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", batch_size: int = 64) -> int:
+def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", batch_size: int = 64,
+          trainable_only: bool = False) -> int:
     """Replace every BatchNorm's running statistics by those of the target data.
 
     Running stats are reset and accumulated as a count-weighted cumulative average:
@@ -46,9 +47,14 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
 
     target_loader: a DataLoader yielding (images, labels) or images, an iterable of
     image batches, or one tensor [N, C, H, W] (split into ``batch_size`` chunks).
+    trainable_only: leave BatchNorm layers whose parameters are frozen alone (their
+    statistics belong to the frozen weights, e.g. in feature extraction).
     Returns the number of images seen.
     """
     layers = batchnorm_layers(model)
+    if trainable_only:
+        layers = [m for m in layers if any(p.requires_grad for p in m.parameters(recurse=False))
+                  or not list(m.parameters(recurse=False))]
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in layers}
     # BatchNorm1d after pooling sees one value per channel in a 1-image batch: skip those
