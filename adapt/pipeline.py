@@ -154,12 +154,23 @@ def _save_stage(stage_dir: Path, model: nn.Module, recipe: Recipe, domains: Doma
     )
 
 
-def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe) -> dict[str, Any]:
-    ev = lambda ds: evaluate(model, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
-    out = {"source_test": ev(domains.source_split["test"])}
+def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe,
+                  per_domain_bn: bool = False) -> dict[str, Any]:
+    """Source val/test and target test metrics.
+
+    ``per_domain_bn``: the model carries target BatchNorm statistics (AdaBN); it is
+    evaluated on the source with statistics re-estimated on unlabelled source training
+    images — each domain with its own, as AdaBN is deployed — so that source accuracy
+    measures what the weights retained, not a statistics mismatch.
+    """
+    on_source = model
+    if per_domain_bn:
+        on_source = _adabn(copy.deepcopy(model), domains.source_split["train"], device)
+    ev = lambda m, ds: evaluate(m, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
+    out = {"source_test": ev(on_source, domains.source_split["test"])}
     if "val" in domains.source_split:
-        out["source_val"] = ev(domains.source_split["val"])
-    out["target_test"] = ev(domains.target_split["test"]) if domains.target.has_labels else None
+        out["source_val"] = ev(on_source, domains.source_split["val"])
+    out["target_test"] = ev(model, domains.target_split["test"]) if domains.target.has_labels else None
     return out
 
 
@@ -224,7 +235,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     if resume and final.exists():
         model, meta = load_checkpoint(final)
         model.to(device)
-        return StageOutcome(run_cfg.name, model, _evaluate_all(model, domains, device, recipe),
+        return StageOutcome(run_cfg.name, model,
+                            _evaluate_all(model, domains, device, recipe, per_domain_bn=run_cfg.adabn),
                             fit=meta.get("fit"), selection=meta.get("selection"),
                             seconds=float(meta.get("seconds", 0.0)))
     t0 = time.perf_counter()
@@ -266,7 +278,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         _save_stage(stage_dir, model, recipe, domains, fit=fit_info, selection=selection, seconds=seconds,
                     run=run_cfg.model_dump(by_alias=True))
         atomic_write_json(stage_dir / "selection.json", selection)
-    return StageOutcome(run_cfg.name, model, _evaluate_all(model, domains, device, recipe),
+    return StageOutcome(run_cfg.name, model,
+                        _evaluate_all(model, domains, device, recipe, per_domain_bn=run_cfg.adabn),
                         fit=fit_info, selection=selection, seconds=seconds)
 
 
