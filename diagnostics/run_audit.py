@@ -165,6 +165,7 @@ def measure_stage(
     cfg: DiagnosticsConfig,
     seed: int,
     reference_boxes: dict[str, list[int]] | None = None,
+    source_model: nn.Module | None = None,
 ) -> tuple[StageResult, dict[str, Any]]:
     """Everything but the embedding for one model, from its features ``fs``/``ft`` of the
     held-out ``source``/``target`` images: gap statistics, collapse, label-free scores,
@@ -188,11 +189,11 @@ def measure_stage(
     spurious: dict[str, Any] = {}
     if cfg.attribution:
         t = time.perf_counter()
-        for dom_name, ds in (("source", source), ("target", target)):
+        for dom_name, ds, m in (("source", source, source_model or model), ("target", target, model)):
             sub = _subsample(ds, cfg.attribution_samples, seed)
             images = sub.images()
             res = spurious_analysis(
-                model, images, sub.labels, dom_name, masks=_masks(sub),
+                m, images, sub.labels, dom_name, masks=_masks(sub),
                 known_boxes=getattr(sub, "marker_boxes", None),
                 reference_box=(reference_boxes or {}).get(dom_name),
                 method=cfg.attribution_method, n_steps=cfg.attribution_steps,
@@ -203,8 +204,8 @@ def measure_stage(
         timings["attribution"] = time.perf_counter() - t
 
     groups: dict[str, Any] = {}
-    for dom_name, ds in (("source", source), ("target", target)):
-        for col, per in group_metrics(model, ds, classes, device).items():
+    for dom_name, ds, m in (("source", source, source_model or model), ("target", target, model)):
+        for col, per in group_metrics(m, ds, classes, device).items():
             groups[f"{dom_name} {col}"] = per
 
     stage = StageResult(
@@ -243,9 +244,14 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     if after_name and after_name in summary.runs:
         stages.append((f"adapted ({after_name})", summary.runs[after_name]))
 
-    feats = [(extract_features(source, st.model, cfg.features, device=device, progress=False),
+    # An AdaBN model is deployed with each domain's own BatchNorm statistics: it meets the
+    # source images with statistics re-estimated on unlabelled source training images.
+    adabn_runs = {r.name for r in recipe.method.runs if r.adabn}
+    source_models = [st.model if not (i > 0 and after_name in adabn_runs)
+                     else _source_bn_copy(st.model, domains, device) for i, (_, st) in enumerate(stages)]
+    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False),
               extract_features(target, st.model, cfg.features, device=device, progress=False))
-             for _, st in stages]
+             for sm, (_, st) in zip(source_models, stages)]
     pool = futures = None
     if cfg.umap:
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -256,10 +262,10 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
                       seed=recipe.seed)
         results = []
         refs: dict[str, list[int]] = {}
-        for (name, st), (fs, ft) in zip(stages, feats):
+        for (name, st), sm, (fs, ft) in zip(stages, source_models, feats):
             say(f"audit: diagnosing the {name} model")
             stage, raw = measure_stage(name, st.model, st.metrics, fs, ft, reference_boxes=refs or None,
-                                       **common)
+                                       source_model=sm, **common)
             if not refs:  # the after-model is tested on the before-model's suspect regions
                 for dom in ("source", "target"):
                     r = raw.get(f"spurious_{dom}")
@@ -289,6 +295,14 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html
+
+
+def _source_bn_copy(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
+    import copy
+
+    from adapt.pipeline import _adabn
+
+    return _adabn(copy.deepcopy(model), domains.source_split["train"], device)
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:
