@@ -165,7 +165,7 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
     """
     on_source = model
     if per_domain_bn:
-        on_source = _adabn(copy.deepcopy(model), domains.source_split["train"], device)
+        on_source = adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
     ev = lambda m, ds: evaluate(m, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
     out = {"source_test": ev(on_source, domains.source_split["test"])}
     if "val" in domains.source_split:
@@ -246,7 +246,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     parts: RunComponents = build_run_components(
         run_cfg, model=model, recipe=recipe, domains=domains, device=device, out_dir=stage_dir,
     )
-    prepare = (lambda m: _adabn(m, target_train, device)) if run_cfg.adabn else None
+    prepare = (lambda m: adabn_on(m, target_train, device)) if run_cfg.adabn else None
     selector = recipe.method.selection
     score_fn = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
                              class_names=domains.classes, device=device, prepare=prepare)
@@ -267,7 +267,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         fit_info = result.to_dict()
         selection = selection_summary(result.history, selector, result.best_epoch)
     if run_cfg.adabn:
-        _adabn(model, target_train, device)
+        adabn_on(model, target_train, device)
     if selection is None:
         _, logs = score_fn(model) if prepare is None else make_score_fn(
             selector, target=target_train, source_val=domains.source_split.get("val"),
@@ -283,7 +283,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                         fit=fit_info, selection=selection, seconds=seconds)
 
 
-def _adabn(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:
+def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:
+    """AdaBN: ``model`` with BatchNorm statistics re-estimated on ``data`` (in place)."""
     from torch.utils.data import DataLoader
 
     adabn(model, DataLoader(data, batch_size=256, shuffle=False), device)

@@ -300,9 +300,9 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
 def _source_bn_copy(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
     import copy
 
-    from adapt.pipeline import _adabn
+    from adapt.pipeline import adabn_on
 
-    return _adabn(copy.deepcopy(model), domains.source_split["train"], device)
+    return adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:

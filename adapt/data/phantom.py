@@ -57,7 +57,9 @@ class SiteStyle:
     y = offset + contrast · x^gamma; then Gaussian blur (σ in pixels at 64 px, scaled
     with the image size), additive Gaussian noise (σ in intensity units) and
     collimation borders of a random width in ``collimation`` (fraction of the side).
-    ``marker_rates`` = (P(marker | normal), P(marker | opacity)).
+    ``marker_rates`` = (P(marker | normal), P(marker | opacity)); ``marker_corner``
+    ("left" or "right"): the top corner the site's radiographers put the laterality
+    marker in — always the same one at a site, as in practice.
     """
 
     gamma: float = 1.0
@@ -67,6 +69,7 @@ class SiteStyle:
     noise: float = 0.015
     collimation: tuple[float, float] = (0.0, 0.0)
     marker_rates: tuple[float, float] = (0.0, 0.0)
+    marker_corner: str = "right"
 
 
 SITES: dict[str, SiteStyle] = {
@@ -143,7 +146,7 @@ def make_phantom(
     # the collimator's shadow is part of the exposure: blurred and noisy like the rest
     _collimate(rng_acq, y, st.collimation, S)
     y = _gaussian_blur(y, st.blur * S / 64.0)
-    marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, S)
+    marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, st.marker_corner, S)
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
     images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
     lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
@@ -315,29 +318,34 @@ _GLYPHS = {
     "L": ["X....", "X....", "X....", "X....", "X....", "X....", "XXXXX"],
     "R": ["XXXX.", "X...X", "X...X", "XXXX.", "X.X..", "X..X.", "X...X"],
 }
-_GLYPH_ARRAYS = [np.array([[ch == "X" for ch in row] for row in g], dtype=bool) for g in _GLYPHS.values()]
+_GLYPH_ARRAYS = {k: np.array([[ch == "X" for ch in row] for row in g], dtype=bool) for k, g in _GLYPHS.items()}
 
 
-def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, float], S: int) -> np.ndarray:
-    """Burn a bright "L"/"R" glyph into a top corner of the chosen images (in place).
+def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, float], corner: str,
+                  S: int) -> np.ndarray:
+    """Burn the site's bright laterality glyph into its top corner of the chosen images (in place).
 
     Presence ~ Bernoulli(rates[label]); all random draws are made for every image so
-    that the rates change only which images get a marker. Returns boxes [n, 4].
+    that the rates change only which images get a marker. The corner is the site's
+    (``corner``): "L" on the viewer's right (the patient's left on a PA film), "R" on
+    the left; only its offset from the corner (2–4 glyph pixels) and its brightness
+    vary. Returns boxes [n, 4].
     """
+    if corner not in ("left", "right"):
+        raise UserError(f"phantom-cxr: marker_corner must be 'left' or 'right', got {corner!r}")
     n = len(labels)
     draw = rng.random(n)
-    letter = rng.integers(0, len(_GLYPH_ARRAYS), n)
-    right = rng.random(n) < 0.5
     g = max(1, round(S / 64))  # glyph pixel scale
     margin = rng.integers(2, 5, n) * g
     top = rng.integers(2, 5, n) * g
     level = rng.uniform(*MARKER_LEVEL, n)
     present = draw < np.asarray(rates, dtype=np.float64)[labels]
+    right = corner == "right"
+    glyph = np.kron(_GLYPH_ARRAYS["L" if right else "R"], np.ones((g, g), dtype=bool))
+    h, w = glyph.shape
     boxes = np.full((n, 4), -1, dtype=np.int64)
     for i in np.flatnonzero(present):  # ≤ n small slice writes
-        glyph = np.kron(_GLYPH_ARRAYS[letter[i]], np.ones((g, g), dtype=bool))
-        h, w = glyph.shape
-        x0 = S - margin[i] - w if right[i] else margin[i]
+        x0 = S - margin[i] - w if right else margin[i]
         y0 = top[i]
         patch = y[i, y0 : y0 + h, x0 : x0 + w]
         patch[glyph] = level[i]

@@ -1,0 +1,138 @@
+"""End to end on the phantom shift: adaptation raises target accuracy, a run made to hurt
+gets the negative-transfer verdict and a sound one does not, the audit report is written,
+and bad inputs stop with one line and exit code 2 without touching earlier results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapt.cli import main as adapt_main
+from adapt.pipeline import run_recipe
+from adapt.recipe import load_recipe
+from diagnostics.audit import StageResult, compute_verdicts
+
+RECIPE = """
+name: e2e
+seed: 0
+data:
+  source: {kind: phantom-cxr, site: A, n: 600}
+  target: {kind: phantom-cxr, site: B, n: 400}
+  image_size: 64
+train: {epochs: 4, batch_size: 64, lr: 0.002, device: cpu, patience: null}
+method:
+  selection: im
+  audit_run: hist
+  runs:
+    - {name: adabn, adabn: true, epochs: 0}
+    - {name: hist, objective: source_only, style: histogram, adabn: true, epochs: 2}
+    - {name: hurt, objective: dann, dann: {weight: 30.0}, lr: 0.3, epochs: 2}
+diagnostics: {enabled: true, permutations: 200, max_samples: 200, attribution_samples: 32,
+              attribution_steps: 8, umap: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    path = root / "e2e.yaml"
+    path.write_text(RECIPE)
+    recipe = load_recipe(path, [f"output.dir={root / 'runs'}"])
+    summary = run_recipe(recipe, progress=False)
+    return summary
+
+
+def acc(stage, split):
+    m = stage.metrics.get(split)
+    return None if m is None else m["accuracy"]
+
+
+@pytest.mark.slow
+def test_adaptation_raises_target_accuracy(run):
+    src = run.source
+    assert acc(src, "source_test") > 0.85, "the source model must learn site A"
+    assert acc(src, "target_test") < acc(src, "source_test") - 0.1, "the phantom shift must be real"
+    for name in ("adabn", "hist"):
+        gain = acc(run.runs[name], "target_test") - acc(src, "target_test")
+        assert gain >= 0.10, f"{name}: site-B accuracy gain {gain:+.3f}"
+        # AdaBN keeps the weights: with site-A statistics, site A is as good as before
+        assert acc(run.runs[name], "source_test") >= acc(src, "source_test") - 0.03
+
+
+def stage(name, outcome):
+    return StageResult(name=name, metrics={"source_test": outcome.metrics["source_test"],
+                                           "target_test": outcome.metrics["target_test"]})
+
+
+@pytest.mark.slow
+def test_negative_transfer_verdict_for_a_run_made_to_hurt(run):
+    before = stage("source-only", run.source)
+    hurt = compute_verdicts(before, stage("hurt", run.runs["hurt"]))
+    sound = compute_verdicts(before, stage("hist", run.runs["hist"]))
+    nt_hurt = next(v for v in hurt if v.name == "negative_transfer")
+    nt_sound = next(v for v in sound if v.name == "negative_transfer")
+    assert nt_hurt.level == "fail", nt_hurt.summary
+    assert nt_sound.level == "ok", nt_sound.summary
+
+
+@pytest.mark.slow
+def test_run_folder_and_audit(run):
+    d = run.run_dir
+    for f in ("recipe.yaml", "data.json", "metrics.json", "comparison.md", "audit.html", "audit.json",
+              "source/model.pt", "methods/hist/model.pt", "methods/hist/selection.json"):
+        assert (d / f).exists(), f
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert set(metrics["runs"]) == {"adabn", "hist", "hurt"}
+    sel = json.loads((d / "methods/hist/selection.json").read_text())
+    assert sel["selector"] == "im" and 1 <= sel["selected_epoch"] <= 2
+    assert all("im" in e and "snd" in e for e in sel["epochs"])
+    audit = json.loads((d / "audit.json").read_text())
+    assert audit["after"]["name"] == "adapted (hist)"
+    assert {v["name"] for v in audit["verdicts"]} >= {"negative_transfer", "gap", "spurious"}
+    html = (d / "audit.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert (d / "audit.html").stat().st_size < 5_000_000
+
+
+@pytest.mark.slow
+def test_rerun_with_resume_loads_finished_stages(run, capsys):
+    recipe_path = run.run_dir / "recipe.yaml"
+    before = (run.run_dir / "source" / "model.pt").read_bytes()
+    assert adapt_main([str(recipe_path), "--resume", "--quiet", "--no-diagnostics"]) == 0
+    assert (run.run_dir / "source" / "model.pt").read_bytes() == before
+
+
+def test_bad_data_path_is_one_line_exit_2_and_keeps_earlier_results(tmp_path):
+    earlier = tmp_path / "runs" / "x" / "metrics.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"kept": true}')
+    recipe = tmp_path / "x.yaml"
+    recipe.write_text(f"name: x\ndata:\n  source: {{kind: imagefolder, path: {tmp_path / 'nope'}}}\n"
+                      f"output: {{dir: {tmp_path / 'runs'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--quiet"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope" in lines[0] and "Traceback" not in proc.stderr
+    assert json.loads(earlier.read_text()) == {"kept": True}
+
+
+def test_checkpoint_from_another_model_is_rejected(tmp_path):
+    from adapt.models import build_model, save_checkpoint
+
+    ckpt = tmp_path / "three_classes.pt"
+    save_checkpoint(ckpt, build_model("small_cnn", 3, 1), classes=["a", "b", "c"], image_size=64)
+    recipe = tmp_path / "x.yaml"
+    recipe.write_text("name: x\ndata: {source: {kind: phantom-cxr, site: A, n: 40},"
+                      " target: {kind: phantom-cxr, site: B, n: 40}}\n"
+                      f"model: {{source_checkpoint: {ckpt}}}\noutput: {{dir: {tmp_path / 'runs'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--quiet"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"error: {ckpt}: checkpoint classes ['a', 'b', 'c'] differ from the data's "
+                                   "['normal', 'opacity']")
