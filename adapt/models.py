@@ -534,7 +534,7 @@ def apply_strategy(model: Classifier, kind: str, epoch: int = 0, top_k: int | No
     :func:`freeze_bn_stats` after ``model.train()`` so frozen BN layers run in eval mode
     and keep the statistics they came with (as Keras does for frozen layers).
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     blocks = model.blocks()
     n_train = trainable_block_count(len(blocks), kind, epoch, top_k, progressive_epochs)
     for i, block in enumerate(blocks):
@@ -594,7 +594,7 @@ def param_groups(model: Classifier, lr: float, backbone_lr_mult: float = 1.0, we
     gradient, and torch optimisers skip parameters whose ``grad`` is None (no momentum,
     no weight decay). Each dict also carries ``name`` and ``base_lr`` (for schedules).
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if lr <= 0 or backbone_lr_mult < 0 or weight_decay < 0:
         raise UserError(f"learning rate {lr} / backbone_lr_mult {backbone_lr_mult} / weight_decay "
                         f"{weight_decay}: must be positive / non-negative / non-negative")
@@ -620,7 +620,7 @@ def param_groups(model: Classifier, lr: float, backbone_lr_mult: float = 1.0, we
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The Classifier inside DataParallel/DDP or torch.compile wrappers."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -657,7 +657,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> N
     (mean/std lists), ``state_dict`` (CPU tensors) and ``meta`` (classes, image_size,
     epoch, recipe, ... converted to plain types so ``weights_only`` loading works).
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if not isinstance(model, Classifier):
         raise TypeError(f"save_checkpoint expects a Classifier, got {type(model).__name__}")
     mean, std = model.normalize.stats()
@@ -725,7 +725,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
 
 def describe_model(model: nn.Module) -> dict:
     """Plain facts about a model for reports: arch, sizes, parameter counts, blocks."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     params = list(model.parameters())
     out: dict[str, Any] = {
         "params": sum(p.numel() for p in params),

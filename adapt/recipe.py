@@ -20,16 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from adapt.data.spec import DomainSpec
 from adapt.errors import UserError
+from adapt.models import ARCHS
 
-ARCHS = (
-    "small_cnn",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "densenet121",
-    "efficientnet_b0",
-    "mobilenet_v3_small",
-)
 
 
 class _Section(BaseModel):

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from adapt.errors import UserError
+from adapt.models import unwrap_model
 from diagnostics.moments import Moments
 
 __all__ = ["FeatureSet", "extract_features", "resolve_device", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -129,17 +130,6 @@ class _Extractor:
     modules: tuple[nn.Module, ...] = ()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DataParallel / DDP / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _match_channels(x: Tensor, channels: int) -> Tensor:
     """Gray → RGB by replication, RGB → gray by the channel mean; else unchanged."""
     if x.shape[1] == channels:
@@ -152,12 +142,12 @@ def _match_channels(x: Tensor, channels: int) -> Tensor:
 
 
 def _is_classifier(model: nn.Module) -> bool:
-    m = _unwrap(model)
+    m = unwrap_model(model)
     return callable(getattr(m, "features", None)) and isinstance(getattr(m, "head", None), nn.Module)
 
 
 def _model_extractor(model: nn.Module, model_source: str | None) -> _Extractor:
-    m = _unwrap(model)
+    m = unwrap_model(model)
     in_ch = int(getattr(m, "in_channels", 0) or 0)
     arch = str(getattr(m, "arch", type(m).__name__))
     dim = int(getattr(m, "feature_dim", 0) or 0)
@@ -408,7 +398,7 @@ def extract_features(
     dev = resolve_device(device)
     channels = int(getattr(dataset, "channels", 0) or dataset[0][0].shape[0])
     ext = _build_extractor(kind, model, channels, pixel_size, model_source)
-    classifier = _unwrap(model) if model is not None and _is_classifier(model) else None
+    classifier = unwrap_model(model) if model is not None and _is_classifier(model) else None
 
     modules = list(ext.modules) + ([classifier] if classifier is not None else [])
     was_training = [m.training for m in modules]
