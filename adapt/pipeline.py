@@ -185,12 +185,8 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
         model.to(device)
         return StageOutcome("source-only", model, _evaluate_all(model, domains, device, recipe),
                             fit={"loaded_from": recipe.model.source_checkpoint})
-    final = _final_checkpoint(stage_dir)
-    if resume and final.exists():
-        model, meta = load_checkpoint(final)
-        model.to(device)
-        return StageOutcome("source-only", model, _evaluate_all(model, domains, device, recipe),
-                            fit=meta.get("fit"), seconds=float(meta.get("seconds", 0.0)))
+    if resume and _final_checkpoint(stage_dir).exists():
+        return _load_finished("source-only", stage_dir, domains, device, recipe)
 
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.arch, len(domains.classes), recipe.data.channels, recipe.model.weights)
@@ -216,6 +212,16 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
                         fit=result.to_dict(), seconds=seconds)
 
 
+def _load_finished(name: str, stage_dir: Path, domains: Domains, device: torch.device, recipe: Recipe,
+                   per_domain_bn: bool = False) -> StageOutcome:
+    """A stage that finished in an earlier (resumed) run: load its model, re-evaluate."""
+    model, meta = load_checkpoint(_final_checkpoint(stage_dir))
+    model.to(device)
+    return StageOutcome(name, model, _evaluate_all(model, domains, device, recipe, per_domain_bn),
+                        fit=meta.get("fit"), selection=meta.get("selection"),
+                        seconds=float(meta.get("seconds", 0.0)))
+
+
 def _check_checkpoint_fits(path: str, meta: dict[str, Any], model: nn.Module, domains: Domains,
                            recipe: Recipe) -> None:
     classes = meta.get("classes")
@@ -231,14 +237,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
               progress: bool) -> StageOutcome:
     """Stage 3: one adaptation run from the source model's weights."""
     stage_dir = run_dir / "methods" / run_cfg.name
-    final = _final_checkpoint(stage_dir)
-    if resume and final.exists():
-        model, meta = load_checkpoint(final)
-        model.to(device)
-        return StageOutcome(run_cfg.name, model,
-                            _evaluate_all(model, domains, device, recipe, per_domain_bn=run_cfg.adabn),
-                            fit=meta.get("fit"), selection=meta.get("selection"),
-                            seconds=float(meta.get("seconds", 0.0)))
+    if resume and _final_checkpoint(stage_dir).exists():
+        return _load_finished(run_cfg.name, stage_dir, domains, device, recipe, per_domain_bn=run_cfg.adabn)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(source.model).to(device)
@@ -268,10 +268,9 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         selection = selection_summary(result.history, selector, result.best_epoch)
     if run_cfg.adabn:
         adabn_on(model, target_train, device)
-    if selection is None:
-        _, logs = score_fn(model) if prepare is None else make_score_fn(
-            selector, target=target_train, source_val=domains.source_split.get("val"),
-            class_names=domains.classes, device=device)(model)
+    if selection is None:  # nothing was trained: score the final model once, for the table
+        _, logs = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
+                                class_names=domains.classes, device=device)(model)
         selection = {"selector": selector, "selected_epoch": 0, "epochs": [{"epoch": 0, **logs}]}
     seconds = time.perf_counter() - t0
     if ctx.is_main:
@@ -295,12 +294,8 @@ def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_d
                    resume: bool, ctx: DistContext, progress: bool) -> StageOutcome:
     """Stage 4: the same architecture trained from scratch on the labelled target images."""
     stage_dir = run_dir / "baselines" / "target_scratch"
-    final = _final_checkpoint(stage_dir)
-    if resume and final.exists():
-        model, meta = load_checkpoint(final)
-        model.to(device)
-        return StageOutcome("target-scratch", model, _evaluate_all(model, domains, device, recipe),
-                            fit=meta.get("fit"), seconds=float(meta.get("seconds", 0.0)))
+    if resume and _final_checkpoint(stage_dir).exists():
+        return _load_finished("target-scratch", stage_dir, domains, device, recipe)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.arch, len(domains.classes), recipe.data.channels, recipe.model.weights)
