@@ -136,3 +136,15 @@ def test_checkpoint_from_another_model_is_rejected(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (f"error: {ckpt}: checkpoint classes ['a', 'b', 'c'] differ from the data's "
                                    "['normal', 'opacity']")
+
+
+@pytest.mark.slow
+def test_diagnose_audit_rerenders_the_report(run):
+    from diagnostics.cli import main as diagnose_main
+
+    html = run.run_dir / "audit.html"
+    original = html.read_text()
+    html.unlink()
+    assert diagnose_main(["audit", str(run.run_dir)]) == 0
+    again = html.read_text()
+    assert "Adaptation audit" in again and again.count("<img") == original.count("<img")
