@@ -281,9 +281,10 @@ def test_site_a(threads):
 
 @pytest.fixture(scope="module")
 def shortcut_result(threads, test_site_a):
-    # The marker on every opacity image and no normal one: a shortcut the model must
-    # take. (With site A's default 85%/15% a well-trained small CNN learns the lesion
-    # too and leans on the marker only partly — see the report numbers.)
+    # The marker on every opacity image and no normal one: a shortcut this short
+    # training (600 images, 3 epochs) must take. (With site A's default 93%/7% the
+    # quickstart's model learns the lesion too and leans on the marker only partly —
+    # benchmarks/phantom_probe.py measures how much.)
     model = _train_small_cnn(marker_rates=(0.0, 1.0))
     b = test_site_a
     return spurious_analysis(model, b.images, b.labels, "site A", masks=b.roi_masks,

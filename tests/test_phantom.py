@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from adapt.data import CLASSES, DomainSpec, load_domain, make_phantom, parse_domain_arg, write_phantom
+from adapt.data import CLASSES, SITES, DomainSpec, load_domain, make_phantom, parse_domain_arg, write_phantom
 from adapt.errors import UserError
 
 
@@ -80,13 +81,33 @@ def test_marker_only_at_site_a_and_correlated_with_label(site_a, site_b):
     has = site_a.marker_boxes[:, 0] >= 0
     rate_opacity = has[site_a.labels == 1].mean()
     rate_normal = has[site_a.labels == 0].mean()
-    assert 0.78 < rate_opacity < 0.92 and 0.08 < rate_normal < 0.22
-    # the marker is a bright glyph in a top corner
-    for i in np.flatnonzero(has)[:50]:
-        x0, y0, x1, y1 = site_a.marker_boxes[i]
-        assert y1 <= 16 and (x0 < 16 or x1 > 48)
+    p_normal, p_opacity = SITES["A"].marker_rates
+    # 500 images a class: 4 binomial standard errors at p = 0.07 are 0.046
+    assert abs(rate_normal - p_normal) < 0.05 and abs(rate_opacity - p_opacity) < 0.05
+    assert rate_opacity - rate_normal > 0.8  # a shortcut nearly as good as the lesion
+
+
+def test_marker_is_the_sites_letter_in_its_fixed_top_corner(site_a):
+    """Site A's radiographers always mark the same side: an "L" in the top-right corner."""
+    assert SITES["A"].marker_corner == "right"
+    has = np.flatnonzero(site_a.marker_boxes[:, 0] >= 0)
+    boxes = site_a.marker_boxes[has]
+    assert (boxes[:, 3] <= 16).all() and (boxes[:, 0] >= 48).all()  # top right, every one
+    assert ((boxes[:, 2] - boxes[:, 0]) == 5).all() and ((boxes[:, 3] - boxes[:, 1]) == 7).all()
+    # about the same place every time: one 8x8 window (the audit's hot-region size at
+    # 64 px) covers the marker of every image
+    assert boxes[:, 2].max() - boxes[:, 0].min() <= 8 and boxes[:, 3].max() - boxes[:, 1].min() <= 8
+    for i, (x0, y0, x1, y1) in zip(has[:50], boxes[:50]):
         patch = site_a.images[i, 0, y0:y1, x0:x1]
-        assert float(patch.max()) > 0.8
+        bright = patch > 0.8
+        # "L": the left stroke and the foot are lit, the rest of the box is background air
+        assert bool(bright[:, 0].all()) and bool(bright[-1, :].all())
+        assert not bool(bright[:-1, 1:].any())
+    left = make_phantom("A", 60, seed=7, style=replace(SITES["A"], marker_corner="left"))
+    lb = left.marker_boxes[left.marker_boxes[:, 0] >= 0]
+    assert len(lb) and (lb[:, 2] <= 16).all()
+    with pytest.raises(UserError, match="marker_corner"):
+        make_phantom("A", 10, style=replace(SITES["A"], marker_corner="top"))
 
 
 def test_marker_rate_is_a_parameter_and_painting_it_out_changes_only_the_marker(site_a):

@@ -11,9 +11,10 @@ Every image is drawn in two stages, both vectorised over the whole batch:
    low-frequency texture and the exposure (gain, offset).
 2. **Acquisition** (the site): an intensity curve y = offset + contrast · x^gamma,
    blur, noise and, for site B, collimation (dark borders). Site A burns a
-   laterality marker (a bright block-letter "L" or "R") into a top corner, and its
-   presence correlates with the label (default 85% of opacity, 15% of normal images)
-   — the planted shortcut the diagnostics must find. Site B has no marker.
+   laterality marker (a bright block-letter "L") into its top-right corner — always
+   the same corner, give or take a pixel, as a site's radiographers do — and its
+   presence correlates with the label (93% of opacity, 7% of normal images): the
+   planted shortcut the diagnostics must find. Site B has no marker.
 
 The anatomy of site A and site B images comes from different random streams (they
 are different patients); the marker draws come from their own stream, so changing
@@ -23,6 +24,16 @@ of every image unchanged.
 Site B's shift is tuned (``benchmarks/phantom_probe.py``) to be real but closable: a
 small CNN trained on site A loses accuracy on site B, and histogram matching or
 re-estimated BatchNorm statistics (AdaBN) recover much of it.
+
+The marker is tuned so that the quickstart's source model takes the shortcut *in
+part* — the case the audit exists for. The lesion alone is easy (a marker-free model
+reaches ~98% on site A), so with a weak correlation (85%/15%, the marker anywhere in
+either top corner) the model ignored the marker: hiding it changed ~6% of its
+predictions and the audit rightly said "ok". With 95%/5% the marker explains the
+labels so well that the lesion's gradient starves: in 2 of 4 seeds the model stopped
+early as a pure marker detector (50% on site B, nothing to adapt). At 93%/7% with a
+fixed corner the model learns the lesion *and* leans on the marker for the lesions
+it is unsure of (painting the marker out costs it 10–30 points on site A).
 """
 
 from __future__ import annotations
@@ -48,6 +59,10 @@ LESION_SIGMA = (0.055, 0.09)
 HEART_CLEARANCE = 2.0
 #: brightness of the burnt-in laterality marker, drawn uniformly per image
 MARKER_LEVEL = (0.9, 1.0)
+#: the marker's offset from its corner (side and top), glyph pixels, drawn from [lo, hi):
+#: the 5×7 glyph with its jitter stays within 6×8 pixels at 64 px, so one 8×8 window
+#: (the audit's hot-region size, side/8) can cover — and hide — it on every image
+MARKER_OFFSET = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,10 @@ class SiteStyle:
 
 
 SITES: dict[str, SiteStyle] = {
-    "A": SiteStyle(gamma=1.0, contrast=1.0, offset=0.0, blur=0.0, noise=0.015, marker_rates=(0.15, 0.85)),
+    # marker rates and corner: see the module docstring (tuned with benchmarks/phantom_probe.py
+    # and the quickstart's audit, seeds 0-3)
+    "A": SiteStyle(gamma=1.0, contrast=1.0, offset=0.0, blur=0.0, noise=0.015, marker_rates=(0.07, 0.93),
+                  marker_corner="right"),
     # tuned with benchmarks/phantom_probe.py: more noise than this (0.03) made histogram
     # matching unreliable (the inverse curve amplifies it 3× past what site A trains on)
     "B": SiteStyle(gamma=0.7, contrast=0.8, offset=0.1, blur=0.8, noise=0.02, collimation=(0.0, 0.03)),
@@ -328,16 +346,16 @@ def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, fl
     Presence ~ Bernoulli(rates[label]); all random draws are made for every image so
     that the rates change only which images get a marker. The corner is the site's
     (``corner``): "L" on the viewer's right (the patient's left on a PA film), "R" on
-    the left; only its offset from the corner (2–4 glyph pixels) and its brightness
-    vary. Returns boxes [n, 4].
+    the left; only its offset from the corner (MARKER_OFFSET) and its brightness vary. Returns boxes [n, 4].
     """
     if corner not in ("left", "right"):
         raise UserError(f"phantom-cxr: marker_corner must be 'left' or 'right', got {corner!r}")
     n = len(labels)
     draw = rng.random(n)
     g = max(1, round(S / 64))  # glyph pixel scale
-    margin = rng.integers(2, 5, n) * g
-    top = rng.integers(2, 5, n) * g
+    # the radiographer puts it in about the same place every time: ±1 glyph pixel
+    margin = rng.integers(*MARKER_OFFSET, n) * g
+    top = rng.integers(*MARKER_OFFSET, n) * g
     level = rng.uniform(*MARKER_LEVEL, n)
     present = draw < np.asarray(rates, dtype=np.float64)[labels]
     right = corner == "right"
