@@ -4,7 +4,8 @@ real and closable? (A small CNN, trained the way the quickstart recipe trains it
 Trains the project's ``small_cnn`` on phantom site A (70% of ``--n`` images; 15% pick
 the epoch) as ``recipes/xray_to_xray.yaml`` does — AdamW lr 2e-3, weight decay 1e-4,
 cosine decay, batch 64, 6 epochs, BatchNorm statistics re-estimated at each epoch end,
-the epoch with the best site-A validation accuracy kept, patience 3 — and prints accuracy on ``--n``/2 test images of other patients per site:
+the epoch with the best site-A validation accuracy kept, patience 3 — and prints
+accuracy on ``--n``/2 test images of other patients per site:
 
 * A test (marker shortcut present, as in training),
 * A test with the marker painted out (same images, marker rate 0), same model: how
