@@ -263,6 +263,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,
             num_workers=recipe.data.num_workers,
+            # a few labelled target images cannot re-estimate BatchNorm statistics
+            freeze_bn=run_cfg.objective == "finetune",
         )
         fit_info = result.to_dict()
         selection = selection_summary(result.history, selector, result.best_epoch)

@@ -138,9 +138,13 @@ def fit(
     ctx: DistContext = SINGLE,
     progress: bool = True,
     num_workers: int = 0,
+    freeze_bn: bool = False,
 ) -> FitResult:
     """Train ``model`` with ``objective``; return a :class:`FitResult`.
 
+    ``freeze_bn`` keeps every BatchNorm layer in eval mode (running statistics fixed, no
+    precise-BN pass): for fine-tuning on a handful of images, whose batches cannot
+    estimate the statistics the source weights were trained with.
     ``model`` ends holding the best epoch's weights (by ``score_fn``, higher is better;
     without one, the last epoch). Checkpoints go to ``out_dir/last.pt`` (every epoch,
     with optimiser and schedule state, for ``resume``) and ``out_dir/best.pt``.
@@ -208,6 +212,10 @@ def fit(
                            progressive_epochs=strategy.progressive_epochs)
         trainable.train()
         freeze_bn_stats(model)  # frozen blocks keep their BatchNorm running statistics
+        if freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if feature_style is not None:
             feature_style.attach(model)
 
@@ -272,7 +280,7 @@ def fit(
             feature_style.detach()
         dist_utils.average_buffers(trainable, ctx)
 
-        if cfg.precise_bn:
+        if cfg.precise_bn and not freeze_bn:
             _precise_bn(model, source_train, seed, device)
         n_steps = step + 1
         head_lr = next((g["lr"] for g in optimizer.param_groups if g.get("name") == "head"),
