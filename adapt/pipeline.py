@@ -238,7 +238,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     """Stage 3: one adaptation run from the source model's weights."""
     stage_dir = run_dir / "methods" / run_cfg.name
     if resume and _final_checkpoint(stage_dir).exists():
-        return _load_finished(run_cfg.name, stage_dir, domains, device, recipe, per_domain_bn=run_cfg.adabn)
+        return _load_finished(run_cfg.name, stage_dir, domains, device, recipe,
+                              per_domain_bn=uses_per_domain_bn(run_cfg))
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(source.model).to(device)
@@ -263,8 +264,6 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,
             num_workers=recipe.data.num_workers,
-            # a few labelled target images cannot re-estimate BatchNorm statistics
-            freeze_bn=run_cfg.objective == "finetune",
         )
         fit_info = result.to_dict()
         selection = selection_summary(result.history, selector, result.best_epoch)
@@ -280,8 +279,15 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     run=run_cfg.model_dump(by_alias=True))
         atomic_write_json(stage_dir / "selection.json", selection)
     return StageOutcome(run_cfg.name, model,
-                        _evaluate_all(model, domains, device, recipe, per_domain_bn=run_cfg.adabn),
+                        _evaluate_all(model, domains, device, recipe, per_domain_bn=uses_per_domain_bn(run_cfg)),
                         fit=fit_info, selection=selection, seconds=seconds)
+
+
+def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
+    """Runs whose BatchNorm statistics end up the target's (AdaBN; fine-tuning on target
+    images, whose precise-BN pass re-estimates them there) are evaluated on the source with
+    source statistics, so that source accuracy measures what the weights retained."""
+    return run_cfg.adabn or run_cfg.objective == "finetune"
 
 
 def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:

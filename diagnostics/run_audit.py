@@ -246,7 +246,9 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
 
     # An AdaBN model is deployed with each domain's own BatchNorm statistics: it meets the
     # source images with statistics re-estimated on unlabelled source training images.
-    adabn_runs = {r.name for r in recipe.method.runs if r.adabn}
+    from adapt.pipeline import uses_per_domain_bn
+
+    adabn_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
     source_models = [st.model if not (i > 0 and after_name in adabn_runs)
                      else _source_bn_copy(st.model, domains, device) for i, (_, st) in enumerate(stages)]
     feats = [(extract_features(source, sm, cfg.features, device=device, progress=False),

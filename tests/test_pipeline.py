@@ -21,10 +21,10 @@ RECIPE = """
 name: e2e
 seed: 0
 data:
-  source: {kind: phantom-cxr, site: A, n: 600}
+  source: {kind: phantom-cxr, site: A, n: 1200}
   target: {kind: phantom-cxr, site: B, n: 400}
   image_size: 64
-train: {epochs: 4, batch_size: 64, lr: 0.002, device: cpu, patience: null}
+train: {epochs: 6, batch_size: 64, lr: 0.002, device: cpu, patience: 3}
 method:
   selection: im
   audit_run: hist
