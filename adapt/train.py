@@ -258,7 +258,7 @@ def fit(
                     loss = loss + pen
                     logs[f"{penalty.name}_penalty"] = float(pen.detach())
             if not torch.isfinite(loss):
-                where = f"{desc}: loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}"
+                where = f"{desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}"
                 kept = f"; last good checkpoint kept at {last_path}" if last_path.exists() else ""
                 raise TrainingDiverged(f"{where}{kept} (try a lower train.lr or method weight)")
 
