@@ -24,17 +24,7 @@ from diagnostics.moments import Moments
 pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine oversubscribed BLAS threads made these tests up to
-    # 10x slower; one thread for torch and for numpy/scipy's BLAS, restored afterwards.
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_gaussian(rng: np.random.Generator, d: int, k: int = 96):

@@ -19,14 +19,7 @@ from adapt.models import build_model, save_checkpoint
 from diagnostics.cli import main, stratified_subsample
 from diagnostics.gap import fired_conditions, parse_fail_on
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting makes the
-    small float64 linear algebra here (256x256 SVDs) several times slower with 2."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = ["--image-size", "32", "--permutations", "200", "--bootstrap", "30", "--quiet"]

@@ -22,14 +22,7 @@ from diagnostics.mmd import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small kernels: on a shared 2-core machine, thread hand-offs cost more
-    # than they save (measured 10x slower under load). Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _loop_mmd2(x: np.ndarray, y: np.ndarray, sigmas: list[float]) -> float:

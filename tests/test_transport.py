@@ -13,17 +13,7 @@ from adapt.errors import UserError
 from diagnostics.transport import sliced_scale, wasserstein_distance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine oversubscribed BLAS threads made these tests up to
-    # 10x slower; one thread for torch and for numpy/scipy's BLAS, restored afterwards.
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_obvious_transport_plans():
