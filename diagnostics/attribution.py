@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from diagnostics.subsample import stratified_indices
 
 __all__ = [
     "AttributionResult",
@@ -711,20 +712,7 @@ class SpuriousResult:
 def stratified_subsample(labels: np.ndarray, max_samples: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of at most ``max_samples`` items, classes in proportion (largest
     remainder), drawn with a fixed seed. All indices when there are few enough."""
-    labels = np.asarray(labels).reshape(-1)
-    n = len(labels)
-    if n <= max_samples:
-        return np.arange(n)
-    if max_samples < 1:
-        raise UserError(f"spurious_analysis: max_samples={max_samples} must be >= 1")
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * max_samples / n
-    take = np.floor(quota).astype(int)
-    for j in np.argsort(-(quota - take), kind="stable")[: max_samples - take.sum()]:
-        take[j] += 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picked))
+    return stratified_indices(labels, max_samples, seed, what="spurious_analysis: max_samples")
 
 
 def roi_hull(mask: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from adapt.errors import UserError
+from diagnostics.subsample import stratified_indices
 
 __all__ = ["EmbeddingResult", "umap_embedding", "pca_embedding", "stratified_cap"]
 
@@ -90,26 +91,7 @@ def stratified_cap(groups: np.ndarray, max_points: int, seed: int = 0) -> np.nda
     """Sorted indices of at most ``max_points`` rows, every group (e.g. domain×class)
     keeping its proportion (largest-remainder rounding, at least one row per group
     when the cap allows), drawn with a fixed seed. All rows when there are few enough."""
-    groups = np.asarray(groups).reshape(-1)
-    n = len(groups)
-    if n <= max_points:
-        return np.arange(n)
-    if max_points < 1:
-        raise UserError(f"embedding: max_points={max_points} must be >= 1")
-    rng = np.random.default_rng(seed)
-    keys, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-    quota = counts * max_points / n
-    take = np.floor(quota).astype(int)
-    if len(keys) <= max_points:          # a small group must not vanish from the picture
-        take = np.maximum(take, 1)
-    while take.sum() > max_points:       # the floor-at-1 can overshoot: trim a group
-        over = np.where(take > 1, take - quota, -np.inf)   # that keeps at least one row
-        take[np.argmax(over)] -= 1
-    for j in np.argsort(-(quota - take), kind="stable")[: max(0, max_points - take.sum())]:
-        take[j] += 1
-    picked = [rng.choice(np.flatnonzero(inverse == g), size=k, replace=False)
-              for g, k in enumerate(take) if k > 0]
-    return np.sort(np.concatenate(picked))
+    return stratified_indices(groups, max_points, seed, keep_every_group=True, what="embedding: max_points")
 
 
 def _pca(x: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, float]:
