@@ -248,8 +248,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     # source images with statistics re-estimated on unlabelled source training images.
     from adapt.pipeline import uses_per_domain_bn
 
-    adabn_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
-    source_models = [st.model if not (i > 0 and after_name in adabn_runs)
+    per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
+    source_models = [st.model if not (i > 0 and after_name in per_domain_runs)
                      else _source_bn_copy(st.model, domains, device) for i, (_, st) in enumerate(stages)]
     feats = [(extract_features(source, sm, cfg.features, device=device, progress=False),
               extract_features(target, st.model, cfg.features, device=device, progress=False))

@@ -92,10 +92,10 @@ def build_run_components(
 
 def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, domains: Domains, device: torch.device,
                  out_dir: Path, seed: int) -> Penalty:
-    from adapt.methods.ewc import EWC, L2SP, fisher_diagonal, save_fisher
+    from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 
     cfg = run.ewc
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    anchor = anchor_params(model)
     if cfg.fisher == "l2sp":
         return L2SP(anchor, lam=cfg.lam)
     src = domains.source_split["train"]
