@@ -61,9 +61,11 @@ def test_mmd2_equals_double_loop_single_and_multi_bandwidth():
 
 def test_mmd2_is_symmetric_and_near_zero_for_identical_samples():
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(40, 5, generator=g)
-    y = torch.randn(30, 5, generator=g) * 1.5
+    x = torch.randn(40, 5, generator=g).double()
+    y = torch.randn(30, 5, generator=g).double() * 1.5
     assert mmd2_unbiased(x, y) == pytest.approx(mmd2_unbiased(y, x), rel=1e-12)
+    # float32 inputs compute in float32: symmetric to float32 rounding.
+    assert mmd2_unbiased(x.float(), y.float()) == pytest.approx(mmd2_unbiased(y.float(), x.float()), rel=1e-5)
     res_xy = mmd_permutation_test(x, y, permutations=50, seed=0)
     res_yx = mmd_permutation_test(y, x, permutations=50, seed=0)
     assert res_xy.mmd2 == pytest.approx(res_yx.mmd2, rel=1e-12)
@@ -159,3 +161,36 @@ def test_bad_arguments_raise_user_error():
         mmd2_unbiased(x, torch.randn(10, 4))
     with pytest.raises(UserError, match="not both"):
         mmd_permutation_test(x, x, bandwidth=1.0, bandwidths=[1.0])
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_float32_path_agrees_with_float64(offset):
+    # float32 inputs run the kernel and the permutation GEMM in float32 (after
+    # centring); the statistic must stay far inside the null's spread of the float64
+    # result and give the same p-value — also for features with a large common offset,
+    # where uncentred float32 distances would cancel catastrophically.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(300, 64, generator=g, dtype=torch.float64) + offset
+    y = torch.randn(300, 64, generator=g, dtype=torch.float64) + offset
+    y[:, :5] += 0.15
+    r64 = mmd_permutation_test(x, y, permutations=200, seed=3)
+    r32 = mmd_permutation_test(x.float(), y.float(), permutations=200, seed=3)
+    null_spread = r64.null_quantiles["q95"] - r64.null_quantiles["q50"]
+    assert abs(r32.mmd2 - r64.mmd2) < 0.01 * null_spread, (r32.mmd2, r64.mmd2, null_spread)
+    assert r32.bandwidth == pytest.approx(r64.bandwidth, rel=1e-5)
+    assert r32.p_value == r64.p_value
+    assert mmd2_unbiased(x.float(), y.float()) == pytest.approx(mmd2_unbiased(x, y), abs=0.01 * null_spread)
+
+
+def test_median_selection_is_exact_on_large_matrices():
+    # The bracketing selection must return exactly the median of all pairs (here
+    # 1200 points: 719,400 pairs, above the sampling threshold), ties included.
+    from diagnostics.mmd import median_bandwidth
+
+    g = torch.Generator().manual_seed(12)
+    z = torch.randn(1200, 8, generator=g, dtype=torch.float64)
+    z[600:700] = z[0]  # a block of duplicates: many exact ties and zero distances
+    d = torch.cdist(z, z)
+    iu = torch.triu_indices(1200, 1200, offset=1)
+    expected = float(np.median(d[iu[0], iu[1]].numpy()))
+    assert median_bandwidth(z, max_points=5000) == pytest.approx(expected, rel=1e-12)
