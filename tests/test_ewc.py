@@ -1,9 +1,11 @@
-"""EWC: the vmap Fisher equals a per-sample loop; the penalty and its gradient."""
+"""EWC: the Fisher (both engines: vmap and layer hooks) equals a per-sample loop; the
+penalty and its gradient."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from adapt.errors import UserError
 from adapt.methods.ewc import (
@@ -12,9 +14,12 @@ from adapt.methods.ewc import (
     anchor_params,
     fisher_diagonal,
     load_fisher,
+    per_sample_squared_grads,
+    resolve_engine,
     sample_labels,
     save_fisher,
 )
+from adapt.methods.layer_sq_grads import unsupported_reason
 from tests._methods_standin import TinyClassifier
 
 
@@ -39,9 +44,10 @@ def _loop_fisher(model, x, labels_per_class):
     for i in range(len(x)):
         for y, w in labels_per_class(i):
             logp = torch.log_softmax(model(x[i : i + 1]), dim=1)[0, y]
-            grads = torch.autograd.grad(logp, list(params.values()))
+            grads = torch.autograd.grad(logp, list(params.values()), allow_unused=True)
             for n, gr in zip(params, grads):
-                total[n] += w * gr.square()
+                if gr is not None:  # None: a parameter off the path to the output
+                    total[n] += w * gr.square()
     model.train()
     return {n: t / len(x) for n, t in total.items()}
 
@@ -54,9 +60,14 @@ def _check_equal(fisher, ref):
     assert sum(v.sum() for v in fisher.values()) > 0
 
 
-def test_fisher_vmap_equals_per_sample_loop_true_mode():
+ENGINES = ["vmap", "hooks"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fisher_equals_per_sample_loop_true_mode(engine):
     model, x, _ = _model_and_data()
-    fisher = fisher_diagonal(model, x, mode="true", batch_size=4, generator=torch.Generator().manual_seed(5))
+    fisher = fisher_diagonal(model, x, mode="true", batch_size=4, generator=torch.Generator().manual_seed(5),
+                             engine=engine)
     assert model.training  # mode restored
     # the documented draw: per batch, in order, sample_labels(model(x_batch), generator)
     g = torch.Generator().manual_seed(5)
@@ -67,15 +78,16 @@ def test_fisher_vmap_equals_per_sample_loop_true_mode():
     _check_equal(fisher, ref)
 
 
-def test_fisher_vmap_equals_per_sample_loop_empirical_and_exact():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fisher_equals_per_sample_loop_empirical_and_exact(engine):
     model, x, y = _model_and_data(1)
-    _check_equal(fisher_diagonal(model, x, y, mode="empirical", batch_size=3),
+    _check_equal(fisher_diagonal(model, x, y, mode="empirical", batch_size=3, engine=engine),
                  _loop_fisher(model, x, lambda i: [(y[i], 1.0)]))
     model.eval()
     with torch.no_grad():
         p = model(x).softmax(1)
     model.train()
-    _check_equal(fisher_diagonal(model, x, mode="exact", batch_size=5),
+    _check_equal(fisher_diagonal(model, x, mode="exact", batch_size=5, engine=engine),
                  _loop_fisher(model, x, lambda i: [(k, p[i, k]) for k in range(3)]))
 
 
@@ -164,3 +176,86 @@ def test_save_load_roundtrip(tmp_path):
         load_fisher(tmp_path / "bad.pt")
     with pytest.raises(UserError):
         load_fisher(tmp_path / "missing.pt")
+
+
+class _EveryLayer(nn.Module):
+    """One of each layer the hooks engine handles, in the shapes that pick each of its
+    routes: convolutions with many output positions (per-sample gradients materialised)
+    and with ≤ 4 (Khatri–Rao GEMM), grouped/dilated/strided, 1-D and 3-D, linear layers
+    on vectors and on token sequences, BatchNorm (eval), GroupNorm, LayerNorm, an
+    in-place ReLU right after a hooked layer, and a layer that is never used."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 6, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3)
+        self.gn = nn.GroupNorm(3, 6)
+        self.small = nn.Conv2d(6, 4, 3, stride=2)  # 4x4 → 1x1: one position
+        self.tiny = nn.Conv2d(6, 3, 2, stride=2)  # 4x4 → 2x2: four positions
+        self.c1d = nn.Conv1d(6, 4, 3, padding=1, groups=2)
+        self.c3d = nn.Conv3d(1, 2, (2, 3, 3), stride=(1, 2, 1), padding=(1, 1, 0))
+        self.tok = nn.Linear(4, 8)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8 + 4 + 12 + 40, 5)
+        self.unused = nn.Linear(3, 3)
+
+    def forward(self, x):
+        h = torch.relu_(self.bn(self.c1(x)))  # [B, 6, 4, 4]
+        h = self.gn(self.c2(h))
+        t = self.c1d(h.flatten(2))  # [B, 4, 16]
+        v = self.c3d(t.reshape(-1, 1, 4, 4, 4))  # [B, 2, 5, 2, 4]
+        z = self.ln(self.tok(t.transpose(1, 2))).mean(1)  # [B, 8]
+        parts = [z, self.small(h).flatten(1), self.tiny(h).flatten(1), v.flatten(1)]
+        return self.fc(torch.relu(torch.cat(parts, 1)))
+
+
+def test_hooks_engine_covers_every_supported_layer():
+    torch.manual_seed(3)
+    model = _EveryLayer()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # non-trivial norm affine parameters
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(9, 2, 8, 8, generator=g), torch.randint(0, 5, (9,), generator=g)
+    model.eval()
+    assert resolve_engine(model) == "hooks"
+    ref = _loop_fisher(model, x, lambda i: [(y[i], 1.0)])
+    fisher = fisher_diagonal(model, x, y, mode="empirical", batch_size=4, engine="hooks")
+    assert fisher.keys() == ref.keys()
+    for n in ref:
+        torch.testing.assert_close(fisher[n], ref[n], rtol=1e-4, atol=1e-9, msg=n)
+    assert float(fisher["unused.weight"].abs().sum()) == 0.0
+
+
+def test_engine_choice_and_fallback():
+    class Scaled(nn.Module):  # a layer with its own parameter the hooks engine cannot read
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return x * self.scale
+
+    model, x, y = _model_and_data(2)
+    model.stem.append(Scaled())
+    model.eval()
+    assert resolve_engine(model, "auto") == "vmap"
+    with pytest.raises(UserError, match=r"stem\.3: Scaled has its own trainable parameters"):
+        resolve_engine(model, "hooks")
+    with pytest.raises(UserError, match="engine='bogus'"):
+        fisher_diagonal(model, x, y, mode="empirical", engine="bogus")
+    _check_equal(fisher_diagonal(model, x, y, mode="empirical"), _loop_fisher(model, x, lambda i: [(y[i], 1.0)]))
+    model.train()  # BatchNorm on batch statistics: samples interact, hooks refuse
+    assert "BatchNorm on batch statistics" in (unsupported_reason(model) or "")
+
+    shared = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ReLU())
+    shared.append(shared[1])  # the same layer twice: its per-sample sums need vmap
+    shared.append(nn.Linear(4, 2))
+    xs, ys = torch.rand(5, 1, 2, 2), torch.randint(0, 2, (5,))
+    fast = per_sample_squared_grads(shared.eval(), xs, ys, engine="hooks")
+    slow = per_sample_squared_grads(shared, xs, ys, engine="vmap")
+    for n in slow:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-9, msg=n)

@@ -106,5 +106,5 @@ def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, domains: Domains, device
     fisher = fisher_diagonal(model, images, labels if cfg.fisher == "empirical" else None,
                              mode=cfg.fisher, generator=torch.Generator(device=device).manual_seed(seed))
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_fisher(out_dir / "fisher.pt", fisher)
+    save_fisher(out_dir / "fisher.pt", fisher, mode=cfg.fisher, samples=n, seed=seed)
     return EWC(fisher, anchor, lam=cfg.lam)

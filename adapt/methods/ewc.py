@@ -5,9 +5,18 @@ The diagonal Fisher information of the source model,
 
     F_i = E_x E_{y ~ p_θ(y|x)} [ (∂ log p_θ(y|x) / ∂θ_i)² ],
 
-is an average of **per-sample** squared gradients, computed here with
-``torch.func.vmap(grad(...))`` over a batch — never the square of a batch-mean gradient
-(which would be E[g]² instead of E[g²], a common bug that shrinks F by ~1/B).
+is an average of **per-sample** squared gradients — never the square of a batch-mean
+gradient (which would be E[g]² instead of E[g²], a common bug that shrinks F by ~1/B).
+Two engines compute them for a whole batch at once:
+
+* ``"vmap"``: ``torch.func.vmap(grad(...))`` over ``functional_call`` — any model.
+* ``"hooks"`` (:mod:`adapt.methods.layer_sq_grads`): one batched forward and one
+  activation-only backward, then Σ_b g_b² per layer from its inputs and output
+  gradients in closed form — convolutions, linear and normalisation layers only, and
+  much faster on CPU, where vmap's per-sample convolution gradients are slower than a
+  batch-size-1 loop (``benchmarks/bench_fisher.py``).
+
+``"auto"`` (default) takes the hooks engine when every trainable layer is supported.
 The penalty keeps the adapted weights near the source weights θ* where they matter:
 
     Ω(θ) = (λ / 2) Σ_i F_i (θ_i − θ*_i)²
@@ -26,6 +35,7 @@ from adapt.errors import UserError
 from adapt.io import atomic_torch_save
 
 FISHER_MODES = ("true", "empirical", "exact")
+FISHER_ENGINES = ("auto", "hooks", "vmap")
 
 
 def trainable_params(model: nn.Module) -> dict[str, Tensor]:
@@ -46,14 +56,42 @@ def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> T
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def per_sample_squared_grads(model: nn.Module, x: Tensor, y: Tensor, weight: Tensor | None = None) -> dict[str, Tensor]:
+def resolve_engine(model: nn.Module, engine: str = "auto") -> str:
+    """``"hooks"`` or ``"vmap"``: the engine :func:`fisher_diagonal` uses for ``model``
+    as it is now (call in eval mode). ``"hooks"`` on an unsupported model is a
+    UserError naming the layer."""
+    from adapt.methods.layer_sq_grads import unsupported_reason
+
+    if engine not in FISHER_ENGINES:
+        raise UserError(f"fisher engine={engine!r}: must be one of {', '.join(FISHER_ENGINES)}")
+    if engine == "vmap":
+        return "vmap"
+    reason = unsupported_reason(model)
+    if reason is None:
+        return "hooks"
+    if engine == "hooks":
+        raise UserError(f"fisher engine='hooks' cannot handle {reason}; use engine='vmap'")
+    return "vmap"
+
+
+def per_sample_squared_grads(model: nn.Module, x: Tensor, y: Tensor, weight: Tensor | None = None,
+                             engine: str = "vmap") -> dict[str, Tensor]:
     """Σ_b w_b (∂ log p_θ(y_b | x_b) / ∂θ)² over a batch, per trainable parameter.
 
-    Per-sample gradients come from ``vmap(grad(...))`` over ``functional_call`` (one
-    sample at a time inside, batched outside); the model is used in its current mode —
-    call it in eval mode so BatchNorm uses running statistics (vmap cannot update them,
-    and per-sample BN statistics would be meaningless). w defaults to 1.
+    ``engine="vmap"``: per-sample gradients from ``vmap(grad(...))`` over
+    ``functional_call`` (one sample at a time inside, batched outside).
+    ``engine="hooks"``: :func:`adapt.methods.layer_sq_grads.squared_grad_sums` (falls
+    back to vmap if a layer turns out to run twice per forward).
+    The model is used in its current mode — call it in eval mode so BatchNorm uses
+    running statistics (per-sample BN statistics would be meaningless). w defaults to 1.
     """
+    if engine == "hooks":
+        from adapt.methods.layer_sq_grads import HookEngineUnsupported, squared_grad_sums
+
+        try:
+            return squared_grad_sums(model, x, y, weight)
+        except HookEngineUnsupported:
+            pass
     params = trainable_params(model)
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
@@ -83,6 +121,7 @@ def fisher_diagonal(
     samples: int | None = None,
     batch_size: int = 32,
     generator: torch.Generator | None = None,
+    engine: str = "auto",
 ) -> dict[str, Tensor]:
     """Diagonal Fisher information F_i of ``model`` on ``images`` [N, C, H, W].
 
@@ -94,6 +133,8 @@ def fisher_diagonal(
       per image; cheap for few classes, no sampling noise).
     samples: use a random subset of this many images (``torch.randperm`` with
       ``generator``, drawn before any label); None = all.
+    engine: ``"auto"`` | ``"hooks"`` | ``"vmap"`` (module docstring; same result to
+      float32 rounding).
     Returns {parameter name: F [same shape]} for every parameter that requires grad,
     averaged over the images, on the parameters' device, float32. The model is run in
     eval mode (BatchNorm on running statistics, dropout off) and its mode restored.
@@ -117,6 +158,7 @@ def fisher_diagonal(
     was_training = {m: m.training for m in model.modules()}
     model.eval()
     try:
+        engine = resolve_engine(model, engine)
         for start in range(0, len(index), batch_size):
             idx = index[start : start + batch_size]
             x = images[idx].to(device)
@@ -134,7 +176,7 @@ def fisher_diagonal(
                         for k in range(logits.shape[1])
                     ]
             for y, w in batch:
-                for name, sq in per_sample_squared_grads(model, x, y, w).items():
+                for name, sq in per_sample_squared_grads(model, x, y, w, engine=engine).items():
                     total[name] += sq
     finally:
         for m, mode_flag in was_training.items():
