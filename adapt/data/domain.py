@@ -108,7 +108,7 @@ class DomainDataset(Dataset):
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     def mask(self, i: int) -> torch.Tensor | None:
-        """Region of interest [S, S] float {0, 1} for sample i (lungs for the phantom), if known."""
+        """Region of interest [S, S] float {0, 1} for sample i (the body silhouette for the phantom), if known."""
         i = int(i)
         if self._masks is not None:
             return self._masks[i]

@@ -105,9 +105,11 @@ class PhantomBatch:
     images: float32 [N, 1, S, S] in [0, 1]; labels: int64 [N] (index into CLASSES);
     marker_boxes / lesion_boxes: int64 [N, 4] = (x0, y0, x1, y1) pixel coordinates,
     ends exclusive (``img[y0:y1, x0:x1]``), all -1 when absent; lung_masks: float32
-    [N, S, S] in {0, 1}, the visible lung fields; roi_masks: the same plus the heart
-    shadow — the chest a reader looks at, the region of interest of the attribution
-    checks (a laterality marker, text or the collimation border lies outside it).
+    [N, S, S] in {0, 1}, the visible lung fields; roi_masks: the patient's body (its
+    silhouette, holding lungs, heart, mediastinum and upper abdomen) — the region of
+    interest of the attribution checks. What lies outside it is air, where a laterality
+    marker, text or the collimation border sits; a model looking just below the heart
+    looks at anatomy, and is not called spurious for where it looks.
     """
 
     images: torch.Tensor
@@ -156,7 +158,7 @@ def make_phantom(
     labels = rng_label.permutation(np.arange(n) % 2).astype(np.int64)
     u, v = _grid(S)
     anat = _sample_anatomy(rng_anat, n)
-    density, lung_visible, heart = _draw_anatomy(anat, u, v, rng_anat, S)
+    density, lung_visible, heart, body = _draw_anatomy(anat, u, v, rng_anat, S)
     lesion, lesion_boxes = _draw_lesions(rng_lesion, anat, labels, u, v, S)
     x = np.clip((density + lesion) * anat["gain"] + anat["bias"], 0.0, 1.0)
 
@@ -168,7 +170,7 @@ def make_phantom(
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
     images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
     lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
-    roi_masks = torch.from_numpy(((lung_visible > 0.5) | (heart > 0.5)).astype(np.float32))
+    roi_masks = torch.from_numpy(((body > 0.5) | (lung_visible > 0.5) | (heart > 0.5)).astype(np.float32))
     return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site, roi_masks)
 
 
@@ -256,7 +258,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _draw_anatomy(a: dict[str, np.ndarray], u, v, rng: np.random.Generator, S: int):
-    """Density map [n, S, S] (bright = dense), visible lung field and heart, both [n, S, S]."""
+    """Density map [n, S, S] (bright = dense); visible lung field, heart and body, each [n, S, S]."""
     n = a["tissue"].shape[0]
     body = _soft_ellipse(u, v, a["body_cx"], a["body_cy"], a["body_ax"], a["body_ay"], edge=0.04)
     lung_r = _soft_ellipse(u, v, 0.5 - a["lung_dx"], a["lung_cy"], a["lung_ax"], a["lung_ay"])
@@ -281,7 +283,7 @@ def _draw_anatomy(a: dict[str, np.ndarray], u, v, rng: np.random.Generator, S: i
         + ribs * thorax * a["rib_amp"]
         + texture * body
     )
-    return density.astype(np.float32), lungs.astype(np.float32), heart
+    return density.astype(np.float32), lungs.astype(np.float32), heart, body
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, S: int, cells: int) -> np.ndarray:
