@@ -120,12 +120,8 @@ def load_domains(recipe: Recipe) -> Domains:
     fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
     fractions = {k: v for k, v in fractions.items() if v > 0}
     s_idx = stratified_split(source.labels, fractions, seed=recipe.seed)
-    if target.has_labels:
-        t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
-    else:  # unlabelled target: a plain seeded split
-        perm = np.random.default_rng(recipe.seed + 1).permutation(len(target))
-        cut = np.cumsum([int(round(f * len(target))) for f in fractions.values()])[:-1]
-        t_idx = dict(zip(fractions, np.split(perm, cut)))
+    # An unlabelled target (labels −1) is one stratum: a plain seeded split.
+    t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
     source_split = {k: source.subset(v) for k, v in s_idx.items()}
     target_split = {k: target.subset(v) for k, v in t_idx.items()}
     labeled = None

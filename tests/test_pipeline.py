@@ -148,3 +148,27 @@ def test_diagnose_audit_rerenders_the_report(run):
     assert diagnose_main(["audit", str(run.run_dir)]) == 0
     again = html.read_text()
     assert "Adaptation audit" in again and again.count("<img") == original.count("<img")
+
+
+def test_unlabelled_target_is_split_like_a_labelled_one(tmp_path):
+    # An unlabelled target goes through the same splitter as a labelled one: disjoint
+    # parts covering every image, sized by the recipe's fractions, seeded.
+    from adapt.pipeline import load_domains
+
+    path = tmp_path / "u.yaml"
+    path.write_text(RECIPE.replace("{kind: phantom-cxr, site: B, n: 400}",
+                                   "{kind: phantom-cxr, site: B, n: 101, labeled: false}"))
+    recipe = load_recipe(path, [])
+    doms = load_domains(recipe)
+    assert not doms.target.has_labels
+    sizes = {k: len(ds) for k, ds in doms.target_split.items()}
+    fr = recipe.data.split
+    for k, f in (("train", fr.train), ("val", fr.val), ("test", fr.test)):
+        assert abs(sizes[k] - f * 101) <= 1, (k, sizes)
+    # disjoint and covering: every target image lands in exactly one part
+    rows = lambda t: sorted(hash(r.numpy().tobytes()) for r in t.flatten(1))  # noqa: E731
+    pooled = torch.cat([ds.images() for ds in doms.target_split.values()])
+    assert rows(pooled) == rows(doms.target.images())
+    again = load_domains(recipe)
+    for k in sizes:
+        torch.testing.assert_close(again.target_split[k].images(), doms.target_split[k].images())
