@@ -175,39 +175,51 @@ def _unfold(mod: nn.Module, u: Tensor) -> Tensor:
 
 
 def _weight_sq_sum(mod: nn.Module, u: Tensor, deltas: Tensor, patches: Tensor | None, groups: int) -> Tensor:
-    """Σ_b G_b ⊙ G_b for one layer: [G, O, I]."""
+    """Σ_b G_b ⊙ G_b for one layer: [G, O, I].
+
+    Outer chunks of samples bound the unfolded patches and the Khatri–Rao factors
+    (``_CHUNK_BYTES``); inside, materialised per-sample gradients go in sub-chunks
+    small enough to stay in cache (``_CACHE_BYTES``).
+    """
     b, _, o, positions = deltas.shape
     i = patches.shape[2] if patches is not None else math.prod(mod.weight.shape[1:])
     small = positions <= _SMALL_L
     pairs = positions * (positions + 1) // 2
-    if small:
-        chunk = max(1, _CHUNK_BYTES // (4 * groups * ((o + i) * pairs + i * positions)))
-    else:
-        chunk = max(1, _CACHE_BYTES // (4 * groups * o * i))
-    if small:
-        iu = torch.triu_indices(positions, positions, device=deltas.device)
-        coef = torch.where(iu[0] == iu[1], 1.0, 2.0).to(deltas)
-    total = None
+    per_sample = groups * i * positions + (groups * (o + i) * pairs if small else 0)
+    chunk = max(1, _CHUNK_BYTES // (4 * per_sample))
+    inner = max(1, _CACHE_BYTES // (4 * groups * o * i))
+    total = torch.zeros(groups, o, i, dtype=deltas.dtype, device=deltas.device)
     for s in range(0, b, chunk):
         dlt = deltas[s : s + chunk]
+        n = len(dlt)
         pat = patches[s : s + chunk] if patches is not None else _unfold(mod, u[s : s + chunk]).reshape(
-            len(dlt), groups, -1, positions)
+            n, groups, -1, positions)
         if small:
-            n = len(dlt)
-            p = (dlt[..., iu[0]] * dlt[..., iu[1]] * coef).permute(1, 2, 0, 3).reshape(groups, o, n * pairs)
-            q = (pat[..., iu[0]] * pat[..., iu[1]]).permute(1, 0, 3, 2).reshape(groups, n * pairs, i)
-            part = torch.bmm(p, q)
-        else:
-            g = torch.matmul(dlt, pat.transpose(-1, -2))  # [n, G, O, I] per-sample gradients
-            if total is None:
-                total = torch.zeros_like(g[0])
+            p = _pair_products(dlt, weighted=True).permute(1, 2, 0, 3).reshape(groups, o, n * pairs)
+            q = _pair_products(pat, weighted=False).permute(1, 0, 3, 2).reshape(groups, n * pairs, i)
+            total.baddbmm_(p, q)
+            continue
+        for t in range(0, n, inner):
+            g = torch.matmul(dlt[t : t + inner], pat[t : t + inner].transpose(-1, -2))  # [n', G, O, I]
             if len(g) == 1:
                 total.addcmul_(g[0], g[0])
             else:
                 total.add_(g.square_().sum(0))
-            continue
-        total = part if total is None else total.add_(part)
     return total
+
+
+def _pair_products(t: Tensor, weighted: bool) -> Tensor:
+    """[..., L] → [..., L(L+1)/2]: t_l · t_l' for l ≤ l' (row-major), times 2 off the
+    diagonal when ``weighted``. Built from slices: no index tensors (a gather here
+    cost as much as the GEMM it feeds)."""
+    positions = t.shape[-1]
+    cols = []
+    for l in range(positions):
+        prod = t[..., l : l + 1] * t[..., l:]
+        if weighted and positions - l > 1:
+            prod[..., 1:] *= 2.0
+        cols.append(prod)
+    return torch.cat(cols, dim=-1)
 
 
 def _norm_sq_grads(mod: nn.Module, u: Tensor, d: Tensor, wants: dict[str, Tensor]) -> dict[str, Tensor]:
