@@ -172,3 +172,51 @@ def test_unlabelled_target_is_split_like_a_labelled_one(tmp_path):
     again = load_domains(recipe)
     for k in sizes:
         torch.testing.assert_close(again.target_split[k].images(), doms.target_split[k].images())
+
+
+EWC_DANN_RECIPE = """
+name: de
+seed: 0
+data:
+  source: {kind: phantom-cxr, site: A, n: 160}
+  target: {kind: phantom-cxr, site: B, n: 160}
+  image_size: 32
+model: {arch: small_cnn}
+train: {epochs: 1, batch_size: 32, lr: 0.002, device: cpu, threads: 1}
+method:
+  selection: im
+  runs:
+    - {name: dann, objective: dann, epochs: 2}
+    - {name: dann+ewc, objective: dann, epochs: 2, ewc: {lambda: 10000, fisher: true, samples: 50}}
+diagnostics: {enabled: false}
+"""
+
+
+def test_ewc_during_dann_anchors_the_weights_the_source_needs(tmp_path):
+    # EWC is a penalty of the one loop, so it rides along with DANN: the Fisher is
+    # saved with the run, the penalty is logged every epoch, and the Fisher-weighted
+    # distance to the source weights ends far smaller than without it.
+    from adapt.methods.ewc import load_fisher
+    from adapt.models import load_checkpoint
+
+    path = tmp_path / "de.yaml"
+    path.write_text(EWC_DANN_RECIPE)
+    summary = run_recipe(load_recipe(path, [f"output.dir={tmp_path / 'runs'}"]), progress=False,
+                         diagnostics=False)
+    run_dir = tmp_path / "runs" / "de"
+    fisher, meta = load_fisher(run_dir / "methods" / "dann+ewc" / "fisher.pt")
+    assert meta["mode"] == "true" and meta["samples"] == 50
+    assert not (run_dir / "methods" / "dann" / "fisher.pt").exists()
+    history = json.loads((run_dir / "metrics.json").read_text())["runs"]["dann+ewc"]["fit"]["history"]
+    assert len(history) == 2 and all(h["ewc_penalty"] > 0 for h in history)
+
+    source, _ = load_checkpoint(run_dir / "source" / "model.pt")
+    anchor = dict(source.named_parameters())
+
+    def fisher_distance(run: str) -> float:
+        model, _ = load_checkpoint(run_dir / "methods" / run / "model.pt")
+        return sum(float((fisher[n] * (p.detach() - anchor[n].detach()) ** 2).sum())
+                   for n, p in model.named_parameters() if n in fisher)
+
+    assert fisher_distance("dann+ewc") < 0.1 * fisher_distance("dann")  # measured: 0.02x
+    assert {r["model"] for r in summary.table} >= {"dann", "dann+ewc"}
