@@ -218,5 +218,5 @@ def test_ewc_during_dann_anchors_the_weights_the_source_needs(tmp_path):
         return sum(float((fisher[n] * (p.detach() - anchor[n].detach()) ** 2).sum())
                    for n, p in model.named_parameters() if n in fisher)
 
-    assert fisher_distance("dann+ewc") < 0.1 * fisher_distance("dann")  # measured: 0.02x
+    assert fisher_distance("dann+ewc") < 0.2 * fisher_distance("dann")  # measured: 0.06x
     assert {r["model"] for r in summary.table} >= {"dann", "dann+ewc"}
