@@ -244,9 +244,15 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         run_cfg, model=model, recipe=recipe, domains=domains, device=device, out_dir=stage_dir,
     )
     prepare = (lambda m: adabn_on(m, target_train, device)) if run_cfg.adabn else None
+    # Source-validation accuracy is measured as the model is deployed on the source
+    # (see uses_per_domain_bn), or `selection: source_val` would judge these runs by a
+    # BatchNorm mismatch rather than by what the weights retained.
+    source_prepare = ((lambda m: adabn_on(m, domains.source_split["train"], device))
+                      if uses_per_domain_bn(run_cfg) else None)
     selector = recipe.method.selection
     score_fn = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
-                             class_names=domains.classes, device=device, prepare=prepare)
+                             class_names=domains.classes, device=device, prepare=prepare,
+                             source_prepare=source_prepare)
     epochs = recipe.train.epochs if run_cfg.epochs is None else run_cfg.epochs
     fit_info: dict[str, Any] | None = None
     selection = None
@@ -267,7 +273,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         adabn_on(model, target_train, device)
     if selection is None:  # nothing was trained: score the final model once, for the table
         _, logs = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
-                                class_names=domains.classes, device=device)(model)
+                                class_names=domains.classes, device=device,
+                                source_prepare=source_prepare)(model)
         selection = {"selector": selector, "selected_epoch": 0, "epochs": [{"epoch": 0, **logs}]}
     seconds = time.perf_counter() - t0
     if ctx.is_main:

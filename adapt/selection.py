@@ -50,11 +50,15 @@ def make_score_fn(
     class_names: list[str],
     device: torch.device,
     prepare: Callable[[nn.Module], nn.Module] | None = None,
+    source_prepare: Callable[[nn.Module], nn.Module] | None = None,
     batch_size: int = 256,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
     the one ``selector`` names. ``prepare`` turns the training model into the model that
-    will be deployed (e.g. AdaBN on the target) before it is scored; it gets a copy."""
+    will be deployed (e.g. AdaBN on the target) before it is scored; it gets a copy.
+    ``source_prepare`` does the same for the source-validation accuracy when the model
+    is deployed on the source differently (per-domain BatchNorm statistics: AdaBN and
+    fine-tuning runs are measured on the source with the source's statistics)."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     epoch_counter = {"n": 0}
@@ -63,7 +67,8 @@ def make_score_fn(
         candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
         logs = label_free_scores(predict(candidate, target, device, batch_size)["probs"])
         if source_val is not None and len(source_val):
-            out = predict(candidate, source_val, device, batch_size)
+            on_source = source_prepare(copy.deepcopy(model)) if source_prepare is not None else candidate
+            out = predict(on_source, source_val, device, batch_size)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
         epoch_counter["n"] += 1

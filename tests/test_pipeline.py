@@ -220,3 +220,15 @@ def test_ewc_during_dann_anchors_the_weights_the_source_needs(tmp_path):
 
     assert fisher_distance("dann+ewc") < 0.2 * fisher_distance("dann")  # measured: 0.06x
     assert {r["model"] for r in summary.table} >= {"dann", "dann+ewc"}
+
+
+@pytest.mark.slow
+def test_source_val_score_is_measured_as_the_model_is_deployed_on_the_source(run):
+    # AdaBN runs are deployed on the source with source BatchNorm statistics; the
+    # per-epoch source-validation score (what `selection: source_val` picks by) must be
+    # measured the same way, so for the selected epoch it equals the reported accuracy.
+    for name in ("adabn", "hist"):
+        stage = run.runs[name]
+        sel = stage.selection
+        chosen = next(e for e in sel["epochs"] if e["epoch"] == sel["selected_epoch"])
+        assert chosen["source_val_accuracy"] == pytest.approx(acc(stage, "source_val"), abs=1e-9), name
