@@ -342,6 +342,11 @@ class AuditThresholds:
     auc_large: float = 0.75
     #: source-only model: target accuracy this far below source is a large accuracy gap
     accuracy_gap_warn: float = 0.05
+    #: a region flagged before is still relied on after adaptation when hiding it changes
+    #: at least this share of the predictions and this multiple of same-size patches
+    #: elsewhere (the attribution checks' own flip thresholds)
+    reliance_flips: float = 0.05
+    reliance_over_control: float = 2.0
 
 
 # --------------------------------------------------------------------------- gap
@@ -673,7 +678,8 @@ def _spurious_desc(domain: str, v: Mapping) -> str:
     return text
 
 
-def spurious_verdict(before: StageResult, after: StageResult | None) -> Verdict | None:
+def spurious_verdict(before: StageResult, after: StageResult | None,
+                     th: AuditThresholds = AuditThresholds()) -> Verdict | None:
     """Spurious features (shortcuts): flagged regions, and whether reliance fell after adaptation."""
     vb, va = _spurious_rows(before), _spurious_rows(after)
     if not vb and not va:
@@ -692,15 +698,34 @@ def spurious_verdict(before: StageResult, after: StageResult | None) -> Verdict 
         if isinstance(v.get("flips"), (int, float)):
             evidence[f"{d}_flips"] = v["flips"]
 
-    # reliance before vs after, per domain measured in both
+    # reliance before vs after, per domain measured in both — on ONE region: the one the
+    # before-verdict names, which the after-model is measured on too (reliance_change);
+    # two different hot boxes' shares are not a trend.
     trend = []
     for d in vb:
-        if d in va:
-            s0, s1 = _num(vb[d], "share"), _num(va[d], "share")
-            if s0 is not None and s1 is not None:
-                word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
-                trend.append(f"reliance on {va[d].get('region') or vb[d].get('region') or 'the region'} "
-                             f"{word} on {d} ({_pct(s0)} → {_pct(s1)})")
+        if d not in va:
+            continue
+        sec = after.spurious.get(d) if after is not None else None
+        rc = sec.get("reliance_change") if isinstance(sec, Mapping) else None
+        if isinstance(rc, Mapping) and rc.get("share_before") is not None and rc.get("share_after") is not None:
+            region, s0, s1 = rc.get("region"), float(rc["share_before"]), float(rc["share_after"])
+            f0, f1 = rc.get("flips_before"), rc.get("flips_after")
+        elif vb[d].get("region") == va[d].get("region"):
+            region, s0, s1 = vb[d].get("region"), _num(vb[d], "share"), _num(va[d], "share")
+            f0, f1 = vb[d].get("flips"), va[d].get("flips")
+        else:
+            continue
+        if s0 is None or s1 is None:
+            continue
+        fl = [f0, f1] if all(isinstance(f, (int, float)) for f in (f0, f1)) else None
+        if fl is None or (s1 < s0) == (fl[1] < fl[0]) or s1 == s0 or fl[1] == fl[0]:
+            word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
+        else:  # attribution and occlusion disagree: say so rather than pick one
+            word = "changed"
+        text = f"reliance on {region or 'the region'} {word} on {d} (attribution {_pct(s0)} → {_pct(s1)}"
+        if isinstance(f0, (int, float)) and isinstance(f1, (int, float)):
+            text += f"; occluding it changes {_pct(float(f0))} → {_pct(float(f1))} of the predictions"
+        trend.append(text + ")")
     if flagged:
         descs = "; ".join(_spurious_desc(d, v) for d, v in flagged.items())
         lead = "The adapted model relies on a spurious region" if va else "The model relies on a spurious region"
@@ -714,10 +739,30 @@ def spurious_verdict(before: StageResult, after: StageResult | None) -> Verdict 
     # a shortcut present before and gone after is worth saying plainly
     was = [d for d, v in vb.items() if _spurious_level(v) != "ok" or v.get("flagged")]
     if va and was and not flagged:
-        title = "Spurious feature removed"
-        summary = f"Adaptation removed the reliance on a spurious region flagged before ({', '.join(was)})" + (
-            "; " + "; ".join(trend) if trend else ""
-        )
+        # Not flagged after — but the after-model may still *rely* on the region while
+        # attending to it less: occlusion of the before-region decides "removed".
+        still = []
+        for d in was:
+            sec = after.spurious.get(d) if after is not None else None
+            rc = sec.get("reliance_change") if isinstance(sec, Mapping) else None
+            occ = sec.get("occlusion") if isinstance(sec, Mapping) else None
+            f1 = rc.get("flips_after") if isinstance(rc, Mapping) else None
+            ctrl = occ.get("control_flipped_share") if isinstance(occ, Mapping) else None
+            if isinstance(f1, (int, float)) and f1 >= th.reliance_flips and (
+                    not isinstance(ctrl, (int, float)) or f1 >= th.reliance_over_control * ctrl):
+                still.append(f"{d}: hiding {rc.get('region')} still changes {_pct(float(f1))} of the predictions"
+                             + (f" (same-size patches elsewhere: {_pct(float(ctrl))})"
+                                if isinstance(ctrl, (int, float)) else ""))
+                evidence[f"{d}_flips_on_before_region_after"] = float(f1)
+        tail = "; " + "; ".join(trend) if trend else ""
+        if still:
+            level = worst_level([level, "warn"])
+            title = "Spurious feature reduced, still relied on"
+            summary = ("After adaptation no region is flagged, but the model still relies on the one "
+                       f"flagged before — {'; '.join(still)}" + tail)
+        else:
+            title = "Spurious feature removed"
+            summary = f"Adaptation removed the reliance on a spurious region flagged before ({', '.join(was)})" + tail
     return Verdict("spurious", level, title, summary + ".", evidence)
 
 
@@ -745,7 +790,7 @@ def compute_verdicts(
     else:
         out.append(accuracy_gap_verdict(b, thresholds))
     out.append(collapse_verdict(b, a))
-    out.append(spurious_verdict(b, a))
+    out.append(spurious_verdict(b, a, thresholds))
     out.append(gap_verdict(b, a, thresholds))
     return [v for v in out if v is not None]
 

@@ -164,7 +164,25 @@ def test_spurious_reliance_removed_by_adaptation():
     v = by_name(compute_verdicts(stage(spurious=_spur(0.6, "fail", True)), stage(spurious=_spur(0.1, "ok", False))))
     v = v["spurious"]
     assert v.level == "ok" and v.title == "Spurious feature removed"
-    assert "reliance on top-left corner fell on source (60.0% → 10.0%)" in v.summary
+    assert ("reliance on top-left corner fell on source (attribution 60.0% → 10.0%; occluding it "
+            "changes 40.0% → 1.0% of the predictions)") in v.summary
+
+
+def test_spurious_trend_compares_one_region_not_two_hot_boxes():
+    # After adaptation the hot box moved; the trend must be the flagged region's, measured
+    # on the after-model too (reliance_change), not the share of a different box.
+    before = {"source": {"verdict": {"level": "fail", "flagged": True, "region": [54, 5, 62, 13],
+                                     "share": 0.05, "flips": 0.14, "reason": "r"}}}
+    after_sec = {"verdict": {"level": "ok", "flagged": False, "region": [28, 33, 36, 41],
+                             "share": 0.047, "flips": 0.06, "reason": "r"}}
+    v = by_name(compute_verdicts(stage(spurious=before), stage(spurious={"source": after_sec})))["spurious"]
+    assert "[28, 33, 36, 41]" not in v.summary and "fell on source" not in v.summary
+    after_sec["reliance_change"] = {"region": [54, 5, 62, 13], "share_before": 0.05, "share_after": 0.012,
+                                    "flips_before": 0.14, "flips_after": 0.02}
+    v = by_name(compute_verdicts(stage(spurious=before), stage(spurious={"source": after_sec})))["spurious"]
+    assert v.title == "Spurious feature removed"
+    assert ("reliance on [54, 5, 62, 13] fell on source (attribution 5.0% → 1.2%; occluding it changes "
+            "14.0% → 2.0% of the predictions)") in v.summary
 
 
 def test_spurious_reliance_kept_after_adaptation():
@@ -214,3 +232,26 @@ def test_audit_json_round_trip_with_numpy_and_nan():
     assert again.to_dict() == data
     assert [v.level for v in again.verdicts] == [v.level for v in audit.verdicts]
     assert isinstance(again.before, StageResult) and again.after.name == "adapted"
+
+
+def test_spurious_region_still_relied_on_after_adaptation_is_a_warning():
+    # Nothing is flagged after adaptation (attention fell below the share criterion),
+    # but hiding the region flagged before still flips 11% of the predictions against 2%
+    # for same-size patches: "removed" would overclaim.
+    before = {"source": {"verdict": {"level": "fail", "flagged": True, "region": [54, 5, 62, 13],
+                                     "share": 0.05, "flips": 0.14, "reason": "r"}}}
+
+    def after(flips_after):
+        return {"source": {"verdict": {"level": "ok", "flagged": False, "region": [28, 33, 36, 41],
+                                       "share": 0.047, "flips": 0.06, "reason": "r"},
+                           "occlusion": {"control_flipped_share": 0.023},
+                           "reliance_change": {"region": [54, 5, 62, 13], "share_before": 0.033,
+                                               "share_after": 0.027, "flips_before": 0.14,
+                                               "flips_after": flips_after}}}
+
+    v = by_name(compute_verdicts(stage(spurious=before), stage(spurious=after(0.109))))["spurious"]
+    assert v.level == "warn" and v.title == "Spurious feature reduced, still relied on"
+    assert "hiding [54, 5, 62, 13] still changes 10.9% of the predictions (same-size patches elsewhere: 2.3%)" \
+        in v.summary
+    v = by_name(compute_verdicts(stage(spurious=before), stage(spurious=after(0.03))))["spurious"]
+    assert v.level == "ok" and v.title == "Spurious feature removed"
