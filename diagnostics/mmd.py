@@ -77,38 +77,40 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
 
 
-def _features(x, name: str, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _features(x, name: str, device=None) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
     if t.ndim == 1:
         t = t.unsqueeze(1)
     if t.ndim != 2 or t.shape[0] < 2:
         raise UserError(f"{name}: expected a [N, D] matrix with N >= 2, got shape {tuple(t.shape)}")
-    return t.to(dtype=dtype or _compute_dtype(t), device=device if device is not None else t.device)
+    return t.to(dtype=_compute_dtype(t), device=device if device is not None else t.device)
+
+
+def _centred(*samples: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each sample minus the mean of all of them pooled (computed in float64). Every
+    statistic here depends on differences only, so nothing changes but precision:
+    float32 distances lose far less to the cancellation in ‖a‖² + ‖b‖² − 2aᵀb."""
+    total = sum(t.double().sum(0) for t in samples)
+    shift = (total / sum(len(t) for t in samples)).to(samples[0].dtype)
+    return tuple(t - shift for t in samples)
 
 
 def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     """Both samples as tensors on x's device, in one compute dtype (float64 unless
-    both are single/half precision)."""
+    both are single/half precision), centred on their pooled mean."""
     xt = _features(x, "x")
     yt = _features(y, "y", device=xt.device)
     if xt.shape[1] != yt.shape[1]:
         raise UserError(f"x, y: feature dimensions differ ({xt.shape[1]} vs {yt.shape[1]})")
     if xt.dtype != yt.dtype:
         xt, yt = xt.double(), yt.double()
-    return xt, yt
-
-
-def _pooled_centred(xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
-    """x ∪ y [m + n, d] minus its mean (computed in float64). Distances are
-    unchanged; float32 distances lose far less to cancellation."""
-    z = torch.cat([xt, yt])
-    return z - z.double().mean(0).to(z.dtype)
+    return _centred(xt, yt)
 
 
 def pairwise_sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """‖a_i − b_j‖² [Na, Nb] via ‖a‖² + ‖b‖² − 2abᵀ, clipped at 0, in a's dtype
     (float64: cancellation error ~1e-16 relative to the norms; centre float32
-    inputs first, see :func:`_pooled_centred`)."""
+    inputs first, see :func:`_centred`)."""
     a2 = (a * a).sum(1, keepdim=True)
     b2 = (b * b).sum(1, keepdim=True)
     # −2abᵀ + ‖a‖² in one GEMM call (the row norms ride in as its C operand).
@@ -173,11 +175,7 @@ def median_bandwidth(x, y=None, max_points: int = 2000, seed: int = 0) -> float:
     subsample of that size. Falls back to 1.0 when all points coincide (σ = 0
     would make the kernel degenerate).
     """
-    if y is None:
-        xt = _features(x, "x")
-        z = xt - xt.double().mean(0).to(xt.dtype)
-    else:
-        z = _pooled_centred(*_pair(x, y))
+    z = _centred(_features(x, "x"))[0] if y is None else torch.cat(_pair(x, y))
     if z.shape[0] > max_points:
         gen = torch.Generator().manual_seed(int(seed))
         idx = torch.randperm(z.shape[0], generator=gen)[:max_points].to(z.device)
@@ -240,7 +238,7 @@ def mmd2_unbiased(x, y, bandwidth: Bandwidth = None) -> float:
     (it is unbiased, and MMD² = 0 under H0).
     """
     xt, yt = _pair(x, y)
-    z = _pooled_centred(xt, yt)
+    z = torch.cat([xt, yt])
     d2 = pairwise_sq_dists(z, z)
     if bandwidth is None:
         # Exact median of all pooled pairs, as in mmd_permutation_test.
@@ -406,7 +404,7 @@ def mmd_permutation_test(
     exact = m + n <= max_exact_points
     given = bandwidths if bandwidths is not None else bandwidth
     if given is None and exact:
-        z = _pooled_centred(xt, yt)
+        z = torch.cat([xt, yt])
         d2 = pairwise_sq_dists(z, z)
         med = _median_from_sq_dists(d2)
         bw = med if med > 0 else 1.0
@@ -426,7 +424,7 @@ def mmd_permutation_test(
                          method="block", std_error=se, blocks=nb)
 
     if d2 is None:
-        z = _pooled_centred(xt, yt)
+        z = torch.cat([xt, yt])
         d2 = pairwise_sq_dists(z, z)
     k = _kernel_from_sq_dists(d2, bws)
     del d2

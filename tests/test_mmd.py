@@ -180,6 +180,10 @@ def test_float32_path_agrees_with_float64(offset):
     assert r32.bandwidth == pytest.approx(r64.bandwidth, rel=1e-5)
     assert r32.p_value == r64.p_value
     assert mmd2_unbiased(x.float(), y.float()) == pytest.approx(mmd2_unbiased(x, y), abs=0.01 * null_spread)
+    # the block estimator (large N) takes the same centred float32 path
+    b64, se64, _ = mmd2_block(x, y, block_size=100)
+    b32, _, _ = mmd2_block(x.float(), y.float(), block_size=100)
+    assert b32 == pytest.approx(b64, abs=0.01 * se64)
 
 
 def test_median_selection_is_exact_on_large_matrices():
