@@ -159,9 +159,7 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
     images — each domain with its own, as AdaBN is deployed — so that source accuracy
     measures what the weights retained, not a statistics mismatch.
     """
-    on_source = model
-    if per_domain_bn:
-        on_source = adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
+    on_source = deployed_on_source(model, domains, device) if per_domain_bn else model
     ev = lambda m, ds: evaluate(m, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
     out = {"source_test": ev(on_source, domains.source_split["test"])}
     if "val" in domains.source_split:
@@ -291,6 +289,12 @@ def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
     images, whose precise-BN pass re-estimates them there) are evaluated on the source with
     source statistics, so that source accuracy measures what the weights retained."""
     return run_cfg.adabn or run_cfg.objective == "finetune"
+
+
+def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
+    """A copy of a per-domain-BN model (see :func:`uses_per_domain_bn`) as it meets the
+    source: BatchNorm statistics re-estimated on the unlabelled source training images."""
+    return adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
 
 
 def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:

@@ -246,11 +246,11 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
 
     # An AdaBN model is deployed with each domain's own BatchNorm statistics: it meets the
     # source images with statistics re-estimated on unlabelled source training images.
-    from adapt.pipeline import uses_per_domain_bn
+    from adapt.pipeline import deployed_on_source, uses_per_domain_bn
 
     per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
     source_models = [st.model if not (i > 0 and after_name in per_domain_runs)
-                     else _source_bn_copy(st.model, domains, device) for i, (_, st) in enumerate(stages)]
+                     else deployed_on_source(st.model, domains, device) for i, (_, st) in enumerate(stages)]
     feats = [(extract_features(source, sm, cfg.features, device=device, progress=False),
               extract_features(target, st.model, cfg.features, device=device, progress=False))
              for sm, (_, st) in zip(source_models, stages)]
@@ -297,14 +297,6 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html
-
-
-def _source_bn_copy(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
-    import copy
-
-    from adapt.pipeline import adabn_on
-
-    return adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:
