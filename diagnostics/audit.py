@@ -717,13 +717,13 @@ def spurious_verdict(before: StageResult, after: StageResult | None,
             continue
         if s0 is None or s1 is None:
             continue
-        fl = [f0, f1] if all(isinstance(f, (int, float)) for f in (f0, f1)) else None
-        if fl is None or (s1 < s0) == (fl[1] < fl[0]) or s1 == s0 or fl[1] == fl[0]:
-            word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
-        else:  # attribution and occlusion disagree: say so rather than pick one
+        has_flips = all(isinstance(f, (int, float)) for f in (f0, f1))
+        if has_flips and (s1 - s0) * (f1 - f0) < 0:  # attribution and occlusion disagree: say so
             word = "changed"
+        else:
+            word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
         text = f"reliance on {region or 'the region'} {word} on {d} (attribution {_pct(s0)} → {_pct(s1)}"
-        if isinstance(f0, (int, float)) and isinstance(f1, (int, float)):
+        if has_flips:
             text += f"; occluding it changes {_pct(float(f0))} → {_pct(float(f1))} of the predictions"
         trend.append(text + ")")
     if flagged:
