@@ -7,7 +7,9 @@
 
 Exit codes: 0 normally; 1 when a ``--fail-on`` condition holds (for CI pipelines);
 2 on bad input (one line ``error: <message>`` on stderr, no traceback).
-Every command is a few lines over a public function (library first, CLI thin).
+Every command is a few lines over a public function (library first, CLI thin). Each
+command imports what it needs inside its function: ``diagnose --help`` and argument
+errors then answer without loading torch.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from adapt.errors import UserError
 
@@ -101,26 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------- gap
 
 
-def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Exactly ``min(n, N)`` sorted indices with the class proportions of ``labels``.
-
-    Per class c (unknown labels -1 are one more stratum) the count is n·N_c/N rounded by
-    the largest-remainder method (Hamilton), members drawn at random (seeded).
-    """
-    labels = np.asarray(labels).reshape(-1)
-    total = len(labels)
-    if n >= total:
-        return np.arange(total, dtype=np.int64)
-    rng = np.random.default_rng(int(seed))
-    classes, sizes = np.unique(labels, return_counts=True)
-    ideal = n * sizes / total
-    counts = np.floor(ideal).astype(np.int64)
-    order = np.lexsort((rng.random(len(classes)), -(ideal - counts)))  # largest remainder first
-    counts[order[: n - int(counts.sum())]] += 1
-    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, counts)]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
 def _domain_spec(text: str):
     """parse_domain_arg, plus: a flat folder of images is an unlabelled domain."""
     from adapt.data import parse_domain_arg
@@ -149,6 +129,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def cmd_gap(args: argparse.Namespace) -> int:
     from adapt.data import load_domain
+    from adapt.data.splits import stratified_subsample
     from adapt.io import atomic_write_json
     from diagnostics.features import extract_features, resolve_device
     from diagnostics.gap import (classification_section, collapse_section, fired_conditions, gap_table,
@@ -183,8 +164,9 @@ def cmd_gap(args: argparse.Namespace) -> int:
             raise UserError(f"{args.model}: a {model.num_classes}-class model, but {source.name} has "
                             f"{len(source.classes)} classes")
         classes = source.classes
-    source = source.subset(stratified_subsample(source.labels, args.max_samples, args.seed))
-    target = target.subset(stratified_subsample(target.labels, args.max_samples, args.seed + 1))
+    # ties="random": the rule this command has always used, so a seed keeps its subsample
+    source = source.subset(stratified_subsample(source.labels, args.max_samples, args.seed, ties="random"))
+    target = target.subset(stratified_subsample(target.labels, args.max_samples, args.seed + 1, ties="random"))
 
     common = dict(batch_size=args.batch_size, num_workers=args.workers, device=device,
                   progress=not args.quiet, model_source=args.model)
@@ -279,21 +261,10 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- audit
 
-# PLACEHOLDER — `diagnose audit RUN_DIR`: the lead owns diagnostics/run_audit.py; this
-# subcommand only forwards to its `rerender(run_dir)` (imported lazily so that `diagnose
-# gap` works without it).
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    try:
-        from diagnostics.run_audit import rerender
-    except ImportError as err:
-        if getattr(err, "name", None) in ("diagnostics.run_audit",):
-            raise UserError("diagnose audit: not available in this build (diagnostics.run_audit is missing)") from None
-        raise
-    out = rerender(args.run_dir)
-    if out is not None:
-        print(f"wrote {out}" if not isinstance(out, (tuple, list)) else "wrote " + ", ".join(map(str, out)))
+    from diagnostics.run_audit import rerender
+
+    print(f"wrote {rerender(args.run_dir)}")
     return EXIT_OK
 
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from adapt.data.splits import stratified_subsample
 from adapt.errors import UserError
-from diagnostics.subsample import stratified_indices
 
 __all__ = ["EmbeddingResult", "umap_embedding", "pca_embedding", "stratified_cap"]
 
@@ -91,7 +91,7 @@ def stratified_cap(groups: np.ndarray, max_points: int, seed: int = 0) -> np.nda
     """Sorted indices of at most ``max_points`` rows, every group (e.g. domain×class)
     keeping its proportion (largest-remainder rounding, at least one row per group
     when the cap allows), drawn with a fixed seed. All rows when there are few enough."""
-    return stratified_indices(groups, max_points, seed, keep_every_group=True, what="embedding: max_points")
+    return stratified_subsample(groups, max_points, seed, keep_every_group=True, what="embedding: max_points")
 
 
 def _pca(x: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, float]:

@@ -193,11 +193,20 @@ def frechet_from_moments(m1: Moments, m2: Moments, method: str = "svd") -> float
     return frechet_distance(m1.mean, m1.cov, m2.mean, m2.cov.to(m1.mean.device), method=method)
 
 
-def _as_features(x, name: str) -> torch.Tensor:
-    t = _f64(x)
-    if t.ndim != 2 or t.shape[0] < 2:
-        raise UserError(f"{name}: expected a [N, D] feature matrix with N >= 2, got shape {tuple(t.shape)}")
-    return t
+def _feature_pair(x, y, method: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks every feature-level entry point makes: ``method`` known, ``x`` [n1, d]
+    and ``y`` [n2, d] float64 matrices with n ≥ 2 rows and the same d (``y`` moved to
+    ``x``'s device). ``where`` names the caller in the error message."""
+    _check_method(method)
+    xt, yt = _f64(x), _f64(y)
+    for t, name in ((xt, "x"), (yt, "y")):
+        if t.ndim != 2 or t.shape[0] < 2:
+            raise UserError(f"{where}: {name}: expected a [N, D] feature matrix with N >= 2, "
+                            f"got shape {tuple(t.shape)}")
+    yt = yt.to(xt.device)
+    if xt.shape[1] != yt.shape[1]:
+        raise UserError(f"{where}: feature dimensions differ ({xt.shape[1]} vs {yt.shape[1]})")
+    return xt, yt
 
 
 def _frechet_features_f64(x: torch.Tensor, y: torch.Tensor, method: str) -> float:
@@ -228,11 +237,7 @@ def frechet_from_features(x, y, method: str = "svd") -> float:
     Covariances are unbiased (n − 1). With n ≤ d and ``method="svd"`` the centred
     data is used as the covariance factor, so the cost is an n1 × n2 SVD.
     """
-    _check_method(method)
-    xt = _as_features(x, "frechet_from_features: x")
-    yt = _as_features(y, "frechet_from_features: y").to(xt.device)
-    if xt.shape[1] != yt.shape[1]:
-        raise UserError(f"frechet_from_features: feature dimensions differ ({xt.shape[1]} vs {yt.shape[1]})")
+    xt, yt = _feature_pair(x, y, method, "frechet_from_features")
     _warn_if_small(xt.shape[0], xt.shape[1], "frechet (x)")
     _warn_if_small(yt.shape[0], yt.shape[1], "frechet (y)")
     return _frechet_features_f64(xt, yt, method)
@@ -275,17 +280,13 @@ def frechet_bootstrap(x, y, n_boot: int = 100, seed: int = 0, level: float = 0.9
     The default ``kind="basic"`` (pivotal) interval [2d̂ − q_{1−α/2}, 2d̂ − q_{α/2}]
     reflects that shift back (Davison & Hinkley 1997, §5.2), clipped at 0.
     """
-    _check_method(method)
     if n_boot < 1:
         raise UserError(f"n_boot: must be >= 1, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise UserError(f"level: must be in (0, 1), got {level}")
     if kind not in ("basic", "percentile"):
         raise UserError(f"kind: {kind!r} is not one of ['basic', 'percentile']")
-    xt = _as_features(x, "frechet_bootstrap: x")
-    yt = _as_features(y, "frechet_bootstrap: y").to(xt.device)
-    if xt.shape[1] != yt.shape[1]:
-        raise UserError(f"frechet_bootstrap: feature dimensions differ ({xt.shape[1]} vs {yt.shape[1]})")
+    xt, yt = _feature_pair(x, y, method, "frechet_bootstrap")
     _warn_if_small(xt.shape[0], xt.shape[1], "frechet_bootstrap (x)")
     _warn_if_small(yt.shape[0], yt.shape[1], "frechet_bootstrap (y)")
     estimate = _frechet_features_f64(xt, yt, method)
@@ -341,11 +342,7 @@ def frechet_report(x, y, *, n_boot: int = 100, seed: int = 0, level: float = 0.9
                    method: str = "svd", feature_extractor: str | None = None) -> FrechetResult:
     """Fréchet distance of features ``x`` [n1, d] vs ``y`` [n2, d] with its split
     into mean and covariance terms and a bootstrap interval (``n_boot=0`` skips it)."""
-    _check_method(method)
-    xt = _as_features(x, "frechet_report: x")
-    yt = _as_features(y, "frechet_report: y").to(xt.device)
-    if xt.shape[1] != yt.shape[1]:
-        raise UserError(f"frechet_report: feature dimensions differ ({xt.shape[1]} vs {yt.shape[1]})")
+    xt, yt = _feature_pair(x, y, method, "frechet_report")
     d = xt.shape[1]
     small = min(xt.shape[0], yt.shape[0]) < d
     with warnings.catch_warnings():

@@ -28,7 +28,6 @@ from diagnostics.attribution import (
     roi_hull,
     roi_outside_share,
     spurious_analysis,
-    stratified_subsample,
     top_attributed,
 )
 
@@ -136,15 +135,6 @@ def test_box_iou_and_top_attributed():
     maps[1, 0:2, 0:2] = 5.0
     top = top_attributed(maps, [0, 0, 0, 1, 1, 1], (0, 0, 2, 2), k=1, indices=[10, 11, 12, 13, 14, 15])
     assert top == {0: [11], 1: [14]}
-
-
-def test_stratified_subsample_keeps_proportions_and_cap():
-    labels = np.array([0] * 300 + [1] * 100)
-    idx = stratified_subsample(labels, 80, seed=3)
-    assert len(idx) == 80 and len(set(idx.tolist())) == 80
-    assert (labels[idx] == 1).sum() == 20
-    np.testing.assert_array_equal(idx, stratified_subsample(labels, 80, seed=3))
-    np.testing.assert_array_equal(stratified_subsample(labels[:50], 80), np.arange(50))
 
 
 # ----------------------------------------------------------------------------- attribution

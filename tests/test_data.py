@@ -20,6 +20,7 @@ from adapt.data import (
     parse_domain_arg,
     stratified_split,
 )
+from adapt.data.splits import largest_remainder, stratified_subsample
 from adapt.errors import UserError
 
 
@@ -364,6 +365,47 @@ def test_stratified_split_every_class_in_every_part():
 def test_stratified_split_rejects_bad_fractions():
     with pytest.raises(UserError, match="sum to 1"):
         stratified_split(np.zeros(10), {"train": 0.5, "val": 0.2}, seed=0)
+
+
+def test_largest_remainder_known_answers():
+    # Hamilton: floors (2, 1, 1) leave one seat, which goes to the largest remainder (0.4)
+    np.testing.assert_array_equal(largest_remainder(np.array([2.4, 1.35, 1.25]), 5), [3, 1, 1])
+    # a tie goes to the first entry, or to a seeded draw with an rng
+    np.testing.assert_array_equal(largest_remainder(np.array([1.5, 1.5]), 3), [2, 1])
+    winners = {int(np.argmax(largest_remainder(np.array([1.5, 1.5]), 3, rng=np.random.default_rng(s))))
+               for s in range(20)}
+    assert winners == {0, 1}
+    # given starting counts are kept; only the seats left are handed out
+    np.testing.assert_array_equal(largest_remainder(np.array([0.2, 2.8]), 3, counts=np.array([1, 1])), [1, 2])
+
+
+@pytest.mark.parametrize("ties", ["first", "random"])
+def test_stratified_subsample_is_exact_proportional_and_seeded(ties):
+    labels = np.array([0] * 300 + [1] * 100 + [-1] * 20)
+    idx = stratified_subsample(labels, 105, seed=1, ties=ties)
+    assert idx.dtype == np.int64 and len(idx) == 105 and len(np.unique(idx)) == 105
+    assert np.all(np.diff(idx) > 0)
+    counts = {c: int((labels[idx] == c).sum()) for c in (0, 1, -1)}
+    assert abs(counts[0] - 75) <= 1 and abs(counts[1] - 25) <= 1 and abs(counts[-1] - 5) <= 1
+    np.testing.assert_array_equal(idx, stratified_subsample(labels, 105, seed=1, ties=ties))
+    assert not np.array_equal(idx, stratified_subsample(labels, 105, seed=2, ties=ties))
+    np.testing.assert_array_equal(stratified_subsample(labels, 1000, seed=0, ties=ties), np.arange(len(labels)))
+
+
+def test_stratified_subsample_ties_and_small_groups():
+    labels = np.array([0] * 5 + [1] * 5)
+    # quotas 2.5 / 2.5: "first" gives the extra row to group 0, "random" to either
+    assert np.bincount(labels[stratified_subsample(labels, 5, seed=0)]).tolist() == [3, 2]
+    extra = {int(np.argmax(np.bincount(labels[stratified_subsample(labels, 5, seed=s, ties="random")])))
+             for s in range(20)}
+    assert extra == {0, 1}
+    # a group too small for its quota vanishes, unless keep_every_group
+    labels = np.array([0] * 98 + [1] * 2)
+    assert 1 not in labels[stratified_subsample(labels, 10, seed=0)]
+    kept = labels[stratified_subsample(labels, 10, seed=0, keep_every_group=True)]
+    assert len(kept) == 10 and (kept == 1).sum() == 1
+    with pytest.raises(UserError, match="max_samples=0"):
+        stratified_subsample(labels, 0, what="max_samples")
 
 
 def test_labeled_per_class():

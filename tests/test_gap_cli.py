@@ -16,7 +16,7 @@ import torch
 from adapt.data import load_domain, parse_domain_arg, write_phantom
 from adapt.errors import UserError
 from adapt.models import build_model, save_checkpoint
-from diagnostics.cli import main, stratified_subsample
+from diagnostics.cli import main
 from diagnostics.gap import fired_conditions, parse_fail_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,17 +199,6 @@ def test_flat_folder_of_images_is_an_unlabelled_domain(tmp_path, capsys):
                           capsys)
     assert code == 0, err
     assert "different (p<0.01)" in out
-
-
-def test_stratified_subsample_is_exact_proportional_and_seeded():
-    labels = np.array([0] * 300 + [1] * 100 + [-1] * 20)
-    idx = stratified_subsample(labels, 105, seed=1)
-    assert len(idx) == 105 and len(np.unique(idx)) == 105
-    counts = {c: int((labels[idx] == c).sum()) for c in (0, 1, -1)}
-    assert abs(counts[0] - 75) <= 1 and abs(counts[1] - 25) <= 1 and abs(counts[-1] - 5) <= 1
-    np.testing.assert_array_equal(idx, stratified_subsample(labels, 105, seed=1))
-    assert not np.array_equal(idx, stratified_subsample(labels, 105, seed=2))
-    np.testing.assert_array_equal(stratified_subsample(labels, 1000, seed=0), np.arange(len(labels)))
 
 
 def test_max_samples_subsamples_each_domain(tmp_path):

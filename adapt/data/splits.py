@@ -1,7 +1,8 @@
-"""Deterministic stratified splits and few-labels-per-class subsets.
+"""Deterministic stratified splits, stratified subsamples and few-labels-per-class subsets.
 
-Both are pure functions of (labels, seed): the same seed gives the same indices on
-any machine (NumPy's PCG64 ``default_rng``).
+All are pure functions of (labels, seed): the same seed gives the same indices on
+any machine (NumPy's PCG64 ``default_rng``). The one apportionment rule they share
+is :func:`largest_remainder` (Hamilton's method).
 """
 
 from __future__ import annotations
@@ -51,21 +52,78 @@ def _check_fractions(fractions: dict[str, float]) -> tuple[list[str], np.ndarray
     return names, fracs
 
 
+def largest_remainder(quotas: np.ndarray, total: int, *, counts: np.ndarray | None = None,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Integer counts for real quotas by the largest-remainder (Hamilton) method.
+
+    Starting from ``counts`` (default ``floor(quotas)``), one more is given to the
+    entries with the largest remainder ``quotas − counts`` until the counts sum to
+    ``total`` (none is given when they already do). Ties: the first entry wins, or,
+    with ``rng``, a seeded random key decides (``len(quotas)`` draws, always made,
+    so the stream of ``rng`` does not depend on the quotas). Returns int64 [K].
+    """
+    quotas = np.asarray(quotas, dtype=np.float64)
+    counts = np.floor(quotas).astype(np.int64) if counts is None else np.array(counts, dtype=np.int64)
+    remainder = quotas - counts
+    if rng is None:
+        order = np.argsort(-remainder, kind="stable")
+    else:
+        # lexsort: last key is primary → largest remainder first, random tie-break
+        order = np.lexsort((rng.random(len(quotas)), -remainder))
+    counts[order[: max(0, total - int(counts.sum()))]] += 1
+    return counts
+
+
 def _apportion(n: int, fracs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Integer counts summing to n, each within one of fracs·n (largest remainder)."""
     ideal = fracs * n
     counts = np.floor(ideal).astype(np.int64)
-    leftover = n - int(counts.sum())
-    if leftover > 0:
-        remainder = ideal - counts
-        # lexsort: last key is primary → largest remainder first, random tie-break
-        order = np.lexsort((rng.random(len(fracs)), -remainder))
-        counts[order[:leftover]] += 1
+    if counts.sum() < n:  # the tie-break keys are drawn only when a seat is left (seeded splits rely on it)
+        counts = largest_remainder(ideal, n, rng=rng)
     if n >= len(fracs):
         for k in np.flatnonzero(counts == 0):
             counts[int(np.argmax(counts))] -= 1
             counts[k] += 1
     return counts
+
+
+def stratified_subsample(labels, max_n: int, seed: int = 0, *, ties: str = "first",
+                         keep_every_group: bool = False, what: str = "max_n") -> np.ndarray:
+    """Sorted int64 indices of at most ``max_n`` rows with the proportions of ``labels``.
+
+    ``labels`` [N]: any group ids (class, or domain×class; unknown labels −1 are one
+    more group). Group g of size N_g gets ``max_n·N_g/N`` rows rounded by
+    :func:`largest_remainder`, its members drawn at random with ``seed``. All rows
+    when N ≤ ``max_n``.
+
+    ties: "first" (rounding ties go to the first group in sorted order) or "random"
+        (a seeded draw decides; the rule of ``diagnose gap``'s subsample).
+    keep_every_group: at least one row per group when the cap allows (a small group
+        must not vanish from a picture).
+    what: names the setting in the error message.
+    """
+    if ties not in ("first", "random"):
+        raise ValueError(f"stratified_subsample: ties={ties!r} is not 'first' or 'random'")
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    if n <= max_n:
+        return np.arange(n, dtype=np.int64)
+    if max_n < 1:
+        raise UserError(f"{what}={max_n} must be >= 1")
+    rng = np.random.default_rng(seed)
+    keys, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    quotas = sizes * max_n / n
+    take = np.floor(quotas).astype(np.int64)
+    if keep_every_group and len(keys) <= max_n:
+        take = np.maximum(take, 1)
+        while take.sum() > max_n:  # the floor-at-1 can overshoot: trim a group
+            over = np.where(take > 1, take - quotas, -np.inf)  # that keeps at least one row
+            take[np.argmax(over)] -= 1
+    take = largest_remainder(quotas, max_n, counts=take, rng=rng if ties == "random" else None)
+    picked = [rng.choice(np.flatnonzero(inverse == g), size=k, replace=False)
+              for g, k in enumerate(take) if k > 0]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 def labeled_per_class(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -10,7 +10,6 @@ It computes no statistics; it only formats what the audit holds.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,103 +17,14 @@ from typing import Any, Mapping
 import jinja2
 
 from adapt.io import atomic_write_text
-from diagnostics import audit as _audit
-from diagnostics.audit import Audit, StageResult
+from diagnostics.audit import (Audit, StageResult, Verdict, compute_verdicts, finding_level, number,
+                               overall_verdict, p_phrase, section)
 from diagnostics.report import figures
+from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
+                                          scalar_facts)
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 _SPLITS = (("source_test", "source"), ("target_test", "target"))
-_PCT_WORDS = ("accuracy", "acc", "f1", "share", "recall", "rate")
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _f(x: Any) -> float | None:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def fmt_pct(x: Any) -> str:
-    """0.7123 -> '71.2%'; missing -> '—'."""
-    v = _f(x)
-    return "—" if v is None else f"{100 * v:.1f}%"
-
-
-def fmt_p(x: Any) -> str:
-    """p-values as 0.003 or <0.001."""
-    v = _f(x)
-    return "—" if v is None else _audit.fmt_p(v)
-
-
-def fmt_num(x: Any) -> str:
-    """A statistic with 3 significant figures; integers as integers."""
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    v = _f(x)
-    if v is None:
-        return "—" if x is None else str(x)
-    if v.is_integer() and abs(v) < 1e9 and not isinstance(x, float):
-        return f"{int(v):,}"
-    return _audit._g(v)
-
-
-def fmt_points(a: Any, b: Any) -> str:
-    """Change between two fractions in percentage points: '+17.3'."""
-    va, vb = _f(a), _f(b)
-    if va is None or vb is None:
-        return ""
-    d = 100 * (vb - va)
-    return f"{0.0 if abs(d) < 0.05 else d:+.1f}"
-
-
-def _is_pct_key(key: str) -> bool:
-    k = key.lower()
-    if "p_value" in k or "entropy" in k:
-        return False
-    return any(w in k.replace("-", "_").split("_") or k.endswith(w) for w in _PCT_WORDS)
-
-
-def fmt_value(key: str, value: Any) -> str:
-    """Format an evidence/table value by what its key says it is."""
-    k = str(key).lower()
-    if "p_value" in k:
-        return fmt_p(value)
-    v = _f(value)
-    if v is not None and _is_pct_key(k) and -1.0 <= v <= 1.0:
-        return fmt_pct(v)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt_num(x) for x in value) + "]"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{kk}: {fmt_value(kk, vv)}" for kk, vv in value.items())
-    return fmt_num(value)
-
-
-def _label(key: str) -> str:
-    text = str(key).replace("_", " ")
-    for a, b in (("mmd2", "MMD²"), ("mmd", "MMD"), ("auc", "AUC"), ("im score", "IM score"),
-                 ("snd", "SND"), ("log k", "log K"), ("frechet", "Fréchet"), ("f1", "F1")):
-        text = text.replace(a, b)
-    return text[:1].upper() + text[1:]
-
-
-def _facts(d: Mapping | None, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """Scalar items of a dict as (label, formatted value); nested lists/maps left out."""
-    out = []
-    for k, v in (d or {}).items():
-        if k in skip or isinstance(v, Mapping) or (isinstance(v, (list, tuple)) and len(v) > 6):
-            continue
-        if isinstance(v, (list, tuple)) and any(isinstance(x, (list, tuple, Mapping)) for x in v):
-            continue
-        out.append((_label(k), fmt_value(k, v)))
-    return out
 
 
 # --------------------------------------------------------------------------- sections
@@ -131,10 +41,10 @@ def _metrics_section(a: Audit) -> dict | None:
     rows = []
     for split, split_name in _SPLITS:
         for key, key_name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
-            vals = [_audit._num(s.metrics, split, key) for s in stages]
+            vals = [number(s.metrics, split, key) for s in stages]
             if all(v is None for v in vals):
                 continue
-            n = [_audit._num(s.metrics, split, "n") for s in stages]
+            n = [number(s.metrics, split, "n") for s in stages]
             rows.append({
                 "label": f"{split_name.capitalize()} {key_name}",
                 "values": [fmt_pct(v) for v in vals],
@@ -146,7 +56,7 @@ def _metrics_section(a: Audit) -> dict | None:
     recall_cols = []
     for split, split_name in _SPLITS:
         for s in stages:
-            rec = _audit._sec(s.metrics, split, "per_class_recall")
+            rec = section(s.metrics, split, "per_class_recall")
             if rec:
                 recall_cols.append((f"{split_name} · {_stage_label(a, s)}", rec))
     classes = list(a.classes) or sorted({c for _, r in recall_cols for c in r})
@@ -154,7 +64,7 @@ def _metrics_section(a: Audit) -> dict | None:
     confusions = []
     for split, split_name in _SPLITS:
         for s in stages:
-            cm = _audit._sec(s.metrics, split).get("confusion")
+            cm = section(s.metrics, split).get("confusion")
             if cm:
                 uri = figures.confusion_matrix(cm, a.classes)
                 if uri:
@@ -176,7 +86,7 @@ def _stage_label(a: Audit, s: StageResult) -> str:
 
 
 def _sign(a: Any, b: Any) -> str:
-    va, vb = _f(a), _f(b)
+    va, vb = as_float(a), as_float(b)
     if va is None or vb is None or abs(vb - va) < 0.0005:
         return ""
     return "up" if vb > va else "down"
@@ -195,8 +105,8 @@ def _gap_detail(key: str, d: Mapping) -> str:
     if key == "mmd":
         bits = []
         if d.get("p_value") is not None:
-            if _f(d["p_value"]) is not None:
-                bits.append(_audit.p_phrase(_f(d["p_value"])))
+            if as_float(d["p_value"]) is not None:
+                bits.append(p_phrase(as_float(d["p_value"])))
         if d.get("permutations") is not None:
             bits.append(f"{fmt_num(d['permutations'])} permutations")
         if d.get("bandwidth") is not None:
@@ -236,13 +146,13 @@ def _gap_section(a: Audit) -> dict | None:
     stages = _stages(a)
     rows = []
     for key, field, label in _GAP_ROWS:
-        secs = [_audit._sec(s.gap, key) for s in stages]
+        secs = [section(s.gap, key) for s in stages]
         if not any(secs):
             continue
         cells = []
         vals = []
         for sec in secs:
-            v = _audit._num(sec, field)
+            v = number(sec, field)
             vals.append(v)
             shown = f"{v:.3f}" if key == "domain_classifier" and v is not None else fmt_num(v)
             cells.append({"value": shown, "detail": _gap_detail(key, sec) if sec else ""})
@@ -267,19 +177,19 @@ def _collapse_section(a: Audit) -> list[dict]:
         c = s.collapse
         if not c:
             continue
-        prior = _audit._sec(c, "source_prior") or _audit._sec(c, "source", "histogram")
-        prior_name = "source prior" if _audit._sec(c, "source_prior") else "source predictions"
+        prior = section(c, "source_prior") or section(c, "source", "histogram")
+        prior_name = "source prior" if section(c, "source_prior") else "source predictions"
         series = [
             (prior_name, prior),
-            ("target predictions", _audit._sec(c, "target", "histogram")),
-            ("BBSE target mix", _audit._sec(c, "bbse_target_mix")),
+            ("target predictions", section(c, "target", "histogram")),
+            ("BBSE target mix", section(c, "bbse_target_mix")),
         ]
         uri = figures.class_histogram(series, a.classes, title=s.name)
         facts = []
         for dom in ("source", "target"):
-            sec = _audit._sec(c, dom)
+            sec = section(c, dom)
             if sec:
-                facts.append((dom.capitalize(), _facts(sec, skip=("histogram",))))
+                facts.append((dom.capitalize(), scalar_facts(sec, skip=("histogram",))))
         collapsed = c.get("collapsed")
         out.append({
             "stage": s.name,
@@ -317,7 +227,7 @@ def _spurious_section(a: Audit) -> list[dict]:
             if not isinstance(sec, Mapping):
                 continue
             v = sec.get("verdict") or {}
-            level = v.get("level") if v.get("level") in _audit.LEVELS else ("warn" if v.get("flagged") else "ok")
+            level = finding_level(v)
             hot = sec.get("hot_box")
             facts = []
             if sec.get("border_share") is not None:
@@ -339,7 +249,7 @@ def _spurious_section(a: Audit) -> list[dict]:
                 "flagged": bool(v.get("flagged")),
                 "reason": str(v.get("reason") or ""),
                 "facts": facts,
-                "occlusion": _facts(sec.get("occlusion") if isinstance(sec.get("occlusion"), Mapping) else None),
+                "occlusion": scalar_facts(sec.get("occlusion") if isinstance(sec.get("occlusion"), Mapping) else None),
                 "mean_maps": _mean_map_tiles(sec.get("mean_maps"), hot, a.classes),
                 "gallery": _gallery_rows(sec.get("gallery"), hot, a.classes),
             })
@@ -384,7 +294,7 @@ def _groups_section(a: Audit) -> list[dict]:
     columns = list(dict.fromkeys(k for s in stages for k in (s.groups or {})))
     out = []
     for col in columns:
-        per = [_audit._sec(s.groups, col) for s in stages]
+        per = [section(s.groups, col) for s in stages]
         values = list(dict.fromkeys(str(v) for p in per for v in p))
         rows = []
         for val in values:
@@ -397,7 +307,7 @@ def _groups_section(a: Audit) -> list[dict]:
             })
         gaps = []
         for s, p in zip(stages, per):
-            accs = {v: _f((p.get(v) or {}).get("accuracy")) for v in values}
+            accs = {v: as_float((p.get(v) or {}).get("accuracy")) for v in values}
             accs = {k: x for k, x in accs.items() if x is not None}
             if len(accs) >= 2:
                 lo = min(accs, key=accs.get)
@@ -409,8 +319,8 @@ def _groups_section(a: Audit) -> list[dict]:
                     "high": hi, "high_acc": fmt_pct(accs[hi]),
                 })
         bar_rows = [
-            (val, _f((per[0].get(val) or {}).get("accuracy")),
-             _f((per[1].get(val) or {}).get("accuracy")) if len(per) > 1 else None)
+            (val, as_float((per[0].get(val) or {}).get("accuracy")),
+             as_float((per[1].get(val) or {}).get("accuracy")) if len(per) > 1 else None)
             for val in values
         ]
         chart = figures.group_bars(bar_rows, stage_names=tuple(s.name for s in stages) + ("",) * (2 - len(stages)),
@@ -434,19 +344,19 @@ def _methods_section(a: Audit) -> dict | None:
         cells = []
         for c in cols:
             v = r.get(c)
-            numeric = _f(v) is not None
+            numeric = as_float(v) is not None
             cells.append({"text": "—" if v is None else (fmt_value(c, v) if numeric else str(v)), "num": numeric})
         body.append(cells)
-    return {"head": [_label(c) for c in cols], "rows": body}
+    return {"head": [key_label(c) for c in cols], "rows": body}
 
 
-def _verdict_view(v: _audit.Verdict) -> dict:
+def _verdict_view(v: Verdict) -> dict:
     return {
         "name": v.name,
         "level": v.level,
         "title": v.title,
         "summary": v.summary,
-        "evidence": [(_label(k), fmt_value(k, x)) for k, x in (v.evidence or {}).items()
+        "evidence": [(key_label(k), fmt_value(k, x)) for k, x in (v.evidence or {}).items()
                      if not isinstance(x, Mapping)],
     }
 
@@ -454,7 +364,7 @@ def _verdict_view(v: _audit.Verdict) -> dict:
 def build_view(audit: Audit | Mapping) -> dict:
     """The template's context: formatted strings and figure data URIs only."""
     a = _coerce(audit)
-    overall = _audit.overall_verdict(a.verdicts)
+    overall = overall_verdict(a.verdicts)
     run = a.run
     return {
         "title": ("Adaptation audit" if a.after is not None else "Domain gap report"),
@@ -489,7 +399,7 @@ def _coerce(audit: Audit | Mapping) -> Audit:
         raise TypeError(f"render_html needs an Audit or its dict, got {type(audit).__name__}")
     a = Audit.from_dict(audit)
     if "verdicts" not in audit:  # a bare AuditInput dict: judge it here (logic only, no statistics)
-        a.verdicts = _audit.compute_verdicts(a.before, a.after)
+        a.verdicts = compute_verdicts(a.before, a.after)
     return a
 
 

@@ -1,0 +1,77 @@
+"""Assemble an audit: every verdict the results support, and the provenance."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Iterable, Mapping
+
+from diagnostics.audit.collapse_policy import collapse_verdict
+from diagnostics.audit.contract import Audit, RunInfo, StageResult
+from diagnostics.audit.gap_policy import gap_verdict
+from diagnostics.audit.plain import to_plain
+from diagnostics.audit.spurious_policy import spurious_verdict
+from diagnostics.audit.thresholds import AuditThresholds
+from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
+from diagnostics.audit.verdict import Verdict
+from diagnostics.audit.versions import package_versions
+
+
+def compute_verdicts(
+    before: StageResult | Mapping,
+    after: StageResult | Mapping | None = None,
+    *,
+    thresholds: AuditThresholds = AuditThresholds(),
+) -> list[Verdict]:
+    """All verdicts the available results support, most important first.
+
+    Order: negative transfer (or, with one model, the accuracy gap), class collapse,
+    spurious features, domain gap. Sections that were not measured give no verdict.
+    """
+    b = StageResult.from_dict(before)
+    a = StageResult.from_dict(after)
+    if b is None:
+        raise ValueError("compute_verdicts needs a 'before' stage")
+    out: list[Verdict | None] = []
+    if a is not None:
+        out.append(transfer_verdict(b, a, thresholds))
+    else:
+        out.append(accuracy_gap_verdict(b, thresholds))
+    out.append(collapse_verdict(b, a))
+    out.append(spurious_verdict(b, a, thresholds))
+    out.append(gap_verdict(b, a, thresholds))
+    return [v for v in out if v is not None]
+
+
+def build_audit(
+    before: StageResult | Mapping,
+    after: StageResult | Mapping | None = None,
+    *,
+    classes: Iterable[str] = (),
+    run: RunInfo | Mapping | None = None,
+    methods_table: Iterable[Mapping] | None = None,
+    thresholds: AuditThresholds = AuditThresholds(),
+) -> Audit:
+    """Assemble an :class:`Audit` and compute its verdicts.
+
+    ``run`` without ``created`` gets the current UTC time; without ``versions`` the
+    installed versions of the main packages.
+    """
+    b = StageResult.from_dict(before)
+    if b is None:
+        raise ValueError("build_audit needs a 'before' stage")
+    a = StageResult.from_dict(after)
+    info = RunInfo.from_dict(to_plain(run) if run is not None and not isinstance(run, RunInfo) else run)
+    if info.created is None:
+        info.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if not info.versions:
+        info.versions = package_versions()
+    return Audit(
+        before=b,
+        after=a,
+        classes=[str(c) for c in classes],
+        run=info,
+        methods_table=[dict(to_plain(r)) for r in (methods_table or [])],
+        verdicts=compute_verdicts(b, a, thresholds=thresholds),
+        thresholds=dataclasses.asdict(thresholds),
+    )

@@ -1,0 +1,217 @@
+"""The audit's data contract: what each stage hands over, and the audit it becomes.
+
+The audit compares two models on the same source and target data: ``before`` (usually
+the source-only model) and ``after`` (the adapted one). Every other part of domaingap
+hands its results over as plain JSON-able dicts (each result dataclass has ``.to_dict()``);
+the verdict policies (``*_policy.py``) read them, decide what happened, and say it in
+plain sentences with the numbers. The audit computes no statistics itself: it compares
+figures that were measured elsewhere. The HTML report (:mod:`diagnostics.report`)
+renders an :class:`Audit`. :func:`number` and :func:`section` read the tolerant dicts.
+
+Data contract
+-------------
+Every section is optional: a missing key or ``None`` means "not measured" and both the
+verdicts and the report simply leave it out. Unknown extra keys are kept and ignored.
+Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
+
+``StageResult`` — one model (e.g. ``"source-only"``, ``"adapted (dann+histogram)"``)::
+
+    name: str
+    metrics: {"source_test": M, "target_test": M | None}
+        M = {accuracy, macro_f1, per_class_recall {class: r}, confusion [[int]] (rows =
+             true class, columns = predicted, in ``classes`` order), n}
+        target_test is None when target labels are unknown.
+    label_free: {im_score, snd, ...}       # label-free selection scores (higher = better)
+    gap: {"mmd": {mmd2, p_value, bandwidth, permutations, n_x, n_y},
+          "frechet": {distance, ci_low, ci_high, n_source, n_target, dim, extractor},
+          "domain_classifier": {auc, accuracy, proxy_a_distance},
+          "transport": {distance, method, n_points}}
+    collapse: {"source": C, "target": C,
+               "source_prior": {class: share} (optional; the source label prior —
+                                               falls back to source.histogram),
+               "bbse_target_mix": {class: share},   # BBSE estimate of the target label mix
+               "collapsed": bool, "reason": str}
+        C = {histogram {class: share of predictions}, marginal_entropy, log_k,
+             largest_share, im_score, mean_confidence}
+    spurious: {"<domain>": {verdict {level, flagged, region, share, flips, reason},
+                            hot_box [x0, y0, x1, y1] (image pixels, x1/y1 exclusive),
+                            border_share,
+                            border_area_share, occlusion {scalar figures},
+                            mean_maps {class: [[float]]},
+                            gallery [{image_png_b64 | image ([H,W] / [C,H,W] / [H,W,C]
+                                      floats in [0,1]), map [[float]], label, pred}]}}
+    embedding: {coords [[x, y]], domain [str], label [str]}
+    groups: {group_column: {group_value: {accuracy, macro_f1, n}}}
+
+``Audit`` (alias ``AuditInput``)::
+
+    before: StageResult, after: StageResult | None, classes: [str],
+    run: RunInfo {name, recipe_text, seed, device, versions {package: version}, created},
+    methods_table: [{method, seed, source_acc, target_acc, selected_epoch, selector, ...}],
+    verdicts: [Verdict]
+
+``Verdict(name, level in {"ok", "warn", "fail"}, title, summary, evidence)``: ``summary``
+is one plain sentence with the numbers; ``evidence`` maps a figure's name to its value
+(numbers, short strings) — the report formats keys containing ``accuracy``/``acc``/
+``f1``/``share``/``recall`` as percentages and ``p_value`` keys as p-values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from diagnostics.audit.plain import to_plain
+from diagnostics.audit.verdict import Verdict, overall_verdict
+
+
+def number(d: Mapping | None, *keys: str) -> float | None:
+    """``d[k1][k2]...`` as a finite float, or None when any level is missing."""
+    cur: Any = d
+    for k in keys:
+        if not isinstance(cur, Mapping) or cur.get(k) is None:
+            return None
+        cur = cur[k]
+    if isinstance(cur, bool):
+        return float(cur)
+    try:
+        val = float(cur)
+    except (TypeError, ValueError):
+        return None
+    return val if math.isfinite(val) else None
+
+
+def section(d: Mapping | None, *keys: str) -> dict:
+    """Nested section as a dict ({} when missing or None)."""
+    cur: Any = d
+    for k in keys:
+        if not isinstance(cur, Mapping):
+            return {}
+        cur = cur.get(k)
+    return dict(cur) if isinstance(cur, Mapping) else {}
+
+
+@dataclass
+class StageResult:
+    """Everything measured for one model; see the module docstring for each section."""
+
+    name: str
+    metrics: dict = field(default_factory=dict)
+    label_free: dict = field(default_factory=dict)
+    gap: dict = field(default_factory=dict)
+    collapse: dict = field(default_factory=dict)
+    spurious: dict = field(default_factory=dict)
+    embedding: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
+
+    _SECTIONS = ("metrics", "label_free", "gap", "collapse", "spurious", "embedding", "groups")
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name}
+        for key in self._SECTIONS:
+            out[key] = to_plain(getattr(self, key)) or {}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping | StageResult | None) -> StageResult | None:
+        """Build from a dict; tolerant: missing/None sections become {}."""
+        if d is None:
+            return None
+        if isinstance(d, StageResult):
+            return d
+        d = to_plain(d)
+        kwargs = {k: (d.get(k) if isinstance(d.get(k), Mapping) else {}) for k in cls._SECTIONS}
+        return cls(name=str(d.get("name") or "model"), **kwargs)
+
+    # convenient accessors (None when not measured)
+    def accuracy(self, split: str) -> float | None:
+        return number(self.metrics, split, "accuracy")
+
+    def macro_f1(self, split: str) -> float | None:
+        return number(self.metrics, split, "macro_f1")
+
+
+@dataclass
+class RunInfo:
+    """Provenance shown at the foot of the report."""
+
+    name: str = "domaingap run"
+    recipe_text: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    versions: dict = field(default_factory=dict)
+    created: str | None = None
+
+    def to_dict(self) -> dict:
+        return to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping | RunInfo | None) -> RunInfo:
+        if isinstance(d, RunInfo):
+            return d
+        d = dict(d or {})
+        seed = d.get("seed")
+        return cls(
+            name=str(d.get("name") or "domaingap run"),
+            recipe_text=None if d.get("recipe_text") is None else str(d["recipe_text"]),
+            seed=seed,
+            device=None if d.get("device") is None else str(d["device"]),
+            versions={str(k): str(v) for k, v in dict(d.get("versions") or {}).items()},
+            created=None if d.get("created") is None else str(d["created"]),
+        )
+
+
+@dataclass
+class Audit:
+    """A complete audit: the two stages, the verdicts and the run's provenance."""
+
+    before: StageResult
+    after: StageResult | None = None
+    classes: list = field(default_factory=list)
+    run: RunInfo = field(default_factory=RunInfo)
+    methods_table: list = field(default_factory=list)
+    verdicts: list = field(default_factory=list)
+    #: the AuditThresholds the verdicts were judged with (as a dict)
+    thresholds: dict = field(default_factory=dict)
+
+    @property
+    def overall(self) -> Verdict:
+        return overall_verdict(self.verdicts)
+
+    def to_dict(self) -> dict:
+        return {
+            "classes": [str(c) for c in self.classes],
+            "run": self.run.to_dict(),
+            "overall": self.overall.to_dict(),
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "before": self.before.to_dict(),
+            "after": None if self.after is None else self.after.to_dict(),
+            "methods_table": to_plain(self.methods_table) or [],
+            "thresholds": to_plain(self.thresholds) or {},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping | Audit) -> Audit:
+        """Rebuild from :meth:`to_dict` output (``overall`` is recomputed, not read)."""
+        if isinstance(d, Audit):
+            return d
+        before = StageResult.from_dict(d.get("before")) or StageResult(name="model")
+        return cls(
+            before=before,
+            after=StageResult.from_dict(d.get("after")),
+            classes=[str(c) for c in (d.get("classes") or [])],
+            run=RunInfo.from_dict(d.get("run")),
+            methods_table=[dict(r) for r in (d.get("methods_table") or [])],
+            verdicts=[Verdict.from_dict(v) for v in (d.get("verdicts") or [])],
+            thresholds=dict(d.get("thresholds") or {}),
+        )
+
+
+#: the input of :func:`build_audit` and the output share one shape
+AuditInput = Audit
