@@ -19,6 +19,7 @@ a busy 2-core CPU); later calls on a few thousand points take a few seconds.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +97,7 @@ def stratified_cap(groups: np.ndarray, max_points: int, seed: int = 0) -> np.nda
 
 def _pca(x: np.ndarray, dims: int, seed: int) -> tuple[np.ndarray, float]:
     """Standardise columns, then PCA to ``dims`` (≤ rank). Returns (scores, variance share)."""
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # late: scikit-learn is slow to import
 
     std = x.std(0)
     z = (x - x.mean(0)) / np.where(std > 1e-12, std, 1.0)
@@ -172,9 +173,7 @@ def pca_embedding(source_features, target_features, source_labels=None, target_l
 
 
 def _umap(x: np.ndarray, seed: int, n_neighbors: int, min_dist: float) -> np.ndarray:
-    import warnings
-
-    import umap
+    import umap  # late: umap (numba) takes seconds to import
 
     n_neighbors = int(max(2, min(n_neighbors, len(x) - 1)))
     reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist,

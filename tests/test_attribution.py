@@ -25,6 +25,7 @@ from diagnostics.attribution import (
     map_correlation,
     mean_maps,
     occlusion_flips,
+    predict,
     roi_hull,
     roi_outside_share,
     spurious_analysis,
@@ -220,6 +221,20 @@ def test_occluding_what_the_model_ignores_flips_nothing():
     boxes = np.tile([12, 12, 20, 20], (40, 1))
     boxes[:10] = -1
     assert occlusion_flips(model, x, boxes).flipped_indices == list(range(10, 20))
+
+
+def test_predict_is_the_eval_mode_argmax_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=3, in_channels=1).train()
+    x = torch.rand(300, 1, 16, 16)                   # > one batch of 256
+    with torch.no_grad():
+        expected = model.eval()(x).argmax(1)
+    model.train()
+    got = predict(model, x, batch_size=256)
+    # eval mode (BatchNorm on running statistics, not the batch's), in batches, as class ids
+    assert got.dtype == torch.long and torch.equal(got, expected)
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert predict(model, x[:0]).shape == (0,)
 
 
 # ----------------------------------------------------------------------------- phantom end to end

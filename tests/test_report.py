@@ -286,3 +286,27 @@ def test_partial_and_malformed_sections_are_left_out_not_fatal():
     assert 'id="embedding"' not in html and 'id="collapse"' not in html
     # the bad PNG is dropped; the map-only example still shows
     assert html.count('alt="Example of a"') == 1
+
+
+def test_report_reads_the_audit_through_its_public_names_only():
+    # The report formats what the audit's contract and wording expose; reaching into
+    # the audit's private helpers (``_audit._num``) ties the two files' insides together.
+    import ast
+
+    import diagnostics.report as report_pkg
+
+    for path in sorted(Path(report_pkg.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("diagnostics"):
+                for a in node.names:
+                    if (node.module or "").startswith("diagnostics.audit"):
+                        assert not a.name.startswith("_"), f"{path.name} imports {node.module}.{a.name}"
+                    elif a.name == "audit":
+                        aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname for a in node.names if a.name.startswith("diagnostics.audit") and a.asname}
+        private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                   and isinstance(n.value, ast.Name) and n.value.id in aliases and n.attr.startswith("_")]
+        assert not private, f"{path.name} uses the audit's private {private}"

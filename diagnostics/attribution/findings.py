@@ -112,5 +112,4 @@ def compare_reliance(before: SpuriousResult, after: SpuriousResult) -> dict:
         "flagged_after": bool(after.verdict.get("flagged")),
     }
     d["reliance_fell"] = bool(a_flips < d["flips_before"] and a_share < b_share)
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else
-                round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+    return {k: rounded(v) if isinstance(v, float) else v for k, v in d.items()}

@@ -115,7 +115,7 @@ class _GradCam:
         self.size = size
 
     def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, None]:
-        from captum.attr import LayerAttribution
+        from captum.attr import LayerAttribution  # late: captum is slow to import
 
         cam = self.explainer.attribute(x, target=target, relu_attributions=True)
         up = LayerAttribution.interpolate(cam.detach(), self.size, interpolate_mode="bilinear")

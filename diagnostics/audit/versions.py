@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Iterable
 
 
@@ -10,8 +11,6 @@ def package_versions(names: Iterable[str] = (
     "umap-learn", "pytorch-adapt", "matplotlib", "jinja2",
 )) -> dict[str, str]:
     """Installed versions of ``names`` (missing packages are left out)."""
-    from importlib import metadata
-
     out = {}
     for n in names:
         try:

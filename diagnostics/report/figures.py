@@ -21,6 +21,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 DPI = 100
 BEFORE_COLOUR = "#9aa5b1"
@@ -70,8 +71,6 @@ def fig_to_data_uri(fig) -> str:
 
 def array_to_data_uri(img: np.ndarray) -> str:
     """A [H,W] or [H,W,3] float image in [0,1] as a PNG data URI (no resampling)."""
-    from PIL import Image
-
     arr = np.clip(np.nan_to_num(np.asarray(img, dtype=np.float64)), 0.0, 1.0)
     pil = Image.fromarray((arr * 255).round().astype(np.uint8))
     buf = io.BytesIO()
@@ -91,8 +90,6 @@ def image_array(item: Mapping) -> np.ndarray | None:
     """
     b64 = item.get("image_png_b64")
     if b64:
-        from PIL import Image
-
         text = str(b64)
         if text.startswith("data:"):
             text = text.split(",", 1)[-1]
@@ -134,8 +131,6 @@ def _norm_map(m: Any) -> np.ndarray | None:
 
 def _resize(arr: np.ndarray, hw: tuple[int, int], *, smooth: bool) -> np.ndarray:
     """Resize a float [H,W] or [H,W,3] array in [0,1] (PIL; bilinear or nearest)."""
-    from PIL import Image
-
     if arr.shape[:2] == hw:
         return arr
     h, w = hw
