@@ -48,6 +48,7 @@ from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit
 from diagnostics.run_audit import audit_run
 
+
 # --------------------------------------------------------------------------- stages
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -179,3 +178,43 @@ def test_cli_killed_run_resumes_to_the_same_model(tmp_path):
     mb, _ = load_checkpoint(out_b / "tiny" / "source" / "model.pt")
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+class RecordsTarget(SourceOnly):
+    """SourceOnly that notes whether each step got a target batch."""
+
+    def __init__(self, uses_target: bool):
+        super().__init__()
+        self.uses_target = uses_target
+        self.seen: list[bool] = []
+
+    def loss(self, model, xs, ys, xt, progress):
+        self.seen.append(xt is not None)
+        return super().loss(model, xs, ys, xt, progress)
+
+
+class TargetStyle:
+    """An image style that declares it needs the target batch (as FDA does)."""
+
+    name = "needs_target"
+    uses_target = True
+
+    def __call__(self, xs, xt, generator=None):
+        assert xt is not None
+        return xs
+
+
+def test_target_batches_are_drawn_iff_a_part_declares_uses_target(tiny, tmp_path):
+    run = lambda objective, **kw: fit(fresh_model(), objective, tiny, cfg=cfg(epochs=1),  # noqa: E731
+                                      out_dir=tmp_path, seed=0, progress=False, **kw)
+    idle = RecordsTarget(uses_target=False)
+    run(idle, target_train=tiny)
+    assert idle.seen and not any(idle.seen)  # given, but nobody asked for it
+    wants = RecordsTarget(uses_target=True)
+    run(wants, target_train=tiny)
+    assert all(wants.seen)
+    styled = RecordsTarget(uses_target=False)
+    run(styled, target_train=tiny, style=TargetStyle())
+    assert all(styled.seen)  # the style's declaration is enough
+    with pytest.raises(ValueError, match="target_train"):
+        run(RecordsTarget(uses_target=True))

@@ -17,7 +17,10 @@ from torch.utils.data import Dataset
 
 from adapt.errors import UserError
 from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.dann import DANN
+from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 from adapt.methods.source_only import SourceOnly
+from adapt.methods.style import FDA, HistogramMatching, MixStyle
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import AdaptRunConfig, Recipe
@@ -54,9 +57,6 @@ def build_run_components(
     EWC's Fisher is computed here, on the source training images, from ``model`` (still
     the source model's weights), and saved to ``out_dir/fisher.pt``.
     """
-    from adapt.methods.dann import DANN
-    from adapt.methods.style import FDA, HistogramMatching, MixStyle
-
     objective: Objective | None
     train_data = source_train
     if run.objective == "none":
@@ -93,8 +93,6 @@ def build_run_components(
 
 def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, src: Dataset, device: torch.device,
                  out_dir: Path, seed: int) -> Penalty:
-    from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
-
     cfg = run.ewc
     anchor = anchor_params(model)
     if cfg.fisher == "l2sp":

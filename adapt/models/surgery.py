@@ -50,7 +50,7 @@ def _replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 def torchvision_model(arch: str, in_channels: int, num_classes: int) -> nn.Module:
     """The torchvision model, random init, first conv and final Linear already resized."""
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # late: ~1 s to import, and the small CNN never needs it
 
     net = getattr(tvm, TORCHVISION[arch].constructor)(weights=None)  # never downloads
     if arch.startswith("resnet"):

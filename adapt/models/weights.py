@@ -110,7 +110,7 @@ def imagenet_weights_path(arch: str) -> tuple[Path, str]:
     """(where torchvision's ImageNet file for ``arch`` must be, the URL it comes from)."""
     if arch not in TORCHVISION:
         raise UserError(f"weights 'imagenet': {arch} has no ImageNet weights (use weights: null or a file)")
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # late: ~1 s to import, and the small CNN never needs it
 
     url = tvm.get_model_weights(TORCHVISION[arch].constructor).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
