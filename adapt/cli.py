@@ -48,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # late: torch and the pipeline take seconds to import; `adapt-run --help` and bad
+    # arguments should answer at once
     from adapt import distributed
+    from adapt.device import resolve_device
     from adapt.pipeline import run_recipe
     from adapt.recipe import load_recipe
-    from adapt.train import resolve_device
 
     recipe = load_recipe(args.recipe, args.overrides)
-    ctx = distributed.init_from_env(resolve_device(recipe.train.device))
+    ctx = distributed.init_from_env(resolve_device(recipe.train.device, "train.device"))
     try:
         summary = run_recipe(recipe, resume=args.resume, ctx=ctx, progress=not args.quiet,
                              diagnostics=False if args.no_diagnostics else None)

@@ -77,29 +77,12 @@ def average_buffers(module: nn.Module, ctx: DistContext) -> None:
             b.div_(ctx.world_size)
 
 
-def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
-    """Copy rank 0's parameters and buffers to every rank."""
-    if not ctx.enabled:
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
 def all_reduce_mean(value: float, ctx: DistContext) -> float:
     if not ctx.enabled:
         return value
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item() / ctx.world_size)
-
-
-def broadcast_flag(flag: bool, ctx: DistContext) -> bool:
-    """Rank 0's decision, everywhere (early stopping must stop all ranks together)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
 
 
 def barrier(ctx: DistContext) -> None:

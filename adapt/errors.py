@@ -11,3 +11,10 @@ class UserError(Exception):
     """Bad input from the user. ``str(err)`` is the whole one-line message."""
 
     exit_code = 2
+
+
+def exception_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (or just the type name): a caught
+    third-party exception, short enough to end a one-line :class:`UserError`."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

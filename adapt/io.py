@@ -6,13 +6,16 @@ Each writer writes to a temporary file in the destination folder and then
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -43,7 +46,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (NaN/inf are written as null)."""
-    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
@@ -53,24 +56,34 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _json_safe(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays to plain Python; non-finite floats to None."""
-    import math
+def to_jsonable(obj: Any, *, strict: bool = False, where: str = "value") -> Any:
+    """``obj`` as plain JSON types: dicts (string keys), lists, str, int, float, bool, None.
 
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+    Converts torch tensors and numpy arrays/scalars (to lists/numbers), tuples (to lists),
+    paths (to strings), pydantic models (``model_dump(mode="json")``) and dataclasses;
+    non-finite floats become ``None``. Anything else is returned unchanged, or with
+    ``strict`` raises ``TypeError`` naming where in ``obj`` it sits (``where.key[i]``).
+    """
+    if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
+        return to_jsonable(obj.item(), strict=strict, where=where)
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v, strict=strict, where=f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, strict=strict, where=f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist(), strict=strict, where=where)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist(), strict=strict, where=where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "model_dump"):  # pydantic (the recipe)
+        return to_jsonable(obj.model_dump(mode="json"), strict=strict, where=where)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj), strict=strict, where=where)
+    if strict:
+        raise TypeError(f"{where}: cannot store a {type(obj).__name__}")
     return obj

@@ -16,123 +16,37 @@ loaded instead of retrained and an unfinished one continues from its ``last.pt``
 from __future__ import annotations
 
 import copy
-import json
-import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from adapt import __version__
-from adapt.data import (
-    DomainDataset,
-    check_same_classes,
-    class_balanced_weights,
-    labeled_per_class,
-    load_domain,
-    stratified_split,
-)
+from adapt.data import class_balanced_weights
+from adapt.device import resolve_device
 from adapt.distributed import SINGLE, DistContext
+from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.methods import RunComponents, build_run_components
-from adapt.methods.adabn import adabn
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
+from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
+from adapt.runs import (
+    Domains,
+    RunSummary,
+    StageOutcome,
+    adabn_on,
+    deployed_on_source,
+    load_domains,
+    uses_per_domain_bn,
+)
 from adapt.selection import make_score_fn, selection_summary
-from adapt.train import FitResult, fit, resolve_device
-
-
-@dataclass
-class Domains:
-    """Both domains and their splits (index arrays into the full datasets)."""
-
-    source: DomainDataset
-    target: DomainDataset
-    source_split: dict[str, DomainDataset]
-    target_split: dict[str, DomainDataset]
-    target_labeled: DomainDataset | None
-    #: validation + test images of each domain (never trained on): what the audit measures
-    source_eval: DomainDataset | None = None
-    target_eval: DomainDataset | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        return self.source.classes
-
-    def summary(self) -> dict[str, Any]:
-        def info(ds: DomainDataset) -> dict[str, Any]:
-            counts = ds.class_counts() if ds.has_labels else None
-            return {"n": len(ds), "class_counts": None if counts is None else dict(zip(ds.classes, counts.tolist()))}
-
-        return {
-            "classes": self.classes,
-            "source": {"name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
-                       "skipped": self.source.skipped},
-            "target": {"name": self.target.name, "labels_known": self.target.has_labels,
-                       **{k: info(v) for k, v in self.target_split.items()},
-                       "skipped": self.target.skipped},
-            "target_labeled": None if self.target_labeled is None else len(self.target_labeled),
-        }
-
-
-@dataclass
-class StageOutcome:
-    """One trained model and how it scores."""
-
-    name: str
-    model: nn.Module
-    metrics: dict[str, Any]
-    fit: dict[str, Any] | None = None
-    selection: dict[str, Any] | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    source: StageOutcome
-    runs: dict[str, StageOutcome] = field(default_factory=dict)
-    baselines: dict[str, StageOutcome] = field(default_factory=dict)
-    table: list[dict[str, Any]] = field(default_factory=list)
-    audit_path: Path | None = None
-
-
-# --------------------------------------------------------------------------- data
-
-
-def load_domains(recipe: Recipe) -> Domains:
-    d = recipe.data
-    common = dict(image_size=d.image_size, channels=d.channels, skip_unreadable=d.skip_unreadable)
-    source = load_domain(d.source, seed=recipe.seed, **common)
-    if not source.has_labels:
-        raise UserError(f"data.source ({d.source.describe()}): the source domain needs labels")
-    target = load_domain(d.target, seed=recipe.seed, classes=source.classes, **common)
-    if target.has_labels:
-        check_same_classes(source, target)
-    fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
-    fractions = {k: v for k, v in fractions.items() if v > 0}
-    s_idx = stratified_split(source.labels, fractions, seed=recipe.seed)
-    # An unlabelled target (labels −1) is one stratum: a plain seeded split.
-    t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
-    source_split = {k: source.subset(v) for k, v in s_idx.items()}
-    target_split = {k: target.subset(v) for k, v in t_idx.items()}
-    labeled = None
-    if d.target_labeled > 0:
-        if not target.has_labels:
-            raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
-        tr = target_split["train"]
-        labeled = tr.subset(labeled_per_class(tr.labels, d.target_labeled, seed=recipe.seed))
-    held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
-    return Domains(source, target, source_split, target_split, labeled,
-                   source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx))
+from adapt.train import FitResult, fit
+from diagnostics.run_audit import audit_run
 
 
 # --------------------------------------------------------------------------- stages
@@ -239,7 +153,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     model = copy.deepcopy(source.model).to(device)
     target_train = domains.target_split["train"]
     parts: RunComponents = build_run_components(
-        run_cfg, model=model, recipe=recipe, domains=domains, device=device, out_dir=stage_dir,
+        run_cfg, model=model, recipe=recipe, source_train=domains.source_split["train"],
+        target_train=target_train, target_labeled=domains.target_labeled, device=device, out_dir=stage_dir,
     )
     prepare = (lambda m: adabn_on(m, target_train, device)) if run_cfg.adabn else None
     # Source-validation accuracy is measured as the model is deployed on the source
@@ -282,27 +197,6 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     return StageOutcome(run_cfg.name, model,
                         _evaluate_all(model, domains, device, recipe, per_domain_bn=uses_per_domain_bn(run_cfg)),
                         fit=fit_info, selection=selection, seconds=seconds)
-
-
-def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
-    """Runs whose BatchNorm statistics end up the target's (AdaBN; fine-tuning on target
-    images, whose precise-BN pass re-estimates them there) are evaluated on the source with
-    source statistics, so that source accuracy measures what the weights retained."""
-    return run_cfg.adabn or run_cfg.objective == "finetune"
-
-
-def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
-    """A copy of a per-domain-BN model (see :func:`uses_per_domain_bn`) as it meets the
-    source: BatchNorm statistics re-estimated on the unlabelled source training images."""
-    return adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
-
-
-def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:
-    """AdaBN: ``model`` with BatchNorm statistics re-estimated on ``data`` (in place)."""
-    from torch.utils.data import DataLoader
-
-    adabn(model, DataLoader(data, batch_size=256, shuffle=False), device)
-    return model
 
 
 def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
@@ -368,23 +262,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment_info(device: torch.device) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {"domaingap": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "pytorch-adapt", "pot", "captum", "umap-learn", "numpy", "scipy",
-                "scikit-learn", "pydicom"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    dev = str(device)
-    if device.type == "cuda":
-        dev += f" ({torch.cuda.get_device_name(device)})"
-    return {"versions": versions, "device": dev, "platform": platform.platform(),
-            "threads": torch.get_num_threads()}
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -394,11 +271,11 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGL
     t0 = time.perf_counter()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    device = resolve_device(recipe.train.device)
+    device = resolve_device(recipe.train.device, "train.device")
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
     run_dir = recipe.run_dir
-    say = (lambda msg: tqdm.write(msg)) if (progress and ctx.is_main) else (lambda msg: None)
+    say = reporter(progress and ctx.is_main)
 
     domains = load_domains(recipe)
     if ctx.is_main:
@@ -445,8 +322,6 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGL
 
     run_diag = recipe.diagnostics.enabled if diagnostics is None else diagnostics
     if run_diag and ctx.is_main:
-        from diagnostics.run_audit import audit_run  # late: diagnostics are optional at run time
-
         summary.audit_path = audit_run(summary, recipe, domains, device, progress=progress)
         say(f"audit: {summary.audit_path}")
     return summary
@@ -458,10 +333,3 @@ def _one_line(name: str, metrics: dict[str, Any]) -> str:
     tt = "unknown" if t is None else f"{100 * t:.1f}%"
     return f"{name}: source test accuracy {100 * s:.1f}%, target test accuracy {tt}"
 
-
-def load_run_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The ``metrics.json`` of a finished run (for ``diagnose audit``)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir}: not a finished adapt-run folder (no metrics.json)")
-    return json.loads(path.read_text())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -383,8 +384,6 @@ def _allowed_keys(parent: list[str]) -> list[str]:
 
 
 def _section_type(annotation: Any) -> Any:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):

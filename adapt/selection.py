@@ -18,6 +18,7 @@ Unsupervised Domain Adaptation", 2022):
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -30,10 +31,24 @@ from adapt.evaluate import classification_metrics, predict
 SELECTORS = ("im", "snd", "source_val", "last")
 
 
+def _validators() -> tuple[type, type]:
+    """pytorch-adapt's IM and SND validators.
+
+    Late import: pytorch-adapt (with torchmetrics behind it) adds seconds to start-up and
+    only selection needs it. torchmetrics' import of ``pkg_resources`` warns on every run
+    (a deprecation aimed at torchmetrics' authors, not at our users): that one warning,
+    from that module, is silenced here — the only place it is triggered.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning,
+                                module=r"torchmetrics\.")
+        from pytorch_adapt.validators import IMValidator, SNDValidator
+    return IMValidator, SNDValidator
+
+
 def label_free_scores(probs: np.ndarray) -> dict[str, float]:
     """IM and SND of target predicted probabilities ``probs`` [N, K] (higher is better)."""
-    from pytorch_adapt.validators import IMValidator, SNDValidator
-
+    IMValidator, SNDValidator = _validators()
     p = torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-12)
     logits = p.log()  # softmax(log p) = p, so IM sees exactly these predictions
     return {

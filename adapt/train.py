@@ -1,13 +1,19 @@
 """The one training loop. Every method plugs into it; none owns a loop.
 
-Read :func:`fit` top to bottom: per epoch it fixes the epoch's randomness from the
-seed (so a killed run resumes to the same weights), applies the transfer strategy,
-and for every source batch (plus a target batch when the objective uses one):
-restyles the source images (FDA / histogram matching), computes the objective's loss
-plus penalties (EWC), checks it is finite, steps the optimiser and the schedule. At the
-end of each epoch it scores the model (source validation accuracy, or a label-free
-selector), writes ``last.pt`` atomically and ``best.pt`` when the score improved, and
-stops early after ``patience`` epochs without improvement — rolling back to the best.
+Read :func:`fit` top to bottom, like torchvision's ``references/classification/train.py``:
+
+1. :func:`_setup` — optimiser groups, schedule bookkeeping, device placement;
+2. :func:`_resume_or_start` — the loop state, from ``last.pt`` when resuming;
+3. per epoch: :func:`_seed_epoch` fixes the epoch's randomness from the seed (so a killed
+   run resumes to the same weights); :func:`train_one_epoch` applies the transfer
+   strategy and, for every source batch (plus a target batch when a component declares
+   ``uses_target``), restyles the source images (FDA / histogram matching), computes the
+   objective's loss plus penalties (EWC), checks it is finite, steps the optimiser and the
+   schedule; :func:`_score_epoch` scores the model (source validation accuracy, or a
+   label-free selector); :func:`_select_and_checkpoint` writes ``last.pt`` atomically and
+   ``best.pt`` when the score improved; after ``patience`` epochs without improvement
+   the loop stops early;
+4. :func:`_restore_best` rolls back to the best epoch.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from adapt import distributed as dist_utils
 from adapt.distributed import SINGLE, DistContext
 from adapt.errors import UserError
 from adapt.io import atomic_torch_save
+from adapt.methods.adabn import adabn, batchnorm_layers
 from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.progress import progress_bar, reporter
 from adapt.recipe import StrategyConfig, TrainConfig
+from adapt.strategies import apply_strategy, freeze_bn_stats, param_groups
 
 #: a score function returns (score, logs); higher is better
 ScoreFn = Callable[[nn.Module], "tuple[float, dict[str, float]]"]
@@ -55,25 +63,17 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: 'cuda' requested but no CUDA device is available (use auto or cpu)")
-    return torch.device(name)
-
-
 def lr_factor(schedule: str, progress: float) -> float:
     """Learning-rate multiplier at training progress p in [0, 1].
 
-    cosine: (1 + cos(pi p)) / 2; dann: 1 / (1 + 10 p)^0.75 (Ganin et al. 2016);
-    constant: 1.
+    cosine: (1 + cos(pi p)) / 2; dann: mu_p / mu_0 = 1 / (1 + 10 p)^0.75 (Ganin et al.
+    2016, the schedule DANN trains with); constant: 1. ``progress`` is clipped to [0, 1].
     """
+    p = min(max(float(progress), 0.0), 1.0)
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        return 0.5 * (1.0 + math.cos(math.pi * p))
     if schedule == "dann":
-        return 1.0 / (1.0 + 10.0 * progress) ** 0.75
+        return 1.0 / (1.0 + 10.0 * p) ** 0.75
     return 1.0
 
 
@@ -116,6 +116,46 @@ def _batches_per_epoch(n: int, batch_size: int, ctx: DistContext) -> int:
     return max(1, math.ceil(per_rank / batch_size))
 
 
+@dataclass
+class MethodParts:
+    """What a method plugs into the loop (see :mod:`adapt.methods.base`)."""
+
+    objective: Objective
+    style: ImageStyle | None = None
+    feature_style: FeatureStyle | None = None
+    penalties: Sequence[Penalty] = ()
+
+    def uses_target(self) -> bool:
+        """Whether any part declared it needs an unlabelled target batch every step."""
+        parts = (self.objective, self.style, self.feature_style)
+        return any(p.uses_target for p in parts if p is not None)
+
+
+@dataclass
+class _Loop:
+    """What stays fixed while :func:`fit` runs."""
+
+    model: nn.Module
+    trainable: nn.ModuleDict  # the model plus the method's extra modules (checkpointed together)
+    optimizer: torch.optim.Optimizer
+    initial_lrs: list[float]
+    device: torch.device
+    amp: bool
+    schedule: str
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    last_path: Path
+    best_path: Path
+    cfg: TrainConfig
+    strategy: StrategyConfig | None
+    ctx: DistContext
+    seed: int
+    num_workers: int
+    desc: str  # names the run in progress output and errors
+    show_bar: bool
+
+
 def fit(
     model: nn.Module,
     objective: Objective,
@@ -138,202 +178,259 @@ def fit(
     ctx: DistContext = SINGLE,
     progress: bool = True,
     num_workers: int = 0,
-    freeze_bn: bool = False,
 ) -> FitResult:
     """Train ``model`` with ``objective``; return a :class:`FitResult`.
 
-    ``freeze_bn`` keeps every BatchNorm layer in eval mode (running statistics fixed, no
-    precise-BN pass): for fine-tuning on a handful of images, whose batches cannot
-    estimate the statistics the source weights were trained with.
     ``model`` ends holding the best epoch's weights (by ``score_fn``, higher is better;
     without one, the last epoch). Checkpoints go to ``out_dir/last.pt`` (every epoch,
     with optimiser and schedule state, for ``resume``) and ``out_dir/best.pt``.
+    ``target_train`` supplies one unlabelled batch per step when the objective, the
+    style or the feature style declares ``uses_target`` (and must be given then).
     """
-    from adapt.models import apply_strategy, freeze_bn_stats, param_groups  # late: torchvision
-
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
+    parts = MethodParts(objective, style, feature_style, penalties)
+    if parts.uses_target() and target_train is None:
+        raise ValueError(f"{desc}: a method part uses target batches but no target_train was given")
+    say = reporter(progress and ctx.is_main)
+    loop = _setup(model, objective, len(source_train), cfg, strategy, ctx, Path(out_dir),
+                  epochs=cfg.epochs if epochs is None else epochs, lr=cfg.lr if lr is None else lr,
+                  seed=seed, num_workers=num_workers, desc=desc, show_bar=progress and ctx.is_main)
+    state = _resume_or_start(loop, resume, say)
+
+    stopped_early = state["bad_epochs"] > 0  # a resumed run that had already stopped
+    if state["epoch"] + 1 < loop.epochs and not _out_of_patience(state, cfg):
+        stopped_early = False
+        for epoch in range(state["epoch"] + 1, loop.epochs):
+            generator = _seed_epoch(seed, epoch)
+            logs = train_one_epoch(loop, parts, source_train, target_train if parts.uses_target() else None,
+                                   epoch=epoch, generator=generator, sample_weights=sample_weights)
+            if cfg.precise_bn:
+                _precise_bn(model, source_train, seed, loop.device)
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": _head_lr(loop.optimizer), **logs}
+            score = _score_epoch(loop, score_fn, epoch, record)
+            improved = _select_and_checkpoint(loop, state, epoch, score, record)
+            say(_epoch_line(desc, epoch, loop.epochs, record, improved))
+            dist_utils.barrier(ctx)
+            if _out_of_patience(state, cfg):
+                stopped_early = True
+                say(f"{desc}: no improvement for {cfg.patience} epochs; "
+                    f"stopping and rolling back to epoch {state['best_epoch'] + 1}")
+                break
+
+    _restore_best(loop.trainable, loop.best_path, loop.device)
+    return _result(state, loop.best_path, time.perf_counter() - t0, stopped=stopped_early)
+
+
+def _setup(model: nn.Module, objective: Objective, n_train: int, cfg: TrainConfig,
+           strategy: StrategyConfig | None, ctx: DistContext, out_dir: Path, *, epochs: int,
+           lr: float, seed: int, num_workers: int, desc: str, show_bar: bool) -> _Loop:
+    """Optimiser (discriminative parameter groups), schedule bookkeeping, devices."""
     device = next(model.parameters()).device
-    epochs = cfg.epochs if epochs is None else epochs
-    base_lr = cfg.lr if lr is None else lr
     extras = objective.modules()
     for m in extras.values():
         m.to(device)
-    trainable = nn.ModuleDict({"model": model, **extras})
-
-    groups = param_groups(
-        model,
-        lr=base_lr,
-        backbone_lr_mult=strategy.backbone_lr_mult if strategy else 1.0,
-        weight_decay=cfg.weight_decay,
-        extra=extras or None,
-    )
+    groups = param_groups(model, lr=lr, backbone_lr_mult=strategy.backbone_lr_mult if strategy else 1.0,
+                          weight_decay=cfg.weight_decay, extra=extras or None)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=True)
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=base_lr)
-    initial_lrs = [g["lr"] for g in optimizer.param_groups]
-
-    steps_per_epoch = _batches_per_epoch(len(source_train), cfg.batch_size, ctx)
-    total_steps = max(1, steps_per_epoch * epochs)
-    amp = cfg.amp and device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=lr)
+    steps_per_epoch = _batches_per_epoch(n_train, cfg.batch_size, ctx)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    return _Loop(
+        model=model, trainable=nn.ModuleDict({"model": model, **extras}), optimizer=optimizer,
+        initial_lrs=[g["lr"] for g in optimizer.param_groups], device=device,
+        amp=cfg.amp and device.type == "cuda", schedule=cfg.schedule, steps_per_epoch=steps_per_epoch,
+        total_steps=max(1, steps_per_epoch * epochs), epochs=epochs,
+        last_path=out_dir / "last.pt", best_path=out_dir / "best.pt", cfg=cfg, strategy=strategy,
+        ctx=ctx, seed=seed, num_workers=num_workers, desc=desc, show_bar=show_bar,
+    )
 
-    state = {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if resume and last_path.exists():
-        ckpt = _load_training_checkpoint(last_path)
-        trainable.load_state_dict(ckpt["trainable"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+
+def _resume_or_start(loop: _Loop, resume: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    """The loop state: from ``last.pt`` (weights, optimiser, history) when resuming,
+    else fresh — and then stale checkpoints of an earlier run are removed."""
+    if resume and loop.last_path.exists():
+        ckpt = _load_training_checkpoint(loop.last_path)
+        loop.trainable.load_state_dict(ckpt["trainable"])
+        loop.optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
-        if ctx.is_main and progress:
-            tqdm.write(f"{desc}: resuming after epoch {state['epoch'] + 1} from {last_path}")
-    elif ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (last_path, best_path):
+        say(f"{loop.desc}: resuming after epoch {state['epoch'] + 1} from {loop.last_path}")
+        return state
+    if loop.ctx.is_main:
+        loop.last_path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (loop.last_path, loop.best_path):
             stale.unlink(missing_ok=True)
+    return {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
 
-    finished = state["epoch"] + 1 >= epochs
-    if finished or (cfg.patience is not None and state["bad_epochs"] >= cfg.patience):
-        _restore_best(trainable, best_path, device)
-        return _result(state, best_path, time.perf_counter() - t0, stopped=state["bad_epochs"] > 0)
 
-    # A target batch is drawn whenever target data is given: DANN's domain loss, FDA's
-    # target spectra and MixStyle's target statistics all need one.
-    uses_target = target_train is not None
-    stopped_early = False
-    for epoch in range(state["epoch"] + 1, epochs):
-        # The epoch's randomness depends only on (seed, epoch): resume is exact.
-        torch.manual_seed(seed * 10_007 + epoch)
-        gen = torch.Generator().manual_seed(seed * 10_007 + epoch + 1)
-        if strategy is not None:
-            apply_strategy(model, strategy.kind, epoch=epoch, top_k=strategy.top_k,
-                           progressive_epochs=strategy.progressive_epochs)
-        trainable.train()
-        freeze_bn_stats(model)  # frozen blocks keep their BatchNorm running statistics
-        if freeze_bn:
-            for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        if feature_style is not None:
-            feature_style.attach(model)
+def _out_of_patience(state: dict[str, Any], cfg: TrainConfig) -> bool:
+    return cfg.patience is not None and state["bad_epochs"] >= cfg.patience
 
-        order = epoch_order(len(source_train), epoch, seed, ctx, sample_weights)
-        loader = DataLoader(source_train, batch_size=cfg.batch_size, sampler=order,
-                            num_workers=0 if ctx.enabled else num_workers, drop_last=False,
-                            persistent_workers=False)
-        target_iter = None
-        if uses_target:
-            def target_loader(pass_i: int, _epoch: int = epoch) -> DataLoader:
-                t_order = epoch_order(len(target_train), _epoch * 1000 + pass_i, seed + 1, ctx)
-                return DataLoader(target_train, batch_size=cfg.batch_size, sampler=t_order,
-                                  num_workers=0, drop_last=False)
-            target_iter = _cycle(target_loader)
 
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
-                   disable=not (progress and ctx.is_main), dynamic_ncols=True)
-        for step, (xs, ys) in enumerate(bar):
-            p = (epoch * steps_per_epoch + step) / total_steps
-            for g, lr0 in zip(optimizer.param_groups, initial_lrs):
-                g["lr"] = lr0 * lr_factor(cfg.schedule, p)
-            xs = xs.to(device, non_blocking=True)
-            ys = torch.as_tensor(ys).to(device, non_blocking=True)
-            xt = None
-            if target_iter is not None:
-                xt = next(target_iter)[0].to(device, non_blocking=True)
-            if style is not None:
-                xs = style(xs, xt, generator=gen)
-            if device.type == "cuda":
-                xs = xs.contiguous(memory_format=torch.channels_last)
-                xt = xt.contiguous(memory_format=torch.channels_last) if xt is not None else None
+def _seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Fix the epoch's randomness from (seed, epoch) alone, so resume is exact; returns
+    the generator the image style draws from."""
+    torch.manual_seed(seed * 10_007 + epoch)
+    return torch.Generator().manual_seed(seed * 10_007 + epoch + 1)
 
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                if feature_style is not None and xt is not None:
-                    feature_style.observe_target(model, xt)  # arms MixStyle for this step
-                loss, logs = objective.loss(model, xs, ys, xt, p)
-                for penalty in penalties:
-                    pen = penalty(model)
-                    loss = loss + pen
-                    logs[f"{penalty.name}_penalty"] = float(pen.detach())
-            if not torch.isfinite(loss):
-                where = f"{desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}"
-                kept = f"; last good checkpoint kept at {last_path}" if last_path.exists() else ""
-                raise TrainingDiverged(f"{where}{kept} (try a lower train.lr or method weight)")
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [q for q in trainable.parameters() if q.requires_grad]
-            dist_utils.all_reduce_gradients(params, ctx)
-            if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+def train_one_epoch(
+    loop: _Loop,
+    parts: MethodParts,
+    source_train: Dataset,
+    target_train: Dataset | None,
+    *,
+    epoch: int,
+    generator: torch.Generator,
+    sample_weights: np.ndarray | None = None,
+) -> dict[str, float]:
+    """One pass over this rank's share of ``source_train``; returns the mean of every
+    step's logs (averaged over ranks). A target batch is drawn for every source batch
+    when ``target_train`` is given."""
+    model, device, cfg, strategy, ctx = loop.model, loop.device, loop.cfg, loop.strategy, loop.ctx
+    if strategy is not None:
+        apply_strategy(model, strategy.kind, epoch=epoch, top_k=strategy.top_k,
+                       progressive_epochs=strategy.progressive_epochs)
+    loop.trainable.train()
+    freeze_bn_stats(model)  # frozen blocks keep their BatchNorm running statistics
+    if parts.feature_style is not None:
+        parts.feature_style.attach(model)
 
-            logs["loss"] = float(loss.detach())
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        bar.close()
-        if feature_style is not None:
-            feature_style.detach()
-        dist_utils.average_buffers(trainable, ctx)
+    order = epoch_order(len(source_train), epoch, loop.seed, ctx, sample_weights)
+    loader = DataLoader(source_train, batch_size=cfg.batch_size, sampler=order,
+                        num_workers=0 if ctx.enabled else loop.num_workers, drop_last=False,
+                        persistent_workers=False)
+    target_iter = None if target_train is None else _target_batches(target_train, epoch, loop.seed, cfg, ctx)
 
-        if cfg.precise_bn and not freeze_bn:
-            _precise_bn(model, source_train, seed, device)
-        n_steps = step + 1
-        head_lr = next((g["lr"] for g in optimizer.param_groups if g.get("name") == "head"),
-                       optimizer.param_groups[-1]["lr"])
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": head_lr}
-        record.update({k: dist_utils.all_reduce_mean(v / n_steps, ctx) for k, v in sums.items()})
-        trainable.eval()
-        if score_fn is not None:
-            score, score_logs = score_fn(model)
-            record.update(score_logs)
-        else:
-            score = float(epoch)  # no selector: the last epoch is the best
-        record["score"] = score
-        improved = score > state["best_score"]
+    sums: dict[str, float] = {}
+    bar = progress_bar(loader, enabled=loop.show_bar, desc=f"{loop.desc} {epoch + 1}/{loop.epochs}", leave=False,
+                       dynamic_ncols=True)
+    for step, (xs, ys) in enumerate(bar):
+        p = (epoch * loop.steps_per_epoch + step) / loop.total_steps
+        for g, lr0 in zip(loop.optimizer.param_groups, loop.initial_lrs):
+            g["lr"] = lr0 * lr_factor(loop.schedule, p)
+        xs = xs.to(device, non_blocking=True)
+        ys = torch.as_tensor(ys).to(device, non_blocking=True)
+        xt = None if target_iter is None else next(target_iter)[0].to(device, non_blocking=True)
+        loss, logs = _step_loss(loop, parts, xs, ys, xt, p, generator)
+        if not torch.isfinite(loss):
+            where = f"{loop.desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}"
+            kept = f"; last good checkpoint kept at {loop.last_path}" if loop.last_path.exists() else ""
+            raise TrainingDiverged(f"{where}{kept} (try a lower train.lr or method weight)")
+        _optimizer_step(loop, loss)
+
+        logs["loss"] = float(loss.detach())
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+    bar.close()
+    if parts.feature_style is not None:
+        parts.feature_style.detach()
+    dist_utils.average_buffers(loop.trainable, ctx)
+    n_steps = step + 1
+    return {k: dist_utils.all_reduce_mean(v / n_steps, ctx) for k, v in sums.items()}
+
+
+def _target_batches(target_train: Dataset, epoch: int, seed: int, cfg: TrainConfig,
+                    ctx: DistContext) -> Iterator:
+    """Endless unlabelled target batches for one epoch, re-shuffled each pass (seeded)."""
+    def target_loader(pass_i: int) -> DataLoader:
+        t_order = epoch_order(len(target_train), epoch * 1000 + pass_i, seed + 1, ctx)
+        return DataLoader(target_train, batch_size=cfg.batch_size, sampler=t_order,
+                          num_workers=0, drop_last=False)
+    return _cycle(target_loader)
+
+
+def _step_loss(loop: _Loop, parts: MethodParts, xs: torch.Tensor, ys: torch.Tensor,
+               xt: torch.Tensor | None, p: float, generator: torch.Generator
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss: restyle the source batch, the objective, then the penalties."""
+    if parts.style is not None:
+        xs = parts.style(xs, xt, generator=generator)
+    if loop.device.type == "cuda":
+        xs = xs.contiguous(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last) if xt is not None else None
+    with torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.amp):
+        if parts.feature_style is not None and parts.feature_style.uses_target:
+            parts.feature_style.observe_target(loop.model, xt)  # arms MixStyle for this step
+        loss, logs = parts.objective.loss(loop.model, xs, ys, xt, p)
+        for penalty in parts.penalties:
+            pen = penalty(loop.model)
+            loss = loss + pen
+            logs[f"{penalty.name}_penalty"] = float(pen.detach())
+    return loss, logs
+
+
+def _optimizer_step(loop: _Loop, loss: torch.Tensor) -> None:
+    """Backward, gradients averaged over ranks, optional clipping, one optimiser step."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [q for q in loop.trainable.parameters() if q.requires_grad]
+    dist_utils.all_reduce_gradients(params, loop.ctx)
+    if loop.cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, loop.cfg.max_grad_norm)
+    loop.optimizer.step()
+
+
+def _head_lr(optimizer: torch.optim.Optimizer) -> float:
+    return next((g["lr"] for g in optimizer.param_groups if g.get("name") == "head"),
+                optimizer.param_groups[-1]["lr"])
+
+
+def _score_epoch(loop: _Loop, score_fn: ScoreFn | None, epoch: int, record: dict[str, Any]) -> float:
+    """Score the model in eval mode (higher is better); its logs go into ``record``.
+    Without a score function the last epoch is the best."""
+    loop.trainable.eval()
+    if score_fn is None:
+        score = float(epoch)
+    else:
+        score, score_logs = score_fn(loop.model)
+        record.update(score_logs)
+    record["score"] = score
+    return score
+
+
+def _select_and_checkpoint(loop: _Loop, state: dict[str, Any], epoch: int, score: float,
+                           record: dict[str, Any]) -> bool:
+    """Update the best epoch and patience count; write ``best.pt`` when the score improved
+    and ``last.pt`` (weights, optimiser, state) every epoch. Returns whether it improved."""
+    improved = score > state["best_score"]
+    if improved:
+        state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    state["history"].append(record)
+    if loop.ctx.is_main:
         if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["history"].append(record)
-        if ctx.is_main:
-            if improved:
-                atomic_torch_save(best_path, {"trainable": trainable.state_dict(), "epoch": epoch})
-            atomic_torch_save(last_path, {
-                "trainable": trainable.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-            })
-            if progress:
-                shown = {k: v for k, v in record.items() if k in (
-                    "loss", "train_acc", "class_loss", "domain_loss", "disc_acc", "val_accuracy",
-                    "source_val_accuracy", "im", "snd", "score")}
-                tqdm.write(f"{desc} epoch {epoch + 1}/{epochs}: " + ", ".join(
-                    f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-                    + (" *" if improved else ""))
-        dist_utils.barrier(ctx)
-        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-            stopped_early = True
-            if ctx.is_main and progress:
-                tqdm.write(f"{desc}: no improvement for {cfg.patience} epochs; "
-                           f"stopping and rolling back to epoch {state['best_epoch'] + 1}")
-            break
+            atomic_torch_save(loop.best_path, {"trainable": loop.trainable.state_dict(), "epoch": epoch})
+        atomic_torch_save(loop.last_path, {
+            "trainable": loop.trainable.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "state": state,
+        })
+    return improved
 
-    _restore_best(trainable, best_path, device)
-    return _result(state, best_path, time.perf_counter() - t0, stopped=stopped_early)
+
+#: the per-epoch line's fields, in record order
+_SHOWN = ("loss", "train_acc", "class_loss", "domain_loss", "disc_acc", "val_accuracy",
+          "source_val_accuracy", "im", "snd", "score")
+
+
+def _epoch_line(desc: str, epoch: int, epochs: int, record: dict[str, Any], improved: bool) -> str:
+    shown = {k: v for k, v in record.items() if k in _SHOWN}
+    return (f"{desc} epoch {epoch + 1}/{epochs}: "
+            + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+            + (" *" if improved else ""))
 
 
 def _precise_bn(model: nn.Module, data: Dataset, seed: int, device: torch.device,
                 max_images: int = 1024) -> None:
     """Re-estimate trainable BatchNorm layers' statistics on a fixed sample of the
     training data (the same images every epoch, so a resumed run matches)."""
-    from adapt.methods.adabn import adabn, batchnorm_layers
-
     if not batchnorm_layers(model):
         return
     order = np.random.default_rng([seed, 0xB2]).permutation(len(data))[:max_images].tolist()

@@ -44,14 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from adapt.device import resolve_device
 from adapt.errors import UserError
-from adapt.models import unwrap_model
+from adapt.models import IMAGENET_MEAN, IMAGENET_STD, unwrap_model
+from adapt.progress import progress_bar
 from diagnostics.moments import Moments
 
+# resolve_device and the ImageNet statistics are defined once, in adapt.device and
+# adapt.models.normalization; re-exported here for callers that import them from this module.
 __all__ = ["FeatureSet", "extract_features", "resolve_device", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: pytorch-fid's port of the TF Inception used for FID (Heusel et al. 2017)
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -96,24 +98,6 @@ class FeatureSet:
             kind=self.kind,
             name=self.name,
         )
-
-
-# ----------------------------------------------------------------------------- devices
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is a UserError."""
-    if isinstance(name, torch.device):
-        return name
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}': no CUDA device is available (use auto or cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"device '{name}': not a device (use auto, cpu or cuda)") from None
 
 
 # ----------------------------------------------------------------------------- extractors
@@ -408,14 +392,12 @@ def extract_features(
     rank, world = _dist_rank_world()
     indices = np.arange(rank, n, world, dtype=np.int64)
     loader = _loader(dataset, indices, batch_size, num_workers, pin=dev.type == "cuda")
-    from tqdm.auto import tqdm
-
     feats, labels, probs = [], [], []
     moments: Moments | None = Moments.empty(ext.dim, device=dev) if ext.dim else None
     try:
         with torch.inference_mode():
-            bar = tqdm(loader, total=len(loader), disable=not progress, leave=False, unit="batch",
-                       desc=f"features {getattr(dataset, 'name', '')}".strip())
+            bar = progress_bar(loader, enabled=progress, total=len(loader), leave=False, unit="batch",
+                               desc=f"features {getattr(dataset, 'name', '')}".strip())
             for x, y in bar:
                 x = x.to(dev, non_blocking=True).float()
                 f = ext.fn(x).float()

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from adapt.environment import environment_info
 from adapt.errors import UserError
+from adapt.progress import reporter
+from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, build_audit
 from diagnostics.report import write_report
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adapt.pipeline import Domains, RunSummary
     from adapt.recipe import DiagnosticsConfig, Recipe
 
 
@@ -231,12 +232,11 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    from adapt.pipeline import environment_info
     from diagnostics.features import extract_features
 
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
-    say = tqdm.write if progress else (lambda m: None)
+    say = reporter(progress)
     source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed)
     target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
     stages = [("source-only", summary.source)]
@@ -246,7 +246,6 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
 
     # An AdaBN model is deployed with each domain's own BatchNorm statistics: it meets the
     # source images with statistics re-estimated on unlabelled source training images.
-    from adapt.pipeline import deployed_on_source, uses_per_domain_bn
 
     per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
     source_models = [st.model if not (i > 0 and after_name in per_domain_runs)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapt.methods.dann import DANN, dann_lr_factor, grad_reverse, grl_lambda
+from adapt.methods.dann import DANN, grad_reverse, grl_lambda
+from adapt.train import lr_factor
 from tests._methods_standin import TinyClassifier
 
 
@@ -95,8 +96,9 @@ def test_schedules():
     assert grl_lambda(0.0) == 0.0
     assert grl_lambda(1.0, 0.5) == pytest.approx(0.5 * (2 / (1 + math.exp(-10)) - 1))
     assert grl_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
-    assert dann_lr_factor(0.0) == 1.0
-    assert dann_lr_factor(1.0) == pytest.approx(11 ** -0.75)
+    assert lr_factor("dann", 0.0) == 1.0
+    assert lr_factor("dann", 1.0) == pytest.approx(11 ** -0.75)
+    assert lr_factor("dann", 2.0) == lr_factor("dann", 1.0)  # progress is clipped to [0, 1]
     lams = [grl_lambda(p / 10) for p in range(11)]
     assert lams == sorted(lams)
 

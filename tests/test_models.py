@@ -11,15 +11,13 @@ from adapt.models import (
     ARCHS,
     IMAGENET_MEAN,
     Classifier,
-    apply_strategy,
     build_model,
     describe_model,
-    freeze_bn_stats,
     imagenet_weights_path,
     load_checkpoint,
-    param_groups,
     save_checkpoint,
 )
+from adapt.strategies import apply_strategy, freeze_bn_stats, param_groups
 
 
 def _images(n: int = 4, c: int = 1, size: int = 32, seed: int = 0) -> torch.Tensor:

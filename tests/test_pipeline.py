@@ -153,7 +153,7 @@ def test_diagnose_audit_rerenders_the_report(run):
 def test_unlabelled_target_is_split_like_a_labelled_one(tmp_path):
     # An unlabelled target goes through the same splitter as a labelled one: disjoint
     # parts covering every image, sized by the recipe's fractions, seeded.
-    from adapt.pipeline import load_domains
+    from adapt.runs import load_domains
 
     path = tmp_path / "u.yaml"
     path.write_text(RECIPE.replace("{kind: phantom-cxr, site: B, n: 400}",

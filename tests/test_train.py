@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -181,11 +180,41 @@ def test_cli_killed_run_resumes_to_the_same_model(tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_freeze_bn_keeps_running_statistics(tiny, tmp_path):
-    model = fresh_model()
-    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    before = weights(model)
-    fit(model, SourceOnly(), tiny, cfg=cfg(epochs=1), out_dir=tmp_path, seed=0, progress=False, freeze_bn=True)
-    after = model.state_dict()
-    assert all(torch.equal(stats[k], after[k]) for k in stats)
-    assert any(not torch.equal(before[k], after[k]) for k in before if "weight" in k)  # but it trained
+class RecordsTarget(SourceOnly):
+    """SourceOnly that notes whether each step got a target batch."""
+
+    def __init__(self, uses_target: bool):
+        super().__init__()
+        self.uses_target = uses_target
+        self.seen: list[bool] = []
+
+    def loss(self, model, xs, ys, xt, progress):
+        self.seen.append(xt is not None)
+        return super().loss(model, xs, ys, xt, progress)
+
+
+class TargetStyle:
+    """An image style that declares it needs the target batch (as FDA does)."""
+
+    name = "needs_target"
+    uses_target = True
+
+    def __call__(self, xs, xt, generator=None):
+        assert xt is not None
+        return xs
+
+
+def test_target_batches_are_drawn_iff_a_part_declares_uses_target(tiny, tmp_path):
+    run = lambda objective, **kw: fit(fresh_model(), objective, tiny, cfg=cfg(epochs=1),  # noqa: E731
+                                      out_dir=tmp_path, seed=0, progress=False, **kw)
+    idle = RecordsTarget(uses_target=False)
+    run(idle, target_train=tiny)
+    assert idle.seen and not any(idle.seen)  # given, but nobody asked for it
+    wants = RecordsTarget(uses_target=True)
+    run(wants, target_train=tiny)
+    assert all(wants.seen)
+    styled = RecordsTarget(uses_target=False)
+    run(styled, target_train=tiny, style=TargetStyle())
+    assert all(styled.seen)  # the style's declaration is enough
+    with pytest.raises(ValueError, match="target_train"):
+        run(RecordsTarget(uses_target=True))

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adapt.data.images import IMAGE_SUFFIXES, check_readable, is_dicom_path, read_image, read_mask
+from adapt.data.phantom import CLASSES, make_phantom
 from adapt.data.spec import DomainSpec
 from adapt.errors import UserError
 
@@ -378,8 +379,6 @@ def _natural_key(name: str):
 def _load_phantom(
     spec: DomainSpec, image_size: int, channels: int, seed: int, classes: list[str] | None
 ) -> DomainDataset:
-    from adapt.data.phantom import CLASSES, make_phantom
-
     batch = make_phantom(spec.site, spec.n, seed=seed, image_size=image_size)
     class_list = list(classes) if classes is not None else list(CLASSES)
     missing = [c for c in CLASSES if c not in class_list]

@@ -60,7 +60,7 @@ def check_readable(path: str | Path, dicom: bool) -> str | None:
 
 
 def _check_dicom(path: Path) -> str | None:
-    import pydicom
+    import pydicom  # late (here and below): only DICOM folders pay pydicom's import time
     from pydicom.errors import InvalidDicomError
 
     try:

@@ -46,8 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from adapt.errors import UserError
+from adapt.io import atomic_write_bytes, atomic_write_text
 
 CLASSES = ["normal", "opacity"]
 
@@ -181,10 +183,6 @@ def write_phantom(root: str | Path, site: str, n: int, seed: int = 0, image_size
     relative to it) a CSV domain, so users can look at and reload what they train on.
     The manifest lists the images of this call. Returns ``root``.
     """
-    from PIL import Image
-
-    from adapt.io import atomic_write_bytes, atomic_write_text
-
     root = Path(root)
     batch = make_phantom(site, n, seed=seed, image_size=image_size)
     pixels = (batch.images[:, 0].numpy() * 255.0 + 0.5).astype(np.uint8)

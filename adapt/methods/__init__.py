@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from adapt.errors import UserError
 from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.dann import DANN
+from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 from adapt.methods.source_only import SourceOnly
+from adapt.methods.style import FDA, HistogramMatching, MixStyle
 
 if TYPE_CHECKING:  # pragma: no cover
-    from adapt.pipeline import Domains
     from adapt.recipe import AdaptRunConfig, Recipe
 
 
@@ -29,7 +32,7 @@ class RunComponents:
 
     objective: Objective | None
     train_data: Any  # the labelled batches: source train, or the labelled target images
-    target_data: Any | None  # unlabelled target batches (DANN, FDA, MixStyle), or None
+    target_data: Any | None  # unlabelled target images; drawn from when a part ``uses_target``
     style: ImageStyle | None = None
     feature_style: FeatureStyle | None = None
     penalties: list[Penalty] = field(default_factory=list)
@@ -40,21 +43,22 @@ def build_run_components(
     *,
     model: nn.Module,
     recipe: Recipe,
-    domains: Domains,
+    source_train: Dataset,
+    target_train: Dataset,
+    target_labeled: Dataset | None,
     device: torch.device,
     out_dir: Path,
 ) -> RunComponents:
     """Assemble a run: its objective, the data it trains on, styles and penalties.
 
+    ``source_train``: labelled source training images (with ``.images(idx)`` and
+    ``.labels``); ``target_train``: the unlabelled target training images;
+    ``target_labeled``: the few labelled target images (``finetune``), or None.
     EWC's Fisher is computed here, on the source training images, from ``model`` (still
     the source model's weights), and saved to ``out_dir/fisher.pt``.
     """
-    from adapt.methods.dann import DANN
-    from adapt.methods.style import FDA, HistogramMatching, MixStyle
-
-    target_train = domains.target_split["train"]
     objective: Objective | None
-    train_data = domains.source_split["train"]
+    train_data = source_train
     if run.objective == "none":
         objective = None
     elif run.objective == "source_only":
@@ -63,11 +67,11 @@ def build_run_components(
         objective = DANN.for_model(model, domain_weight=run.dann.weight, width=run.dann.hidden,
                                    depth=run.dann.depth, label_smoothing=recipe.train.label_smoothing)
     elif run.objective == "finetune":
-        if domains.target_labeled is None:
+        if target_labeled is None:
             raise UserError(f"method.runs.{run.name}: objective 'finetune' needs labelled target images "
                             "(set data.target_labeled: K)")
         objective = SourceOnly(recipe.train.label_smoothing)
-        train_data = domains.target_labeled
+        train_data = target_labeled
     else:  # pragma: no cover - the schema forbids it
         raise UserError(f"method.runs.{run.name}: unknown objective {run.objective!r}")
 
@@ -81,24 +85,18 @@ def build_run_components(
 
     penalties: list[Penalty] = []
     if run.ewc is not None and objective is not None:
-        penalties.append(_ewc_penalty(run, model, domains, device, out_dir, recipe.seed))
+        penalties.append(_ewc_penalty(run, model, source_train, device, out_dir, recipe.seed))
 
-    needs_target = objective is not None and (
-        getattr(objective, "uses_target", False) or run.style == "fda" or run.mixstyle
-    )
-    return RunComponents(objective, train_data, target_train if needs_target else None,
-                         style, feature_style, penalties)
+    # the loop draws target batches only when a part declares ``uses_target``
+    return RunComponents(objective, train_data, target_train, style, feature_style, penalties)
 
 
-def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, domains: Domains, device: torch.device,
+def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, src: Dataset, device: torch.device,
                  out_dir: Path, seed: int) -> Penalty:
-    from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
-
     cfg = run.ewc
     anchor = anchor_params(model)
     if cfg.fisher == "l2sp":
         return L2SP(anchor, lam=cfg.lam)
-    src = domains.source_split["train"]
     n = min(cfg.samples, len(src))
     idx = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed))[:n].numpy()
     images = src.images(idx).to(device)

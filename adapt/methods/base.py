@@ -9,6 +9,10 @@ early stopping). A method contributes pieces to it and never loops itself:
   model's own normalisation, during training only;
 * :class:`FeatureStyle` — forward hooks that restyle feature maps (MixStyle);
 * :class:`Penalty` — a parameter regulariser added to every step's loss (EWC, L2-SP).
+
+Each protocol lists exactly what the loop calls. The loop draws an unlabelled target
+batch ``xt`` for every source batch if and only if one of the objective, the image style
+or the feature style declares ``uses_target = True``; otherwise ``xt`` is None.
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ class Objective(Protocol):
 
 @runtime_checkable
 class ImageStyle(Protocol):
-    """Moves source images towards the target style; training only."""
+    """Moves source images towards the target style; training only.
+
+    (Styles that need the whole target set, e.g. histogram matching, are fitted on it
+    when the run is assembled, :func:`adapt.methods.build_run_components`; the loop only
+    calls the style.)"""
 
     name: str
-
-    def fit(self, target_images: Tensor) -> None:
-        """See target images [N, C, H, W] in [0, 1] once before training."""
-        ...
+    #: when True ``xt`` is the step's target batch; else None
+    uses_target: bool
 
     def __call__(
         self, xs: Tensor, xt: Tensor | None, generator: torch.Generator | None = None
@@ -60,10 +66,20 @@ class FeatureStyle(Protocol):
     """Restyles intermediate feature maps through forward hooks while attached."""
 
     name: str
+    #: when True the loop calls :meth:`observe_target` before every step's loss
+    uses_target: bool
 
-    def attach(self, model: nn.Module) -> None: ...
+    def attach(self, model: nn.Module) -> None:
+        """Register the hooks; called at the start of every training epoch."""
+        ...
 
-    def detach(self) -> None: ...
+    def observe_target(self, model: nn.Module, xt: Tensor) -> None:
+        """See the step's target batch [B, C, H, W] in [0, 1] before the source forward."""
+        ...
+
+    def detach(self) -> None:
+        """Remove the hooks; called at the end of every training epoch."""
+        ...
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ its default ``MeanWeighter`` divides the sum by 3).
 Schedules (the paper's §5.2.2), with p ∈ [0, 1] the training progress:
 
     λ_p = domain_weight · (2 / (1 + exp(−10 p)) − 1)     (ramps 0 → ~domain_weight)
-    μ_p = μ_0 / (1 + 10 p)^0.75                          (:func:`dann_lr_factor`)
+    μ_p = μ_0 / (1 + 10 p)^0.75                          (``adapt.train.lr_factor("dann", p)``)
 
 BatchNorm: source and target are forwarded as **separate batches** (as ``DANNHook``
 does), so during training every BN layer normalises each domain with its own batch
@@ -47,12 +47,6 @@ def grl_lambda(progress: float, domain_weight: float = 1.0) -> float:
     """λ_p = domain_weight · (2 / (1 + exp(−10 p)) − 1); 0 at p = 0, ≈ domain_weight at p = 1."""
     p = min(max(float(progress), 0.0), 1.0)
     return domain_weight * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
-
-
-def dann_lr_factor(progress: float) -> float:
-    """Learning-rate multiplier μ_p / μ_0 = 1 / (1 + 10 p)^0.75 (Ganin et al. 2016)."""
-    p = min(max(float(progress), 0.0), 1.0)
-    return 1.0 / (1.0 + 10.0 * p) ** 0.75
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -123,7 +117,7 @@ class DANN:
 
     The loop must: forward nothing itself (``loss`` forwards source then target),
     include ``modules()["discriminator"]`` in the optimizer and checkpoint, and apply
-    :func:`dann_lr_factor` (progress) to every param group's learning rate.
+    ``adapt.train.lr_factor("dann", progress)`` to every param group's learning rate.
     """
 
     name = "dann"

@@ -33,6 +33,7 @@ from torch.func import functional_call, grad, vmap
 
 from adapt.errors import UserError
 from adapt.io import atomic_torch_save
+from adapt.methods.layer_sq_grads import HookEngineUnsupported, squared_grad_sums, unsupported_reason
 
 FISHER_MODES = ("true", "empirical", "exact")
 FISHER_ENGINES = ("auto", "hooks", "vmap")
@@ -60,8 +61,6 @@ def resolve_engine(model: nn.Module, engine: str = "auto") -> str:
     """``"hooks"`` or ``"vmap"``: the engine :func:`fisher_diagonal` uses for ``model``
     as it is now (call in eval mode). ``"hooks"`` on an unsupported model is a
     UserError naming the layer."""
-    from adapt.methods.layer_sq_grads import unsupported_reason
-
     if engine not in FISHER_ENGINES:
         raise UserError(f"fisher engine={engine!r}: must be one of {', '.join(FISHER_ENGINES)}")
     if engine == "vmap":
@@ -86,7 +85,6 @@ def per_sample_squared_grads(model: nn.Module, x: Tensor, y: Tensor, weight: Ten
     running statistics (per-sample BN statistics would be meaningless). w defaults to 1.
     """
     if engine == "hooks":
-        from adapt.methods.layer_sq_grads import HookEngineUnsupported, squared_grad_sums
 
         try:
             return squared_grad_sums(model, x, y, weight)

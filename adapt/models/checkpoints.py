@@ -1,0 +1,121 @@
+"""Checkpoints: :func:`save_checkpoint` (atomic), :func:`load_checkpoint` (exact fit or
+a one-line UserError) and :func:`describe_model` (plain facts for reports)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adapt.errors import UserError, exception_line
+from adapt.io import atomic_torch_save, to_jsonable
+from adapt.models.factory import ARCHS, build_model
+from adapt.models.modules import Classifier, unwrap_model
+from adapt.models.weights import describe_target
+
+CHECKPOINT_FORMAT = "domaingap-classifier"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:
+    """Write a domaingap checkpoint atomically (temp file + ``os.replace``).
+
+    Stores ``arch``, ``num_classes``, ``in_channels``, ``feature_dim``, ``normalize``
+    (mean/std lists), ``state_dict`` (CPU tensors) and ``meta`` (classes, image_size,
+    epoch, recipe, ... converted to plain types so ``weights_only`` loading works).
+    """
+    model = unwrap_model(model)
+    if not isinstance(model, Classifier):
+        raise TypeError(f"save_checkpoint expects a Classifier, got {type(model).__name__}")
+    mean, std = model.normalize.stats()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": model.arch,
+        "num_classes": model.num_classes,
+        "in_channels": model.in_channels,
+        "feature_dim": model.feature_dim,
+        "normalize": {"mean": mean, "std": std},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        # plain JSON types, which ``torch.load(weights_only=True)`` accepts; anything
+        # else is a TypeError naming the key
+        "meta": to_jsonable(meta, strict=True, where="checkpoint meta"),
+    }
+    atomic_torch_save(path, payload)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Classifier, dict]:
+    """Rebuild the model saved by :func:`save_checkpoint`; returns ``(model in eval mode, meta)``.
+
+    A missing or corrupt file, a file that is not a domaingap checkpoint, or a state dict
+    that does not fit the architecture it names raises a one-line UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({exception_line(exc)})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a domaingap checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    missing = [k for k in ("arch", "num_classes", "in_channels", "state_dict") if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: damaged domaingap checkpoint, '{missing[0]}' is missing")
+    arch, num_classes, in_channels = ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"]
+    if arch not in ARCHS:
+        raise UserError(f"{path}: checkpoint names unknown arch '{arch}'")
+    model = build_model(arch, num_classes, in_channels)
+    target = model.state_dict()
+    state_dict = ckpt["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{path}: damaged domaingap checkpoint, 'state_dict' is not a mapping")
+    what = describe_target(arch, in_channels, num_classes)
+    for key, expected in target.items():  # exact fit: a checkpoint is never adapted
+        if key not in state_dict:
+            raise UserError(f"{path}: checkpoint does not fit {what}: key '{key}' is missing")
+        if not isinstance(state_dict[key], Tensor) or state_dict[key].shape != expected.shape:
+            got = list(state_dict[key].shape) if isinstance(state_dict[key], Tensor) else type(state_dict[key]).__name__
+            raise UserError(f"{path}: checkpoint does not fit {what}: key '{key}' is {got}, "
+                            f"the model expects {list(expected.shape)}")
+    for key in state_dict:
+        if key not in target:
+            raise UserError(f"{path}: checkpoint does not fit {what}: unexpected key '{key}'")
+    model.load_state_dict(state_dict)
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    model.eval()
+    meta = ckpt.get("meta") or {}
+    return model, dict(meta)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def describe_model(model: nn.Module) -> dict:
+    """Plain facts about a model for reports: arch, sizes, parameter counts, blocks."""
+    model = unwrap_model(model)
+    params = list(model.parameters())
+    out: dict[str, Any] = {
+        "params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+    }
+    if isinstance(model, Classifier):
+        blocks = model.blocks()
+        mean, std = model.normalize.stats()
+        out = {
+            "arch": model.arch,
+            "num_classes": model.num_classes,
+            "in_channels": model.in_channels,
+            "feature_dim": model.feature_dim,
+            "normalize": {"mean": mean, "std": std},
+            "blocks": len(blocks),
+            "trainable_blocks": sum(
+                1 for b in blocks if any(p.requires_grad for p in b.parameters())
+            ),
+            **out,
+        }
+    return out

@@ -1,0 +1,133 @@
+"""What an ``adapt-run`` is made of: its data, its trained stages, and how a model
+is deployed on each domain.
+
+The orchestration layer's shared vocabulary: :mod:`adapt.pipeline` produces these
+objects and :mod:`diagnostics.run_audit` reads them, so they live below both.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from adapt.data import (
+    DomainDataset,
+    check_same_classes,
+    labeled_per_class,
+    load_domain,
+    stratified_split,
+)
+from adapt.errors import UserError
+from adapt.methods.adabn import adabn
+from adapt.recipe import AdaptRunConfig, Recipe
+
+
+@dataclass
+class Domains:
+    """Both domains and their splits (index arrays into the full datasets)."""
+
+    source: DomainDataset
+    target: DomainDataset
+    source_split: dict[str, DomainDataset]
+    target_split: dict[str, DomainDataset]
+    target_labeled: DomainDataset | None
+    #: validation + test images of each domain (never trained on): what the audit measures
+    source_eval: DomainDataset | None = None
+    target_eval: DomainDataset | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    def summary(self) -> dict[str, Any]:
+        def info(ds: DomainDataset) -> dict[str, Any]:
+            counts = ds.class_counts() if ds.has_labels else None
+            return {"n": len(ds), "class_counts": None if counts is None else dict(zip(ds.classes, counts.tolist()))}
+
+        return {
+            "classes": self.classes,
+            "source": {"name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
+                       "skipped": self.source.skipped},
+            "target": {"name": self.target.name, "labels_known": self.target.has_labels,
+                       **{k: info(v) for k, v in self.target_split.items()},
+                       "skipped": self.target.skipped},
+            "target_labeled": None if self.target_labeled is None else len(self.target_labeled),
+        }
+
+
+@dataclass
+class StageOutcome:
+    """One trained model and how it scores."""
+
+    name: str
+    model: nn.Module
+    metrics: dict[str, Any]
+    fit: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    """Every stage of one ``adapt-run`` and the comparison table."""
+
+    run_dir: Path
+    source: StageOutcome
+    runs: dict[str, StageOutcome] = field(default_factory=dict)
+    baselines: dict[str, StageOutcome] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)
+    audit_path: Path | None = None
+
+
+def load_domains(recipe: Recipe) -> Domains:
+    """Both domains with one class mapping, split train/val/test (stratified, seeded)."""
+    d = recipe.data
+    common = dict(image_size=d.image_size, channels=d.channels, skip_unreadable=d.skip_unreadable)
+    source = load_domain(d.source, seed=recipe.seed, **common)
+    if not source.has_labels:
+        raise UserError(f"data.source ({d.source.describe()}): the source domain needs labels")
+    target = load_domain(d.target, seed=recipe.seed, classes=source.classes, **common)
+    if target.has_labels:
+        check_same_classes(source, target)
+    fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
+    fractions = {k: v for k, v in fractions.items() if v > 0}
+    s_idx = stratified_split(source.labels, fractions, seed=recipe.seed)
+    # An unlabelled target (labels −1) is one stratum: a plain seeded split.
+    t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
+    source_split = {k: source.subset(v) for k, v in s_idx.items()}
+    target_split = {k: target.subset(v) for k, v in t_idx.items()}
+    labeled = None
+    if d.target_labeled > 0:
+        if not target.has_labels:
+            raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
+        tr = target_split["train"]
+        labeled = tr.subset(labeled_per_class(tr.labels, d.target_labeled, seed=recipe.seed))
+    held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
+    return Domains(source, target, source_split, target_split, labeled,
+                   source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx))
+
+
+def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
+    """Runs whose BatchNorm statistics end up the target's (AdaBN; fine-tuning on target
+    images, whose precise-BN pass re-estimates them there) are evaluated on the source with
+    source statistics, so that source accuracy measures what the weights retained."""
+    return run_cfg.adabn or run_cfg.objective == "finetune"
+
+
+def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:
+    """A copy of a per-domain-BN model (see :func:`uses_per_domain_bn`) as it meets the
+    source: BatchNorm statistics re-estimated on the unlabelled source training images."""
+    return adabn_on(copy.deepcopy(model), domains.source_split["train"], device)
+
+
+def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.Module:
+    """AdaBN: ``model`` with BatchNorm statistics re-estimated on ``data`` (in place)."""
+    adabn(model, DataLoader(data, batch_size=256, shuffle=False), device)
+    return model
