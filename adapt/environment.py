@@ -5,11 +5,12 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable
 from importlib import metadata
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from adapt import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: the packages whose versions a run's ``metrics.json`` records
 RUN_PACKAGES: tuple[str, ...] = (
@@ -38,6 +39,8 @@ def package_versions(names: Iterable[str] = AUDIT_PACKAGES) -> dict[str, str]:
 def environment_info(device: torch.device) -> dict[str, Any]:
     """Versions (domaingap, python, :data:`RUN_PACKAGES`), the device (with the GPU's
     name), the platform and torch's thread count."""
+    import torch  # late: package_versions serves the torch-free audit too
+
     versions = {"domaingap": __version__, "python": platform.python_version(),
                 **package_versions(RUN_PACKAGES)}
     dev = str(device)

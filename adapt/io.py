@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -51,6 +50,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` into memory, then write atomically."""
+    import torch  # late: keeps this module (and the torch-free audit/report that use to_jsonable) light
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -60,7 +61,8 @@ def to_jsonable(obj: Any, *, strict: bool = False, where: str = "value") -> Any:
     """``obj`` as plain JSON types: dicts (string keys), lists, str, int, float, bool, None.
 
     Converts torch tensors and numpy arrays/scalars (to lists/numbers), tuples (to lists),
-    paths (to strings), pydantic models (``model_dump(mode="json")``) and dataclasses;
+    paths (to strings), objects with ``.to_dict()`` (the diagnostics' results), pydantic
+    models (``model_dump(mode="json")``) and dataclasses;
     non-finite floats become ``None``. Anything else is returned unchanged, or with
     ``strict`` raises ``TypeError`` naming where in ``obj`` it sits (``where.key[i]``).
     """
@@ -74,12 +76,14 @@ def to_jsonable(obj: Any, *, strict: bool = False, where: str = "value") -> Any:
         return {str(k): to_jsonable(v, strict=strict, where=f"{where}.{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v, strict=strict, where=f"{where}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, torch.Tensor):
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor, without importing torch
         return to_jsonable(obj.detach().cpu().tolist(), strict=strict, where=where)
     if isinstance(obj, np.ndarray):
         return to_jsonable(obj.tolist(), strict=strict, where=where)
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):  # the diagnostics' result objects
+        return to_jsonable(obj.to_dict(), strict=strict, where=where)
     if hasattr(obj, "model_dump"):  # pydantic (the recipe)
         return to_jsonable(obj.model_dump(mode="json"), strict=strict, where=where)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

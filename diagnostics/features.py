@@ -33,7 +33,6 @@ gathered, so every rank returns the FeatureSet of the whole dataset in dataset o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from adapt.device import resolve_device
 from adapt.errors import UserError
-from adapt.models import IMAGENET_MEAN, IMAGENET_STD, unwrap_model
+from adapt.models import IMAGENET_MEAN, IMAGENET_STD, hub_checkpoint_path, unwrap_model
 from adapt.progress import progress_bar
 from diagnostics.moments import Moments
 
@@ -161,10 +160,6 @@ def _pixel_extractor(channels: int, pixel_size: int) -> _Extractor:
     return _Extractor("pixels", f"pixels downsampled to {s}×{s}{chans} ({dim}-d; model-free fallback)", dim, fn)
 
 
-def _hub_checkpoint(url: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
 def _imagenet_prep(size: int) -> Callable[[Tensor], Tensor]:
     """[B, C, H, W] in [0, 1] → 3 channels, ``size``², ImageNet mean/std."""
 
@@ -230,9 +225,9 @@ def _torchvision_extractor(name: str) -> _Extractor:
         raise UserError(
             f"features '{name}': unknown; use model, pixels or a torchvision architecture (e.g. inception_v3)"
         ) from None
-    path = _hub_checkpoint(weights.url)
+    path = hub_checkpoint_path(weights.url)
     if name == "inception_v3":
-        fid_path = _hub_checkpoint(FID_WEIGHTS_URL)
+        fid_path = hub_checkpoint_path(FID_WEIGHTS_URL)
         if fid_path.is_file():
             try:
                 import pytorch_fid  # noqa: F401
@@ -241,7 +236,7 @@ def _torchvision_extractor(name: str) -> _Extractor:
             else:
                 return _fid_inception_extractor(fid_path)
     if not path.is_file():
-        also = f" (or pytorch-fid's FID weights {FID_WEIGHTS_URL} at {_hub_checkpoint(FID_WEIGHTS_URL)})" \
+        also = f" (or pytorch-fid's FID weights {FID_WEIGHTS_URL} at {hub_checkpoint_path(FID_WEIGHTS_URL)})" \
             if name == "inception_v3" else ""
         raise UserError(
             f"features '{name}': ImageNet weights not found at {path}; nothing is downloaded - "

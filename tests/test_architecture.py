@@ -47,14 +47,6 @@ LAYERS: list[tuple[str, int, str]] = [
 ]
 
 LINE_LIMIT = 500
-#: Files over the line limit that the diagnostics split (issue 9, measurement side, branch
-#: arch-diag) breaks into packages; delete this set when it lands. (That split also removes
-#: the last layer violations on the measurement side; on this branch there are none left.)
-OVER_LIMIT_UNTIL_DIAGNOSTICS_SPLIT = {
-    "diagnostics/attribution.py",  # -> diagnostics/attribution/ (captum calls, geometry, occlusion, verdicts)
-    "diagnostics/audit.py",  # -> diagnostics/audit/ (contract, thresholds, policies, wording)
-    "diagnostics/report/render.py",  # stops reaching into audit's private helpers
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -203,6 +195,6 @@ def test_no_source_file_over_the_line_limit():
         for path in (ROOT / pkg).rglob("*.py"):
             rel = path.relative_to(ROOT).as_posix()
             n = len(path.read_text().splitlines())
-            if n > LINE_LIMIT and rel not in OVER_LIMIT_UNTIL_DIAGNOSTICS_SPLIT:
+            if n > LINE_LIMIT:
                 over[rel] = n
     assert not over, f"files over {LINE_LIMIT} lines (split them by concern): {over}"

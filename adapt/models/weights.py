@@ -106,6 +106,11 @@ def load_fitting(
     module.load_state_dict(sd, strict=False)
 
 
+def hub_checkpoint_path(url: str) -> Path:
+    """Where torch's hub cache keeps the file downloaded from ``url`` (nothing is downloaded here)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
 def imagenet_weights_path(arch: str) -> tuple[Path, str]:
     """(where torchvision's ImageNet file for ``arch`` must be, the URL it comes from)."""
     if arch not in TORCHVISION:
@@ -113,7 +118,7 @@ def imagenet_weights_path(arch: str) -> tuple[Path, str]:
     import torchvision.models as tvm  # late: ~1 s to import, and the small CNN never needs it
 
     url = tvm.get_model_weights(TORCHVISION[arch].constructor).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
+    return hub_checkpoint_path(url), url
 
 
 def describe_target(arch: str, in_channels: int, num_classes: int) -> str:

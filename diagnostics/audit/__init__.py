@@ -18,12 +18,12 @@ from diagnostics.audit.build import build_audit, compute_verdicts
 from diagnostics.audit.collapse_policy import collapse_verdict
 from diagnostics.audit.contract import Audit, AuditInput, RunInfo, StageResult, number, section
 from diagnostics.audit.gap_policy import gap_verdict
-from diagnostics.audit.plain import to_plain
+from adapt.io import to_jsonable
 from diagnostics.audit.spurious_policy import finding_level, spurious_verdict
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
 from diagnostics.audit.verdict import LEVELS, Verdict, overall_verdict, worst_level
-from diagnostics.audit.versions import package_versions
+from adapt.environment import package_versions
 from diagnostics.audit.wording import fmt_p, p_phrase, percent, points, signed_points, statistic
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
     "signed_points",
     "spurious_verdict",
     "statistic",
-    "to_plain",
+    "to_jsonable",
     "transfer_verdict",
     "worst_level",
 ]

@@ -9,12 +9,12 @@ from typing import Iterable, Mapping
 from diagnostics.audit.collapse_policy import collapse_verdict
 from diagnostics.audit.contract import Audit, RunInfo, StageResult
 from diagnostics.audit.gap_policy import gap_verdict
-from diagnostics.audit.plain import to_plain
+from adapt.io import to_jsonable
 from diagnostics.audit.spurious_policy import spurious_verdict
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
 from diagnostics.audit.verdict import Verdict
-from diagnostics.audit.versions import package_versions
+from adapt.environment import package_versions
 
 
 def compute_verdicts(
@@ -61,7 +61,7 @@ def build_audit(
     if b is None:
         raise ValueError("build_audit needs a 'before' stage")
     a = StageResult.from_dict(after)
-    info = RunInfo.from_dict(to_plain(run) if run is not None and not isinstance(run, RunInfo) else run)
+    info = RunInfo.from_dict(to_jsonable(run) if run is not None and not isinstance(run, RunInfo) else run)
     if info.created is None:
         info.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if not info.versions:
@@ -71,7 +71,7 @@ def build_audit(
         after=a,
         classes=[str(c) for c in classes],
         run=info,
-        methods_table=[dict(to_plain(r)) for r in (methods_table or [])],
+        methods_table=[dict(to_jsonable(r)) for r in (methods_table or [])],
         verdicts=compute_verdicts(b, a, thresholds=thresholds),
         thresholds=dataclasses.asdict(thresholds),
     )

@@ -64,7 +64,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from diagnostics.audit.plain import to_plain
+from adapt.io import to_jsonable
 from diagnostics.audit.verdict import Verdict, overall_verdict
 
 
@@ -112,7 +112,7 @@ class StageResult:
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name}
         for key in self._SECTIONS:
-            out[key] = to_plain(getattr(self, key)) or {}
+            out[key] = to_jsonable(getattr(self, key)) or {}
         return out
 
     @classmethod
@@ -122,7 +122,7 @@ class StageResult:
             return None
         if isinstance(d, StageResult):
             return d
-        d = to_plain(d)
+        d = to_jsonable(d)
         kwargs = {k: (d.get(k) if isinstance(d.get(k), Mapping) else {}) for k in cls._SECTIONS}
         return cls(name=str(d.get("name") or "model"), **kwargs)
 
@@ -146,7 +146,7 @@ class RunInfo:
     created: str | None = None
 
     def to_dict(self) -> dict:
-        return to_plain(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping | RunInfo | None) -> RunInfo:
@@ -189,8 +189,8 @@ class Audit:
             "verdicts": [v.to_dict() for v in self.verdicts],
             "before": self.before.to_dict(),
             "after": None if self.after is None else self.after.to_dict(),
-            "methods_table": to_plain(self.methods_table) or [],
-            "thresholds": to_plain(self.thresholds) or {},
+            "methods_table": to_jsonable(self.methods_table) or [],
+            "thresholds": to_jsonable(self.thresholds) or {},
         }
 
     def to_json(self, indent: int | None = 2) -> str:

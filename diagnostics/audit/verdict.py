@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from diagnostics.audit.plain import to_plain
+from adapt.io import to_jsonable
 
 LEVELS = ("ok", "warn", "fail")
 _RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
@@ -37,7 +37,7 @@ class Verdict:
             "level": self.level,
             "title": self.title,
             "summary": self.summary,
-            "evidence": to_plain(self.evidence) or {},
+            "evidence": to_jsonable(self.evidence) or {},
         }
 
     @classmethod
