@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from adapt.errors import UserError
+from adapt.errors import UserError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--nproc: must be at least 1 (got {args.nproc})")
         return _run(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with: adapt-run RECIPE --resume", file=sys.stderr)

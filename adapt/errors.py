@@ -18,3 +18,18 @@ def exception_line(exc: BaseException) -> str:
     third-party exception, short enough to end a one-line :class:`UserError`."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def one_line(err: UserError) -> str:
+    """The message a CLI prints for ``err``: always one line.
+
+    A UserError raised inside a DataLoader worker (a file that fails to decode
+    mid-training) comes back re-raised by torch with the worker's traceback in its
+    message ("Caught UserError in DataLoader worker process 0.\\nOriginal Traceback
+    ..."); its last line holds the original message.
+    """
+    text = str(err).strip()
+    lines = text.splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in lines[1]:
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)

@@ -26,9 +26,10 @@ from adapt.models import ARCHS
 
 
 class _Section(BaseModel):
-    """Every recipe section rejects unknown keys (typos must not pass silently)."""
+    """Every recipe section rejects unknown keys (typos must not pass silently) and
+    non-finite numbers (``lr: .inf`` or ``1e400`` is a typo, never a setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitConfig(_Section):
@@ -61,6 +62,10 @@ class DataConfig(_Section):
     #: K labelled target images per class, taken from the target training split, for
     #: fine-tuning methods and the from-scratch target baseline (0 = unsupervised)
     target_labeled: int = Field(0, ge=0)
+    #: all: the target's labels must cover every source class (a class missing from a
+    #: labelled target is an error); subset: the target may lack some classes (its
+    #: per-class metrics then leave them out, and data.json lists them)
+    target_classes: Literal["all", "subset"] = "all"
     num_workers: int = Field(0, ge=0)
 
 
@@ -99,7 +104,7 @@ class EWCConfig(_Section):
     #: source images used to estimate the Fisher
     samples: int = Field(500, ge=1)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @field_validator("fisher", mode="before")
     @classmethod
@@ -221,8 +226,15 @@ class Recipe(_Section):
     @classmethod
     def _seed_range(cls, v: int) -> int:
         if not 0 <= v < 2**31:
-            raise ValueError(f"must be between 0 and 2^31-1 (got {v})")
+            raise ValueError("must be between 0 and 2^31-1")  # the formatter adds "(got v)"
         return v
+
+    @model_validator(mode="after")
+    def _selection_has_data(self) -> Recipe:
+        if self.method.selection == "source_val" and self.data.split.val == 0:
+            raise ValueError("method.selection: source_val needs a source validation split "
+                             "(data.split.val is 0; choose im, snd or last, or set data.split.val)")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -268,9 +280,44 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return recipe
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error
+    (PyYAML keeps the last value silently, so ``lr`` written twice hides the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that rejects duplicate mapping keys (raises a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
+
+
 def parse_yaml(text: str, label: str) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load_unique(text)
+    except _DuplicateKey as e:
+        raise UserError(f"{label}: duplicate key {e.key!r} at line {e.line} (first at line {e.first_line}); "
+                        "YAML would keep only the last value") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -294,7 +341,9 @@ def apply_override(raw: dict[str, Any], item: str, label: str = "override") -> N
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{item}': empty key path")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = safe_load_unique(value_text) if value_text.strip() else None
+    except _DuplicateKey as e:
+        raise UserError(f"override '{item}': duplicate key {e.key!r}") from None
     except yaml.YAMLError:
         value = value_text
     if isinstance(value, str) and _looks_like_float(value):
@@ -356,13 +405,14 @@ def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         )
         prefix = f"{'.'.join(parent)}: " if parent else ""
         return f"{prefix}unknown key '{bad}'{suggestion}"
-    where = ".".join(loc) if loc else "recipe"
     msg = first["msg"]
     for old, new in (("Input should be", "must be"), ("Value error, ", ""), ("Field required", "is required")):
         msg = msg.replace(old, new)
+    if not loc:  # a whole-recipe check: its message names the keys itself
+        return msg
     if kind != "missing" and "input" in first and not isinstance(first["input"], (dict, list)):
         msg += f" (got {first['input']!r})" if isinstance(first["input"], str) else f" (got {first['input']})"
-    return f"{where}: {msg}"
+    return f"{'.'.join(loc)}: {msg}"
 
 
 def _allowed_keys(parent: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from adapt.data import (
     DomainDataset,
     check_same_classes,
+    check_trainable_classes,
     labeled_per_class,
     load_domain,
     stratified_split,
@@ -41,6 +42,8 @@ class Domains:
     #: validation + test images of each domain (never trained on): what the audit measures
     source_eval: DomainDataset | None = None
     target_eval: DomainDataset | None = None
+    #: classes a labelled target has no images of (only with data.target_classes: subset)
+    target_missing: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -56,6 +59,7 @@ class Domains:
             "source": {"name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
                        "skipped": self.source.skipped},
             "target": {"name": self.target.name, "labels_known": self.target.has_labels,
+                       "missing_classes": self.target_missing,
                        **{k: info(v) for k, v in self.target_split.items()},
                        "skipped": self.target.skipped},
             "target_labeled": None if self.target_labeled is None else len(self.target_labeled),
@@ -96,6 +100,7 @@ def load_domains(recipe: Recipe) -> Domains:
     target = load_domain(d.target, seed=recipe.seed, classes=source.classes, **common)
     if target.has_labels:
         check_same_classes(source, target)
+    target_missing = check_trainable_classes(source, target, target_subset=d.target_classes == "subset")
     fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
     fractions = {k: v for k, v in fractions.items() if v > 0}
     s_idx = stratified_split(source.labels, fractions, seed=recipe.seed)
@@ -111,7 +116,8 @@ def load_domains(recipe: Recipe) -> Domains:
         labeled = tr.subset(labeled_per_class(tr.labels, d.target_labeled, seed=recipe.seed))
     held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
     return Domains(source, target, source_split, target_split, labeled,
-                   source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx))
+                   source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx),
+                   target_missing=target_missing)
 
 
 def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:

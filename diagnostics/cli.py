@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import UserError
+from adapt.errors import UserError, one_line
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_audit(args)
         raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -125,6 +125,26 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--bootstrap, --workers: must be >= 0")
     if args.image_size is not None and args.image_size < 1:
         raise UserError(f"--image-size: must be positive, got {args.image_size}")
+    _check_seed(args.seed)
+    for option in ("json", "html"):
+        _check_output_file(f"--{option}", getattr(args, option))
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**31:
+        raise UserError(f"--seed: must be between 0 and 2^31-1 (got {seed})")
+
+
+def _check_output_file(option: str, value: str | None) -> None:
+    """An output file must be writable as a file: checked before any work is done."""
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"{option} {value}: is a folder (give a file name)")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{option} {value}: {parent} is a file, not a folder")
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
@@ -253,6 +273,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise UserError(f"--n: must be at least 1, got {args.n}")
+    _check_seed(args.seed)
+    out = Path(args.out)
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"{blocker}: exists and is not a folder" + (f" (OUT is {out})" if blocker != out else ""))
     root = write_phantom(args.out, args.site, args.n, seed=args.seed, image_size=args.image_size)
     print(f"wrote {args.n} phantom-cxr site {args.site} images ({args.image_size}×{args.image_size}) to "
           f"{root}/<class>/ and {Path(root) / 'manifest.csv'}")

@@ -19,10 +19,11 @@ from torch import nn
 
 from adapt.environment import environment_info
 from adapt.errors import UserError
+from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, build_audit
-from diagnostics.report import write_report
+from diagnostics.report import render_html, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import DiagnosticsConfig, Recipe
@@ -308,14 +309,32 @@ def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None
 
 
 def rerender(run_dir: str | Path) -> Path:
-    """``diagnose audit RUN_DIR``: render ``audit.html`` again from ``audit.json``."""
+    """``diagnose audit RUN_DIR``: render ``audit.html`` again from ``audit.json``.
+
+    ``audit.json`` is the input here: it is read, never written.
+    """
     run_dir = Path(run_dir)
     src = run_dir / "audit.json"
     if not src.is_file():
         raise UserError(f"{run_dir}: no audit.json (run adapt-run with diagnostics.enabled: true first)")
     try:
-        data = json.loads(src.read_text())
+        data = json.loads(src.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{src}: not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{src}: not valid JSON (line {e.lineno})") from None
-    html, _ = write_report(data, run_dir / "audit.html", run_dir / "audit.json")
-    return html
+    not_audit = f"{src}: not an audit written by adapt-run"
+    if not isinstance(data, dict):
+        raise UserError(f"{not_audit} (a JSON {_json_kind(data)}, expected an object)")
+    missing = [k for k in ("before", "verdicts", "run", "classes") if k not in data]
+    if missing:
+        raise UserError(f"{not_audit} (no {', '.join(repr(k) for k in missing)})")
+    try:
+        html = render_html(data)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        raise UserError(f"{not_audit} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return atomic_write_text(run_dir / "audit.html", html)
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")

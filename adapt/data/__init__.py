@@ -12,7 +12,7 @@ Public API (see docs/interfaces.md, section adapt/data)::
 
 from __future__ import annotations
 
-from adapt.data.domain import DomainDataset, check_same_classes, load_domain
+from adapt.data.domain import DomainDataset, check_same_classes, check_trainable_classes, load_domain
 from adapt.data.phantom import CLASSES, SITES, PhantomBatch, SiteStyle, make_phantom, write_phantom
 from adapt.data.sampling import class_balanced_sampler, class_balanced_weights
 from adapt.data.spec import DomainSpec, parse_domain_arg
@@ -26,6 +26,7 @@ __all__ = [
     "PhantomBatch",
     "SiteStyle",
     "check_same_classes",
+    "check_trainable_classes",
     "class_balanced_sampler",
     "class_balanced_weights",
     "labeled_per_class",

@@ -215,6 +215,28 @@ def check_same_classes(source: DomainDataset, target: DomainDataset) -> None:
     raise UserError("classes differ between domains; " + "; ".join(parts))
 
 
+def check_trainable_classes(source: DomainDataset, target: DomainDataset, target_subset: bool = False) -> list[str]:
+    """UserError unless ``source`` can train a classifier for ``target``; returns the
+    classes a labelled target lacks (only possible with ``target_subset``).
+
+    A classifier needs at least two classes (with one, every prediction is right and
+    every accuracy 100 %). A labelled target must hold images of every class unless the
+    recipe says it is a subset by design (``data.target_classes: subset``): a class
+    missing by accident would otherwise just report a recall of null.
+    """
+    present = [c for c, k in zip(source.classes, source.class_counts()) if k > 0]
+    if len(present) < 2:
+        raise UserError(f"{source.name}: at least two classes are needed to train a classifier "
+                        f"(found {len(present)}: {present})")
+    if not target.has_labels:
+        return []
+    missing = [c for c, k in zip(target.classes, target.class_counts()) if k == 0]
+    if missing and not target_subset:
+        raise UserError(f"{target.name}: the target has no images of class(es) {missing} "
+                        "(set data.target_classes: subset if it lacks them by design)")
+    return missing
+
+
 # -- file records ---------------------------------------------------------------------
 
 
@@ -326,7 +348,8 @@ def _build_file_domain(
     skipped: list[tuple[str, str]] = []
     for r in records:
         dicom = force_dicom or is_dicom_path(r.path)
-        reason = check_readable(r.path, dicom)
+        # with skipping on, decode every image now: a skipped file must never be met mid-training
+        reason = check_readable(r.path, dicom, decode=skip_unreadable)
         if reason is None and r.mask is not None:
             mask_reason = check_readable(r.mask, is_dicom_path(r.mask))
             if mask_reason is not None:

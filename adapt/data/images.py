@@ -40,26 +40,38 @@ def is_dicom_path(path: str | Path) -> bool:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_readable(path: str | Path, dicom: bool) -> str | None:
-    """Cheap readability check done at load time: ``None`` if fine, else the reason.
+def check_readable(path: str | Path, dicom: bool, decode: bool = False) -> str | None:
+    """Readability check done at load time: ``None`` if fine, else the reason.
 
-    Pillow: ``Image.open(...).verify()`` (header and, for PNG, chunk checksums).
+    Pillow: ``Image.open(...).verify()`` (header and, for PNG, chunk checksums) — cheap,
+    but it does not inflate the pixel data, so a file with valid checksums around
+    garbage compressed data passes; ``decode=True`` also decodes every pixel (what
+    ``skip_unreadable`` uses, so that a skipped file is never met mid-training).
+    An image above Pillow's decompression-bomb limit is unreadable.
     DICOM: ``dcmread`` must parse and the file must hold pixel data.
     """
     path = Path(path)
     if not path.is_file():
         return "file not found"
     if dicom:
-        return _check_dicom(path)
+        return _check_dicom(path, decode)
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        with warnings.catch_warnings():
+            # past MAX_IMAGE_PIXELS Pillow warns (and past twice that it refuses): a
+            # large image is read, but without a warning line per file
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()
+            if decode:
+                read_pil_array(path)
+    except Image.DecompressionBombError as err:
+        return f"not a readable image (decompression bomb: {_short(err)})"
+    except Exception as err:  # noqa: BLE001 — decoding errors come in many types (PIL, zlib)
         return f"not a readable image ({_short(err)})"
     return None
 
 
-def _check_dicom(path: Path) -> str | None:
+def _check_dicom(path: Path, decode: bool = False) -> str | None:
     import pydicom  # late (here and below): only DICOM folders pay pydicom's import time
     from pydicom.errors import InvalidDicomError
 
@@ -69,6 +81,11 @@ def _check_dicom(path: Path) -> str | None:
         return f"not a readable DICOM file ({_short(err)})"
     if "PixelData" not in ds:
         return "DICOM file has no pixel data"
+    if decode:
+        try:
+            read_dicom_array(path)
+        except Exception as err:  # noqa: BLE001 — pixel decoders raise many types
+            return f"not a readable DICOM file ({_short(err)})"
     return None
 
 
@@ -89,11 +106,14 @@ def read_image(path: str | Path, image_size: int, channels: int, dicom: bool | N
     if dicom is None:
         dicom = is_dicom_path(path)
     try:
-        gray_or_rgb = read_dicom_array(path) if dicom else read_pil_array(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            gray_or_rgb = read_dicom_array(path) if dicom else read_pil_array(path)
     except UserError:
         raise
     except Exception as err:  # decoding errors come in many types (PIL, zlib, pydicom)
-        raise UserError(f"{path}: cannot decode image ({_short(err)})") from None
+        raise UserError(f"{path}: cannot decode image ({_short(err)}); "
+                        "data.skip_unreadable: true decodes every image before training and skips such files") from None
     return to_tensor(gray_or_rgb, image_size, channels)
 
 
