@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="override recipe fields, e.g. train.epochs=3 method.runs.0.adabn=false")
     p.add_argument("--resume", action="store_true",
-                   help="continue a killed run from its checkpoints (finished stages are loaded)")
+                   help="continue a killed run from its checkpoints (finished stages are loaded; the "
+                   "recipe must be the same but for output-only keys)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in the run folder (without it, a folder that holds a "
+                   "run is only ever continued with --resume)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes (torch.distributed; gloo on CPU, NCCL on GPU)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the audit report")
@@ -58,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = distributed.init_from_env(resolve_device(recipe.train.device, "train.device"))
     try:
-        summary = run_recipe(recipe, resume=args.resume, ctx=ctx, progress=not args.quiet,
+        summary = run_recipe(recipe, resume=args.resume, overwrite=args.overwrite, ctx=ctx, progress=not args.quiet,
                              diagnostics=False if args.no_diagnostics else None)
     finally:
         distributed.shutdown()

@@ -11,11 +11,16 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adapt.errors import UserError, exception_line
 
 
 def _file_mode(path: Path) -> int:
@@ -84,6 +89,28 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def torch_load(path: str | os.PathLike, what: str, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, or a one-line :class:`UserError`
+    "``path``: not a readable ``what`` (reason)".
+
+    Only tensors and plain values are ever loaded: a file holding pickled Python objects
+    (code could run on loading) is refused, and said so in words instead of torch's
+    multi-line advice on how to load it anyway. Torch's warnings on the way (legacy
+    formats, a refused pickle) are not shown: the error line says what matters.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        reason = ("it holds pickled Python objects, which are never loaded: only tensors and plain values"
+                  if "Weights only load failed" in str(exc) else exception_line(exc))
+    except Exception as exc:  # noqa: BLE001 — corrupt, truncated, not a torch file at all
+        reason = exception_line(exc)
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200]
+    raise UserError(f"{path}: not a readable {what} ({reason})")
 
 
 def to_jsonable(obj: Any, *, strict: bool = False, where: str = "value") -> Any:

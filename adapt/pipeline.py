@@ -35,6 +35,8 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
+from adapt.fingerprint import SOURCE, TARGET_SCRATCH, fingerprint, stage_fields
+from adapt.run_folder import check_run_folder, clear_run
 from adapt.runs import (
     Domains,
     RunSummary,
@@ -56,11 +58,12 @@ def _final_checkpoint(stage_dir: Path) -> Path:
     return stage_dir / "model.pt"
 
 
-def _save_stage(stage_dir: Path, model: nn.Module, recipe: Recipe, domains: Domains, **meta: Any) -> None:
+def _save_stage(stage_dir: Path, model: nn.Module, recipe: Recipe, domains: Domains, stage: str,
+                **meta: Any) -> None:
     save_checkpoint(
         _final_checkpoint(stage_dir), model,
         classes=domains.classes, image_size=recipe.data.image_size, channels=recipe.data.channels,
-        recipe=recipe.to_yaml(), **meta,
+        recipe=recipe.to_yaml(), recipe_fingerprint=fingerprint(stage_fields(recipe, stage)), **meta,
     )
 
 
@@ -83,13 +86,13 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
 
 
 def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
-                 resume: bool, ctx: DistContext, progress: bool) -> StageOutcome:
-    """Stage 2: the source model, trained on labelled source data (or loaded)."""
-    stage_dir = run_dir / "source"
+                 resume: bool, ctx: DistContext, progress: bool, loaded: nn.Module | None = None) -> StageOutcome:
+    """Stage 2: the source model, trained on labelled source data (or ``loaded``, the
+    checked ``model.source_checkpoint``: see :func:`load_source_checkpoint`)."""
+    stage_dir = run_dir / SOURCE
     t0 = time.perf_counter()
     if recipe.model.source_checkpoint:
-        model, meta = load_checkpoint(recipe.model.source_checkpoint)
-        _check_checkpoint_fits(recipe.model.source_checkpoint, meta, model, domains, recipe)
+        model = loaded if loaded is not None else load_source_checkpoint(recipe, domains)
         model.to(device)
         return StageOutcome("source-only", model, _evaluate_all(model, domains, device, recipe),
                             fit={"loaded_from": recipe.model.source_checkpoint})
@@ -112,10 +115,11 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
         cfg=recipe.train, out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
         strategy=recipe.strategy, sample_weights=weights, resume=resume, desc="source",
         ctx=ctx, progress=progress, num_workers=recipe.data.num_workers,
+        recipe_fingerprint=fingerprint(stage_fields(recipe, SOURCE)),
     )
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + result.earlier_seconds
     if ctx.is_main:
-        _save_stage(stage_dir, model, recipe, domains, fit=result.to_dict(), seconds=seconds)
+        _save_stage(stage_dir, model, recipe, domains, SOURCE, fit=result.to_dict(), seconds=seconds)
     return StageOutcome("source-only", model, _evaluate_all(model, domains, device, recipe),
                         fit=result.to_dict(), seconds=seconds)
 
@@ -130,8 +134,24 @@ def _load_finished(name: str, stage_dir: Path, domains: Domains, device: torch.d
                         seconds=float(meta.get("seconds", 0.0)))
 
 
+def load_source_checkpoint(recipe: Recipe, domains: Domains) -> nn.Module:
+    """``model.source_checkpoint``, loaded and checked against the recipe and the data
+    (classes, channels, architecture, image size): a one-line UserError otherwise."""
+    path = recipe.model.source_checkpoint
+    model, meta = load_checkpoint(path)
+    _check_checkpoint_fits(path, meta, model, domains, recipe)
+    return model
+
+
 def _check_checkpoint_fits(path: str, meta: dict[str, Any], model: nn.Module, domains: Domains,
                            recipe: Recipe) -> None:
+    if model.arch != recipe.model.arch:
+        raise UserError(f"{path}: the checkpoint is a {model.arch} but model.arch is {recipe.model.arch} "
+                        f"(set model.arch: {model.arch})")
+    size = meta.get("image_size")
+    if size is not None and size != recipe.data.image_size:
+        raise UserError(f"{path}: the checkpoint was trained on {size}x{size} images but data.image_size is "
+                        f"{recipe.data.image_size} (set data.image_size: {size})")
     classes = meta.get("classes")
     if classes is not None and list(classes) != list(domains.classes):
         raise UserError(f"{path}: checkpoint classes {list(classes)} differ from the data's {domains.classes}")
@@ -144,7 +164,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
               device: torch.device, run_dir: Path, resume: bool, ctx: DistContext,
               progress: bool) -> StageOutcome:
     """Stage 3: one adaptation run from the source model's weights."""
-    stage_dir = run_dir / "methods" / run_cfg.name
+    stage = f"methods/{run_cfg.name}"
+    stage_dir = run_dir / stage
     if resume and _final_checkpoint(stage_dir).exists():
         return _load_finished(run_cfg.name, stage_dir, domains, device, recipe,
                               per_domain_bn=uses_per_domain_bn(run_cfg))
@@ -169,6 +190,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     epochs = recipe.train.epochs if run_cfg.epochs is None else run_cfg.epochs
     fit_info: dict[str, Any] | None = None
     selection = None
+    earlier = 0.0
     if parts.objective is not None and epochs > 0:
         train_cfg = recipe.train.model_copy(update={"schedule": "dann"}) if run_cfg.objective == "dann" \
             else recipe.train
@@ -178,9 +200,10 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             target_train=parts.target_data, style=parts.style, feature_style=parts.feature_style,
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,
-            num_workers=recipe.data.num_workers,
+            num_workers=recipe.data.num_workers, recipe_fingerprint=fingerprint(stage_fields(recipe, stage)),
         )
         fit_info = result.to_dict()
+        earlier = result.earlier_seconds  # the time of an interrupted earlier part counts too
         selection = selection_summary(result.history, selector, result.best_epoch)
     if run_cfg.adabn:
         adabn_on(model, target_train, device)
@@ -189,9 +212,9 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                                 class_names=domains.classes, device=device,
                                 source_prepare=source_prepare)(model)
         selection = {"selector": selector, "selected_epoch": 0, "epochs": [{"epoch": 0, **logs}]}
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 + earlier
     if ctx.is_main:
-        _save_stage(stage_dir, model, recipe, domains, fit=fit_info, selection=selection, seconds=seconds,
+        _save_stage(stage_dir, model, recipe, domains, stage, fit=fit_info, selection=selection, seconds=seconds,
                     run=run_cfg.model_dump(by_alias=True))
         atomic_write_json(stage_dir / "selection.json", selection)
     return StageOutcome(run_cfg.name, model,
@@ -202,7 +225,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
 def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
                    resume: bool, ctx: DistContext, progress: bool) -> StageOutcome:
     """Stage 4: the same architecture trained from scratch on the labelled target images."""
-    stage_dir = run_dir / "baselines" / "target_scratch"
+    stage_dir = run_dir / TARGET_SCRATCH
     if resume and _final_checkpoint(stage_dir).exists():
         return _load_finished("target-scratch", stage_dir, domains, device, recipe)
     t0 = time.perf_counter()
@@ -211,10 +234,11 @@ def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_d
     model.to(device)
     result = fit(model, SourceOnly(recipe.train.label_smoothing), domains.target_labeled,
                  cfg=recipe.train.model_copy(update={"patience": None}), out_dir=stage_dir,
-                 seed=recipe.seed, resume=resume, desc="target-scratch", ctx=ctx, progress=progress)
-    seconds = time.perf_counter() - t0
+                 seed=recipe.seed, resume=resume, desc="target-scratch", ctx=ctx, progress=progress,
+                 recipe_fingerprint=fingerprint(stage_fields(recipe, TARGET_SCRATCH)))
+    seconds = time.perf_counter() - t0 + result.earlier_seconds
     if ctx.is_main:
-        _save_stage(stage_dir, model, recipe, domains, fit=result.to_dict(), seconds=seconds)
+        _save_stage(stage_dir, model, recipe, domains, TARGET_SCRATCH, fit=result.to_dict(), seconds=seconds)
     return StageOutcome("target-scratch", model, _evaluate_all(model, domains, device, recipe),
                         fit=result.to_dict(), seconds=seconds)
 
@@ -265,9 +289,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGLE,
+def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, ctx: DistContext = SINGLE,
                progress: bool = True, diagnostics: bool | None = None) -> RunSummary:
-    """Run every stage of ``recipe``; return the models and the comparison."""
+    """Run every stage of ``recipe``; return the models and the comparison.
+
+    Every input (data, ``model.source_checkpoint``, the run folder's state — see
+    :mod:`adapt.run_folder`) is checked before the run folder is touched. A folder holding
+    an earlier run is continued with ``resume`` or replaced with ``overwrite``, never
+    otherwise written into.
+    """
     t0 = time.perf_counter()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -278,7 +308,11 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGL
     say = reporter(progress and ctx.is_main)
 
     domains = load_domains(recipe)
+    loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
+    check_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
     if ctx.is_main:
+        if overwrite:
+            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         atomic_write_json(run_dir / "data.json", domains.summary())
@@ -288,7 +322,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGL
         if dom.skipped:
             say(f"data: skipped {len(dom.skipped)} unreadable file(s) in {dom.name}, e.g. {dom.skipped[0][0]}")
 
-    source = train_source(recipe, domains, device, run_dir, resume, ctx, progress)
+    source = train_source(recipe, domains, device, run_dir, resume, ctx, progress, loaded)
     summary = RunSummary(run_dir=run_dir, source=source)
     say(_one_line("source-only", source.metrics))
     for run_cfg in recipe.method.runs:

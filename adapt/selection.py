@@ -76,9 +76,7 @@ def make_score_fn(
     fine-tuning runs are measured on the source with the source's statistics)."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
-    epoch_counter = {"n": 0}
-
-    def score(model: nn.Module) -> tuple[float, dict[str, float]]:
+    def score(model: nn.Module) -> tuple[float | None, dict[str, float]]:
         candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
         logs = label_free_scores(predict(candidate, target, device, batch_size)["probs"])
         if source_val is not None and len(source_val):
@@ -86,9 +84,8 @@ def make_score_fn(
             out = predict(on_source, source_val, device, batch_size)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
-        epoch_counter["n"] += 1
         if selector == "last":
-            return float(epoch_counter["n"]), logs
+            return None, logs  # no selection: the loop takes the last epoch
         if selector == "source_val":
             return logs.get("source_val_accuracy", float("nan")), logs
         return logs[selector], logs

@@ -31,16 +31,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from adapt import distributed as dist_utils
 from adapt.distributed import SINGLE, DistContext
-from adapt.errors import UserError
-from adapt.io import atomic_torch_save
+from adapt.errors import UserError, exception_line
+from adapt.fingerprint import check_fingerprint
+from adapt.io import atomic_torch_save, torch_load
 from adapt.methods.adabn import adabn, batchnorm_layers
 from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
 from adapt.progress import progress_bar, reporter
 from adapt.recipe import StrategyConfig, TrainConfig
 from adapt.strategies import apply_strategy, freeze_bn_stats, param_groups
 
-#: a score function returns (score, logs); higher is better
-ScoreFn = Callable[[nn.Module], "tuple[float, dict[str, float]]"]
+#: a score function returns (score, logs); higher is better; a score of None means no
+#: selection (the last epoch is the best, as without a score function)
+ScoreFn = Callable[[nn.Module], "tuple[float | None, dict[str, float]]"]
 
 
 @dataclass
@@ -53,7 +55,10 @@ class FitResult:
     stopped_early: bool
     history: list[dict[str, Any]] = field(default_factory=list)
     best_checkpoint: str | None = None
+    #: training time, the parts before a resume included
     seconds: float = 0.0
+    #: of which spent before this process resumed the run
+    earlier_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +159,9 @@ class _Loop:
     num_workers: int
     desc: str  # names the run in progress output and errors
     show_bar: bool
+    #: the recipe fields these weights depend on (adapt.run_folder), stored in every checkpoint
+    recipe_fingerprint: dict[str, Any] | None = None
+    t0: float = 0.0
 
 
 def fit(
@@ -178,6 +186,7 @@ def fit(
     ctx: DistContext = SINGLE,
     progress: bool = True,
     num_workers: int = 0,
+    recipe_fingerprint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``objective``; return a :class:`FitResult`.
 
@@ -186,6 +195,8 @@ def fit(
     with optimiser and schedule state, for ``resume``) and ``out_dir/best.pt``.
     ``target_train`` supplies one unlabelled batch per step when the objective, the
     style or the feature style declares ``uses_target`` (and must be given then).
+    ``recipe_fingerprint`` (see :mod:`adapt.run_folder`) is stored in every checkpoint;
+    resuming from a ``last.pt`` with another one is a UserError naming the changed keys.
     """
     t0 = time.perf_counter()
     parts = MethodParts(objective, style, feature_style, penalties)
@@ -195,11 +206,11 @@ def fit(
     loop = _setup(model, objective, len(source_train), cfg, strategy, ctx, Path(out_dir),
                   epochs=cfg.epochs if epochs is None else epochs, lr=cfg.lr if lr is None else lr,
                   seed=seed, num_workers=num_workers, desc=desc, show_bar=progress and ctx.is_main)
+    loop.recipe_fingerprint, loop.t0 = recipe_fingerprint, t0
     state = _resume_or_start(loop, resume, say)
+    earlier = float(state.get("seconds", 0.0))
 
-    stopped_early = state["bad_epochs"] > 0  # a resumed run that had already stopped
-    if state["epoch"] + 1 < loop.epochs and not _out_of_patience(state, cfg):
-        stopped_early = False
+    if state["epoch"] + 1 < loop.epochs and not state.get("stopped_early", _out_of_patience(state, cfg)):
         for epoch in range(state["epoch"] + 1, loop.epochs):
             generator = _seed_epoch(seed, epoch)
             logs = train_one_epoch(loop, parts, source_train, target_train if parts.uses_target() else None,
@@ -211,14 +222,13 @@ def fit(
             improved = _select_and_checkpoint(loop, state, epoch, score, record)
             say(_epoch_line(desc, epoch, loop.epochs, record, improved))
             dist_utils.barrier(ctx)
-            if _out_of_patience(state, cfg):
-                stopped_early = True
+            if state["stopped_early"]:
                 say(f"{desc}: no improvement for {cfg.patience} epochs; "
                     f"stopping and rolling back to epoch {state['best_epoch'] + 1}")
                 break
 
     _restore_best(loop.trainable, loop.best_path, loop.device)
-    return _result(state, loop.best_path, time.perf_counter() - t0, stopped=stopped_early)
+    return _result(state, loop.best_path, earlier + time.perf_counter() - t0, earlier)
 
 
 def _setup(model: nn.Module, objective: Objective, n_train: int, cfg: TrainConfig,
@@ -252,9 +262,15 @@ def _resume_or_start(loop: _Loop, resume: bool, say: Callable[[str], None]) -> d
     """The loop state: from ``last.pt`` (weights, optimiser, history) when resuming,
     else fresh — and then stale checkpoints of an earlier run are removed."""
     if resume and loop.last_path.exists():
-        ckpt = _load_training_checkpoint(loop.last_path)
-        loop.trainable.load_state_dict(ckpt["trainable"])
-        loop.optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = _load_training_checkpoint(loop.last_path, ("trainable", "optimizer", "state"))
+        if loop.recipe_fingerprint is not None:
+            check_fingerprint(loop.last_path, ckpt.get("recipe_fingerprint"), loop.recipe_fingerprint["fields"])
+        try:
+            loop.trainable.load_state_dict(ckpt["trainable"])
+            loop.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{loop.last_path}: does not fit this run's model or optimiser "
+                            f"({exception_line(e)[:200]})") from None
         state = ckpt["state"]
         say(f"{loop.desc}: resuming after epoch {state['epoch'] + 1} from {loop.last_path}")
         return state
@@ -262,7 +278,8 @@ def _resume_or_start(loop: _Loop, resume: bool, say: Callable[[str], None]) -> d
         loop.last_path.parent.mkdir(parents=True, exist_ok=True)
         for stale in (loop.last_path, loop.best_path):
             stale.unlink(missing_ok=True)
-    return {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    return {"epoch": -1, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
+            "seconds": 0.0, "stopped_early": False}
 
 
 def _out_of_patience(state: dict[str, Any], cfg: TrainConfig) -> bool:
@@ -384,11 +401,12 @@ def _score_epoch(loop: _Loop, score_fn: ScoreFn | None, epoch: int, record: dict
     """Score the model in eval mode (higher is better); its logs go into ``record``.
     Without a score function the last epoch is the best."""
     loop.trainable.eval()
-    if score_fn is None:
-        score = float(epoch)
-    else:
+    score = None
+    if score_fn is not None:
         score, score_logs = score_fn(loop.model)
         record.update(score_logs)
+    if score is None:  # the epoch number: a resumed run counts on where it stopped
+        score = float(epoch)
     record["score"] = score
     return score
 
@@ -404,13 +422,19 @@ def _select_and_checkpoint(loop: _Loop, state: dict[str, Any], epoch: int, score
         state["bad_epochs"] += 1
     state["epoch"] = epoch
     state["history"].append(record)
+    # time and the early stop are part of the state, so that a resumed run reports them
+    state["seconds"] = float(state.get("seconds", 0.0)) + time.perf_counter() - loop.t0
+    loop.t0 = time.perf_counter()
+    state["stopped_early"] = _out_of_patience(state, loop.cfg) and epoch + 1 < loop.epochs
     if loop.ctx.is_main:
         if improved:
-            atomic_torch_save(loop.best_path, {"trainable": loop.trainable.state_dict(), "epoch": epoch})
+            atomic_torch_save(loop.best_path, {"trainable": loop.trainable.state_dict(), "epoch": epoch,
+                                               "recipe_fingerprint": loop.recipe_fingerprint})
         atomic_torch_save(loop.last_path, {
             "trainable": loop.trainable.state_dict(),
             "optimizer": loop.optimizer.state_dict(),
             "state": state,
+            "recipe_fingerprint": loop.recipe_fingerprint,
         })
     return improved
 
@@ -438,28 +462,34 @@ def _precise_bn(model: nn.Module, data: Dataset, seed: int, device: torch.device
     adabn(model, loader, device, trainable_only=True)
 
 
-def _load_training_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unreadable checkpoint is the user's file
-        raise UserError(f"{path}: cannot resume from this checkpoint ({e.__class__.__name__})") from None
+def _load_training_checkpoint(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``last.pt`` / ``best.pt`` with the given entries, or a one-line UserError."""
+    ckpt = torch_load(path, "checkpoint to resume from")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise UserError(f"{path}: not a readable checkpoint to resume from (no {', '.join(keys)})")
+    return ckpt
 
 
 def _restore_best(trainable: nn.Module, best_path: Path, device: torch.device) -> None:
     """Roll back to the best epoch's weights (early stopping / selection)."""
     if best_path.exists():
-        ckpt = torch.load(best_path, map_location=device, weights_only=True)
-        trainable.load_state_dict(ckpt["trainable"])
+        ckpt = _load_training_checkpoint(best_path, ("trainable",))
+        try:
+            trainable.load_state_dict(ckpt["trainable"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{best_path}: does not fit this run's model ({exception_line(e)[:200]})") from None
+        trainable.to(device)
     trainable.eval()
 
 
-def _result(state: dict[str, Any], best_path: Path, seconds: float, stopped: bool) -> FitResult:
+def _result(state: dict[str, Any], best_path: Path, seconds: float, earlier: float) -> FitResult:
     return FitResult(
         best_epoch=state["best_epoch"] + 1,
         best_score=float(state["best_score"]),
         epochs_run=state["epoch"] + 1,
-        stopped_early=stopped,
+        stopped_early=bool(state.get("stopped_early", False)),
         history=state["history"],
         best_checkpoint=str(best_path) if best_path.exists() else None,
         seconds=seconds,
+        earlier_seconds=earlier,
     )

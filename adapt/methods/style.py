@@ -237,6 +237,7 @@ class MixStyle:
         self.alpha = float(alpha)
         self.layers = tuple(int(i) for i in layers)
         self.eps = eps
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         self._handles: list = []
         self._recording = False
@@ -245,7 +246,11 @@ class MixStyle:
 
     # -- attach / detach
     def attach(self, model: nn.Module) -> None:
+        """Hook the model; called at the start of every epoch, after the loop fixed the
+        epoch's torch seed from (seed, epoch) — the draws of this epoch are seeded from it,
+        so a resumed run draws what an uninterrupted one does."""
         self.detach()
+        self.rng = np.random.default_rng([self.seed, torch.initial_seed()])
         blocks = list(model.blocks())
         bad = [i for i in self.layers if not -len(blocks) <= i < len(blocks)]
         if bad:

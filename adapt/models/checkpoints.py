@@ -10,14 +10,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adapt.errors import UserError, exception_line
-from adapt.io import atomic_torch_save, to_jsonable
+from adapt.errors import UserError
+from adapt.io import atomic_torch_save, to_jsonable, torch_load
 from adapt.models.factory import ARCHS, build_model
 from adapt.models.modules import Classifier, unwrap_model
 from adapt.models.weights import describe_target
 
 CHECKPOINT_FORMAT = "domaingap-classifier"
 CHECKPOINT_VERSION = 1
+#: sanity bounds for a checkpoint's header (ImageNet-21k has 21,841 classes); image sizes
+#: as the recipe allows them (data.image_size)
+MAX_CLASSES = 100_000
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> None:
@@ -56,18 +60,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable checkpoint ({exception_line(exc)})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a domaingap checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    missing = [k for k in ("arch", "num_classes", "in_channels", "state_dict") if k not in ckpt]
-    if missing:
-        raise UserError(f"{path}: damaged domaingap checkpoint, '{missing[0]}' is missing")
-    arch, num_classes, in_channels = ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"]
-    if arch not in ARCHS:
-        raise UserError(f"{path}: checkpoint names unknown arch '{arch}'")
+    ckpt = torch_load(path, "checkpoint", map_location=map_location)
+    arch, num_classes, in_channels, meta = check_header(path, ckpt)
     model = build_model(arch, num_classes, in_channels)
     target = model.state_dict()
     state_dict = ckpt["state_dict"]
@@ -88,8 +82,43 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.eval()
+    return model, meta
+
+
+def check_header(path: str | os.PathLike, ckpt: Any) -> tuple[str, int, int, dict]:
+    """``(arch, num_classes, in_channels, meta)`` of a loaded checkpoint dict, each checked
+    before anything is built from it: a damaged or hand-edited file must not make us
+    allocate a 2^40-class head. Raises a one-line UserError naming the bad field."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a domaingap checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    missing = [k for k in ("arch", "num_classes", "in_channels", "state_dict") if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: damaged domaingap checkpoint, '{missing[0]}' is missing")
+    arch, num_classes, in_channels = ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"]
+    damaged = f"{path}: damaged domaingap checkpoint,"
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise UserError(f"{path}: checkpoint names unknown arch {arch!r}")
+    if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"{damaged} num_classes is {num_classes!r} (expected 1 to {MAX_CLASSES})")
+    if not _is_int(in_channels) or in_channels not in (1, 3):
+        raise UserError(f"{damaged} in_channels is {in_channels!r} (expected 1 or 3)")
     meta = ckpt.get("meta") or {}
-    return model, dict(meta)
+    if not isinstance(meta, dict):
+        raise UserError(f"{damaged} meta is a {type(meta).__name__}, not a mapping")
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise UserError(f"{damaged} meta classes is not a list of names")
+        if len(classes) != num_classes:
+            raise UserError(f"{path}: checkpoint lists {len(classes)} classes for a {num_classes}-class head")
+    size = meta.get("image_size")
+    if size is not None and (not _is_int(size) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE):
+        raise UserError(f"{damaged} meta image_size is {size!r} (expected {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE})")
+    return arch, num_classes, in_channels, dict(meta)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------- reporting

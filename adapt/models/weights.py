@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adapt.errors import UserError, exception_line
+from adapt.errors import UserError
+from adapt.io import torch_load
 from adapt.models.surgery import TORCHVISION, adapt_in_channels, adapt_stat_buffer
 
 
@@ -39,10 +40,7 @@ def read_weights_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, pickled code, not a torch file at all
-        raise UserError(f"{path}: not a readable weights file ({exception_line(exc)})") from None
+    obj = torch_load(path, "weights file")
     outer: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
