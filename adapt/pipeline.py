@@ -25,7 +25,7 @@ from torch import nn
 
 from adapt.data import class_balanced_weights
 from adapt.device import resolve_device
-from adapt.distributed import SINGLE, DistContext
+from adapt.distributed import SINGLE, DistContext, barrier
 from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
@@ -310,6 +310,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     domains = load_domains(recipe)
     loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
     check_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
+    barrier(ctx)  # every rank has looked at the folder before the main rank writes into it
     if ctx.is_main:
         if overwrite:
             clear_run(run_dir)

@@ -169,6 +169,10 @@ def cmd_gap(args: argparse.Namespace) -> int:
     if kind == "model" and model is None:
         raise UserError("--features model: needs --model CKPT (without a model use pixels or e.g. inception_v3)")
     image_size = args.image_size or int(meta.get("image_size") or 64)
+    trained_at = meta.get("image_size")
+    if trained_at and image_size != trained_at:
+        say(f"note: {args.model} was trained on {trained_at}x{trained_at} images; at --image-size {image_size} "
+            "its features (and the gap) are not the ones it sees in use")
     channels = int(getattr(model, "in_channels", 1) or 1) if model is not None else 1
     classes = list(meta["classes"]) if meta.get("classes") else None
     if model is not None and classes is not None and len(classes) != model.num_classes:

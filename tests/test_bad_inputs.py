@@ -557,6 +557,53 @@ def _(w, tmp):
             "changed: data.source.n", None)
 
 
+@case("rerun_without_resume_or_overwrite")
+def _(w, tmp):
+    return "adapt", [str(w.recipe(tmp)), "--quiet"], f"{w.base_run}: holds a finished run", None
+
+
+@case("rerun_with_resume_and_overwrite")
+def _(w, tmp):
+    return ("adapt", [str(w.recipe(tmp)), "--resume", "--overwrite", "--quiet"],
+            "--resume and --overwrite exclude each other", None)
+
+
+@case("overwrite_with_missing_data")
+def _(w, tmp):
+    r = w.recipe(tmp, {"data": {"target": folder(tmp / "gone")}})
+    return "adapt", [str(r), "--overwrite", "--quiet"], f"{tmp / 'gone'}: folder not found", None
+
+
+@case("overwrite_with_checkpoint_of_another_arch")
+def _(w, tmp):
+    from adapt.models import build_model, save_checkpoint
+
+    p = tmp / "mobile.pt"
+    save_checkpoint(p, build_model("mobilenet_v3_small", 2, 1), classes=["normal", "opacity"], image_size=32)
+    r = w.recipe(tmp, {"model": {"source_checkpoint": str(p)}})
+    return "adapt", [str(r), "--overwrite", "--quiet"], "the checkpoint is a mobilenet_v3_small", None
+
+
+@case("run_folder_is_a_file")
+def _(w, tmp):
+    (tmp / "runs").mkdir()
+    (tmp / "runs" / "base").write_text("a file")
+    r = w.recipe(tmp, {"output": {"dir": str(tmp / "runs")}})
+    return "adapt", [str(r), "--quiet"], f"{tmp / 'runs' / 'base'}: the run folder is a file", tmp / "runs"
+
+
+@case("training_diverges")
+def _(w, tmp):
+    r = w.recipe(tmp, {"train": {"lr": 1e30}, "output": {"dir": str(tmp / "runs")}})
+    return "adapt", [str(r), "--quiet"], "source: loss became", None
+
+
+@case("resume_with_changed_run_settings")
+def _(w, tmp):
+    r = w.recipe(tmp, {"method": {"runs": [{"name": "adabn", "adabn": False, "epochs": 0}]}})
+    return "adapt", [str(r), "--resume", "--quiet"], "changed: method.runs.adabn.adabn", None
+
+
 @case("nproc_zero")
 def _(w, tmp):
     return "adapt", [str(w.recipe(tmp)), "--nproc", "0"], "--nproc: must be at least 1 (got 0)", None
@@ -770,3 +817,13 @@ def test_yaml_merge_keys_and_repeated_keys_in_different_mappings_are_fine(tmp_pa
                  "method:\n  runs:\n    - {name: a, <<: {adabn: true}, epochs: 0}\n    - {name: b, epochs: 0}\n")
     recipe = load_recipe(p)
     assert recipe.train.epochs == 2 and recipe.method.runs[0].adabn and recipe.method.runs[1].name == "b"
+
+
+def test_gap_warns_when_the_image_size_differs_from_the_checkpoints(world, capsys):
+    argv = ["gap", "--source", "phantom-cxr:A:20", "--target", "phantom-cxr:B:20", "--model", str(world.model_pt),
+            "--permutations", "19", "--bootstrap", "0", "--max-samples", "20"]
+    code, _, err, _ = invoke("diagnose", [*argv, "--image-size", "48"], capsys)
+    assert code == 0, err
+    assert f"note: {world.model_pt} was trained on 32x32 images; at --image-size 48" in err
+    code, _, err, _ = invoke("diagnose", argv, capsys)
+    assert code == 0 and "was trained on" not in err
