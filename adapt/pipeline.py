@@ -29,13 +29,13 @@ from adapt.distributed import SINGLE, DistContext, barrier
 from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
+from adapt.fingerprint import SOURCE, TARGET_SCRATCH, fingerprint, stage_fields
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.methods import RunComponents, build_run_components
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
-from adapt.fingerprint import SOURCE, TARGET_SCRATCH, fingerprint, stage_fields
 from adapt.run_folder import check_run_folder, clear_run
 from adapt.runs import (
     Domains,

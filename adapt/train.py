@@ -159,7 +159,7 @@ class _Loop:
     num_workers: int
     desc: str  # names the run in progress output and errors
     show_bar: bool
-    #: the recipe fields these weights depend on (adapt.run_folder), stored in every checkpoint
+    #: the recipe fields these weights depend on (adapt.fingerprint), stored in every checkpoint
     recipe_fingerprint: dict[str, Any] | None = None
     t0: float = 0.0
 
@@ -195,7 +195,7 @@ def fit(
     with optimiser and schedule state, for ``resume``) and ``out_dir/best.pt``.
     ``target_train`` supplies one unlabelled batch per step when the objective, the
     style or the feature style declares ``uses_target`` (and must be given then).
-    ``recipe_fingerprint`` (see :mod:`adapt.run_folder`) is stored in every checkpoint;
+    ``recipe_fingerprint`` (see :mod:`adapt.fingerprint`) is stored in every checkpoint;
     resuming from a ``last.pt`` with another one is a UserError naming the changed keys.
     """
     t0 = time.perf_counter()
