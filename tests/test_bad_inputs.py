@@ -723,8 +723,8 @@ def test_bad_input_is_one_error_line_and_exit_2(name, world, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- as a user sees it
 
-@pytest.mark.parametrize("name", ["source_checkpoint_pickle", "gap_model_pickle", "gap_seed_negative",
-                                  "decompression_bomb_png"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["source_checkpoint_pickle", "gap_model_pickle", "decompression_bomb_png"])
 def test_real_process_prints_one_line_and_no_warnings(name, world, tmp_path):
     """The same cases through a fresh interpreter: what the terminal shows is one line (torch
     warns through ``warnings`` at import and load time, which the in-process run may hide)."""
