@@ -38,7 +38,7 @@ def main() -> int:
         recipe = load_recipe(args.recipe, [f"seed={seed}", f"output.dir={args.out}",
                                            f"output.name=seed{seed}", *args.overrides])
         t = time.perf_counter()
-        summary = run_recipe(recipe, progress=False, diagnostics=False)
+        summary = run_recipe(recipe, overwrite=True, progress=False, diagnostics=False)  # a re-run replaces
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
         for r in summary.table:
             rows[r["model"]][seed] = r
