@@ -100,6 +100,8 @@ def torch_load(path: str | os.PathLike, what: str, *, map_location: Any = "cpu",
     multi-line advice on how to load it anyway. Torch's warnings on the way (legacy
     formats, a refused pickle) are not shown: the error line says what matters.
     """
+    import torch  # late, as in atomic_torch_save
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
