@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.device", 0, "base"),
     ("adapt.progress", 0, "base"),
     ("adapt.recipe", 0, "base"),
+    ("adapt.fingerprint", 0, "base"),
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
@@ -40,6 +41,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("diagnostics", 1, "measurement"),
     # 2.-5. orchestration
     ("adapt.runs", 2, "orchestration"),
+    ("adapt.run_folder", 2, "orchestration"),
     ("diagnostics.run_audit", 3, "orchestration"),
     ("adapt.pipeline", 4, "orchestration"),
     ("adapt.cli", 5, "orchestration"),
