@@ -62,4 +62,4 @@ class StatisticAlignment:
         with torch.no_grad():
             train_acc = (logits_s.argmax(1) == ys).float().mean().item()
         return class_loss + self.weight * align, {
-            "class_loss": class_loss.item(), f"{self.name}_loss": float(align), "train_acc": train_acc}
+            "class_loss": class_loss.item(), f"{self.name}_loss": float(align.detach()), "train_acc": train_acc}
