@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,9 @@ class SplitConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
+    #: None (``source: null``, or omitted when every run is source-free and
+    #: model.source_checkpoint is set): no source image is loaded — SHOT/TENT only
+    source: DomainSpec | None = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
     target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
     #: images are resized to image_size x image_size
     image_size: int = Field(64, ge=16, le=1024)
@@ -91,6 +94,58 @@ class DANNConfig(_Section):
     depth: int = Field(2, ge=1, le=8)
 
 
+class CDANConfig(_Section):
+    #: maximum GRL coefficient (ramped as DANN's)
+    weight: float = Field(1.0, ge=0)
+    #: CDAN+E: weight each sample's domain loss by 1 + exp(-entropy of its prediction)
+    entropy: bool = False
+    #: output size of the randomised multilinear map, used when classes x features > max_multilinear_dim
+    randomized_dim: int = Field(1024, ge=1)
+    max_multilinear_dim: int = Field(4096, ge=1)
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1, le=8)
+
+
+class MCCConfig(_Section):
+    #: mu, the weight of the class-confusion loss
+    weight: float = Field(1.0, ge=0)
+    #: softmax temperature of the target predictions (the paper's 2.5)
+    temperature: float = Field(2.5, gt=0)
+
+
+class CORALConfig(_Section):
+    weight: float = Field(1.0, ge=0)
+    #: activations to align: pooled features and/or logits (the paper: the last layer)
+    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
+
+
+class DANConfig(_Section):
+    weight: float = Field(1.0, ge=0)
+    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
+    #: Gaussian kernels at bandwidths median x 2^k, k = low ... high in steps of 1/2
+    kernel_low: int = Field(-8, ge=-20, le=20)
+    kernel_high: int = Field(8, ge=-20, le=20)
+
+    @model_validator(mode="after")
+    def _order(self) -> DANConfig:
+        if self.kernel_low > self.kernel_high:
+            raise ValueError(f"kernel_low ({self.kernel_low}) must be <= kernel_high ({self.kernel_high})")
+        return self
+
+
+class SHOTConfig(_Section):
+    #: beta, the weight of the pseudo-label cross-entropy (the paper: 0.3; 0.1 on digits)
+    pseudo_label_weight: float = Field(0.3, ge=0)
+    #: weight of the diversity term H(mean prediction)
+    diversity_weight: float = Field(1.0, ge=0)
+
+
+#: objectives that train without source images (from model.source_checkpoint)
+SOURCE_FREE_OBJECTIVES = ("shot", "tent")
+#: objectives whose discriminator / alignment uses DANN's learning-rate schedule
+ADVERSARIAL_OBJECTIVES = ("dann", "cdan")
+
+
 class EWCConfig(_Section):
     #: lambda in (lambda/2) sum F_i (theta_i - theta*_i)^2
     lam: float = Field(100.0, ge=0, alias="lambda")
@@ -111,9 +166,11 @@ class AdaptRunConfig(_Section):
     """One adaptation run, started from the source model's weights."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
-    #: source_only (continue on source), dann (adversarial, unlabelled target) or
-    #: finetune (supervised on the data.target_labeled images)
-    objective: Literal["none", "source_only", "dann", "finetune"] = "none"
+    #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
+    #: (statistic alignment), shot / tent (source-free, target images only) or finetune
+    #: (supervised on the data.target_labeled images); options under the objective's key
+    objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
+                       "finetune"] = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -123,6 +180,11 @@ class AdaptRunConfig(_Section):
     #: each epoch's label-free score)
     adabn: bool = False
     dann: DANNConfig = Field(default_factory=DANNConfig)
+    cdan: CDANConfig = Field(default_factory=CDANConfig)
+    mcc: MCCConfig = Field(default_factory=MCCConfig)
+    coral: CORALConfig = Field(default_factory=CORALConfig)
+    dan: DANConfig = Field(default_factory=DANConfig)
+    shot: SHOTConfig = Field(default_factory=SHOTConfig)
     ewc: EWCConfig | None = None
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0)
@@ -132,7 +194,19 @@ class AdaptRunConfig(_Section):
     def _check(self) -> AdaptRunConfig:
         if self.objective == "none" and self.epochs not in (None, 0):
             raise ValueError("objective 'none' trains nothing; set epochs: 0 or choose an objective")
+        if self.objective in SOURCE_FREE_OBJECTIVES:
+            uses_source = [k for k, on in (("style", self.style != "none"), ("mixstyle", self.mixstyle),
+                                           ("ewc", self.ewc is not None)) if on]
+            if uses_source:
+                raise ValueError(f"objective '{self.objective}' is source-free; {', '.join(uses_source)} "
+                                 "needs source images")
         return self
+
+    @property
+    def source_free(self) -> bool:
+        """Trains (or adapts) without reading a source image."""
+        return self.objective in SOURCE_FREE_OBJECTIVES or (
+            self.objective == "none" and self.style == "none" and not self.mixstyle)
 
 
 class MethodConfig(_Section):
@@ -140,8 +214,9 @@ class MethodConfig(_Section):
     runs: list[AdaptRunConfig] = Field(
         default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
     )
-    #: label-free checkpoint selection: im | snd | source_val | last
-    selection: Literal["im", "snd", "source_val", "last"] = "im"
+    #: label-free checkpoint selection: im | snd | dev | source_val | last
+    #: (dev and source_val need labelled source images)
+    selection: Literal["im", "snd", "dev", "source_val", "last"] = "im"
     #: the run the audit compares against the source model (default: the last run)
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (needs data.target_labeled)
@@ -223,6 +298,27 @@ class Recipe(_Section):
         if not 0 <= v < 2**31:
             raise ValueError(f"must be between 0 and 2^31-1 (got {v})")
         return v
+
+    @model_validator(mode="after")
+    def _source_free(self) -> Recipe:
+        """No source data: allowed when every run is source-free and the source model is given.
+        An omitted ``data.source`` means "none" exactly then (otherwise the phantom default)."""
+        all_free = bool(self.method.runs) and all(r.source_free for r in self.method.runs)
+        if ("source" not in self.data.model_fields_set and all_free and self.model.source_checkpoint
+                and any(r.objective in SOURCE_FREE_OBJECTIVES for r in self.method.runs)):
+            self.data.source = None
+        if self.data.source is None:
+            if not self.model.source_checkpoint:
+                raise ValueError("data.source: without source images, model.source_checkpoint must give the "
+                                 "source model")
+            bad = [r.name for r in self.method.runs if not r.source_free]
+            if bad:
+                raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only shot, tent and "
+                                 "objective none without style/mixstyle adapt without them)")
+            if self.method.selection in ("dev", "source_val"):
+                raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
+                                 "(data.source is none); use im or snd")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -362,6 +458,8 @@ def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
         msg = msg.replace(old, new)
     if kind != "missing" and "input" in first and not isinstance(first["input"], (dict, list)):
         msg += f" (got {first['input']!r})" if isinstance(first["input"], str) else f" (got {first['input']})"
+    if not loc and re.match(r"^[a-z_]+\.[a-z_.]+: ", msg):
+        return msg  # a whole-recipe check that names its own key path
     return f"{where}: {msg}"
 
 
@@ -406,7 +504,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
         return str(q)
 
     for spec in (recipe.data.source, recipe.data.target):
-        if spec.path is not None:
+        if spec is not None and spec.path is not None:
             spec.path = fix(spec.path)
     if recipe.model.weights not in (None, "imagenet"):
         recipe.model.weights = fix(recipe.model.weights)
