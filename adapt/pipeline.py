@@ -244,12 +244,24 @@ def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
             "selected_epoch": sel.get("selected_epoch"),
             "im": chosen.get("im"),
             "seconds": round(stage.seconds, 1),
+            **_picks_columns(sel),
         }
 
     rows = [row("source", summary.source)]
     rows += [row("adapted", s) for s in summary.runs.values()]
     rows += [row("baseline", s) for s in summary.baselines.values()]
     return rows
+
+
+def _picks_columns(selection: dict[str, Any]) -> dict[str, Any]:
+    """The audit's view of ``selection.json``'s picks: what each selector chose, and
+    whether the label-free and source selectors agree (``last`` aside)."""
+    picks = selection.get("picks") or {}
+    if len(picks) < 2:
+        return {}
+    text = " · ".join(f"{name} {p['epoch']}" for name, p in picks.items())
+    agree = len({p["epoch"] for name, p in picks.items() if name != "last"}) <= 1
+    return {"selector_picks": text, "selectors": "agree" if agree else "disagree"}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -103,3 +103,25 @@ def test_source_free_runs_without_source_images_on_disk(smoke):
     assert data["source"] is None
     table = (root / "runs" / "sf" / "comparison.md").read_text()
     assert "| shot | — |" in table
+
+
+@pytest.mark.slow
+def test_audit_shows_every_selectors_pick_and_disagreement(smoke, tmp_path):
+    from diagnostics.audit import StageResult, build_audit
+    from diagnostics.report import write_report
+
+    root, summary = smoke
+    rows = {r["model"]: r for r in summary.table}
+    for run in RUNS:
+        r = rows[run["name"]]
+        sel = summary.runs[run["name"]].selection
+        for name, pick in sel["picks"].items():
+            assert f"{name} {pick['epoch']}" in r["selector_picks"]
+        assert r["selectors"] == ("agree" if sel["selectors_agree"] else "disagree")
+    table = [{**r, "seed": 0, "selector": "dev"} for r in summary.table]
+    table[1] = {**table[1], "selector_picks": "im 1 · snd 2 · dev 1 · source_val 1 · last 2", "selectors": "disagree"}
+    audit = build_audit(StageResult(name="source-only", metrics={"source_test": summary.source.metrics["source_test"]}),
+                        classes=["normal", "opacity"], methods_table=table)
+    html, _ = write_report(audit, tmp_path / "audit.html", tmp_path / "audit.json")
+    text = html.read_text()
+    assert "im 1 · snd 2 · dev 1 · source_val 1 · last 2" in text and "disagree" in text
