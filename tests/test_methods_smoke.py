@@ -30,7 +30,7 @@ RUNS = [
 ]
 
 
-def _recipe(root, source, runs, selection="dev", **model):
+def _recipe(root, source, runs, selection="dev", diagnostics=None, **model):
     data = {"target": {"kind": "imagefolder", "path": str(root / "B")}, "image_size": 32}
     if source:
         data["source"] = {"kind": "imagefolder", "path": str(root / "A")}
@@ -38,7 +38,7 @@ def _recipe(root, source, runs, selection="dev", **model):
         "name": "smoke", "seed": 0, "data": data, "model": {"arch": "small_cnn", **model},
         "train": {"epochs": 2, "batch_size": 32, "lr": 0.002, "device": "cpu", "patience": None, "threads": 1},
         "method": {"selection": selection, "runs": runs},
-        "diagnostics": {"enabled": False}, "output": {"dir": str(root / "runs"), "name": "sf" if not source else None},
+        "diagnostics": diagnostics or {"enabled": False}, "output": {"dir": str(root / "runs"), "name": "sf" if not source else None},
     })
 
 
@@ -92,7 +92,9 @@ def test_source_free_runs_without_source_images_on_disk(smoke):
     shutil.rmtree(root / "A")  # hospital B cannot see hospital A's data
     recipe = _recipe(root, False, [{"name": "shot", "objective": "shot", "epochs": 1},
                                    {"name": "tent", "objective": "tent"}], selection="im",
-                     source_checkpoint=str(ckpt))
+                     source_checkpoint=str(ckpt),
+                     diagnostics={"enabled": True, "permutations": 20, "max_samples": 40, "attribution_samples": 10,
+                                  "attribution_steps": 2, "umap": False})
     assert recipe.data.source is None
     sf = run_recipe(recipe, progress=False)
     for name in ("shot", "tent"):
@@ -103,6 +105,13 @@ def test_source_free_runs_without_source_images_on_disk(smoke):
     assert data["source"] is None
     table = (root / "runs" / "sf" / "comparison.md").read_text()
     assert "| shot | — |" in table
+    # the audit measures the target and says what it could not
+    audit = json.loads((root / "runs" / "sf" / "audit.json").read_text())
+    first = audit["verdicts"][0]
+    assert first["name"] == "source_free" and "domain gap" in first["summary"]
+    assert audit["after"]["gap"] == {} and audit["after"]["collapse"]["target"]["n"] > 0
+    assert audit["after"]["collapse"]["source"] is None and "target" in audit["after"]["spurious"]
+    assert "Source-free run" in (root / "runs" / "sf" / "audit.html").read_text()
 
 
 @pytest.mark.slow
