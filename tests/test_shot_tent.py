@@ -135,3 +135,22 @@ def test_tent_needs_batchnorm():
     assert configure_tent(net) == 0
     with pytest.raises(Exception, match="BatchNorm"):
         TENT().start_epoch(net, 0)
+
+
+def test_shot_first_pseudo_labels_use_target_batchnorm_statistics():
+    from adapt.methods.adabn import adabn
+
+    torch.manual_seed(0)
+    model = TinyClassifier(num_classes=3)
+    target = _Images(seed=3)
+    expected = TinyClassifier(num_classes=3)
+    expected.load_state_dict(model.state_dict())
+    adabn(expected, torch.utils.data.DataLoader(target, batch_size=256), "cpu")
+    SHOT(target).start_epoch(model, 0)
+    bn, bn_ref = model.stem[1], expected.stem[1]
+    torch.testing.assert_close(bn.running_mean, bn_ref.running_mean)
+    torch.testing.assert_close(bn.running_var, bn_ref.running_var)
+    kept = TinyClassifier(num_classes=3)
+    before = kept.stem[1].running_mean.clone()
+    SHOT(target, target_statistics=False).start_epoch(kept, 0)
+    torch.testing.assert_close(kept.stem[1].running_mean, before)

@@ -112,7 +112,7 @@ class SHOT:
     source_free = True
 
     def __init__(self, target: Dataset, *, pseudo_label_weight: float = 0.3, diversity_weight: float = 1.0,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, target_statistics: bool = True):
         if pseudo_label_weight < 0 or diversity_weight < 0:
             raise UserError(f"shot: pseudo_label_weight={pseudo_label_weight} and "
                             f"diversity_weight={diversity_weight} must be >= 0")
@@ -120,15 +120,27 @@ class SHOT:
         self.beta = float(pseudo_label_weight)
         self.diversity_weight = float(diversity_weight)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.target_statistics = target_statistics
 
     def modules(self) -> dict[str, nn.Module]:
         return {}
 
     def start_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
-        """Freeze the head (the source hypothesis) and refresh the pseudo-labels."""
+        """Freeze the head (the source hypothesis) and refresh the pseudo-labels.
+
+        The pseudo-labels are computed with target BatchNorm statistics: training
+        normalises target batches with their own statistics, and later epochs start from
+        the loop's precise-BN pass over the target; before the first epoch the model still
+        holds the source's, so they are re-estimated on the target images first (AdaBN).
+        """
         for p in model.head.parameters():
             p.requires_grad_(False)
         logs: dict[str, float] = {}
+        if epoch == 0 and self.target_statistics:
+            from adapt.methods.adabn import adabn
+
+            adabn(model, DataLoader(self.data.target, batch_size=256, shuffle=False),
+                  next(model.parameters()).device)
         if self.beta > 0:
             feats, probs = features_and_probs(model, self.data.target)
             labels = shot_pseudo_labels(feats, probs).cpu().numpy()
