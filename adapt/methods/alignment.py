@@ -31,6 +31,8 @@ class StatisticAlignment:
 
     name = "alignment"
     uses_target = True
+    #: trained on each domain's own BatchNorm statistics and deployed so (target with target's)
+    batchnorm = "per_domain"
 
     def __init__(self, *, weight: float = 1.0, layers: Sequence[str] = ("features",), label_smoothing: float = 0.0):
         if weight < 0:

@@ -97,6 +97,8 @@ class CDAN:
 
     name = "cdan"
     uses_target = True
+    #: trained on each domain's own BatchNorm statistics and deployed so (target with target's)
+    batchnorm = "per_domain"
 
     def __init__(self, feature_dim: int, num_classes: int, *, domain_weight: float = 1.0, entropy: bool = False,
                  randomized_dim: int = 1024, max_dim: int = 4096, width: int = 256, depth: int = 2,

@@ -37,6 +37,8 @@ class MCC:
 
     name = "mcc"
     uses_target = True
+    #: trained on each domain's own BatchNorm statistics and deployed so (target with target's)
+    batchnorm = "per_domain"
 
     def __init__(self, *, weight: float = 1.0, temperature: float = 2.5, label_smoothing: float = 0.0):
         if weight < 0 or temperature <= 0:

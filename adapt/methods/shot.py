@@ -108,6 +108,8 @@ class SHOT:
 
     name = "shot"
     uses_target = False
+    #: trains on target batches only: deployed with target BatchNorm statistics, the source with its own
+    batchnorm = "per_domain"
     #: trains from a source model without source images
     source_free = True
 

@@ -42,6 +42,8 @@ class TENT:
 
     name = "tent"
     uses_target = False
+    #: trains on target batches only: deployed with target BatchNorm statistics, the source with its own
+    batchnorm = "per_domain"
     source_free = True
 
     def modules(self) -> dict[str, nn.Module]:
