@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
@@ -55,6 +55,7 @@ def dev_importance_weights(source_train_feats: np.ndarray, target_feats: np.ndar
     w(x) = P(target | x) / P(source | x) · n_s / n_t (Bayes' rule with the class priors
     undone, as in the authors' code).
     """
+    # late: scikit-learn's import costs ~1 s of start-up and only DEV needs it here
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -78,8 +79,7 @@ def dev_risk(weights: np.ndarray, errors: np.ndarray) -> float:
     With constant weights (Var(w) = 0: the domains are indistinguishable to the classifier)
     there is nothing to control and R_DEV = mean(w ℓ).
     """
-    from pytorch_adapt.validators.deep_embedded_validator import get_dev_risk
-
+    get_dev_risk = _validators()[2]
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if len(w) < 2 or np.var(w) <= 1e-12 * max(np.mean(w) ** 2, 1e-300):
@@ -89,16 +89,14 @@ def dev_risk(weights: np.ndarray, errors: np.ndarray) -> float:
 
 def _features_subset(model: nn.Module, data: Dataset, device: torch.device, batch_size: int,
                      limit: int | None, seed: int) -> dict[str, np.ndarray]:
-    from torch.utils.data import Subset
-
     if limit is not None and len(data) > limit:
         idx = np.sort(np.random.default_rng([seed, 0xDE5]).choice(len(data), limit, replace=False))
         data = Subset(data, idx.tolist())
     return predict(model, data, device, batch_size, return_features=True)
 
 
-def _validators() -> tuple[type, type]:
-    """pytorch-adapt's IM and SND validators.
+def _validators() -> tuple[type, type, Callable]:
+    """pytorch-adapt's IM and SND validators and DEV's risk estimate.
 
     Late import: pytorch-adapt (with torchmetrics behind it) adds seconds to start-up and
     only selection needs it. torchmetrics' import of ``pkg_resources`` warns on every run
@@ -109,12 +107,13 @@ def _validators() -> tuple[type, type]:
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning,
                                 module=r"torchmetrics\.")
         from pytorch_adapt.validators import IMValidator, SNDValidator
-    return IMValidator, SNDValidator
+        from pytorch_adapt.validators.deep_embedded_validator import get_dev_risk
+    return IMValidator, SNDValidator, get_dev_risk
 
 
 def label_free_scores(probs: np.ndarray) -> dict[str, float]:
     """IM and SND of target predicted probabilities ``probs`` [N, K] (higher is better)."""
-    IMValidator, SNDValidator = _validators()
+    IMValidator, SNDValidator, _ = _validators()
     p = torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-12)
     logits = p.log()  # softmax(log p) = p, so IM sees exactly these predictions
     return {

@@ -21,7 +21,7 @@ from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
-from diagnostics.audit import StageResult, build_audit
+from diagnostics.audit import StageResult, Verdict, build_audit
 from diagnostics.report import write_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -319,8 +319,6 @@ NOT_MEASURED_WITHOUT_SOURCE = (
 
 def source_free_verdict():
     """The audit's statement of what a source-free run's audit could not measure."""
-    from diagnostics.audit import Verdict
-
     return Verdict(
         name="source_free", level="warn", title="Source-free run: measured on the target only",
         summary="No source images were read (data.source is none), so this audit measured the target "

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapt.errors import UserError
+from adapt.methods.adabn import adabn
 from adapt.methods.entropy import information_maximization
 
 
@@ -139,8 +140,6 @@ class SHOT:
             p.requires_grad_(False)
         logs: dict[str, float] = {}
         if epoch == 0 and self.target_statistics:
-            from adapt.methods.adabn import adabn
-
             adabn(model, DataLoader(self.data.target, batch_size=256, shuffle=False),
                   next(model.parameters()).device)
         if self.beta > 0:
