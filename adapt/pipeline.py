@@ -35,7 +35,7 @@ from adapt.methods import RunComponents, build_run_components
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
-from adapt.recipe import AdaptRunConfig, Recipe
+from adapt.recipe import ADVERSARIAL_OBJECTIVES, AdaptRunConfig, Recipe
 from adapt.run_folder import check_run_folder, clear_run
 from adapt.runs import (
     Domains,
@@ -44,6 +44,7 @@ from adapt.runs import (
     adabn_on,
     deployed_on_source,
     load_domains,
+    run_epochs,
     uses_per_domain_bn,
 )
 from adapt.selection import make_score_fn, selection_summary
@@ -75,12 +76,15 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
     evaluated on the source with statistics re-estimated on unlabelled source training
     images — each domain with its own, as AdaBN is deployed — so that source accuracy
     measures what the weights retained, not a statistics mismatch.
+    Without source images (a source-free recipe) ``source_test`` is None.
     """
-    on_source = deployed_on_source(model, domains, device) if per_domain_bn else model
     ev = lambda m, ds: evaluate(m, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
-    out = {"source_test": ev(on_source, domains.source_split["test"])}
-    if "val" in domains.source_split:
-        out["source_val"] = ev(on_source, domains.source_split["val"])
+    out: dict[str, Any] = {"source_test": None}
+    if domains.has_source:
+        on_source = deployed_on_source(model, domains, device) if per_domain_bn else model
+        out["source_test"] = ev(on_source, domains.source_split["test"])
+        if "val" in domains.source_split:
+            out["source_val"] = ev(on_source, domains.source_split["val"])
     out["target_test"] = ev(model, domains.target_split["test"]) if domains.target.has_labels else None
     return out
 
@@ -174,7 +178,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     model = copy.deepcopy(source.model).to(device)
     target_train = domains.target_split["train"]
     parts: RunComponents = build_run_components(
-        run_cfg, model=model, recipe=recipe, source_train=domains.source_split["train"],
+        run_cfg, model=model, recipe=recipe, source_train=domains.source_split.get("train"),
         target_train=target_train, target_labeled=domains.target_labeled, device=device, out_dir=stage_dir,
     )
     prepare = (lambda m: adabn_on(m, target_train, device)) if run_cfg.adabn else None
@@ -182,18 +186,19 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     # (see uses_per_domain_bn), or `selection: source_val` would judge these runs by a
     # BatchNorm mismatch rather than by what the weights retained.
     source_prepare = ((lambda m: adabn_on(m, domains.source_split["train"], device))
-                      if uses_per_domain_bn(run_cfg) else None)
+                      if uses_per_domain_bn(run_cfg) and domains.has_source else None)
     selector = recipe.method.selection
-    score_fn = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
-                             class_names=domains.classes, device=device, prepare=prepare,
-                             source_prepare=source_prepare)
-    epochs = recipe.train.epochs if run_cfg.epochs is None else run_cfg.epochs
+    score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
+                    source_train=domains.source_split.get("train"), class_names=domains.classes,
+                    device=device, source_prepare=source_prepare, seed=recipe.seed)
+    score_fn = make_score_fn(selector, prepare=prepare, **score_kw)
+    epochs = run_epochs(run_cfg, recipe)
     fit_info: dict[str, Any] | None = None
     selection = None
     earlier = 0.0
     if parts.objective is not None and epochs > 0:
-        train_cfg = recipe.train.model_copy(update={"schedule": "dann"}) if run_cfg.objective == "dann" \
-            else recipe.train
+        train_cfg = recipe.train.model_copy(update={"schedule": "dann"}) \
+            if run_cfg.objective in ADVERSARIAL_OBJECTIVES else recipe.train
         result: FitResult = fit(
             model, parts.objective, parts.train_data,
             cfg=train_cfg, out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
@@ -208,10 +213,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     if run_cfg.adabn:
         adabn_on(model, target_train, device)
     if selection is None:  # nothing was trained: score the final model once, for the table
-        _, logs = make_score_fn(selector, target=target_train, source_val=domains.source_split.get("val"),
-                                class_names=domains.classes, device=device,
-                                source_prepare=source_prepare)(model)
-        selection = {"selector": selector, "selected_epoch": 0, "epochs": [{"epoch": 0, **logs}]}
+        _, logs = make_score_fn(selector, **score_kw)(model)
+        selection = selection_summary([{"epoch": 0, **logs}], selector, 0)
     seconds = time.perf_counter() - t0 + earlier
     if ctx.is_main:
         _save_stage(stage_dir, model, recipe, domains, stage, fit=fit_info, selection=selection, seconds=seconds,
@@ -258,19 +261,31 @@ def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
         return {
             "model": stage.name,
             "kind": kind,
-            "source_acc": m["source_test"]["accuracy"],
-            "source_f1": m["source_test"]["macro_f1"],
+            "source_acc": (m.get("source_test") or {}).get("accuracy"),
+            "source_f1": (m.get("source_test") or {}).get("macro_f1"),
             "target_acc": tt.get("accuracy"),
             "target_f1": tt.get("macro_f1"),
             "selected_epoch": sel.get("selected_epoch"),
             "im": chosen.get("im"),
             "seconds": round(stage.seconds, 1),
+            **_picks_columns(sel),
         }
 
     rows = [row("source", summary.source)]
     rows += [row("adapted", s) for s in summary.runs.values()]
     rows += [row("baseline", s) for s in summary.baselines.values()]
     return rows
+
+
+def _picks_columns(selection: dict[str, Any]) -> dict[str, Any]:
+    """The audit's view of ``selection.json``'s picks: what each selector chose, and
+    whether the label-free and source selectors agree (``last`` aside)."""
+    picks = selection.get("picks") or {}
+    if len(picks) < 2:
+        return {}
+    text = " · ".join(f"{name} {p['epoch']}" for name, p in picks.items())
+    agree = len({p["epoch"] for name, p in picks.items() if name != "last"}) <= 1
+    return {"selector_picks": text, "selectors": "agree" if agree else "disagree"}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -317,10 +332,12 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         atomic_write_json(run_dir / "data.json", domains.summary())
-    say(f"data: {domains.source.name} ({len(domains.source)} images) -> {domains.target.name} "
+    src_name = (f"{domains.source.name} ({len(domains.source)} images)" if domains.has_source
+                else "no source images (source-free)")
+    say(f"data: {src_name} -> {domains.target.name} "
         f"({len(domains.target)} images), classes {domains.classes}, device {device}")
     for dom in (domains.source, domains.target):
-        if dom.skipped:
+        if dom is not None and dom.skipped:
             say(f"data: skipped {len(dom.skipped)} unreadable file(s) in {dom.name}, e.g. {dom.skipped[0][0]}")
 
     source = train_source(recipe, domains, device, run_dir, resume, ctx, progress, loaded)
@@ -363,8 +380,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
 
 
 def _one_line(name: str, metrics: dict[str, Any]) -> str:
-    s = metrics["source_test"]["accuracy"]
+    s = (metrics.get("source_test") or {}).get("accuracy")
     t = (metrics.get("target_test") or {}).get("accuracy")
+    ss = "not measured (no source images)" if s is None else f"{100 * s:.1f}%"
     tt = "unknown" if t is None else f"{100 * t:.1f}%"
-    return f"{name}: source test accuracy {100 * s:.1f}%, target test accuracy {tt}"
+    return f"{name}: source test accuracy {ss}, target test accuracy {tt}"
 

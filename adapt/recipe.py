@@ -12,27 +12,34 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from adapt.data.spec import DomainSpec
 from adapt.errors import UserError
+from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
+    ADVERSARIAL_OBJECTIVES,
+    ALIGNMENT_OBJECTIVES,
+    SOURCE_FREE_OBJECTIVES,
+    CDANConfig,
+    CORALConfig,
+    DANConfig,
+    DANNConfig,
+    EWCConfig,
+    MCCConfig,
+    RecipeSection,
+    SHOTConfig,
+)
 from adapt.models import ARCHS
 
 
 
-class _Section(BaseModel):
-    """Every recipe section rejects unknown keys (typos must not pass silently) and
-    non-finite numbers (``lr: .inf`` or ``1e400`` is a typo, never a setting)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class SplitConfig(_Section):
+class SplitConfig(RecipeSection):
     """Fractions of each domain used for training, validation and test (stratified)."""
 
     train: float = Field(0.7, gt=0, lt=1)
@@ -47,8 +54,10 @@ class SplitConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
-    source: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
+class DataConfig(RecipeSection):
+    #: None (``source: null``, or omitted when every run is source-free and
+    #: model.source_checkpoint is set): no source image is loaded — SHOT/TENT only
+    source: DomainSpec | None = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
     target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
     #: images are resized to image_size x image_size
     image_size: int = Field(64, ge=16, le=1024)
@@ -69,7 +78,7 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
 
 
-class ModelConfig(_Section):
+class ModelConfig(RecipeSection):
     arch: Literal[ARCHS] = "small_cnn"  # type: ignore[valid-type]
     #: None (random init), a local weight file, or "imagenet" (torch cache only)
     weights: str | None = None
@@ -77,7 +86,7 @@ class ModelConfig(_Section):
     source_checkpoint: str | None = None
 
 
-class StrategyConfig(_Section):
+class StrategyConfig(RecipeSection):
     """How the source model is transferred: which parameters train, at which rate."""
 
     kind: Literal["feature_extraction", "finetune", "progressive"] = "finetune"
@@ -89,36 +98,15 @@ class StrategyConfig(_Section):
     backbone_lr_mult: float = Field(1.0, gt=0, le=10)
 
 
-class DANNConfig(_Section):
-    #: maximum weight of the domain loss; the paper's ramp 2/(1+exp(-10p))-1 scales it
-    weight: float = Field(0.3, ge=0)
-    hidden: int = Field(256, ge=1)
-    depth: int = Field(2, ge=1, le=8)
-
-
-class EWCConfig(_Section):
-    #: lambda in (lambda/2) sum F_i (theta_i - theta*_i)^2
-    lam: float = Field(100.0, ge=0, alias="lambda")
-    #: true: labels sampled from the model; empirical: true labels; l2sp: F = 1
-    fisher: Literal["true", "empirical", "l2sp"] = "true"
-    #: source images used to estimate the Fisher
-    samples: int = Field(500, ge=1)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-    @field_validator("fisher", mode="before")
-    @classmethod
-    def _yaml_true(cls, v: Any) -> Any:
-        return "true" if v is True else v  # YAML reads an unquoted true as a boolean
-
-
-class AdaptRunConfig(_Section):
+class AdaptRunConfig(RecipeSection):
     """One adaptation run, started from the source model's weights."""
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
-    #: source_only (continue on source), dann (adversarial, unlabelled target) or
-    #: finetune (supervised on the data.target_labeled images)
-    objective: Literal["none", "source_only", "dann", "finetune"] = "none"
+    #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
+    #: (statistic alignment), shot / tent (source-free, target images only) or finetune
+    #: (supervised on the data.target_labeled images); options under the objective's key
+    objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
+                       "finetune"] = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -128,6 +116,11 @@ class AdaptRunConfig(_Section):
     #: each epoch's label-free score)
     adabn: bool = False
     dann: DANNConfig = Field(default_factory=DANNConfig)
+    cdan: CDANConfig = Field(default_factory=CDANConfig)
+    mcc: MCCConfig = Field(default_factory=MCCConfig)
+    coral: CORALConfig = Field(default_factory=CORALConfig)
+    dan: DANConfig = Field(default_factory=DANConfig)
+    shot: SHOTConfig = Field(default_factory=SHOTConfig)
     ewc: EWCConfig | None = None
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0)
@@ -137,16 +130,29 @@ class AdaptRunConfig(_Section):
     def _check(self) -> AdaptRunConfig:
         if self.objective == "none" and self.epochs not in (None, 0):
             raise ValueError("objective 'none' trains nothing; set epochs: 0 or choose an objective")
+        if self.objective in SOURCE_FREE_OBJECTIVES:
+            uses_source = [k for k, on in (("style", self.style != "none"), ("mixstyle", self.mixstyle),
+                                           ("ewc", self.ewc is not None)) if on]
+            if uses_source:
+                raise ValueError(f"objective '{self.objective}' is source-free; {', '.join(uses_source)} "
+                                 "needs source images")
         return self
 
+    @property
+    def source_free(self) -> bool:
+        """Trains (or adapts) without reading a source image."""
+        return self.objective in SOURCE_FREE_OBJECTIVES or (
+            self.objective == "none" and self.style == "none" and not self.mixstyle)
 
-class MethodConfig(_Section):
+
+class MethodConfig(RecipeSection):
     #: adaptation runs, each from the source model; compared in one table
     runs: list[AdaptRunConfig] = Field(
         default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
     )
-    #: label-free checkpoint selection: im | snd | source_val | last
-    selection: Literal["im", "snd", "source_val", "last"] = "im"
+    #: label-free checkpoint selection: im | snd | dev | source_val | last
+    #: (dev and source_val need labelled source images)
+    selection: Literal["im", "snd", "dev", "source_val", "last"] = "im"
     #: the run the audit compares against the source model (default: the last run)
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (needs data.target_labeled)
@@ -163,7 +169,7 @@ class MethodConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(RecipeSection):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
@@ -188,7 +194,7 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)
 
 
-class DiagnosticsConfig(_Section):
+class DiagnosticsConfig(RecipeSection):
     enabled: bool = True
     #: features for the gap statistics: the model's penultimate layer, or raw pixels
     features: Literal["model", "pixels"] = "model"
@@ -205,13 +211,13 @@ class DiagnosticsConfig(_Section):
     umap: bool = True
 
 
-class OutputConfig(_Section):
+class OutputConfig(RecipeSection):
     dir: str = "runs"
     #: run folder name (default: the recipe's name)
     name: str | None = None
 
 
-class Recipe(_Section):
+class Recipe(RecipeSection):
     name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -234,6 +240,27 @@ class Recipe(_Section):
         if self.method.selection == "source_val" and self.data.split.val == 0:
             raise ValueError("method.selection: source_val needs a source validation split "
                              "(data.split.val is 0; choose im, snd or last, or set data.split.val)")
+        return self
+
+    @model_validator(mode="after")
+    def _source_free(self) -> Recipe:
+        """No source data: allowed when every run is source-free and the source model is given.
+        An omitted ``data.source`` means "none" exactly then (otherwise the phantom default)."""
+        all_free = bool(self.method.runs) and all(r.source_free for r in self.method.runs)
+        if ("source" not in self.data.model_fields_set and all_free and self.model.source_checkpoint
+                and any(r.objective in SOURCE_FREE_OBJECTIVES for r in self.method.runs)):
+            self.data.source = None
+        if self.data.source is None:
+            if not self.model.source_checkpoint:
+                raise ValueError("data.source: without source images, model.source_checkpoint must give the "
+                                 "source model")
+            bad = [r.name for r in self.method.runs if not r.source_free]
+            if bad:
+                raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only shot, tent and "
+                                 "objective none without style/mixstyle adapt without them)")
+            if self.method.selection in ("dev", "source_val"):
+                raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
+                                 "(data.source is none); use im or snd")
         return self
 
     @property
@@ -456,7 +483,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
         return str(q)
 
     for spec in (recipe.data.source, recipe.data.target):
-        if spec.path is not None:
+        if spec is not None and spec.path is not None:
             spec.path = fix(spec.path)
     if recipe.model.weights not in (None, "imagenet"):
         recipe.model.weights = fix(recipe.model.weights)

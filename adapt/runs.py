@@ -27,14 +27,19 @@ from adapt.data import (
 )
 from adapt.errors import UserError
 from adapt.methods.adabn import adabn
-from adapt.recipe import AdaptRunConfig, Recipe
+from adapt.models import load_checkpoint
+from adapt.recipe import SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe
 
 
 @dataclass
 class Domains:
-    """Both domains and their splits (index arrays into the full datasets)."""
+    """Both domains and their splits (index arrays into the full datasets).
 
-    source: DomainDataset
+    A source-free recipe (``data.source`` none: SHOT, TENT) has ``source`` None and
+    an empty ``source_split``; the classes then come from the source checkpoint.
+    """
+
+    source: DomainDataset | None
     target: DomainDataset
     source_split: dict[str, DomainDataset]
     target_split: dict[str, DomainDataset]
@@ -47,7 +52,11 @@ class Domains:
 
     @property
     def classes(self) -> list[str]:
-        return self.source.classes
+        return self.source.classes if self.source is not None else self.target.classes
+
+    @property
+    def has_source(self) -> bool:
+        return self.source is not None
 
     def summary(self) -> dict[str, Any]:
         def info(ds: DomainDataset) -> dict[str, Any]:
@@ -56,8 +65,9 @@ class Domains:
 
         return {
             "classes": self.classes,
-            "source": {"name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
-                       "skipped": self.source.skipped},
+            "source": None if self.source is None else {
+                "name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
+                "skipped": self.source.skipped},
             "target": {"name": self.target.name, "labels_known": self.target.has_labels,
                        "missing_classes": self.target_missing,
                        **{k: info(v) for k, v in self.target_split.items()},
@@ -94,6 +104,10 @@ def load_domains(recipe: Recipe) -> Domains:
     """Both domains with one class mapping, split train/val/test (stratified, seeded)."""
     d = recipe.data
     common = dict(image_size=d.image_size, channels=d.channels, skip_unreadable=d.skip_unreadable)
+    fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
+    fractions = {k: v for k, v in fractions.items() if v > 0}
+    if d.source is None:  # source-free: not one source image is read
+        return _load_target_only(recipe, fractions, common)
     source = load_domain(d.source, seed=recipe.seed, **common)
     if not source.has_labels:
         raise UserError(f"data.source ({d.source.describe()}): the source domain needs labels")
@@ -101,8 +115,6 @@ def load_domains(recipe: Recipe) -> Domains:
     if target.has_labels:
         check_same_classes(source, target)
     target_missing = check_trainable_classes(source, target, target_subset=d.target_classes == "subset")
-    fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
-    fractions = {k: v for k, v in fractions.items() if v > 0}
     s_idx = stratified_split(source.labels, fractions, seed=recipe.seed)
     # An unlabelled target (labels −1) is one stratum: a plain seeded split.
     t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
@@ -120,11 +132,41 @@ def load_domains(recipe: Recipe) -> Domains:
                    target_missing=target_missing)
 
 
+def _load_target_only(recipe: Recipe, fractions: dict[str, float], common: dict[str, Any]) -> Domains:
+    """The target domain alone, its classes fixed by the source checkpoint's."""
+    path = recipe.model.source_checkpoint
+    _, meta = load_checkpoint(path)
+    classes = meta.get("classes")
+    if not classes:
+        raise UserError(f"{path}: the checkpoint records no class names; a source-free run needs them "
+                        "(a checkpoint written by adapt-run has them)")
+    target = load_domain(recipe.data.target, seed=recipe.seed, classes=list(classes), **common)
+    t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
+    target_split = {k: target.subset(v) for k, v in t_idx.items()}
+    labeled = None
+    if recipe.data.target_labeled > 0:
+        if not target.has_labels:
+            raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
+        tr = target_split["train"]
+        labeled = tr.subset(labeled_per_class(tr.labels, recipe.data.target_labeled, seed=recipe.seed))
+    held_out = target.subset(np.concatenate([t_idx[k] for k in ("val", "test") if k in t_idx]))
+    return Domains(None, target, {}, target_split, labeled, source_eval=None, target_eval=held_out)
+
+
+def run_epochs(run_cfg: AdaptRunConfig, recipe: Recipe) -> int:
+    """The run's epochs: its own override, else train.epochs — except TENT, online by
+    definition: one pass over the target unless the run says otherwise."""
+    if run_cfg.epochs is not None:
+        return run_cfg.epochs
+    return 1 if run_cfg.objective == "tent" else recipe.train.epochs
+
+
 def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
     """Runs whose BatchNorm statistics end up the target's (AdaBN; fine-tuning on target
-    images, whose precise-BN pass re-estimates them there) are evaluated on the source with
-    source statistics, so that source accuracy measures what the weights retained."""
-    return run_cfg.adabn or run_cfg.objective == "finetune"
+    images, and SHOT/TENT, which train on target images only, whose precise-BN pass
+    re-estimates them there) are evaluated on the source with source statistics, so that
+    source accuracy measures what the weights retained."""
+    return run_cfg.adabn or run_cfg.objective in ("finetune", *SOURCE_FREE_OBJECTIVES)
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

@@ -10,9 +10,17 @@ Unsupervised Domain Adaptation", 2022):
 * ``snd`` — soft neighbourhood density (Saito et al. 2021) of target predictions: high
   when target points cluster. It can reward a collapsed model, so it is reported but
   not the default.
+* ``dev`` — deep embedded validation (You et al., ICML 2019, "Towards Accurate Model
+  Selection in Deep Unsupervised Domain Adaptation"): the source-validation loss
+  importance-weighted towards the target, w(x) = p_t(x)/p_s(x) estimated by a domain
+  classifier on the model's features, with a control variate (:func:`dev_risk`). Needs
+  labelled source images; the score is −risk.
 * ``source_val`` — accuracy on the labelled source validation split (a supervised but
   source-only criterion: it protects source accuracy, not target accuracy).
 * ``last`` — no selection: the final epoch.
+
+Every epoch logs every score it can compute, and ``selection.json`` keeps each
+selector's pick (:func:`selector_picks`), so a reader sees where they disagree.
 """
 
 from __future__ import annotations
@@ -24,15 +32,71 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
 
-SELECTORS = ("im", "snd", "source_val", "last")
+SELECTORS = ("im", "snd", "dev", "source_val", "last")
+#: selector → the per-epoch log it maximises (``last`` maximises the epoch number)
+SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "last": "epoch"}
+#: cap per domain on the images whose features train DEV's domain classifier (cost bound)
+DEV_MAX_IMAGES = 1000
 
 
-def _validators() -> tuple[type, type]:
-    """pytorch-adapt's IM and SND validators.
+def dev_importance_weights(source_train_feats: np.ndarray, target_feats: np.ndarray, source_val_feats: np.ndarray,
+                           seed: int = 0) -> np.ndarray:
+    """DEV's density ratio w(x) = p_t(x) / p_s(x) at the source-validation features [n_val].
+
+    A domain classifier (standardised logistic regression; You et al. use an MLP, as does
+    pytorch-adapt's ``DeepEmbeddedValidator``, whose nine weight decays and early stopping
+    make the estimate depend on the run: a linear one is deterministic and enough on pooled
+    features) separates source-train (label 1) from target (label 0) features; then
+    w(x) = P(target | x) / P(source | x) · n_s / n_t (Bayes' rule with the class priors
+    undone, as in the authors' code).
+    """
+    # late: scikit-learn's import costs ~1 s of start-up and only DEV needs it here
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([source_train_feats, target_feats]).astype(np.float64)
+    y = np.r_[np.ones(len(source_train_feats)), np.zeros(len(target_feats))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
+    clf.fit(x, y)
+    p = clf.predict_proba(np.asarray(source_val_feats, dtype=np.float64))  # columns: [target, source]
+    p = np.clip(p, 1e-6, 1.0)
+    return p[:, 0] / p[:, 1] * (len(source_train_feats) / len(target_feats))
+
+
+def dev_risk(weights: np.ndarray, errors: np.ndarray) -> float:
+    """DEV's target-risk estimate from importance weights w [n] and per-sample source-
+    validation losses ℓ [n] (You et al. 2019, Eq. 9; pytorch-adapt's ``get_dev_risk``):
+
+        η = −Cov(w ℓ, w) / Var(w),   R_DEV = mean(w ℓ) + η · mean(w) − η
+
+    (the control variate η(w − 1) has mean 0 and cancels much of the weighting's variance).
+    With constant weights (Var(w) = 0: the domains are indistinguishable to the classifier)
+    there is nothing to control and R_DEV = mean(w ℓ).
+    """
+    get_dev_risk = _validators()[2]
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if len(w) < 2 or np.var(w) <= 1e-12 * max(np.mean(w) ** 2, 1e-300):
+        return float(np.mean(w * e))
+    return float(get_dev_risk(torch.from_numpy(w).view(-1, 1), torch.from_numpy(e).view(-1, 1), None))
+
+
+def _features_subset(model: nn.Module, data: Dataset, device: torch.device, batch_size: int,
+                     limit: int | None, seed: int) -> dict[str, np.ndarray]:
+    if limit is not None and len(data) > limit:
+        idx = np.sort(np.random.default_rng([seed, 0xDE5]).choice(len(data), limit, replace=False))
+        data = Subset(data, idx.tolist())
+    return predict(model, data, device, batch_size, return_features=True)
+
+
+def _validators() -> tuple[type, type, Callable]:
+    """pytorch-adapt's IM and SND validators and DEV's risk estimate.
 
     Late import: pytorch-adapt (with torchmetrics behind it) adds seconds to start-up and
     only selection needs it. torchmetrics' import of ``pkg_resources`` warns on every run
@@ -43,12 +107,13 @@ def _validators() -> tuple[type, type]:
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning,
                                 module=r"torchmetrics\.")
         from pytorch_adapt.validators import IMValidator, SNDValidator
-    return IMValidator, SNDValidator
+        from pytorch_adapt.validators.deep_embedded_validator import get_dev_risk
+    return IMValidator, SNDValidator, get_dev_risk
 
 
 def label_free_scores(probs: np.ndarray) -> dict[str, float]:
     """IM and SND of target predicted probabilities ``probs`` [N, K] (higher is better)."""
-    IMValidator, SNDValidator = _validators()
+    IMValidator, SNDValidator, _ = _validators()
     p = torch.as_tensor(probs, dtype=torch.float32).clamp_min(1e-12)
     logits = p.log()  # softmax(log p) = p, so IM sees exactly these predictions
     return {
@@ -67,37 +132,86 @@ def make_score_fn(
     prepare: Callable[[nn.Module], nn.Module] | None = None,
     source_prepare: Callable[[nn.Module], nn.Module] | None = None,
     batch_size: int = 256,
+    source_train: Dataset | None = None,
+    seed: int = 0,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
     the one ``selector`` names. ``prepare`` turns the training model into the model that
     will be deployed (e.g. AdaBN on the target) before it is scored; it gets a copy.
     ``source_prepare`` does the same for the source-validation accuracy when the model
     is deployed on the source differently (per-domain BatchNorm statistics: AdaBN and
-    fine-tuning runs are measured on the source with the source's statistics)."""
+    fine-tuning runs are measured on the source with the source's statistics).
+
+    Every score that the data allows is logged each epoch, whichever one selects: DEV
+    when ``source_train`` and ``source_val`` are given (labelled source images), the
+    source-validation accuracy when ``source_val`` is. A selector whose data is missing
+    (``dev`` or ``source_val`` on a source-free run) is refused here, up front."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
+    has_val = source_val is not None and len(source_val) > 0
+    has_dev = has_val and source_train is not None and len(source_train) > 0
+    if selector == "source_val" and not has_val:
+        raise UserError("method.selection: 'source_val' needs labelled source validation images (this run has none)")
+    if selector == "dev" and not has_dev:
+        raise UserError("method.selection: 'dev' needs labelled source images (source train and validation); "
+                        "this run has none — use im or snd")
+
     def score(model: nn.Module) -> tuple[float | None, dict[str, float]]:
         candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
-        logs = label_free_scores(predict(candidate, target, device, batch_size)["probs"])
-        if source_val is not None and len(source_val):
+        t_out = predict(candidate, target, device, batch_size, return_features=has_dev)
+        logs = label_free_scores(t_out["probs"])
+        if has_val:
             on_source = source_prepare(copy.deepcopy(model)) if source_prepare is not None else candidate
-            out = predict(on_source, source_val, device, batch_size)
+            out = predict(on_source, source_val, device, batch_size, return_features=has_dev)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
+            if has_dev:
+                logs["dev"] = _dev_score(on_source, t_out, out)
         if selector == "last":
             return None, logs  # no selection: the loop takes the last epoch
-        if selector == "source_val":
-            return logs.get("source_val_accuracy", float("nan")), logs
-        return logs[selector], logs
+        return logs[SELECTOR_KEYS[selector]], logs
+
+    def _dev_score(on_source: nn.Module, t_out: dict[str, np.ndarray], val_out: dict[str, np.ndarray]) -> float:
+        """−R_DEV: the source-validation cross-entropy weighted towards the target."""
+        s_feats = _features_subset(on_source, source_train, device, batch_size, DEV_MAX_IMAGES, seed)["features"]
+        t_feats = t_out["features"]
+        if len(t_feats) > DEV_MAX_IMAGES:
+            t_feats = t_feats[np.random.default_rng([seed, 0xDE6]).choice(len(t_feats), DEV_MAX_IMAGES, replace=False)]
+        w = dev_importance_weights(s_feats, t_feats, val_out["features"], seed)
+        p_true = val_out["probs"][np.arange(len(val_out["labels"])), val_out["labels"]]
+        return -dev_risk(w, -np.log(np.clip(p_true, 1e-12, None)))
 
     return score
 
 
+def selector_picks(epochs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The epoch each selector would pick from per-epoch logs (first best on ties, as the
+    loop keeps the first improvement); selectors without finite scores are left out.
+    Returns ``{selector: {"epoch": e, "score": s}}``."""
+    picks: dict[str, dict[str, Any]] = {}
+    for selector, key in SELECTOR_KEYS.items():
+        scored = [(float(e[key]), e["epoch"]) for e in epochs
+                  if key in e and e[key] is not None and np.isfinite(float(e[key]))]
+        if scored:
+            best = max(scored, key=lambda t: t[0])  # max keeps the first of equal scores
+            picks[selector] = {"epoch": best[1], "score": best[0]}
+    return picks
+
+
 def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: int) -> dict[str, Any]:
-    """The chosen epoch and every epoch's scores, for ``selection.json``."""
-    keys = ("im", "snd", "source_val_accuracy", "score")
+    """The chosen epoch, every epoch's scores and every selector's pick, for ``selection.json``.
+
+    ``picks`` maps each selector with scores to the epoch it would have chosen;
+    ``selectors_agree`` says whether all picked the same epoch (``last`` aside, which
+    always picks the final one)."""
+    keys = ("im", "snd", "dev", "source_val_accuracy", "score")
+    epochs = [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history]
+    picks = selector_picks(epochs)
+    chosen = {p["epoch"] for name, p in picks.items() if name != "last"}
     return {
         "selector": selector,
         "selected_epoch": best_epoch,
-        "epochs": [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history],
+        "picks": picks,
+        "selectors_agree": len(chosen) <= 1,
+        "epochs": epochs,
     }

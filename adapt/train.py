@@ -35,7 +35,7 @@ from adapt.errors import UserError, exception_line
 from adapt.fingerprint import check_fingerprint
 from adapt.io import atomic_torch_save, torch_load
 from adapt.methods.adabn import adabn, batchnorm_layers
-from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.base import EpochStart, FeatureStyle, ImageStyle, Objective, Penalty
 from adapt.progress import progress_bar, reporter
 from adapt.recipe import StrategyConfig, TrainConfig
 from adapt.strategies import apply_strategy, freeze_bn_stats, param_groups
@@ -304,12 +304,15 @@ def train_one_epoch(
     sample_weights: np.ndarray | None = None,
 ) -> dict[str, float]:
     """One pass over this rank's share of ``source_train``; returns the mean of every
-    step's logs (averaged over ranks). A target batch is drawn for every source batch
-    when ``target_train`` is given."""
+    step's logs (averaged over ranks), after the logs of the objective's ``start_epoch``
+    when it has one (:class:`adapt.methods.base.EpochStart`). A target batch is drawn
+    for every source batch when ``target_train`` is given."""
     model, device, cfg, strategy, ctx = loop.model, loop.device, loop.cfg, loop.strategy, loop.ctx
     if strategy is not None:
         apply_strategy(model, strategy.kind, epoch=epoch, top_k=strategy.top_k,
                        progressive_epochs=strategy.progressive_epochs)
+    # SHOT's pseudo-labels / TENT's freezing: after the strategy, before the batches
+    epoch_logs = parts.objective.start_epoch(model, epoch) if isinstance(parts.objective, EpochStart) else {}
     loop.trainable.train()
     freeze_bn_stats(model)  # frozen blocks keep their BatchNorm running statistics
     if parts.feature_style is not None:
@@ -348,7 +351,7 @@ def train_one_epoch(
         parts.feature_style.detach()
     dist_utils.average_buffers(loop.trainable, ctx)
     n_steps = step + 1
-    return {k: dist_utils.all_reduce_mean(v / n_steps, ctx) for k, v in sums.items()}
+    return {**epoch_logs, **{k: dist_utils.all_reduce_mean(v / n_steps, ctx) for k, v in sums.items()}}
 
 
 def _target_batches(target_train: Dataset, epoch: int, seed: int, cfg: TrainConfig,

@@ -216,26 +216,28 @@ def _domain_summary(probs: np.ndarray, classes: list[str]) -> dict:
     }
 
 
-def collapse_section(source: FeatureSet, target: FeatureSet, classes: list[str] | None = None) -> dict:
+def collapse_section(source: FeatureSet | None, target: FeatureSet, classes: list[str] | None = None) -> dict:
     """The audit's ``collapse`` section from the classifier outputs of both domains.
 
     BBSE needs labelled *held-out* source data: the source domain's labels are used when
     known (if the model was trained on these very images its source confusion is
     optimistic, which makes BBSE read a collapse as milder than it is). Without source
-    labels only the pile-up test (largest share, marginal entropy) decides.
+    labels only the pile-up test (largest share, marginal entropy) decides; without
+    source images at all (``source`` None: a source-free run) ``source`` is None too.
     """
-    if source.probs is None or target.probs is None:
+    if (source is not None and source.probs is None) or target.probs is None:
         raise UserError("collapse: needs a classifier model (--model CKPT)")
-    k = source.probs.shape[1]
+    k = target.probs.shape[1]
     names = list(classes) if classes is not None and len(classes) == k else [str(i) for i in range(k)]
-    labelled = len(source.labels) > 0 and bool((source.labels >= 0).all()) and int(source.labels.max()) < k
+    labelled = (source is not None and len(source.labels) > 0 and bool((source.labels >= 0).all())
+                and int(source.labels.max()) < k)
     if labelled:
         result: CollapseResult = collapse_report(
             target.probs, source_probs=source.probs, source_labels=source.labels, class_names=names)
     else:
         result = collapse_report(target.probs, class_names=names)
     out: dict[str, Any] = {
-        "source": _domain_summary(source.probs, names),
+        "source": None if source is None else _domain_summary(source.probs, names),
         "target": _domain_summary(target.probs, names),
         "collapsed": bool(result.collapsed),
         "label_shift": bool(result.label_shift),

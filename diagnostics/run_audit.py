@@ -22,7 +22,7 @@ from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
-from diagnostics.audit import StageResult, build_audit
+from diagnostics.audit import StageResult, Verdict, build_audit
 from diagnostics.report import render_html, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,7 +171,9 @@ def measure_stage(
 ) -> tuple[StageResult, dict[str, Any]]:
     """Everything but the embedding for one model, from its features ``fs``/``ft`` of the
     held-out ``source``/``target`` images: gap statistics, collapse, label-free scores,
-    spurious-feature analysis per domain, per-group metrics.
+    spurious-feature analysis per domain, per-group metrics. A source-free run passes
+    ``fs`` and ``source`` None: the gap statistics are left out and everything else is
+    measured on the target alone.
 
     Returns the report's :class:`StageResult` and the raw result objects (for
     before/after comparisons such as :func:`diagnostics.attribution.compare_reliance`).
@@ -181,17 +183,21 @@ def measure_stage(
     from diagnostics.gap import collapse_section, measure_gap
 
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed, bootstrap=50)
-    timings["gap"] = time.perf_counter() - t
+    gap = None
+    if fs is not None:
+        t = time.perf_counter()
+        gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed, bootstrap=50)
+        timings["gap"] = time.perf_counter() - t
     collapse = collapse_section(fs, ft, classes)
     label_free = label_free_scores(ft.probs)
+    domains = [(n, ds, m) for n, ds, m in (("source", source, source_model or model), ("target", target, model))
+               if ds is not None]
 
     raw: dict[str, Any] = {"gap": gap}
     spurious: dict[str, Any] = {}
     if cfg.attribution:
         t = time.perf_counter()
-        for dom_name, ds, m in (("source", source, source_model or model), ("target", target, model)):
+        for dom_name, ds, m in domains:
             sub = _subsample(ds, cfg.attribution_samples, seed)
             images = sub.images()
             res = spurious_analysis(
@@ -206,7 +212,7 @@ def measure_stage(
         timings["attribution"] = time.perf_counter() - t
 
     groups: dict[str, Any] = {}
-    for dom_name, ds, m in (("source", source, source_model or model), ("target", target, model)):
+    for dom_name, ds, m in domains:
         for col, per in group_metrics(m, ds, classes, device).items():
             groups[f"{dom_name} {col}"] = per
 
@@ -214,7 +220,7 @@ def measure_stage(
         name=name,
         metrics={"source_test": metrics.get("source_test"), "target_test": metrics.get("target_test")},
         label_free={"im_score": label_free["im"], "snd": label_free["snd"]},
-        gap={**gap.to_dict(), "seconds": {k: round(v, 2) for k, v in timings.items()}},
+        gap={} if gap is None else {**gap.to_dict(), "seconds": {k: round(v, 2) for k, v in timings.items()}},
         collapse=collapse,
         spurious=spurious,
         groups=groups,
@@ -238,7 +244,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
     say = reporter(progress)
-    source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed)
+    has_source = domains.source_eval is not None
+    source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed) if has_source else None
     target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
     stages = [("source-only", summary.source)]
     after_name = recipe.audit_run_name()
@@ -249,13 +256,13 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     # source images with statistics re-estimated on unlabelled source training images.
 
     per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
-    source_models = [st.model if not (i > 0 and after_name in per_domain_runs)
+    source_models = [st.model if not (i > 0 and after_name in per_domain_runs and has_source)
                      else deployed_on_source(st.model, domains, device) for i, (_, st) in enumerate(stages)]
-    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False),
+    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False) if has_source else None,
               extract_features(target, st.model, cfg.features, device=device, progress=False))
              for sm, (_, st) in zip(source_models, stages)]
     pool = futures = None
-    if cfg.umap:
+    if cfg.umap and has_source:  # the embedding shows the two domains together
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         futures = [pool.submit(_embedding_job, fs.features, ft.features, fs.labels, ft.labels,
                                recipe.seed, 2 * cfg.max_samples) for fs, ft in feats]
@@ -294,9 +301,31 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         methods_table=[{**row, "seed": recipe.seed, "selector": recipe.method.selection}
                        for row in summary.table],
     )
+    if not has_source:
+        audit.verdicts.insert(0, source_free_verdict())
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html
+
+
+#: what an audit cannot measure without source images (a source-free run)
+NOT_MEASURED_WITHOUT_SOURCE = (
+    "the domain gap (MMD, Fréchet distance, domain classifier, transport)",
+    "source accuracy, and so forgetting and negative transfer on the source",
+    "the BBSE estimate of the target label mix (needs labelled source images)",
+    "attribution and group metrics on source images",
+    "the joint source/target embedding",
+)
+
+
+def source_free_verdict():
+    """The audit's statement of what a source-free run's audit could not measure."""
+    return Verdict(
+        name="source_free", level="warn", title="Source-free run: measured on the target only",
+        summary="No source images were read (data.source is none), so this audit measured the target "
+                "predictions, collapse, label-free scores, attributions and group metrics only; not measured: "
+                + "; ".join(NOT_MEASURED_WITHOUT_SOURCE) + ".",
+        evidence={"source_images": 0})
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.progress", 0, "base"),
     ("adapt.recipe", 0, "base"),
     ("adapt.fingerprint", 0, "base"),
+    ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),

@@ -1,8 +1,10 @@
 """Adaptation methods, one file each, and the assembly of a recipe run's pieces.
 
-A run in ``method.runs`` names an objective (``source_only``, ``dann``, ``finetune``),
-an image style (``fda``, ``histogram``), MixStyle, AdaBN and EWC; :func:`build_run_components`
-turns that into the objects the one training loop takes.
+A run in ``method.runs`` names an objective (``source_only``, ``dann``, ``cdan``, ``mcc``,
+``coral``, ``dan``, ``shot``, ``tent``, ``finetune``), an image style (``fda``,
+``histogram``), MixStyle, AdaBN and EWC; :func:`build_run_components` turns that into the
+objects the one training loop takes. SHOT and TENT are source-free: their "labelled"
+batches are target images (SHOT's carry its pseudo-labels), and no source image is read.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ from torch.utils.data import Dataset
 
 from adapt.errors import UserError
 from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.cdan import CDAN
+from adapt.methods.coral import DeepCORAL
+from adapt.methods.dan import DAN
 from adapt.methods.dann import DANN
 from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
+from adapt.methods.mcc import MCC
+from adapt.methods.shot import SHOT
 from adapt.methods.source_only import SourceOnly
 from adapt.methods.style import FDA, HistogramMatching, MixStyle
+from adapt.methods.tent import TENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import AdaptRunConfig, Recipe
@@ -43,7 +51,7 @@ def build_run_components(
     *,
     model: nn.Module,
     recipe: Recipe,
-    source_train: Dataset,
+    source_train: Dataset | None,
     target_train: Dataset,
     target_labeled: Dataset | None,
     device: torch.device,
@@ -52,13 +60,14 @@ def build_run_components(
     """Assemble a run: its objective, the data it trains on, styles and penalties.
 
     ``source_train``: labelled source training images (with ``.images(idx)`` and
-    ``.labels``); ``target_train``: the unlabelled target training images;
+    ``.labels``), None in a source-free recipe (SHOT, TENT); ``target_train``: the unlabelled target training images;
     ``target_labeled``: the few labelled target images (``finetune``), or None.
     EWC's Fisher is computed here, on the source training images, from ``model`` (still
     the source model's weights), and saved to ``out_dir/fisher.pt``.
     """
     objective: Objective | None
     train_data = source_train
+    smoothing = recipe.train.label_smoothing
     if run.objective == "none":
         objective = None
     elif run.objective == "source_only":
@@ -66,6 +75,16 @@ def build_run_components(
     elif run.objective == "dann":
         objective = DANN.for_model(model, domain_weight=run.dann.weight, width=run.dann.hidden,
                                    depth=run.dann.depth, label_smoothing=recipe.train.label_smoothing)
+    elif run.objective in ("cdan", "mcc", "coral", "dan"):
+        objective = _alignment_objective(run, model, smoothing, recipe.seed)
+    elif run.objective == "shot":
+        # no label smoothing on pseudo-labels (the paper smooths the source training only)
+        objective = SHOT(target_train, pseudo_label_weight=run.shot.pseudo_label_weight,
+                         diversity_weight=run.shot.diversity_weight)
+        train_data = objective.data  # target images with pseudo-labels, refreshed every epoch
+    elif run.objective == "tent":
+        objective = TENT()
+        train_data = target_train  # unlabelled: TENT ignores the labels
     elif run.objective == "finetune":
         if target_labeled is None:
             raise UserError(f"method.runs.{run.name}: objective 'finetune' needs labelled target images "
@@ -89,6 +108,21 @@ def build_run_components(
 
     # the loop draws target batches only when a part declares ``uses_target``
     return RunComponents(objective, train_data, target_train, style, feature_style, penalties)
+
+
+def _alignment_objective(run: AdaptRunConfig, model: nn.Module, smoothing: float, seed: int) -> Objective:
+    """CDAN, MCC, DeepCORAL or DAN from the run's options (under the objective's own key)."""
+    if run.objective == "cdan":
+        c = run.cdan
+        return CDAN.for_model(model, domain_weight=c.weight, entropy=c.entropy, randomized_dim=c.randomized_dim,
+                              max_dim=c.max_multilinear_dim, width=c.hidden, depth=c.depth,
+                              label_smoothing=smoothing, seed=seed)
+    if run.objective == "mcc":
+        return MCC(weight=run.mcc.weight, temperature=run.mcc.temperature, label_smoothing=smoothing)
+    if run.objective == "coral":
+        return DeepCORAL(weight=run.coral.weight, layers=run.coral.layers, label_smoothing=smoothing)
+    return DAN(weight=run.dan.weight, layers=run.dan.layers, kernel_low=run.dan.kernel_low,
+               kernel_high=run.dan.kernel_high, label_smoothing=smoothing)
 
 
 def _ewc_penalty(run: AdaptRunConfig, model: nn.Module, src: Dataset, device: torch.device,

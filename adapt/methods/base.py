@@ -8,7 +8,11 @@ early stopping). A method contributes pieces to it and never loops itself:
   target's style (FDA, histogram matching), applied in [0, 1] pixel space before the
   model's own normalisation, during training only;
 * :class:`FeatureStyle` — forward hooks that restyle feature maps (MixStyle);
-* :class:`Penalty` — a parameter regulariser added to every step's loss (EWC, L2-SP).
+* :class:`Penalty` — a parameter regulariser added to every step's loss (EWC, L2-SP);
+* :class:`EpochStart` — optional: an objective that also has ``start_epoch`` is called
+  at the start of every epoch, after the transfer strategy set ``requires_grad`` and
+  before the epoch's batches are drawn (SHOT refreshes its pseudo-labels and re-freezes
+  the head there; TENT re-freezes everything but the BatchNorm affine parameters).
 
 Each protocol lists exactly what the loop calls. The loop draws an unlabelled target
 batch ``xt`` for every source batch if and only if one of the objective, the image style
@@ -89,3 +93,12 @@ class Penalty(Protocol):
     name: str
 
     def __call__(self, model: nn.Module) -> Tensor: ...
+
+
+@runtime_checkable
+class EpochStart(Protocol):
+    """An objective's per-epoch hook (optional; see the module docstring)."""
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Prepare epoch ``epoch`` (0-based); returns logs for the epoch's history record."""
+        ...
