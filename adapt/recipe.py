@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
