@@ -41,7 +41,7 @@ from adapt.io import atomic_write_bytes
 from adapt.models import Classifier, load_checkpoint, unwrap_model
 from adapt.models import _one_line  # noqa: PLC2701 - the one 'Type: first line' formatter
 
-__all__ = ["ExportResult", "export_onnx", "export_checkpoint", "variant_file_name", "read_onnx_metadata"]
+__all__ = ["ExportResult", "check_available", "export_onnx", "export_checkpoint", "variant_file_name", "read_onnx_metadata"]
 
 #: ONNX opset: 17 is supported by every onnxruntime >= 1.14
 OPSET = 17
@@ -83,6 +83,11 @@ def _onnx_modules():
     except ImportError as err:
         raise UserError(f"ONNX export needs the '{err.name}' package: {_DEPLOY_EXTRA}") from None
     return onnx, onnxruntime
+
+
+def check_available() -> None:
+    """Raise the one-line UserError now if onnx/onnxruntime are missing (before a run trains)."""
+    _onnx_modules()
 
 
 def variant_file_name(path: str | os.PathLike, batchnorm_statistics: str) -> Path:

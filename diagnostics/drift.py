@@ -48,7 +48,7 @@ from adapt.errors import UserError
 from adapt.io import atomic_write_bytes
 from diagnostics.collapse import CollapseResult, collapse_report, prediction_histogram
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
-from diagnostics.features import FeatureSet
+from diagnostics.features import FeatureSet, extract_features
 from diagnostics.frechet import FrechetSampleSizeWarning, frechet_from_moments
 from diagnostics.gap import FailCondition, fired_conditions, parse_fail_on
 from diagnostics.mmd import MMDResult, mmd_permutation_test
@@ -71,6 +71,8 @@ __all__ = [
     "parse_drift_fail_on",
     "drift_fired",
     "reference_summary",
+    "save_run_reference",
+    "monitor_batch",
 ]
 
 #: the reference's file name inside a run folder
@@ -415,3 +417,35 @@ def reference_summary(ref: DriftReference) -> dict[str, Any]:
             "classes": ref.classes, "histogram": dict(zip(ref.classes, ref.histogram.tolist())),
             "mean_confidence": float(np.mean(ref.confidences)) if len(ref.confidences) else math.nan,
             "extractor": ref.extractor, "meta": ref.meta}
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def save_run_reference(run_dir: str | os.PathLike, model: torch.nn.Module, dataset, classes: list[str], *,
+                       model_path: str, device: str | torch.device = "cpu", max_points: int = 1000, seed: int = 0,
+                       meta: Mapping[str, Any] | None = None) -> Path:
+    """Extract the deployed model's features on ``dataset`` (held-out target images) and
+    write ``RUN_DIR/drift_reference.npz``. ``model_path``: the checkpoint, relative to
+    ``run_dir``, that :func:`monitor_batch` will load."""
+    fs = extract_features(dataset, model, "model", device=device, progress=False)
+    info = {"model": model_path, "image_size": int(getattr(dataset, "image_size", 0) or 0),
+            "channels": int(getattr(dataset, "channels", 0) or 0), "domain": getattr(dataset, "name", ""),
+            "seed": int(seed), **dict(meta or {})}
+    ref = build_reference(fs, classes, max_points=max_points, seed=seed, meta=info)
+    return save_reference(ref, Path(run_dir) / REFERENCE_FILE)
+
+
+def monitor_batch(run_dir: str | os.PathLike, batch, *, alpha: float = 0.01, permutations: int = 500,
+                  max_points: int = 1000, seed: int = 0, batch_size: int = 128, num_workers: int = 0,
+                  device: str | torch.device = "cpu", progress: bool = False,
+                  reference: DriftReference | None = None) -> DriftResult:
+    """``diagnose drift``: the run's deployed model on ``batch`` (a dataset of images at
+    the reference's size and channels), compared with the run's reference."""
+    from adapt.models import load_checkpoint
+
+    ref = reference if reference is not None else load_reference(Path(run_dir) / REFERENCE_FILE)
+    model, _ = load_checkpoint(Path(run_dir) / str(ref.meta.get("model", "")), map_location="cpu")
+    fs = extract_features(batch, model, "model", batch_size=batch_size, num_workers=num_workers, device=device,
+                          progress=progress)
+    return compare_to_reference(ref, fs, alpha=alpha, permutations=permutations, max_points=max_points, seed=seed)
