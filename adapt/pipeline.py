@@ -29,6 +29,7 @@ from adapt.distributed import SINGLE, DistContext
 from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
+from adapt.export import check_available, export_onnx, variant_file_name
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.methods import RunComponents, build_run_components
 from adapt.methods.source_only import SourceOnly
@@ -278,9 +279,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, ctx: DistContext = SINGL
     run_dir = recipe.run_dir
     say = reporter(progress and ctx.is_main)
     if recipe.output.onnx:
-        from adapt.export import check_available  # late: an optional extra, checked before training
-
-        check_available()
+        check_available()  # the deploy extra, before anything trains
 
     domains = load_domains(recipe)
     if ctx.is_main:
@@ -344,7 +343,8 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
     * with ``output.onnx``: every model as ONNX next to its ``model.pt`` — per-domain-
       BatchNorm runs as ``model.target_bn.onnx``, their target-statistics variant.
     """
-    from diagnostics.drift import MIN_BATCH, save_run_reference  # late: measurement runs only at the end
+    # late: the diagnostics (and the libraries they load) are needed only once a run ends
+    from diagnostics.drift import MIN_BATCH, save_run_reference
 
     run_dir = summary.run_dir
     out: dict[str, Any] = {"drift_reference": None, "onnx": []}
@@ -369,8 +369,6 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
         out["drift_reference"] = {"path": path.name, "model": str(rel), "images": len(held_out)}
         say(f"drift reference: {path} ({deployed.name} on {len(held_out)} held-out target images)")
     if recipe.output.onnx:
-        from adapt.export import export_onnx, variant_file_name  # late: an optional extra
-
         stages = [("source", summary.source, run_dir / "source", None)] + [
             (r.name, summary.runs[r.name], run_dir / "methods" / r.name, r) for r in recipe.method.runs
             if r.name in summary.runs]

@@ -50,6 +50,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -58,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapt.errors import UserError
 from adapt.io import atomic_write_json, atomic_write_text
+from adapt.pipeline import run_recipe
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
 
 __all__ = ["SweepSpec", "ParamRange", "SweepResult", "load_sweep", "run_sweep", "trial_overrides"]
@@ -276,10 +278,10 @@ def _local_lock(path: Path):
 # --------------------------------------------------------------------------- result
 
 
-class SweepResult(BaseModel):
+@dataclass
+class SweepResult:
     """The study's trials and the best one (by the label-free score)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
     sweep_dir: Path
     selector: str
     run: str
@@ -367,8 +369,6 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
     SQLite file in ``RUN_DIR/sweep/``. Every process started with the same recipe, sweep
     and storage is one more worker of the same study.
     """
-    from adapt.pipeline import run_recipe  # orchestration above the pipeline
-
     spec = load_sweep(sweep_path)
     base = load_recipe(recipe_path, list(overrides))
     selector = base.method.selection
@@ -422,7 +422,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         trial_dir = sweep_dir / "trials"
         recipe: Recipe = load_recipe(recipe_path, [
             *overrides, *trial_overrides(point), f"output.dir={json.dumps(str(trial_dir))}",
-            f"output.name=trial_{number}", "diagnostics.enabled=false"])
+            f"output.name=trial_{number}", "diagnostics.enabled=false", "output.onnx=false"])
         t0 = time.perf_counter()
         summary = run_recipe(recipe, resume=True, progress=False, diagnostics=False)
         stage = summary.runs[run]

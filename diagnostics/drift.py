@@ -46,6 +46,7 @@ import torch
 
 from adapt.errors import UserError
 from adapt.io import atomic_write_bytes
+from adapt.models import load_checkpoint
 from diagnostics.collapse import CollapseResult, collapse_report, prediction_histogram
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
 from diagnostics.features import FeatureSet, extract_features
@@ -442,8 +443,6 @@ def monitor_batch(run_dir: str | os.PathLike, batch, *, alpha: float = 0.01, per
                   reference: DriftReference | None = None) -> DriftResult:
     """``diagnose drift``: the run's deployed model on ``batch`` (a dataset of images at
     the reference's size and channels), compared with the run's reference."""
-    from adapt.models import load_checkpoint
-
     ref = reference if reference is not None else load_reference(Path(run_dir) / REFERENCE_FILE)
     model, _ = load_checkpoint(Path(run_dir) / str(ref.meta.get("model", "")), map_location="cpu")
     fs = extract_features(batch, model, "model", batch_size=batch_size, num_workers=num_workers, device=device,
