@@ -175,3 +175,41 @@ def test_a_failed_point_is_queued_again_into_its_own_folder():
     assert waiting[0].user_attrs == {"folder": 1} and waiting[1].user_attrs == {}
     _queue(study, points, TrialState)  # a second worker queues nothing more
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_the_pick_follows_the_label_free_score_not_the_oracle(sampler, tmp_path, monkeypatch):
+    """Stand-in trials (no training): IM peaks at lr = 0.01, the oracle target accuracy at
+    the smallest lr. The best trial is the IM's, and the oracle is only reported."""
+    import math
+    from types import SimpleNamespace
+
+    import adapt.sweep as sweep_mod
+
+    def fake_run(recipe, **kwargs):
+        lr = recipe.method.runs[0].lr
+        im = -(math.log10(lr) + 2) ** 2
+        stage = SimpleNamespace(selection={"selected_epoch": 1, "epochs": [{"epoch": 0, "im": -99.0},
+                                                                          {"epoch": 1, "im": im}]},
+                                metrics={"target_test": {"accuracy": 1 / (1 + 1000 * lr)},
+                                         "source_test": {"accuracy": 0.9}})
+        return SimpleNamespace(runs={"hist": stage})
+
+    monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
+    recipe, sweep = _files(tmp_path)
+    if sampler == "grid":
+        sweep.write_text("sampler: grid\nparams:\n  method.runs.0.lr: [0.0001, 0.001, 0.01, 0.1]\n")
+    else:
+        sweep.write_text("sampler: tpe\ntrials: 6\nseed: 1\nparams:\n  method.runs.0.lr: {low: 1.0e-4, high: 0.1, log: true}\n")
+    result = run_sweep(recipe, sweep, say=lambda msg: None)
+    rows = [r for r in result.rows if r["state"] == "complete"]
+    assert len(rows) == (4 if sampler == "grid" else 6)
+    by_score = max(rows, key=lambda r: r["score"])
+    by_oracle = max(rows, key=lambda r: r["oracle_target_acc"])
+    assert result.best["trial"] == by_score["trial"] != by_oracle["trial"]
+    if sampler == "grid":
+        assert result.best["method.runs.0.lr"] == 0.01
+    best = load_recipe(result.best_recipe_path)
+    assert best.method.runs[0].lr == by_score["method.runs.0.lr"]
+    # the user's output settings, not a trial's folder
+    assert best.output.name is None and best.output.dir == str(tmp_path / "runs")
