@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with: adapt-run RECIPE --resume", file=sys.stderr)
+        again = "the same command (the sweep resumes)" if args.sweep else "adapt-run RECIPE --resume"
+        print(f"interrupted; continue with: {again}", file=sys.stderr)
         return 130
 
 

@@ -440,7 +440,8 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         trial.set_user_attr("run_dir", str(recipe.run_dir))
         trial.set_user_attr("worker", os.getpid())
         oracle = target.get("accuracy")
-        say(f"trial {number}: " + ", ".join(f"{k}={v}" for k, v in point.items())
+        again = "" if number == trial.number else f" (re-run of trial {number})"
+        say(f"trial {trial.number}{again}: " + ", ".join(f"{k}={v}" for k, v in point.items())
             + f" -> {selector} {score:.4g}" + ("" if oracle is None else f" (oracle target acc {100 * oracle:.1f}%)"))
         return score
 
