@@ -36,10 +36,9 @@ from typing import Any
 
 import torch
 
-from adapt.errors import UserError
+from adapt.errors import UserError, exception_line
 from adapt.io import atomic_write_bytes
 from adapt.models import Classifier, load_checkpoint, unwrap_model
-from adapt.models import _one_line  # noqa: PLC2701 - the one 'Type: first line' formatter
 
 __all__ = ["ExportResult", "check_available", "export_onnx", "export_checkpoint", "variant_file_name", "read_onnx_metadata"]
 
@@ -180,7 +179,7 @@ def export_onnx(
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
         except Exception as exc:  # an operator without an ONNX form, a tracing failure
-            raise UserError(f"{out_path}: ONNX export of {model.arch} failed ({_one_line(exc)})") from None
+            raise UserError(f"{out_path}: ONNX export of {model.arch} failed ({exception_line(exc)})") from None
     proto = onnx.load_from_string(buf.getvalue())
     for key, value in _metadata(net, image_size, classes, batchnorm_statistics, metadata or {}).items():
         entry = proto.metadata_props.add()

@@ -47,6 +47,7 @@ from adapt.runs import (
 )
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit
+from diagnostics.drift import MIN_BATCH, save_run_reference
 from diagnostics.run_audit import audit_run
 
 
@@ -343,9 +344,6 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
     * with ``output.onnx``: every model as ONNX next to its ``model.pt`` — per-domain-
       BatchNorm runs as ``model.target_bn.onnx``, their target-statistics variant.
     """
-    # late: the diagnostics (and the libraries they load) are needed only once a run ends
-    from diagnostics.drift import MIN_BATCH, save_run_reference
-
     run_dir = summary.run_dir
     out: dict[str, Any] = {"drift_reference": None, "onnx": []}
     name = recipe.audit_run_name()

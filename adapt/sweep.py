@@ -57,7 +57,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapt.errors import UserError
+from adapt.errors import UserError, exception_line
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.pipeline import run_recipe
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
@@ -256,9 +256,7 @@ def _storage(url: str):
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **kwargs)
     except Exception as exc:  # a malformed URL, a missing driver, a server that is down
-        text = str(exc).strip().splitlines()
-        raise UserError(f"sweep storage {url!r}: cannot open it ({type(exc).__name__}: "
-                        f"{text[0] if text else ''})") from None
+        raise UserError(f"sweep storage {url!r}: cannot open it ({exception_line(exc)})") from None
 
 
 @contextlib.contextmanager

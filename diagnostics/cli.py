@@ -332,7 +332,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from adapt.io import atomic_write_json
     from diagnostics.drift import (REFERENCE_FILE, drift_fired, load_reference, monitor_batch,
                                    parse_drift_fail_on, reference_summary)
-    from diagnostics.features import resolve_device
+    from adapt.device import resolve_device
 
     conditions = parse_drift_fail_on(args.fail_on) if args.fail_on is not None else []  # fail fast
     for name in ("permutations", "max_samples", "batch_size"):

@@ -44,6 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from adapt.data.splits import stratified_subsample
 from adapt.errors import UserError
 from adapt.io import atomic_write_bytes
 from adapt.models import load_checkpoint
@@ -54,7 +55,6 @@ from diagnostics.frechet import FrechetSampleSizeWarning, frechet_from_moments
 from diagnostics.gap import FailCondition, fired_conditions, parse_fail_on
 from diagnostics.mmd import MMDResult, mmd_permutation_test
 from diagnostics.moments import Moments
-from diagnostics.subsample import stratified_indices
 
 __all__ = [
     "REFERENCE_FILE",
@@ -131,7 +131,7 @@ def build_reference(fs: FeatureSet, classes: list[str], *, max_points: int = 100
     if len(classes) != k:
         raise UserError(f"drift reference: {len(classes)} class names for a {k}-class model")
     predicted = fs.probs.argmax(1)
-    idx = stratified_indices(predicted, max_points, seed=seed, keep_every_group=True, what="max_points")
+    idx = stratified_subsample(predicted, max_points, seed=seed, keep_every_group=True, what="max_points")
     return DriftReference(
         features=np.ascontiguousarray(fs.features[idx], dtype=np.float32),
         moments=fs.moments,
