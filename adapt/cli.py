@@ -1,5 +1,7 @@
 """``adapt-run RECIPE [key.path=value ...]`` — train the source model, adapt it, audit it.
 
+``adapt-run RECIPE --sweep SWEEP.yaml [--storage URL]`` — a label-free sweep (adapt/sweep.py).
+
 Also the torchrun entry point: ``torchrun --nproc-per-node N -m adapt.cli RECIPE``.
 """
 
@@ -32,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with N processes (torch.distributed; gloo on CPU, NCCL on GPU)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the audit report")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--sweep", metavar="SWEEP.yaml",
+                   help="run a label-free hyper-parameter sweep over recipe keys (Optuna; see adapt/sweep.py); "
+                   "start the same command again to add a worker or resume a killed sweep")
+    p.add_argument("--storage", metavar="URL",
+                   help="with --sweep: an Optuna storage URL shared by several workers "
+                   "(default: SQLite in runs/<name>/sweep/)")
     return p
 
 
@@ -42,12 +50,17 @@ def main(argv: list[str] | None = None) -> int:
             return _relaunch_with_torchrun(args, argv if argv is not None else sys.argv[1:])
         if args.nproc < 1:
             raise UserError(f"--nproc: must be at least 1 (got {args.nproc})")
+        if args.storage and not args.sweep:
+            raise UserError("--storage: only with --sweep SWEEP.yaml")
+        if args.sweep:
+            return _sweep(args)
         return _run(args)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with: adapt-run RECIPE --resume", file=sys.stderr)
+        again = "the same command (the sweep resumes)" if args.sweep else "adapt-run RECIPE --resume"
+        print(f"interrupted; continue with: {again}", file=sys.stderr)
         return 130
 
 
@@ -69,6 +82,18 @@ def _run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(f"wrote {summary.run_dir}/ (metrics.json, comparison.md"
               + (", audit.html" if summary.audit_path else "") + ")")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from adapt.sweep import run_sweep
+
+    if args.nproc > 1 or args.resume:
+        raise UserError("--sweep: runs single-process trials and resumes by itself (drop --nproc/--resume)")
+    result = run_sweep(args.recipe, args.sweep, args.overrides, storage=args.storage, progress=not args.quiet)
+    done = sum(r["state"] == "complete" for r in result.rows)
+    print(f"wrote {result.sweep_dir}/ (trials.csv, trials.md, sweep.json"
+          + (", best_recipe.yaml" if result.best_recipe_path else "") + f"); {done} trials complete")
     return 0
 
 

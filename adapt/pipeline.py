@@ -30,6 +30,7 @@ from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
 from adapt.fingerprint import SOURCE, TARGET_SCRATCH, fingerprint, stage_fields
+from adapt.export import check_available, export_onnx, variant_file_name
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.methods import RunComponents, build_run_components
 from adapt.methods.source_only import SourceOnly
@@ -49,6 +50,7 @@ from adapt.runs import (
 )
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit
+from diagnostics.drift import MIN_BATCH, save_run_reference
 from diagnostics.run_audit import audit_run
 
 
@@ -218,7 +220,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     seconds = time.perf_counter() - t0 + earlier
     if ctx.is_main:
         _save_stage(stage_dir, model, recipe, domains, stage, fit=fit_info, selection=selection, seconds=seconds,
-                    run=run_cfg.model_dump(by_alias=True))
+                    run=run_cfg.model_dump(by_alias=True),
+                    batchnorm_statistics="target" if uses_per_domain_bn(run_cfg) else "as trained")
         atomic_write_json(stage_dir / "selection.json", selection)
     return StageOutcome(run_cfg.name, model,
                         _evaluate_all(model, domains, device, recipe, per_domain_bn=uses_per_domain_bn(run_cfg)),
@@ -321,6 +324,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
     run_dir = recipe.run_dir
     say = reporter(progress and ctx.is_main)
+    if recipe.output.onnx:
+        check_available()  # the deploy extra, before anything trains
 
     domains = load_domains(recipe)
     loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
@@ -356,6 +361,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
 
     summary.table = comparison_table(summary)
     if ctx.is_main:
+        deployment = deployment_outputs(summary, recipe, domains, device, say)
         metrics = {
             "recipe": recipe.name,
             "seed": recipe.seed,
@@ -365,6 +371,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
                      for k, v in summary.runs.items()},
             "baselines": {k: {"metrics": v.metrics, "fit": v.fit} for k, v in summary.baselines.items()},
             "comparison": summary.table,
+            "deployment": deployment,
             "environment": environment_info(device),
             "seconds": round(time.perf_counter() - t0, 1),
         }
@@ -377,6 +384,53 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
         summary.audit_path = audit_run(summary, recipe, domains, device, progress=progress)
         say(f"audit: {summary.audit_path}")
     return summary
+
+
+def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
+                       say=lambda msg: None) -> dict[str, Any]:
+    """What deployment needs from a finished run, written into the run folder:
+
+    * ``drift_reference.npz`` — the deployed model's (the audit run's, else the source
+      model's) features, predictions and confidences on the held-out target images, for
+      ``diagnose drift`` (:mod:`diagnostics.drift`);
+    * with ``output.onnx``: every model as ONNX next to its ``model.pt`` — per-domain-
+      BatchNorm runs as ``model.target_bn.onnx``, their target-statistics variant.
+    """
+    run_dir = summary.run_dir
+    out: dict[str, Any] = {"drift_reference": None, "onnx": []}
+    name = recipe.audit_run_name()
+    deployed, run_cfg = summary.source, None
+    if name in summary.runs:
+        deployed, run_cfg = summary.runs[name], next(r for r in recipe.method.runs if r.name == name)
+    stage_dir = run_dir / "methods" / name if run_cfg is not None else run_dir / "source"
+    ckpt = _final_checkpoint(stage_dir)
+    if not ckpt.exists() and recipe.model.source_checkpoint:
+        ckpt = Path(recipe.model.source_checkpoint).resolve()
+    held_out = domains.target_eval
+    if held_out is None or len(held_out) < MIN_BATCH:
+        say(f"drift reference: skipped ({0 if held_out is None else len(held_out)} held-out target images, "
+            f"needs {MIN_BATCH})")
+    else:
+        bn = "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
+        rel = ckpt.relative_to(run_dir) if ckpt.is_relative_to(run_dir) else ckpt
+        path = save_run_reference(run_dir, deployed.model, held_out, domains.classes, model_path=str(rel),
+                                  device=device, seed=recipe.seed,
+                                  meta={"run": deployed.name, "batchnorm_statistics": bn})
+        out["drift_reference"] = {"path": path.name, "model": str(rel), "images": len(held_out)}
+        say(f"drift reference: {path} ({deployed.name} on {len(held_out)} held-out target images)")
+    if recipe.output.onnx:
+        stages = [("source", summary.source, run_dir / "source", None)] + [
+            (r.name, summary.runs[r.name], run_dir / "methods" / r.name, r) for r in recipe.method.runs
+            if r.name in summary.runs]
+        for label, stage, folder, cfg in stages:
+            bn = "target" if cfg is not None and uses_per_domain_bn(cfg) else "as trained"
+            res = export_onnx(stage.model, variant_file_name(folder / "model.onnx", bn),
+                              image_size=recipe.data.image_size, classes=domains.classes,
+                              batchnorm_statistics=bn, seed=recipe.seed,
+                              metadata={"run": label, "recipe": recipe.name})
+            out["onnx"].append(res.to_dict() | {"path": str(res.path.relative_to(run_dir))})
+            say(f"onnx: {res.path} (onnxruntime max |logit diff| {res.max_abs_diff:.1e} on {res.check_images} images)")
+    return out
 
 
 def _one_line(name: str, metrics: dict[str, Any]) -> str:

@@ -214,6 +214,9 @@ class OutputConfig(RecipeSection):
     dir: str = "runs"
     #: run folder name (default: the recipe's name)
     name: str | None = None
+    #: also write each adapted model as ONNX (model.onnx; model.target_bn.onnx for
+    #: per-domain-BatchNorm runs), verified with onnxruntime (needs the deploy extra)
+    onnx: bool = False
 
 
 class Recipe(RecipeSection):

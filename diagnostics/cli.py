@@ -4,6 +4,8 @@
                  [--json OUT] [--html OUT] [--fail-on 'mmd_p<0.01'] ...
     diagnose phantom OUT [--site A|B] [--n N] [--seed S] [--image-size N]
     diagnose audit RUN_DIR
+    diagnose export MODEL.pt OUT.onnx
+    diagnose drift RUN_DIR --batch DOMAIN [--fail-on drift] [--json OUT]
 
 Exit codes: 0 normally; 1 when a ``--fail-on`` condition holds (for CI pipelines);
 2 on bad input (one line ``error: <message>`` on stderr, no traceback).
@@ -77,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="re-render the audit report of an adapt-run run folder")
     au.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX, verified with onnxruntime",
+                        description="Write MODEL.pt as ONNX (dynamic batch; image size, channels, normalisation "
+                        "and classes in the file's metadata), after checking onnxruntime's logits against "
+                        "PyTorch's on random images. Needs: pip install 'domaingap[deploy]'.")
+    ex.add_argument("model", metavar="MODEL.pt", help="a domaingap checkpoint (adapt-run's model.pt)")
+    ex.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    ex.add_argument("--check-images", type=int, default=64, metavar="N", help="images in the check (64)")
+    ex.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (1e-4)")
+
+    dr = sub.add_parser("drift", help="compare a new batch of images with a run's drift reference",
+                        description="MMD and classifier two-sample tests on the deployed model's features, a "
+                        "chi-square test of the predicted classes and a confidence-drop test against the run's "
+                        "drift_reference.npz (Holm-adjusted p-values), plus the Fréchet distance and the "
+                        "collapse check. One verdict line; JSON next to it.")
+    dr.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
+    dr.add_argument("--batch", required=True, metavar="DOMAIN",
+                    help="the new images: a folder (flat or with class sub-folders), a CSV manifest, phantom-cxr:B:500")
+    dr.add_argument("--fail-on", metavar="EXPR",
+                    help="exit 1 when any condition holds: 'drift' (the verdict), 'collapsed', or e.g. "
+                    "'mmd_p<0.001, conf_drop>0.1' (metrics: drift mmd_p mmd2 c2st_p auc pred_p conf_p conf_drop "
+                    "fid collapsed)")
+    dr.add_argument("--json", metavar="OUT", help="where to write the JSON (default RUN_DIR/drift/<time>.json)")
+    dr.add_argument("--alpha", type=float, default=0.01, help="family-wise significance level (0.01)")
+    dr.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
+    dr.add_argument("--max-samples", type=int, default=1000, metavar="N",
+                    help="batch images used by the MMD and classifier tests (1000; all feed the rest)")
+    dr.add_argument("--seed", type=int, default=0, help="seed of subsampling and permutations (0)")
+    dr.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
+    dr.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    dr.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
+    dr.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return p
 
 
@@ -89,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_phantom(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "drift":
+            return cmd_drift(args)
         raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
@@ -294,6 +332,71 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from diagnostics.run_audit import rerender
 
     print(f"wrote {rerender(args.run_dir)}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from adapt.export import export_checkpoint
+
+    if args.check_images < 1 or not args.tolerance > 0:
+        raise UserError("--check-images, --tolerance: must be positive")
+    res = export_checkpoint(args.model, args.out, check_images=args.check_images, tolerance=args.tolerance)
+    variant = ", target BatchNorm statistics variant" if res.batchnorm_statistics == "target" else ""
+    print(f"wrote {res.path} ({res.arch}, {res.channels}×{res.image_size}×{res.image_size} in [0, 1], "
+          f"{len(res.classes)} classes{variant}; onnxruntime max |logit diff| {res.max_abs_diff:.1e} "
+          f"on {res.check_images} images)")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- drift
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    import time
+
+    from adapt.data import load_domain
+    from adapt.io import atomic_write_json
+    from diagnostics.drift import (REFERENCE_FILE, drift_fired, load_reference, monitor_batch,
+                                   parse_drift_fail_on, reference_summary)
+    from adapt.device import resolve_device
+
+    conditions = parse_drift_fail_on(args.fail_on) if args.fail_on is not None else []  # fail fast
+    for name in ("permutations", "max_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: not a run folder")
+    ref = load_reference(run_dir / REFERENCE_FILE)
+    device = resolve_device(args.device)
+    batch = load_domain(_domain_spec(args.batch), image_size=int(ref.meta.get("image_size") or 64),
+                        channels=int(ref.meta.get("channels") or 1), seed=args.seed)
+    result = monitor_batch(run_dir, batch, alpha=args.alpha, permutations=args.permutations,
+                           max_points=args.max_samples, seed=args.seed, batch_size=args.batch_size,
+                           num_workers=args.workers, device=device, progress=not args.quiet, reference=ref)
+    print(f"{batch.name} ({len(batch)} images) vs {run_dir / REFERENCE_FILE}: {result.verdict}")
+    if not args.quiet:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    fired = drift_fired(conditions, result)
+    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    atomic_write_json(out, {
+        "batch": {"domain": args.batch, "name": batch.name, "n": len(batch)},
+        "reference": reference_summary(ref),
+        "settings": {"alpha": args.alpha, "permutations": args.permutations, "max_samples": args.max_samples,
+                     "seed": args.seed, "device": str(device)},
+        **result.to_dict(),
+        "fail_on": None if args.fail_on is None else {"expression": args.fail_on,
+                                                      "fired": [str(c) for c, _ in fired]},
+    })
+    print(f"wrote {out}")
+    if fired:
+        for cond, value in fired:
+            print(f"fail-on: {cond} holds ({cond.metric} = {value:.4g})")
+        return EXIT_GATE
     return EXIT_OK
 
 

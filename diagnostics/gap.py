@@ -390,12 +390,15 @@ class FailCondition:
     metric: str
     op: str
     threshold: float
+    #: where the metric sits, (section, field) of the dict it is checked against
+    #: (None: :data:`GATE_METRICS`, the gap dict; the drift monitor passes its own)
+    path: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.threshold:g}"
 
     def value(self, gap: Mapping) -> float | None:
-        section, key = GATE_METRICS[self.metric]
+        section, key = self.path or GATE_METRICS[self.metric]
         v = (gap.get(section) or {}).get(key)
         return None if v is None else float(v)
 
@@ -404,12 +407,15 @@ class FailCondition:
         return v is not None and math.isfinite(v) and _OPS[self.op](v, self.threshold)
 
 
-def parse_fail_on(text: str) -> list[FailCondition]:
+def parse_fail_on(text: str, metrics: Mapping[str, tuple[str, str]] | None = None) -> list[FailCondition]:
     """Parse ``'mmd_p<0.01, auc>=0.9 or fid>50'`` (any true → the gate fires).
 
     Grammar: term (("," | " or ") term)*; term = metric op number; metric in
-    :data:`GATE_METRICS`; op in < <= > >=. Anything else is a one-line UserError.
+    ``metrics`` (default :data:`GATE_METRICS`: name → (section, field) of the checked
+    dict); op in < <= > >=. Anything else is a one-line UserError.
     """
+    custom = metrics is not None
+    table = GATE_METRICS if metrics is None else metrics
     where = f"--fail-on {text!r}"
     if not text or not text.strip():
         raise UserError(f"{where}: empty; expected e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40'")
@@ -418,14 +424,14 @@ def parse_fail_on(text: str) -> list[FailCondition]:
         m = _TERM.match(term)
         if m is None:
             raise UserError(f"{where}: cannot read {term.strip()!r}; expected <metric><op><number> "
-                            f"joined by ',' or 'or' (metrics: {', '.join(GATE_METRICS)}; ops: < <= > >=)")
+                            f"joined by ',' or 'or' (metrics: {', '.join(table)}; ops: < <= > >=)")
         metric = m["metric"].lower()
-        if metric not in GATE_METRICS:
-            raise UserError(f"{where}: unknown metric {m['metric']!r} (choose {', '.join(GATE_METRICS)})")
+        if metric not in table:
+            raise UserError(f"{where}: unknown metric {m['metric']!r} (choose {', '.join(table)})")
         threshold = float(m["num"])
         if not math.isfinite(threshold):
             raise UserError(f"{where}: threshold {m['num']!r} is not a finite number")
-        conditions.append(FailCondition(metric, m["op"], threshold))
+        conditions.append(FailCondition(metric, m["op"], threshold, path=table[metric] if custom else None))
     return conditions
 
 

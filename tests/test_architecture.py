@@ -17,7 +17,7 @@ PACKAGES = ("adapt", "diagnostics")
 #: (a prefix matches the module itself and everything below it). A module may import
 #: one of a lower layer, or of its own layer and side. Training and measurement share
 #: layer 1 on different sides, so neither imports the other. Orchestration is ordered:
-#: runs < run_audit < pipeline < the CLIs.
+#: runs < run_audit < pipeline < sweep < the CLIs.
 LAYERS: list[tuple[str, int, str]] = [
     # 0. base: both sides use it
     ("adapt", 0, "base"),  # the package itself: __version__
@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
+    ("adapt.export", 0, "base"),
     # 1. training
     ("adapt.train", 1, "training"),
     ("adapt.strategies", 1, "training"),
@@ -40,13 +41,14 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.distributed", 1, "training"),
     # 1. measurement: statistics, features, attribution, audit, report
     ("diagnostics", 1, "measurement"),
-    # 2.-5. orchestration
+    # 2.-6. orchestration
     ("adapt.runs", 2, "orchestration"),
     ("adapt.run_folder", 2, "orchestration"),
     ("diagnostics.run_audit", 3, "orchestration"),
     ("adapt.pipeline", 4, "orchestration"),
-    ("adapt.cli", 5, "orchestration"),
-    ("diagnostics.cli", 5, "orchestration"),
+    ("adapt.sweep", 5, "orchestration"),  # runs the pipeline once per trial
+    ("adapt.cli", 6, "orchestration"),
+    ("diagnostics.cli", 6, "orchestration"),
 ]
 
 LINE_LIMIT = 500
