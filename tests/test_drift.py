@@ -140,8 +140,6 @@ def test_confidence_drop_test_is_one_sided():
 
 
 def test_a_batch_that_piles_up_like_the_reference_is_not_a_new_collapse():
-    rng = np.random.default_rng(0)
-
     def fs(n, seed):
         r = np.random.default_rng(seed)
         feats = r.normal(size=(n, 4)).astype(np.float32)
@@ -153,4 +151,3 @@ def test_a_batch_that_piles_up_like_the_reference_is_not_a_new_collapse():
     assert ref.piled_up
     res = compare_to_reference(ref, fs(200, 2))
     assert res.collapse.collapsed and not res.new_collapse and not res.drift, res.verdict
-    assert rng is not None
