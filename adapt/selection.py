@@ -66,6 +66,7 @@ def make_score_fn(
     device: torch.device,
     prepare: Callable[[nn.Module], nn.Module] | None = None,
     source_prepare: Callable[[nn.Module], nn.Module] | None = None,
+    oracle: Dataset | None = None,
     batch_size: int = 256,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
@@ -73,7 +74,10 @@ def make_score_fn(
     will be deployed (e.g. AdaBN on the target) before it is scored; it gets a copy.
     ``source_prepare`` does the same for the source-validation accuracy when the model
     is deployed on the source differently (per-domain BatchNorm statistics: AdaBN and
-    fine-tuning runs are measured on the source with the source's statistics)."""
+    fine-tuning runs are measured on the source with the source's statistics).
+    ``oracle``: labelled target images (the target test split) whose accuracy is logged
+    per epoch as ``oracle_target_accuracy`` — for reporting the selection regret only;
+    it never enters the score."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     epoch_counter = {"n": 0}
@@ -86,6 +90,10 @@ def make_score_fn(
             out = predict(on_source, source_val, device, batch_size)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
+        if oracle is not None and len(oracle):
+            out = predict(candidate, oracle, device, batch_size)
+            acc = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)["accuracy"]
+            logs["oracle_target_accuracy"] = acc if acc is not None else float("nan")
         epoch_counter["n"] += 1
         if selector == "last":
             return float(epoch_counter["n"]), logs
@@ -98,7 +106,7 @@ def make_score_fn(
 
 def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: int) -> dict[str, Any]:
     """The chosen epoch and every epoch's scores, for ``selection.json``."""
-    keys = ("im", "snd", "source_val_accuracy", "score")
+    keys = ("im", "snd", "source_val_accuracy", "oracle_target_accuracy", "score")
     return {
         "selector": selector,
         "selected_epoch": best_epoch,

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adapt.errors import UserError
-from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty, batchnorm_convention
 from adapt.methods.dann import DANN
 from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 from adapt.methods.source_only import SourceOnly
@@ -24,6 +24,13 @@ from adapt.methods.style import FDA, HistogramMatching, MixStyle
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import AdaptRunConfig, Recipe
+
+
+def objective_batchnorm(objective: str) -> str:
+    """The BatchNorm convention (``adapt.methods.base``) of the recipe objective named
+    ``objective``: its class's ``batchnorm`` attribute; ``"source"`` for the others."""
+    classes = {"dann": DANN}
+    return batchnorm_convention(classes.get(objective))
 
 
 @dataclass
