@@ -41,11 +41,13 @@ def main() -> int:
     ap.add_argument("--recipe", default="recipes/phantom_study.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/study")
+    ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    rows, skipped = run_seeds(args.recipe, args.seeds, args.out, args.overrides, OPTIONAL_RUNS)
+    rows, skipped = run_seeds(args.recipe, args.seeds, args.out, args.overrides, OPTIONAL_RUNS,
+                               resume=args.resume)
     stats = method_stats(rows, args.seeds)
     print_table(stats, f"phantom site A → site B, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
                        f"{time.perf_counter() - t0:.0f} s in all")

@@ -7,8 +7,8 @@ statistics and after AdaBN:
 
 * ``gray``      — ``data.channels: 1``: the RGB target is reduced to luma;
 * ``rgb``       — ``data.channels: 3``: the grey source replicated into three channels;
-* ``rgb+std``   — 3 channels, every image standardised per channel (``model.input_norm: per_image``);
-* ``rgb+aug``   — 3 channels, colour augmentation on the source (random inversion, channel gains);
+* ``rgb+std``   — 3 channels, every image standardised per channel (a probe-only input layer);
+* ``rgb+aug``   — 3 channels, ``data.augment: [invert, colour]`` on the source (``+inv`` / ``+col``: one of them);
 * ``rgb+std+aug``.
 
 Run:  python benchmarks/digits_probe.py [--seed 0] [--epochs 15] [--variants rgb rgb+std]
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapt.data.augment import SourceAugment  # noqa: E402
 from adapt.data.domain import DomainDataset  # noqa: E402
 from adapt.data.real_images import ImageSet, make_digits_shift  # noqa: E402
 from adapt.data.splits import stratified_split  # noqa: E402
@@ -49,36 +50,18 @@ class PerImageStandardize(nn.Module):
         return (x - m) / (s + 1e-3)
 
 
-class ColourAugment:
-    """Source-side colour augmentation: per image, invert with p = 0.5 and scale each channel."""
-
-    def __init__(self, seed: int, invert: bool = True, colour: bool = True):
-        self.g = torch.Generator().manual_seed(seed)
-        self.invert, self.colour = invert, colour
-
-    def __call__(self, xs: Tensor) -> Tensor:
-        b, c = xs.shape[:2]
-        x = xs
-        if self.invert:
-            inv = (torch.rand(b, 1, 1, 1, generator=self.g) < 0.5).float()
-            x = inv * (1 - xs) + (1 - inv) * xs
-        if self.colour:
-            gains = 0.4 + 0.6 * torch.rand(b, c, 1, 1, generator=self.g)
-            offs = 0.3 * torch.rand(b, c, 1, 1, generator=self.g)
-            x = x * gains + offs
-        return x.clamp(0, 1)
-
-
 class _AugDataset(torch.utils.data.Dataset):
-    def __init__(self, ds: DomainDataset, aug: ColourAugment):
-        self.ds, self.aug = ds, aug
+    """A dataset whose images pass through ``data.augment``'s transform (one seeded stream)."""
+
+    def __init__(self, ds: DomainDataset, aug: SourceAugment, seed: int):
+        self.ds, self.aug, self.g = ds, aug, torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, i: int):
         x, y = self.ds[i]
-        return self.aug(x[None])[0], y
+        return self.aug(x[None], self.g)[0], y
 
 
 def _domain(part: ImageSet, name: str, channels: int) -> DomainDataset:
@@ -103,8 +86,9 @@ def source_model(variant: str, seed: int, epochs: int, out: Path, kind: str = "t
     model = build_model("small_cnn", 10, channels)
     if "std" in variant:
         model.normalize = PerImageStandardize()
-    inv, col = ("aug" in variant or "inv" in variant), ("aug" in variant or "col" in variant)
-    train_data = _AugDataset(data["train"], ColourAugment(seed, inv, col)) if inv or col else data["train"]
+    kinds = [k for k, on in (("invert", "aug" in variant or "inv" in variant),
+                             ("colour", "aug" in variant or "col" in variant)) if on]
+    train_data = _AugDataset(data["train"], SourceAugment(kinds), seed) if kinds else data["train"]
     data["train_aug"] = train_data
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=2e-3, patience=None, device="cpu", threads=1)
 
@@ -159,10 +143,15 @@ class JointDANN:
 
 def dann_study(variant: str, seed: int, src_epochs: int, epochs: int, weight: float, out: Path,
                kind: str = "textured") -> None:
-    """DANN from the same source model under three BatchNorm conventions; IM pick and oracle."""
+    """DANN from the same source model under four BatchNorm settings; IM pick and oracle.
+
+    source_bn: separate forwards, target scored with the source statistics precise BN
+    re-estimates (the old default); per_domain: separate forwards, target scored with
+    target statistics (AdaBN); joint: one forward of cat(xs, xt), PyTorch's running
+    averages of the mixed batches (pytorch-adapt / TLlib); joint_exact: the same training,
+    statistics re-estimated exactly on an equal mix of source and target images."""
     import copy
 
-    from adapt.data.domain import DomainDataset as _DD  # noqa: F401
     from adapt.methods.dann import DANN
     from adapt.selection import label_free_scores
     from adapt.evaluate import predict
@@ -198,13 +187,11 @@ def dann_study(variant: str, seed: int, src_epochs: int, epochs: int, weight: fl
         fit(model, obj, data["train_aug"], cfg=cfg, out_dir=out / f"dann_{mode}", seed=seed, score_fn=score,
             target_train=tt, progress=False)
         pick = max(range(len(hist)), key=lambda i: hist[i][0])
-        d = deployed(model, mode)
-        src_acc = evaluate(deployed(model, "source_bn") if mode == "per_domain" else d, data["test"], CLASSES,
-                           "cpu")["accuracy"]
-        if mode == "per_domain":  # the source deployed with source statistics
-            s = copy.deepcopy(model)
-            adabn(s, data["train"].images(), "cpu")
-            src_acc = evaluate(s, data["test"], CLASSES, "cpu")["accuracy"]
+        on_source = deployed(model, mode)
+        if mode == "per_domain":  # the source is deployed with source statistics
+            on_source = copy.deepcopy(model)
+            adabn(on_source, data["train"].images(), "cpu")
+        src_acc = evaluate(on_source, data["test"], CLASSES, "cpu")["accuracy"]
         rows.append((mode, hist[pick][1], max(a for _, a in hist), src_acc, pick + 1, time.perf_counter() - t0))
         print(f"| {kind} {variant} w={weight} | {mode} | {100 * rows[-1][1]:.1f} | {100 * rows[-1][2]:.1f} | "
               f"{100 * src_acc:.1f} | {pick + 1} | " + " ".join(f"{100 * a:.0f}" for _, a in hist)
@@ -223,7 +210,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--variants", nargs="+", default=["gray", "rgb", "rgb+std", "rgb+aug", "rgb+std+aug"])
     ap.add_argument("--shift", default="textured", choices=["textured", "scanner"])
-    ap.add_argument("--dann", action="store_true", help="DANN under three BatchNorm conventions instead")
+    ap.add_argument("--dann", action="store_true", help="DANN under four BatchNorm settings instead")
     ap.add_argument("--dann-epochs", type=int, default=10)
     ap.add_argument("--weight", type=float, default=1.0)
     args = ap.parse_args()

@@ -63,6 +63,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--shift", default="textured", choices=["textured", "scanner"])
     ap.add_argument("--out", default="runs/digits_study")
+    ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
@@ -76,7 +77,8 @@ def main() -> int:
         if args.shift == "scanner":
             data.append("data.channels=1")
         per_seed, skipped = run_seeds(args.recipe, [seed], out / args.shift, [*data, *args.overrides],
-                                      OPTIONAL_RUNS)
+                                      OPTIONAL_RUNS,
+                                      resume=args.resume)
         for name, per in per_seed.items():
             rows.setdefault(name, {}).update(per)
     stats = method_stats(rows, args.seeds)

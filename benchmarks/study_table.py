@@ -83,8 +83,10 @@ def with_optional_runs(recipe: Recipe, optional: list[dict[str, Any]]) -> tuple[
 
 
 def run_seeds(recipe_path: str | Path, seeds: list[int], out: str | Path, overrides: list[str] = (),
-              optional_runs: list[dict[str, Any]] = ()) -> tuple[dict[str, dict[int, dict]], list[str]]:
-    """Run the recipe once per seed; return ({method: {seed: table row}}, runs left out)."""
+              optional_runs: list[dict[str, Any]] = (), resume: bool = False,
+              ) -> tuple[dict[str, dict[int, dict]], list[str]]:
+    """Run the recipe once per seed; return ({method: {seed: table row}}, runs left out).
+    ``resume``: stages finished in an earlier run of the same folder are loaded, not retrained."""
     rows: dict[str, dict[int, dict]] = {}
     skipped: list[str] = []
     for seed in seeds:
@@ -92,7 +94,7 @@ def run_seeds(recipe_path: str | Path, seeds: list[int], out: str | Path, overri
                                            *overrides])
         recipe, skipped = with_optional_runs(recipe, list(optional_runs))
         t = time.perf_counter()
-        summary = run_recipe(recipe, progress=False, diagnostics=False)
+        summary = run_recipe(recipe, progress=False, diagnostics=False, resume=resume)
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
         for r in summary.table:
             rows.setdefault(r["model"], {})[seed] = r
