@@ -91,13 +91,13 @@ def main() -> int:
     checks = []
     if "dann" in stats:
         d = stats["dann"].target_mean - src.target_mean
-        checks.append((f"DANN beats source-only on the target by >= 10 points ({100 * d:+.1f})", d >= 0.10))
+        checks.append((f"DANN beats source-only on the target by >= 10 points ({100 * d:+.2f})", d >= 0.10))
     unsup = label_free_methods(stats)
     if unsup:
         best = max(unsup.values(), key=lambda s: s.target_mean)
         b = best.target_mean - src.target_mean
         checks.append((f"the best label-free method ({best.name}) beats source-only by >= 20 points "
-                       f"({100 * b:+.1f})", b >= 0.20))
+                       f"({100 * b:+.2f})", b >= 0.20))
     print_checks(checks)
     return 0
 
