@@ -51,3 +51,34 @@ def test_unknown_kind_is_a_user_error_and_the_recipe_names_the_key(tmp_path):
     path.write_text("data: {augment: [blur]}\n")
     with pytest.raises(UserError, match=r"data\.augment\.0"):
         load_recipe(path)
+
+
+def test_the_loop_augments_the_labelled_batches(tmp_path):
+    """fit(augment=...) transforms each labelled batch the objective sees."""
+    from adapt.models import build_model
+    from adapt.recipe import TrainConfig
+    from adapt.train import fit
+
+    seen = []
+
+    class Recording:
+        name, uses_target = "recording", False
+
+        def modules(self):
+            return {}
+
+        def loss(self, model, xs, ys, xt, progress):
+            seen.append(xs.detach().clone())
+            return torch.nn.functional.cross_entropy(model(xs), ys), {}
+
+    data = torch.utils.data.TensorDataset(torch.zeros(64, 1, 16, 16), torch.arange(64) % 2)
+    torch.manual_seed(0)
+    fit(build_model("small_cnn", 2, 1), Recording(), data,
+        cfg=TrainConfig(epochs=1, batch_size=16, device="cpu", patience=None), out_dir=tmp_path, seed=0,
+        progress=False, augment=SourceAugment(["invert"]))
+    images = torch.cat(seen).flatten(1)
+    assert len(images) == 64
+    per_image = images.amax(1)
+    assert bool(((per_image == 0) | (per_image == 1)).all())  # each image: itself or inverted
+    assert 0 < int(per_image.sum()) < 64  # some of each
+    assert bool((images.amin(1) == images.amax(1)).all())
