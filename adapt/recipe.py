@@ -60,8 +60,12 @@ class DataConfig(RecipeSection):
     target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
     #: images are resized to image_size x image_size
     image_size: int = Field(64, ge=16, le=1024)
-    #: 1 keeps grayscale X-rays single-channel; 3 repeats/keeps colour
+    #: 1 keeps grayscale X-rays single-channel (colour images become luma); 3 keeps colour
+    #: and repeats a grey image into three channels (a grey source, a colour target)
     channels: Literal[1, 3] = 1
+    #: training-time augmentation of source batches: invert (polarity, p = 1/2), colour
+    #: (per-channel gain and offset) — see adapt/data/augment.py
+    augment: list[Literal["invert", "colour"]] = Field(default_factory=list)
     split: SplitConfig = Field(default_factory=SplitConfig)
     #: draw source batches with inverse-class-frequency weights (skewed classes)
     balanced_sampler: bool = False

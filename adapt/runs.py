@@ -26,6 +26,7 @@ from adapt.data import (
     stratified_split,
 )
 from adapt.errors import UserError
+from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
 from adapt.recipe import SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe
@@ -161,12 +162,20 @@ def run_epochs(run_cfg: AdaptRunConfig, recipe: Recipe) -> int:
     return 1 if run_cfg.objective == "tent" else recipe.train.epochs
 
 
+def uses_target_bn(run_cfg: AdaptRunConfig) -> bool:
+    """Runs deployed on the target with target BatchNorm statistics (AdaBN on the unlabelled
+    target training images): AdaBN runs and every alignment objective, whose convention is
+    per-domain (``adapt.methods.base``) — scored, selected and evaluated on the target with
+    the statistics they trained with."""
+    return run_cfg.adabn or objective_batchnorm(run_cfg.objective) == "per_domain"
+
+
 def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
-    """Runs whose BatchNorm statistics end up the target's (AdaBN; fine-tuning on target
-    images, and SHOT/TENT, which train on target images only, whose precise-BN pass
-    re-estimates them there) are evaluated on the source with source statistics, so that
-    source accuracy measures what the weights retained."""
-    return run_cfg.adabn or run_cfg.objective in ("finetune", *SOURCE_FREE_OBJECTIVES)
+    """Runs whose BatchNorm statistics end up the target's (:func:`uses_target_bn`;
+    fine-tuning on target images, and SHOT/TENT, which train on target images only, whose
+    precise-BN pass re-estimates them there) are evaluated on the source with source
+    statistics, so that source accuracy measures what the weights retained."""
+    return uses_target_bn(run_cfg) or run_cfg.objective in ("finetune", *SOURCE_FREE_OBJECTIVES)
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

@@ -131,6 +131,7 @@ def make_score_fn(
     device: torch.device,
     prepare: Callable[[nn.Module], nn.Module] | None = None,
     source_prepare: Callable[[nn.Module], nn.Module] | None = None,
+    oracle: Dataset | None = None,
     batch_size: int = 256,
     source_train: Dataset | None = None,
     seed: int = 0,
@@ -145,7 +146,11 @@ def make_score_fn(
     Every score that the data allows is logged each epoch, whichever one selects: DEV
     when ``source_train`` and ``source_val`` are given (labelled source images), the
     source-validation accuracy when ``source_val`` is. A selector whose data is missing
-    (``dev`` or ``source_val`` on a source-free run) is refused here, up front."""
+    (``dev`` or ``source_val`` on a source-free run) is refused here, up front.
+
+    ``oracle``: labelled target images (the target test split) whose accuracy is logged
+    per epoch as ``oracle_target_accuracy`` — for reporting the selection regret only;
+    it never enters the score."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     has_val = source_val is not None and len(source_val) > 0
@@ -167,6 +172,10 @@ def make_score_fn(
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
             if has_dev:
                 logs["dev"] = _dev_score(on_source, t_out, out)
+        if oracle is not None and len(oracle):
+            out = predict(candidate, oracle, device, batch_size)
+            acc = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)["accuracy"]
+            logs["oracle_target_accuracy"] = acc if acc is not None else float("nan")
         if selector == "last":
             return None, logs  # no selection: the loop takes the last epoch
         return logs[SELECTOR_KEYS[selector]], logs
@@ -204,7 +213,7 @@ def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: 
     ``picks`` maps each selector with scores to the epoch it would have chosen;
     ``selectors_agree`` says whether all picked the same epoch (``last`` aside, which
     always picks the final one)."""
-    keys = ("im", "snd", "dev", "source_val_accuracy", "score")
+    keys = ("im", "snd", "dev", "source_val_accuracy", "oracle_target_accuracy", "score")
     epochs = [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history]
     picks = selector_picks(epochs)
     chosen = {p["epoch"] for name, p in picks.items() if name != "last"}

@@ -129,6 +129,8 @@ class MethodParts:
     style: ImageStyle | None = None
     feature_style: FeatureStyle | None = None
     penalties: Sequence[Penalty] = ()
+    #: the recipe's ``data.augment`` transform of the labelled batch (not a method part)
+    augment: Callable[..., torch.Tensor] | None = None
 
     def uses_target(self) -> bool:
         """Whether any part declared it needs an unlabelled target batch every step."""
@@ -187,9 +189,13 @@ def fit(
     progress: bool = True,
     num_workers: int = 0,
     recipe_fingerprint: dict[str, Any] | None = None,
+    augment: Callable[..., torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` with ``objective``; return a :class:`FitResult`.
 
+    ``augment`` (``data.augment``, e.g. :class:`adapt.data.augment.SourceAugment`)
+    transforms every labelled batch, drawing on the epoch's seeded generator, before any
+    style transfer; precise BN and scoring see the images unaugmented.
     ``model`` ends holding the best epoch's weights (by ``score_fn``, higher is better;
     without one, the last epoch). Checkpoints go to ``out_dir/last.pt`` (every epoch,
     with optimiser and schedule state, for ``resume``) and ``out_dir/best.pt``.
@@ -199,7 +205,7 @@ def fit(
     resuming from a ``last.pt`` with another one is a UserError naming the changed keys.
     """
     t0 = time.perf_counter()
-    parts = MethodParts(objective, style, feature_style, penalties)
+    parts = MethodParts(objective, style, feature_style, penalties, augment)
     if parts.uses_target() and target_train is None:
         raise ValueError(f"{desc}: a method part uses target batches but no target_train was given")
     say = reporter(progress and ctx.is_main)
@@ -367,7 +373,9 @@ def _target_batches(target_train: Dataset, epoch: int, seed: int, cfg: TrainConf
 def _step_loss(loop: _Loop, parts: MethodParts, xs: torch.Tensor, ys: torch.Tensor,
                xt: torch.Tensor | None, p: float, generator: torch.Generator
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One step's loss: restyle the source batch, the objective, then the penalties."""
+    """One step's loss: augment and restyle the source batch, the objective, then the penalties."""
+    if parts.augment is not None:
+        xs = parts.augment(xs, generator=generator)
     if parts.style is not None:
         xs = parts.style(xs, xt, generator=generator)
     if loop.device.type == "cuda":
@@ -457,7 +465,8 @@ def _epoch_line(desc: str, epoch: int, epochs: int, record: dict[str, Any], impr
 def _precise_bn(model: nn.Module, data: Dataset, seed: int, device: torch.device,
                 max_images: int = 1024) -> None:
     """Re-estimate trainable BatchNorm layers' statistics on a fixed sample of the
-    training data (the same images every epoch, so a resumed run matches)."""
+    training data (the same images every epoch, so a resumed run matches): the exact
+    pooled statistics of that sample, whatever its order (:func:`adapt.methods.adabn.adabn`)."""
     if not batchnorm_layers(model):
         return
     order = np.random.default_rng([seed, 0xB2]).permutation(len(data))[:max_images].tolist()

@@ -2,32 +2,107 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
 from adapt.errors import UserError
-from adapt.methods.adabn import adabn
+from adapt.methods.adabn import adabn, batchnorm_layers
 from tests._methods_standin import TinyClassifier
 
 
-def test_running_mean_is_target_mean_at_first_bn_and_modes_restored():
+def _bn_inputs(model, x):
+    """Every BatchNorm's input for the whole set ``x`` in one eval-mode forward."""
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: seen.__setitem__(mod, inp[0].detach().clone()))
+             for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_running_stats_are_the_pooled_statistics_of_the_whole_set_and_modes_restored():
     torch.manual_seed(0)
     model = TinyClassifier(width=4, dropout=0.5).eval()
     bn = model.stem[1]
     momentum = bn.momentum
     xt = torch.rand(10, 1, 8, 8) * 0.5 + 0.5
-    # unequal batches (4, 4, 2): the running mean is still the mean over all images
+    xt[:4] *= 0.5  # batches with different means: the between-batch term matters
+    # unequal batches (4, 4, 2)
     batches = [(xt[:4], None), (xt[4:8], None), (xt[8:], None)]
     seen = adabn(model, batches, "cpu")
     assert seen == 10
     with torch.no_grad():
         pre_bn = model.stem[0]((xt - model.mean) / model.std)  # conv output feeding the first BN
-    torch.testing.assert_close(bn.running_mean, pre_bn.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
-    # variance: count-weighted mean of the batches' unbiased variances
-    var = sum(len(b) * pre_bn[i:i + len(b)].var(dim=(0, 2, 3)) for i, (b, _) in zip((0, 4, 8), batches)) / 10
-    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-4)
+    # hand-computed: mean and unbiased variance over all 10 images × 64 positions
+    torch.testing.assert_close(bn.running_mean, pre_bn.mean(dim=(0, 2, 3)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, pre_bn.var(dim=(0, 2, 3)), atol=1e-6, rtol=1e-5)
+    # the mean of per-batch variances (the old estimate) is measurably smaller here
+    old = sum(len(b) * pre_bn[i:i + len(b)].var(dim=(0, 2, 3)) for i, (b, _) in zip((0, 4, 8), batches)) / 10
+    assert (pre_bn.var(dim=(0, 2, 3)) - old).abs().max() > 1e-3
+    # deeper layers: the statistics the deployed (eval-mode) model meets on the whole set
+    for layer, x in _bn_inputs(model, xt).items():
+        torch.testing.assert_close(layer.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.running_var, x.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
     assert bn.momentum == momentum
     assert not any(m.training for m in model.modules())
+
+
+def test_class_sorted_image_folder_and_its_shuffled_copy_give_the_whole_set_statistics(tmp_path):
+    """Issue 12: ImageFolder reads class by class; the statistics must not depend on it."""
+    from torch.utils.data import DataLoader
+
+    from adapt.data import DomainSpec, load_domain
+    from adapt.data.real_images import ImageSet, load_digit_images, write_image_folder
+    from adapt.models import build_model
+
+    images, labels = load_digit_images(16)
+    keep = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)])
+    root = write_image_folder(ImageSet(images[keep], labels[keep], keep, "source"), tmp_path / "digits",
+                              [str(c) for c in range(10)])
+    sorted_ds = load_domain(DomainSpec(kind="imagefolder", path=str(root)), image_size=16, channels=1)
+    assert list(sorted_ds.labels) == sorted(sorted_ds.labels)  # ImageFolder order: class by class
+    shuffled_ds = sorted_ds.subset(np.random.default_rng(0).permutation(len(sorted_ds)))
+
+    torch.manual_seed(0)
+    a = build_model("small_cnn", 10, 1)
+    b = copy.deepcopy(a)
+    adabn(a, DataLoader(sorted_ds, batch_size=32, shuffle=False), "cpu")
+    adabn(b, DataLoader(shuffled_ds, batch_size=25, shuffle=False), "cpu")
+    whole = torch.stack([sorted_ds[i][0] for i in range(len(sorted_ds))])
+    inputs = _bn_inputs(a, whole)
+    layers_a, layers_b = batchnorm_layers(a), batchnorm_layers(b)
+    assert len(inputs) == len(layers_a) == 4
+    for la, lb in zip(layers_a, layers_b):
+        torch.testing.assert_close(la.running_var, lb.running_var, atol=1e-5, rtol=0)
+        torch.testing.assert_close(la.running_mean, lb.running_mean, atol=1e-5, rtol=0)
+        x = inputs[la]
+        torch.testing.assert_close(la.running_var, x.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(la.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_precise_bn_in_fit_holds_the_training_set_statistics(tmp_path):
+    """After every epoch the loop re-estimates the source statistics: exactly, in any order."""
+    from adapt.methods.source_only import SourceOnly
+    from adapt.models import build_model
+    from adapt.recipe import TrainConfig
+    from adapt.train import fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = _task(96, g)
+    order = torch.argsort(y)  # class-sorted, as an ImageFolder reads
+    data = torch.utils.data.TensorDataset(x[order], y[order])
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 2, 1)
+    fit(model, SourceOnly(), data, cfg=TrainConfig(epochs=1, batch_size=32, device="cpu", patience=None),
+        out_dir=tmp_path, seed=0, progress=False)
+    for layer, inp in _bn_inputs(model, x).items():
+        torch.testing.assert_close(layer.running_var, inp.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer.running_mean, inp.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
 
 
 def test_tensor_input_and_train_mode_preserved():

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adapt.errors import UserError
-from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.base import FeatureStyle, ImageStyle, Objective, Penalty, batchnorm_convention
 from adapt.methods.cdan import CDAN
 from adapt.methods.coral import DeepCORAL
 from adapt.methods.dan import DAN
@@ -32,6 +32,13 @@ from adapt.methods.tent import TENT
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import AdaptRunConfig, Recipe
+
+
+def objective_batchnorm(objective: str) -> str:
+    """The BatchNorm convention (``adapt.methods.base``) of the recipe objective named
+    ``objective``: its class's ``batchnorm`` attribute; ``"source"`` for the others."""
+    classes = {"dann": DANN, "cdan": CDAN, "mcc": MCC, "coral": DeepCORAL, "dan": DAN, "shot": SHOT, "tent": TENT}
+    return batchnorm_convention(classes.get(objective))
 
 
 @dataclass

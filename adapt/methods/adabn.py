@@ -2,25 +2,50 @@
 Batch Normalization For Practical Domain Adaptation", ICLR-W 2017).
 
 All weights stay as trained; only every BatchNorm layer's running mean/variance is
-replaced by the target data's. No labels, no gradients.
+replaced by the target data's. No labels, no gradients. The same routine re-estimates
+the source statistics after every training epoch ("precise BN", ``adapt.train``).
+
+**Exact and order-free.** A BatchNorm layer in eval mode normalises its input with
+``running_mean`` / ``running_var``; the statistics that make the deployed model
+normalise the data set *as a whole* are the pooled per-channel mean and (unbiased)
+variance of that layer's input over every image and position,
+
+    μ = (1/n) Σ_i x_i,        σ² = (1/(n−1)) Σ_i (x_i − μ)²,
+
+where the input is computed with every upstream BatchNorm already holding *its* final
+statistics (eval mode). So the layers are estimated one at a time in forward order,
+each in one pass over the data that stops right after that layer's input is seen
+(a pass over the first k layers only). Batch moments are merged with Chan et al.'s
+pairwise update in float64 (Chan, Golub & LeVeque 1983):
+
+    n = n_a + n_b,  δ = μ_b − μ_a,  μ = μ_a + δ n_b / n,  M2 = M2_a + M2_b + δ² n_a n_b / n,
+
+which includes the between-batch term δ² n_a n_b / n: the result is the same for any
+batch size and any batch order (a class-sorted folder gives the statistics of its
+shuffled copy). The mean of per-batch variances that a train-mode pass with PyTorch's
+cumulative momentum gives leaves that term out and, on class-sorted data, also
+normalises deeper layers with one-class batch statistics.
+
+Cost: a pass over the first k layers for each of the L layers (≈ L/2 full forward
+passes). Batches read from a loader are kept in memory (up to ``cache_mb``) so files
+are decoded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from adapt.errors import UserError
 
+_BatchNorm = nn.modules.batchnorm._BatchNorm
 
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     """BatchNorm layers that keep running statistics."""
-    return [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
 def _batches(data, batch_size: int) -> Iterable[Tensor]:
@@ -33,22 +58,127 @@ def _batches(data, batch_size: int) -> Iterable[Tensor]:
         yield item[0] if isinstance(item, (tuple, list)) else item
 
 
+class _Replay:
+    """Iterate the image batches of ``data`` as often as needed.
+
+    The first pass keeps the batches (CPU) while they fit in ``cap_bytes``; later passes
+    replay them. Beyond the cap a re-iterable source (DataLoader, list) is read again; a
+    one-shot iterator is always kept, as it cannot be read twice.
+    """
+
+    def __init__(self, data, batch_size: int, cap_bytes: int):
+        self.data, self.batch_size, self.cap_bytes = data, batch_size, cap_bytes
+        self.cache: list[Tensor] | None = None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if isinstance(self.data, Tensor):
+            yield from _batches(self.data, self.batch_size)
+            return
+        if self.cache is not None:
+            yield from self.cache
+            return
+        one_shot = isinstance(self.data, Iterator)
+        cache: list[Tensor] | None = []
+        size = 0
+        for x in _batches(self.data, self.batch_size):
+            if cache is not None:
+                size += x.numel() * x.element_size()
+                if size > self.cap_bytes and not one_shot:
+                    cache = None
+                else:
+                    cache.append(x)
+            yield x
+        self.cache = cache
+
+
+class _Stop(Exception):
+    """Raised by a pre-hook to end a forward pass once the wanted layer's input is seen."""
+
+
+class ChannelMoments:
+    """Streaming per-channel count, mean and M2 (float64), merged with Chan's update."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        """Add a BatchNorm input [B, C, ...]: every element of channel c is one sample of c."""
+        xc = x.detach().transpose(0, 1).reshape(x.shape[1], -1).double()
+        m = xc.shape[1]
+        if m == 0:
+            return
+        mean_b = xc.mean(dim=1)
+        m2_b = (xc - mean_b[:, None]).pow(2).sum(dim=1)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = m, mean_b, m2_b
+            return
+        n = self.n + m
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (m / n)
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (self.n * m / n)
+        self.n = n
+
+    def variance(self) -> Tensor:
+        """Unbiased variance M2 / (n − 1) (what PyTorch's running_var holds); 0 for n = 1."""
+        return self.m2 / max(self.n - 1, 1)
+
+
+def _forward_order(model: nn.Module, layers: list[_BatchNorm], x: Tensor) -> list[_BatchNorm]:
+    """``layers`` in the order a forward pass of ``x`` first calls them (unused ones left out)."""
+    order: list[_BatchNorm] = []
+    wanted = set(map(id, layers))
+
+    def hook(module: nn.Module, _inputs) -> None:
+        if id(module) in wanted and module not in order:
+            order.append(module)
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _input_moments(model: nn.Module, layer: _BatchNorm, batches: _Replay, device) -> ChannelMoments:
+    """Pooled per-channel moments of ``layer``'s input over every batch (eval-mode forward)."""
+    moments = ChannelMoments()
+
+    def hook(_module: nn.Module, inputs) -> None:
+        moments.update(inputs[0])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        for x in batches:
+            try:
+                model(x.to(device, non_blocking=True))
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return moments
+
+
 @torch.no_grad()
 def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", batch_size: int = 64,
-          trainable_only: bool = False) -> int:
-    """Replace every BatchNorm's running statistics by those of the target data.
+          trainable_only: bool = False, cache_mb: int = 256) -> int:
+    """Set every BatchNorm's running statistics to the exact pooled statistics of the data.
 
-    Running stats are reset and accumulated as a count-weighted cumulative average:
-    before a batch of b images, after n already seen, momentum = b / (n + b), so the
-    running mean is exactly the target mean over all images (with equal batch sizes this
-    is PyTorch's ``momentum=None``); the running variance is the count-weighted mean of
-    the batches' (unbiased) variances. Only BN layers are in train mode during the pass
-    (dropout stays off); momenta and every module's train/eval flag are restored after.
+    See the module docstring: layer by layer in forward order, each layer's
+    ``running_mean`` / ``running_var`` become the mean and unbiased variance per channel of
+    its input over the whole data set, computed with the model in eval mode (upstream
+    layers already updated). The result does not depend on the batch size or order.
+    Every module's train/eval flag is restored after; momenta are untouched.
 
     target_loader: a DataLoader yielding (images, labels) or images, an iterable of
     image batches, or one tensor [N, C, H, W] (split into ``batch_size`` chunks).
     trainable_only: leave BatchNorm layers whose parameters are frozen alone (their
     statistics belong to the frozen weights, e.g. in feature extraction).
+    cache_mb: batches from a loader are kept in memory up to this size (read once).
     Returns the number of images seen.
     """
     layers = batchnorm_layers(model)
@@ -56,30 +186,19 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
         layers = [m for m in layers if any(p.requires_grad for p in m.parameters(recurse=False))
                   or not list(m.parameters(recurse=False))]
     modes = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in layers}
-    # BatchNorm1d after pooling sees one value per channel in a 1-image batch: skip those
-    skip_single = any(isinstance(m, nn.BatchNorm1d) for m in layers)
-    seen = 0
+    batches = _Replay(target_loader, batch_size, cache_mb * 2**20)
     try:
         model.eval()
-        for m in layers:
-            m.reset_running_stats()
-            m.train()
-        for x in _batches(target_loader, batch_size):
-            b = len(x)
-            if b == 0:
-                continue
-            if b == 1 and skip_single:
-                continue
-            for m in layers:
-                m.momentum = b / (seen + b)
-            model(x.to(device, non_blocking=True))
-            seen += b
+        seen = sum(len(x) for x in batches)  # the first pass also fills the cache
+        if seen == 0:
+            raise UserError("adabn: the target data yielded no images")
+        if layers:
+            first = next(iter(batches)).to(device, non_blocking=True)
+            for layer in _forward_order(model, layers, first):
+                moments = _input_moments(model, layer, batches, device)
+                layer.running_mean.copy_(moments.mean.to(layer.running_mean.dtype))
+                layer.running_var.copy_(moments.variance().to(layer.running_var.dtype))
     finally:
-        for m, mom in momenta.items():
-            m.momentum = mom
         for m, mode in modes.items():
             m.train(mode)
-    if seen == 0:
-        raise UserError("adabn: the target data yielded no images (batches of 1 are skipped with BatchNorm1d)")
     return seen

@@ -17,6 +17,23 @@ early stopping). A method contributes pieces to it and never loops itself:
 Each protocol lists exactly what the loop calls. The loop draws an unlabelled target
 batch ``xt`` for every source batch if and only if one of the objective, the image style
 or the feature style declares ``uses_target = True``; otherwise ``xt`` is None.
+
+**BatchNorm convention.** An objective may set ``batchnorm`` (see
+:func:`batchnorm_convention`) to say which BatchNorm statistics its model is trained
+and deployed with:
+
+* ``"source"`` (the default) — one set of statistics, the source's: precise BN
+  re-estimates them on source images after every epoch, and both domains are scored
+  and evaluated with them (source-only training, style transfer on source images);
+* ``"per_domain"`` — every feature-alignment objective (DANN; CDAN, MCC, CORAL, DAN):
+  training forwards source and target as **separate** batches (:func:`features_per_domain`),
+  so each domain is normalised with its own statistics and the alignment is learnt
+  between per-domain-normalised features; the model is deployed the same way: the
+  target is scored, selected and evaluated with target statistics (AdaBN on unlabelled
+  target training images), the source with source statistics. Chosen by measurement
+  over joint-batch BatchNorm (one forward of cat(x_s, x_t), the pytorch-adapt / TLlib
+  convention) and over the source statistics this project used before: README,
+  "BatchNorm convention".
 """
 
 from __future__ import annotations
@@ -25,6 +42,26 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+
+BATCHNORM_CONVENTIONS = ("source", "per_domain")
+
+
+def batchnorm_convention(objective: object | None) -> str:
+    """The BatchNorm statistics an objective trains and is deployed with: its
+    ``batchnorm`` attribute, ``"source"`` when it has none (or for no objective)."""
+    convention = getattr(objective, "batchnorm", "source")
+    if convention not in BATCHNORM_CONVENTIONS:
+        raise ValueError(f"{type(objective).__name__}.batchnorm must be one of {BATCHNORM_CONVENTIONS}, "
+                         f"got {convention!r}")
+    return convention
+
+
+def features_per_domain(model: nn.Module, xs: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
+    """``model.features`` of the source and the target batch, forwarded separately (the
+    ``"per_domain"`` convention: every BatchNorm normalises each domain with its own batch
+    statistics). Source first: a MixStyle armed by the loop restyles the next forward."""
+    return model.features(xs), model.features(xt)
 
 
 @runtime_checkable

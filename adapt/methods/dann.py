@@ -18,12 +18,11 @@ Schedules (the paper's §5.2.2), with p ∈ [0, 1] the training progress:
     λ_p = domain_weight · (2 / (1 + exp(−10 p)) − 1)     (ramps 0 → ~domain_weight)
     μ_p = μ_0 / (1 + 10 p)^0.75                          (``adapt.train.lr_factor("dann", p)``)
 
-BatchNorm: source and target are forwarded as **separate batches** (as ``DANNHook``
-does), so during training every BN layer normalises each domain with its own batch
-statistics — the discriminator cannot win on a BN-induced offset alone, and a batch
-never mixes domains. Running statistics are updated by both forwards (an average of the
-two domains); run :func:`adapt.methods.adabn.adabn` on target data after training
-when the model will be evaluated on the target only.
+BatchNorm: the ``"per_domain"`` convention (:mod:`adapt.methods.base`). Source and
+target are forwarded as **separate batches** (as ``DANNHook`` does), so during training
+every BN layer normalises each domain with its own batch statistics and a batch never
+mixes domains; the model is deployed the same way — the pipeline scores, selects and
+evaluates the target with target statistics (AdaBN), the source with source statistics.
 
 Guarding against the known failure (the discriminator wins, the features collapse and
 source accuracy is lost): λ starts at 0 and ramps up (warm-up), ``domain_weight``
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.methods.base import features_per_domain
 
 
 def grl_lambda(progress: float, domain_weight: float = 1.0) -> float:
@@ -122,6 +122,8 @@ class DANN:
 
     name = "dann"
     uses_target = True
+    #: trained and deployed with per-domain BatchNorm statistics (adapt.methods.base)
+    batchnorm = "per_domain"
 
     def __init__(
         self,
@@ -164,9 +166,7 @@ class DANN:
             raise ValueError("DANN needs a target batch xt (uses_target=True)")
         lam = self.lambda_at(progress)
         # Separate forwards: per-domain BatchNorm batch statistics (see module docstring).
-        # Source first: a MixStyle FeatureStyle armed by the loop restyles the next forward.
-        fs = model.features(xs)
-        ft = model.features(xt)
+        fs, ft = features_per_domain(model, xs, xt)
         logits_s = model.head(fs)
         class_loss = self.class_criterion(logits_s, ys)
 

@@ -1,0 +1,151 @@
+"""The study table shared by ``adaptation_table.py`` (phantom) and ``digits_study.py``.
+
+A study runs one recipe over several seeds through ``adapt-run``'s own machinery
+(:func:`adapt.pipeline.run_recipe`) and prints, per method, mean ± sd over seeds of
+
+* **target (pick)** — target-test accuracy of the epoch the label-free selector picked;
+* **target (oracle)** — the best target-test accuracy over the run's epochs (chosen
+  with target labels, for reporting only): pick − oracle is the selection regret;
+* **source** — source-test accuracy of the picked model (what the adaptation kept);
+* the picked epoch per seed.
+
+Expectations are printed as ``[PASS]`` / ``[FAIL]`` lines by :func:`print_checks`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapt.pipeline import run_recipe  # noqa: E402
+from adapt.recipe import AdaptRunConfig, Recipe, load_recipe, validate_recipe  # noqa: E402
+
+#: rows that are not adaptation methods (baselines)
+BASELINES = ("source-only", "target-scratch")
+
+
+@dataclass
+class MethodStats:
+    """One method's results over seeds (accuracies as fractions; None when unknown)."""
+
+    name: str
+    seeds: list[int]
+    target: list[float]
+    oracle: list[float]
+    source: list[float]
+    epochs: list[Any]
+
+    @staticmethod
+    def _mean(v: list[float]) -> float:
+        return float(np.mean(v)) if v else float("nan")
+
+    @property
+    def target_mean(self) -> float:
+        return self._mean(self.target)
+
+    @property
+    def oracle_mean(self) -> float:
+        return self._mean(self.oracle)
+
+    @property
+    def source_mean(self) -> float:
+        return self._mean(self.source)
+
+
+def available_objectives() -> tuple[str, ...]:
+    """The ``objective:`` values the recipe schema accepts (methods merged so far)."""
+    return typing.get_args(AdaptRunConfig.model_fields["objective"].annotation)
+
+
+def with_optional_runs(recipe: Recipe, optional: list[dict[str, Any]]) -> tuple[Recipe, list[str]]:
+    """``recipe`` plus every run of ``optional`` whose objective the schema accepts and
+    whose name is not taken; returns (recipe, names of the runs left out)."""
+    known = set(available_objectives())
+    raw = recipe.model_dump(mode="json", by_alias=True)
+    names = {r["name"] for r in raw["method"]["runs"]}
+    skipped = []
+    for run in optional:
+        if run["name"] in names:
+            continue
+        if run.get("objective", "none") in known:
+            raw["method"]["runs"].append(dict(run))
+        else:
+            skipped.append(run["name"])
+    return validate_recipe(raw, "study recipe"), skipped
+
+
+def run_seeds(recipe_path: str | Path, seeds: list[int], out: str | Path, overrides: list[str] = (),
+              optional_runs: list[dict[str, Any]] = (), resume: bool = False,
+              ) -> tuple[dict[str, dict[int, dict]], list[str]]:
+    """Run the recipe once per seed; return ({method: {seed: table row}}, runs left out).
+    ``resume``: stages finished in an earlier run of the same folder are loaded, not retrained."""
+    rows: dict[str, dict[int, dict]] = {}
+    skipped: list[str] = []
+    for seed in seeds:
+        recipe = load_recipe(recipe_path, [f"seed={seed}", f"output.dir={out}", f"output.name=seed{seed}",
+                                           *overrides])
+        recipe, skipped = with_optional_runs(recipe, list(optional_runs))
+        t = time.perf_counter()
+        summary = run_recipe(recipe, progress=False, diagnostics=False, resume=resume,
+                             overwrite=not resume)  # a fresh study replaces its own folders
+        print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
+        for r in summary.table:
+            rows.setdefault(r["model"], {})[seed] = r
+    return rows, skipped
+
+
+def method_stats(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, MethodStats]:
+    """Collect each method's per-seed accuracies (seeds missing for a method are left out)."""
+    out = {}
+    for name, per in rows.items():
+        have = [s for s in seeds if s in per]
+        target = [per[s]["target_acc"] for s in have if per[s].get("target_acc") is not None]
+        # no oracle column (epoch-free rows, or a pipeline without it): the pick is the only epoch
+        oracle = [per[s].get("oracle_target_acc", per[s]["target_acc"]) for s in have
+                  if per[s].get("target_acc") is not None]
+        oracle = [o for o in oracle if o is not None]
+        source = [per[s]["source_acc"] for s in have if per[s].get("source_acc") is not None]
+        epochs = [per[s].get("selected_epoch") for s in have]
+        out[name] = MethodStats(name, have, target, oracle, source, epochs)
+    return out
+
+
+def _pm(v: list[float]) -> str:
+    if not v:
+        return "—"
+    sd = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    return f"{100 * np.mean(v):.1f} ± {100 * sd:.1f}"
+
+
+def print_table(stats: dict[str, MethodStats], title: str) -> None:
+    """Markdown table: method | target (pick) | target (oracle) | regret | source | epochs."""
+    print(f"\n{title}\n")
+    print("| method | target acc % (label-free pick) | target acc % (oracle epoch) | regret | "
+          "source acc % | picked epochs |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for s in stats.values():
+        regret = s.oracle_mean - s.target_mean if s.target and s.oracle else float("nan")
+        epochs = ", ".join("—" if e is None else str(e) for e in s.epochs)
+        print(f"| {s.name} | {_pm(s.target)} | {_pm(s.oracle)} | {100 * regret:.1f} | {_pm(s.source)} | "
+              f"{epochs} |")
+
+
+def label_free_methods(stats: dict[str, MethodStats]) -> dict[str, MethodStats]:
+    """Adaptation runs that use no target labels (no baseline, no fine-tuning)."""
+    return {k: v for k, v in stats.items() if k not in BASELINES and not k.startswith("finetune")}
+
+
+def print_checks(checks: list[tuple[str, bool]]) -> int:
+    """Print ``[PASS]`` / ``[FAIL]`` lines; return the number of failures."""
+    print("\nchecks:")
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    return sum(not ok for _, ok in checks)
