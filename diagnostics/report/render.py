@@ -179,10 +179,13 @@ def _collapse_section(a: Audit) -> list[dict]:
             continue
         prior = section(c, "source_prior") or section(c, "source", "histogram")
         prior_name = "source prior" if section(c, "source_prior") else "source predictions"
+        # the true target mix (labels known) is what the verdict judges against; BBSE's
+        # estimate is shown as what it is: valid only under a pure label shift
         series = [
             (prior_name, prior),
+            ("true target mix", section(c, "true_target_mix")),
             ("target predictions", section(c, "target", "histogram")),
-            ("BBSE target mix", section(c, "bbse_target_mix")),
+            ("BBSE estimate (assumes label shift)", section(c, "bbse_target_mix")),
         ]
         uri = figures.class_histogram(series, a.classes, title=s.name)
         facts = []
@@ -196,6 +199,7 @@ def _collapse_section(a: Audit) -> list[dict]:
             "uri": uri,
             "facts": facts,
             "collapsed": None if collapsed is None else bool(collapsed),
+            "verdict": str(c.get("verdict") or ""),
             "reason": str(c.get("reason") or ""),
         })
     return out
