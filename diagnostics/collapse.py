@@ -77,9 +77,9 @@ class CollapseResult:
     With the target's true labels (``true_target_mix`` set) — the truth decides:
 
     * ``"collapsed"``: the predicted-class histogram is at least ``collapse_distance``
-      (half L1) from the true label mix — predictions pile onto the classes in
-      ``over_predicted``;
-    * ``"biased"``: between ``bias_threshold`` and ``collapse_distance`` from it;
+      (half L1) from the true label mix and concentrated (a pile-up, or its entropy well
+      below the truth's) — predictions pile onto the classes in ``over_predicted``;
+    * ``"biased"``: at least ``bias_threshold`` from it otherwise;
     * ``"label_shift"``: predictions follow the true mix, which differs from the source
       prior by more than ``shift_threshold``; ``"no_shift"``: neither.
 
@@ -223,6 +223,7 @@ def collapse_report(
     shift_threshold: float = 0.1,
     bias_threshold: float = 0.15,
     collapse_distance: float = 0.3,
+    concentration_drop: float = 0.25,
 ) -> CollapseResult:
     """Tell a real label shift from a collapsed (or biased) model.
 
@@ -247,7 +248,9 @@ def collapse_report(
         shift_threshold: half-L1 distance between a label mix and the source prior that
             counts as a label shift.
         bias_threshold, collapse_distance: half-L1 distances between predicted histogram
-            and the true mix that count as a bias / a collapse (labels known).
+            and the true mix that count as a bias / a collapse (labels known); a collapse
+            also needs the predictions concentrated: a pile-up, or the entropy of the
+            predicted classes (as a share of log K) ``concentration_drop`` below the truth's.
     """
     pt = _probs(target_probs, "target_probs")
     n_t, k = pt.shape
@@ -315,7 +318,11 @@ def collapse_report(
         reasons.append(f"true target label mix {np.round(truth, 3).tolist()}; predicted "
                        f"{np.round(hist, 3).tolist()} (half-L1 distance {truth_dist:.2f})")
         true_shift = p_s is not None and _half_l1(truth, p_s) > shift_threshold
-        if truth_dist >= collapse_distance:
+        # a collapse concentrates the predictions (a pile-up, or the predicted classes'
+        # entropy well below the truth's); predictions merely far from the mix are a bias
+        h_truth = float(_entropy(truth)) / h_max
+        concentrated = pile_up or ratio <= h_truth - concentration_drop
+        if truth_dist >= collapse_distance and concentrated:
             verdict = "collapsed"
             reasons.append(f"predictions pile onto {', '.join(over)} although the target holds "
                            + ", ".join(f"'{names[i]}' {truth[i]:.0%}" for i in np.argsort(-truth)[:3]))
