@@ -49,6 +49,9 @@ from adapt.data.real_images import (  # noqa: E402
 )
 
 IMAGE_SIZE = 16
+#: the digit is drawn at 12×12 inside a 2-pixel black margin, as MNIST draws its 20×20
+#: digits inside 28×28: the border band then holds background, not strokes
+DIGIT_SIZE = 12
 ALPHA = 0.05
 #: a milder scanner than :class:`ScannerStyle`'s default: the source model keeps working
 #: on part of the target and its predictions lean onto a few classes instead of one
@@ -86,6 +89,8 @@ def add_cue(images, cue_labels: np.ndarray):
 def build_data(root: Path, small: bool = False) -> dict[str, Path]:
     """Every folder the cases use, from disjoint per-class splits of the 1,797 digits:
 
+    Digits are drawn at 12×12 in a 16×16 frame (:data:`DIGIT_SIZE`).
+
     * ``src_train`` (≈ 898): what the source model is trained on;
     * ``src_heldout`` (≈ 449): labelled source images the model never saw (BBSE's
       confusion, the label-shift check, the source side of every ``diagnose gap``);
@@ -96,10 +101,12 @@ def build_data(root: Path, small: bool = False) -> dict[str, Path]:
     * ``cue_src``/``cue_heldout``: the source with :func:`add_cue` encoding the label (a
       shortcut) and ``rand_src``: with the cue at random (uninformative).
     """
-    import torch  # noqa: F401  (images are torch tensors)
+    import torch.nn.functional as F
 
     root.mkdir(parents=True, exist_ok=True)
-    imgs, labels = load_digit_images(IMAGE_SIZE)
+    imgs, labels = load_digit_images(DIGIT_SIZE)
+    pad = (IMAGE_SIZE - DIGIT_SIZE) // 2
+    imgs = F.pad(imgs, (pad, pad, pad, pad))
     idx = digit_splits(labels, seed=0)
     src, held, tst = idx["source"], idx["target_train"], idx["target_test"]
     rng = np.random.default_rng(0)
@@ -121,6 +128,9 @@ def build_data(root: Path, small: bool = False) -> dict[str, Path]:
     if small:
         return paths
     put("tgt_textured", texture_digits(imgs[tst], load_photos(), np.random.default_rng(2), "test"), tst)
+    pool = np.sort(np.concatenate([held, tst]))  # a larger pure label shift, for adaptation runs
+    big = np.sort(pool[rng.random(len(pool)) < np.where(labels[pool] < 3, 1.0, 0.15)])
+    put("tgt_labelshift_big", imgs[big], big)
     put("cue_src", add_cue(imgs[src], labels[src]), src)
     put("cue_heldout", add_cue(imgs[held], labels[held]), held)
     random_cue = rng.integers(0, 10, size=len(src))
@@ -156,7 +166,9 @@ def recipe_text(name: str, source: Path, target: Path, out: Path, runs: list[dic
         "name": name, "seed": 0,
         "data": {"source": {"kind": "imagefolder", "path": str(source)},
                  "target": {"kind": "imagefolder", "path": str(target)},
-                 "image_size": IMAGE_SIZE, "channels": channels, "num_workers": 0},
+                 "image_size": IMAGE_SIZE, "channels": channels, "num_workers": 0,
+                 # half the images held out: the audit's paired tests need a few hundred
+                 "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
         "model": {"arch": "small_cnn",
                   **({"source_checkpoint": str(source_checkpoint)} if source_checkpoint else {})},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.003, "patience": None, "threads": 1},
@@ -266,6 +278,47 @@ class Suite:
         return read_gap_case(doc)
 
 
+def read_run_case(audit: dict) -> dict[str, str]:
+    """What an audit concluded, in the suite's words."""
+    out = {"banner": audit["overall"]["level"]}
+    gap = verdict_of(audit, "gap")
+    if gap:
+        ev = gap.get("evidence") or {}
+        out["gap"] = ("none" if ev.get("gap_detected_before") is False else
+                      "closed" if ev.get("gap_detected_after") is False else "detected")
+    tr = verdict_of(audit, "negative_transfer")
+    if tr:
+        ev = tr.get("evidence") or {}
+        out["transfer"] = ("not needed" if tr["title"] == "Adaptation not needed"
+                           else str(ev.get("paired_change", "unpaired")))
+    out["usable"] = "no" if verdict_of(audit, "usability") else "yes"
+    sp = (((audit.get("before") or {}).get("spurious") or {}).get("source") or {}).get("verdict") or {}
+    if sp:
+        out["shortcut"] = str(sp.get("level"))
+    return out
+
+
+def run_case(name: str, truth: str, source: str, target: str, runs: list[dict],
+             expected: dict[str, str], cue: tuple[str, str] | None = None) -> Case:
+    """An ``adapt-run`` case; with ``cue`` = (cued held-out, clean held-out) the suite also
+    removes the cue and measures the source model's accuracy drop with ``diagnose gap``."""
+
+    def go(s: Suite, work: Path) -> dict[str, str]:
+        run = adapt_run(name, work, s.paths[source], s.paths[target], runs)
+        out = read_run_case(read_audit(run))
+        if cue is not None:
+            doc = diagnose_gap(f"{name}_cue_removed", work, s.paths[cue[0]], s.paths[cue[1]],
+                               run / "source" / "model.pt")
+            with_cue = doc["metrics"]["source_test"]["accuracy"]
+            without = doc["metrics"]["target_test"]["accuracy"]
+            out["cue_removed"] = (f"drop {100 * (with_cue - without):.0f} points"
+                                  if with_cue - without >= 0.2 else "no large drop")
+            out["cue_removed_drop"] = "large" if with_cue - without >= 0.2 else "small"
+        return out
+
+    return Case(name, truth, expected, go)
+
+
 def gap_case(name: str, truth: str, target: str, expected: dict[str, str]) -> Case:
     return Case(name, truth, expected, lambda s, _w: s.gap(name, target), small=True)
 
@@ -283,6 +336,25 @@ CASES: list[Case] = [
              "tgt_labelshift", {"gap": "different", "collapse": "label_shift"}),
     gap_case("label_shift_unlabelled", "classes 3–9 thinned to 15%, images unchanged, labels unknown",
              "tgt_labelshift_u", {"gap": "different", "collapse": "label_shift"}),
+    run_case("same_distribution", "two disjoint halves of the digits: nothing to adapt", "src_train", "tgt_clean",
+             [{"name": "adabn", "adabn": True, "epochs": 0}],
+             {"banner": "ok", "gap": "none", "transfer": "not needed"}),
+    run_case("adaptation_helps", "scanner shift that AdaBN undoes", "src_train", "tgt_scanner",
+             [{"name": "adabn", "adabn": True, "epochs": 0}],
+             {"gap": "detected", "transfer": "helped", "usable": "yes"}),
+    run_case("negative_transfer", "DANN at 30x its weight aligns a pure label shift away", "src_train",
+             "tgt_labelshift_big",
+             [{"name": "dann", "objective": "dann", "epochs": 6, "dann": {"weight": 10.0}}],
+             {"transfer": "hurt"}),
+    run_case("near_chance", "strong scanner shift, MixStyle without AdaBN: still near chance", "src_train",
+             "tgt_scanner", [{"name": "mixstyle", "objective": "source_only", "mixstyle": True, "epochs": 1}],
+             {"usable": "no"}),
+    run_case("learned_shortcut", "a corner cue that encodes the label; removing it must hurt", "cue_src",
+             "tgt_clean", [{"name": "adabn", "adabn": True, "epochs": 0}],
+             {"shortcut": "fail", "cue_removed_drop": "large"}, cue=("cue_heldout", "src_heldout")),
+    run_case("cue_not_used", "the same cue at random: planted, not predictive", "rand_src", "tgt_clean",
+             [{"name": "adabn", "adabn": True, "epochs": 0}],
+             {"shortcut": "ok", "cue_removed_drop": "small"}, cue=("rand_heldout", "src_heldout")),
 ]
 
 

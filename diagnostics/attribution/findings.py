@@ -120,10 +120,14 @@ def compare_reliance(before: SpuriousResult, after: SpuriousResult) -> dict:
         s0 = box_share(before.maps, box).share
         s1 = box_share(after.maps, box).share
         out["share_change"] = mean_change(s0, s1, seed=0).to_dict()
-        if same_ref:
-            f0 = np.zeros(before.n)
-            f0[cand.occlusion.flipped_indices] = 1.0
-            f1 = np.zeros(after.n)
-            f1[after.reference_occlusion.flipped_indices] = 1.0
-            out["flips_change"] = mean_change(f0, f1, seed=0).to_dict()
+    if same_ref:
+        # per-image "prediction changed when hidden" indicators; the before-region was scored
+        # on the held-out half it was not chosen on, the after-model on every image: paired
+        # only when both cover the same images
+        f0 = np.zeros(cand.occlusion.n)
+        f0[cand.occlusion.flipped_indices] = 1.0
+        f1 = np.zeros(after.reference_occlusion.n)
+        f1[after.reference_occlusion.flipped_indices] = 1.0
+        paired = len(f0) == len(f1) == before.n and list(before.indices) == list(after.indices)
+        out["flips_change"] = mean_change(f0, f1, paired=paired, seed=0).to_dict()
     return out
