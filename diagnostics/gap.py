@@ -23,14 +23,12 @@ the mean/covariance split of the Fréchet distance, the bootstrap bias, ...).
 ``collapse`` section (predicted-class histograms per domain, marginal entropy, IM score,
 BBSE target label mix, collapsed or not) via :mod:`diagnostics.collapse`.
 
-``parse_fail_on`` / ``fired_conditions`` implement the CI gate of ``diagnose gap
---fail-on 'mmd_p<0.01'``: a tiny grammar, parsed by a regular expression, never eval'd.
+The CI gate of ``diagnose gap --fail-on`` lives in :mod:`diagnostics.gate` (re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -42,6 +40,7 @@ from diagnostics.collapse import CollapseResult, collapse_report, im_score, marg
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
 from diagnostics.features import FeatureSet
 from diagnostics.frechet import FrechetInterval, FrechetSampleSizeWarning, frechet_bootstrap, frechet_from_moments
+from diagnostics.gate import GATE_METRICS, FailCondition, fired_conditions, parse_fail_on
 from diagnostics.mmd import MMDResult, mmd_permutation_test
 from diagnostics.transport import TransportResult, wasserstein_distance
 from diagnostics.two_sample import C2STResult, classifier_two_sample_test, min_permutations
@@ -445,73 +444,3 @@ def _collapse_lines(c: Mapping) -> str:
             "no_shift": "no collapse, no label shift"}.get(verdict, verdict)
     lines.append(f"collapse check: {text}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CI gate
-
-#: gate metric → (section, field) of the gap dict
-GATE_METRICS: dict[str, tuple[str, str]] = {
-    "mmd2": ("mmd", "mmd2"),
-    "mmd_p": ("mmd", "p_value"),
-    "fid": ("frechet", "distance"),
-    "auc": ("domain_classifier", "auc"),
-    "proxy_a": ("domain_classifier", "proxy_a_distance"),
-    "wasserstein": ("transport", "distance"),
-}
-_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-_TERM = re.compile(
-    r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
-    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
-_SPLIT = re.compile(r"\s*,\s*|\s+or\s+", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class FailCondition:
-    """``metric op threshold``, e.g. mmd_p < 0.01."""
-
-    metric: str
-    op: str
-    threshold: float
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.threshold:g}"
-
-    def value(self, gap: Mapping) -> float | None:
-        section, key = GATE_METRICS[self.metric]
-        v = (gap.get(section) or {}).get(key)
-        return None if v is None else float(v)
-
-    def holds(self, gap: Mapping) -> bool:
-        v = self.value(gap)
-        return v is not None and math.isfinite(v) and _OPS[self.op](v, self.threshold)
-
-
-def parse_fail_on(text: str) -> list[FailCondition]:
-    """Parse ``'mmd_p<0.01, auc>=0.9 or fid>50'`` (any true → the gate fires).
-
-    Grammar: term (("," | " or ") term)*; term = metric op number; metric in
-    :data:`GATE_METRICS`; op in < <= > >=. Anything else is a one-line UserError.
-    """
-    where = f"--fail-on {text!r}"
-    if not text or not text.strip():
-        raise UserError(f"{where}: empty; expected e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40'")
-    conditions = []
-    for term in _SPLIT.split(text.strip()):
-        m = _TERM.match(term)
-        if m is None:
-            raise UserError(f"{where}: cannot read {term.strip()!r}; expected <metric><op><number> "
-                            f"joined by ',' or 'or' (metrics: {', '.join(GATE_METRICS)}; ops: < <= > >=)")
-        metric = m["metric"].lower()
-        if metric not in GATE_METRICS:
-            raise UserError(f"{where}: unknown metric {m['metric']!r} (choose {', '.join(GATE_METRICS)})")
-        threshold = float(m["num"])
-        if not math.isfinite(threshold):
-            raise UserError(f"{where}: threshold {m['num']!r} is not a finite number")
-        conditions.append(FailCondition(metric, m["op"], threshold))
-    return conditions
-
-
-def fired_conditions(conditions: list[FailCondition], gap: Mapping) -> list[tuple[FailCondition, float]]:
-    """The conditions that hold for ``gap`` (the report's gap dict), with the measured value."""
-    return [(c, c.value(gap)) for c in conditions if c.holds(gap)]
