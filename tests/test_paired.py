@@ -82,3 +82,29 @@ def test_near_chance():
     assert near_chance_label_free(0.12, 0.5, 10).near  # unsure of everything
     assert near_chance_label_free(0.99, 0.01, 10).near  # confident, one class: no information
     assert not near_chance_label_free(0.9, 1.8, 10).near
+
+
+def test_the_audit_pairs_the_two_models_on_the_same_images():
+    from types import SimpleNamespace
+
+    from diagnostics.audit import StageResult
+    from diagnostics.run_audit import _add_paired_changes
+
+    labels = np.repeat([0, 1], 100)
+    right = np.eye(2)[labels]
+    wrong = np.eye(2)[1 - labels]
+
+    def feats(probs, lab=labels):
+        return SimpleNamespace(probs=probs, labels=lab)
+
+    after = StageResult(name="adapted")
+    before_probs = np.where(np.arange(200)[:, None] < 120, right, wrong)  # 60% right
+    _add_paired_changes(after, (feats(right), feats(before_probs)), (feats(right), feats(right)), seed=0)
+    tc = after.metrics["target_change"]
+    assert tc["verdict"] == "helped" and tc["c"] == 80 and tc["b"] == 0 and tc["n"] == 200
+    assert after.metrics["source_change"]["verdict"] == "inconclusive"
+    # unknown target labels: no paired accuracy
+    unl = StageResult(name="adapted")
+    _add_paired_changes(unl, (feats(right), feats(right, -np.ones(200, int))),
+                        (feats(right), feats(right, -np.ones(200, int))), seed=0)
+    assert "target_change" not in unl.metrics
