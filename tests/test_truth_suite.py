@@ -5,6 +5,7 @@ shift with and without labels). Every case must match."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _suite():
     spec = importlib.util.spec_from_file_location("truth_suite", ROOT / "benchmarks" / "truth_suite.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["truth_suite"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 

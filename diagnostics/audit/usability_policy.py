@@ -34,9 +34,7 @@ def usability_verdict(before: StageResult, after: StageResult | None, th: AuditT
         check = near_chance_label_free(conf, im, k, margin=th.chance_margin)
     if not check.near:
         return None
-    gained = ""
-    if after is not None and acc is not None and before.accuracy("target_test") is not None:
-        gained = ", whatever adaptation gained"
+    still = "still near chance on the target" + (" after adaptation" if after is not None else "")
     return Verdict("usability", "warn", "Still unusable on the target",
-                   f"{name[0].upper()}{name[1:]} is still near chance on the target{gained}: {check.reason}.",
+                   f"{name[0].upper()}{name[1:]} is {still}: {check.reason}.",
                    {"chance_corrected": check.score, "chance_accuracy": check.chance, "basis": check.basis})
