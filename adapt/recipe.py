@@ -142,7 +142,8 @@ class MethodConfig(_Section):
     )
     #: label-free checkpoint selection: im | snd | source_val | last
     selection: Literal["im", "snd", "source_val", "last"] = "im"
-    #: the run the audit compares against the source model (default: the last run)
+    #: the run the audit compares against the source model (default: the run the
+    #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (needs data.target_labeled)
     target_scratch: bool = False
@@ -227,11 +228,6 @@ class Recipe(_Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.name or self.name)
-
-    def audit_run_name(self) -> str | None:
-        if self.method.audit_run:
-            return self.method.audit_run
-        return self.method.runs[-1].name if self.method.runs else None
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults filled in) as YAML."""
