@@ -156,7 +156,8 @@ class MethodConfig(RecipeSection):
     #: label-free checkpoint selection: im | snd | dev | source_val | last
     #: (dev and source_val need labelled source images)
     selection: Literal["im", "snd", "dev", "source_val", "last"] = "im"
-    #: the run the audit compares against the source model (default: the last run)
+    #: the run the audit compares against the source model (default: the run the
+    #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (needs data.target_labeled)
     target_scratch: bool = False
@@ -272,11 +273,6 @@ class Recipe(RecipeSection):
     @property
     def run_dir(self) -> Path:
         return Path(self.output.dir) / (self.output.name or self.name)
-
-    def audit_run_name(self) -> str | None:
-        if self.method.audit_run:
-            return self.method.audit_run
-        return self.method.runs[-1].name if self.method.runs else None
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (defaults filled in) as YAML."""

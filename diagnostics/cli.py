@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt.errors import UserError, one_line
+from diagnostics.two_sample import min_permutations
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
 
@@ -157,6 +158,11 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("permutations", "max_samples", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if args.permutations < min_permutations(0.05):
+        # the smallest p-value B permutations can give is 1/(1 + B): below 19 no test can
+        # ever say "different" at the 5% level, so the table would only pretend to decide
+        raise UserError(f"--permutations: {args.permutations} cannot reach p < 0.05 (smallest p = "
+                        f"{1 / (1 + args.permutations):.2g}); use at least {min_permutations(0.05)}")
     if args.max_samples < 5:
         raise UserError(f"--max-samples: must be at least 5, got {args.max_samples}")
     if args.bootstrap < 0 or args.workers < 0:

@@ -19,6 +19,15 @@ The statistics here tell them apart:
   any label mix supports (C q̂ under-predicts that class even with q̂ clipped to
   that one class), or needs a degenerate mix with nearly a single class.
 
+BBSE's assumption is checked before a label shift is claimed: the held-out source,
+re-weighted (class-stratified subsample) to BBSE's mix, must match the target in a
+two-sample test (:mod:`diagnostics.label_shift`; Lipton et al. 2018, Rabanser et al.
+2019). Under a covariate shift it does not, and with a good source model BBSE then only
+echoes the predicted histogram: the verdict is "covariate shift: the label mix cannot be
+estimated", never "a real label shift". When the target's labels are known the truth
+decides instead: predictions far from the true label mix are a collapse (or a bias),
+whatever BBSE says.
+
 Confusion-matrix convention (Lipton et al.): rows = predicted class, columns =
 true class. ``joint``: C[i, j] = P_s(ŷ = i, y = j) (sums to 1; its column sums are
 the source prior). ``conditional``: C[i, j] = P_s(ŷ = i | y = j) (columns sum to 1).
@@ -34,10 +43,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from adapt.errors import UserError
+from diagnostics.bbse import MAX_CONDITION as _MAX_CONDITION
+from diagnostics.bbse import BBSEResult, _conditional_from_joint, bbse_weights
+from diagnostics.label_shift import LabelShiftCheck, label_shift_check
+from diagnostics.predictions import (_entropy, _half_l1, _probs, _to_np, confusion_matrix, im_score,
+                                     marginal_entropy, mean_entropy, prediction_histogram)
 
+# Re-exported: the statistics moved to diagnostics.predictions / diagnostics.bbse.
 __all__ = [
     "BBSEResult",
     "CollapseResult",
+    "VERDICT_LEVELS",
     "prediction_histogram",
     "marginal_entropy",
     "mean_entropy",
@@ -47,227 +63,41 @@ __all__ = [
     "collapse_report",
 ]
 
-# A confusion matrix this ill-conditioned cannot be inverted meaningfully (e.g. the
-# model already predicts one class on the source): BBSE is then not reported.
-_MAX_CONDITION = 1e6
-
-
-# --------------------------------------------------------------------------- inputs
-def _to_np(a) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            return a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    return np.asarray(a)
-
-
-def _probs(p, name: str) -> np.ndarray:
-    arr = _to_np(p).astype(np.float64)
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2:
-        raise UserError(f"{name}: expected probabilities [N, K] with K >= 2, got shape {arr.shape}")
-    if not np.isfinite(arr).all() or (arr < -1e-9).any() or not np.allclose(arr.sum(1), 1.0, atol=1e-3):
-        raise UserError(f"{name}: rows must be probabilities (non-negative, summing to 1) — pass softmax outputs, not logits")
-    return arr
-
-
-def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
-    p = np.clip(p, 0.0, None)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p), 0.0)
-    return -terms.sum(axis=axis)
-
-
-def _half_l1(a: np.ndarray, b: np.ndarray) -> float:
-    return 0.5 * float(np.abs(np.asarray(a) - np.asarray(b)).sum())
-
-
-# --------------------------------------------------------------------------- statistics
-def prediction_histogram(predictions, num_classes: int | None = None) -> np.ndarray:
-    """Share of samples predicted as each class [K] (sums to 1).
-
-    ``predictions``: probabilities/logits [N, K] (argmax is taken) or class ids [N].
-    """
-    arr = _to_np(predictions)
-    if arr.ndim == 2:
-        k = arr.shape[1] if num_classes is None else num_classes
-        ids = arr.argmax(1)
-    elif arr.ndim == 1:
-        ids = arr.astype(np.int64)
-        if num_classes is None:
-            raise UserError("num_classes: required when predictions are class ids")
-        k = num_classes
-    else:
-        raise UserError(f"predictions: expected [N, K] or [N], got shape {arr.shape}")
-    if len(ids) == 0:
-        raise UserError("predictions: empty")
-    if ids.min() < 0 or ids.max() >= k:
-        raise UserError(f"predictions: class ids must lie in [0, {k}), got range [{ids.min()}, {ids.max()}]")
-    return np.bincount(ids, minlength=k).astype(np.float64) / len(ids)
-
-
-def marginal_entropy(probs) -> float:
-    """H(E_x p(y|x)) in nats: entropy of the mean prediction (≤ log K; 0 = one class)."""
-    return float(_entropy(_probs(probs, "probs").mean(0)))
-
-
-def mean_entropy(probs) -> float:
-    """E_x H(p(y|x)) in nats: average per-sample uncertainty (0 = fully confident)."""
-    return float(_entropy(_probs(probs, "probs"), axis=1).mean())
-
-
-def im_score(probs) -> float:
-    """Information-maximisation score H(E p) − E H(p) in nats (the mutual information
-    between input and predicted label under the empirical distribution). Near 0 for a
-    collapsed or an uncertain model; up to log K for diverse confident predictions."""
-    p = _probs(probs, "probs")
-    return float(_entropy(p.mean(0)) - _entropy(p, axis=1).mean())
-
-
-def confusion_matrix(labels, predictions, num_classes: int, normalize: str | None = "joint") -> np.ndarray:
-    """Confusion matrix C[pred, true] from labels [N] and predicted ids [N] (or probs [N, K]).
-
-    ``normalize``: ``"joint"`` (C sums to 1), ``"conditional"`` (each column sums to 1;
-    a column of a class absent from ``labels`` stays 0), or None (counts).
-    """
-    y = _to_np(labels).astype(np.int64).reshape(-1)
-    pr = _to_np(predictions)
-    yhat = pr.argmax(1) if pr.ndim == 2 else pr.astype(np.int64).reshape(-1)
-    if len(y) != len(yhat) or len(y) == 0:
-        raise UserError(f"labels, predictions: lengths differ or are empty ({len(y)} vs {len(yhat)})")
-    if y.min() < 0 or y.max() >= num_classes or yhat.min() < 0 or yhat.max() >= num_classes:
-        raise UserError(f"labels, predictions: class ids must lie in [0, {num_classes})")
-    c = np.zeros((num_classes, num_classes))
-    np.add.at(c, (yhat, y), 1.0)
-    if normalize == "joint":
-        return c / c.sum()
-    if normalize == "conditional":
-        col = c.sum(0, keepdims=True)
-        return np.divide(c, col, out=np.zeros_like(c), where=col > 0)
-    if normalize is None:
-        return c
-    raise UserError(f"normalize: {normalize!r} is not one of ['joint', 'conditional', None]")
-
-
-# --------------------------------------------------------------------------- BBSE
-@dataclass
-class BBSEResult:
-    """BBSE estimate. ``weights`` w_j = q_t(j)/p_s(j) (importance weights for
-    re-weighting source losses; NaN where p_s(j) = 0), ``target_prior`` q̂ (sums to 1),
-    ``implied_histogram`` = C_cond q̂ (the predicted histogram that label mix would
-    produce), ``residual`` = half-L1(μ̂_t, implied_histogram)."""
-
-    weights: list[float]
-    target_prior: list[float]
-    source_prior: list[float] | None
-    implied_histogram: list[float]
-    residual: float
-    condition_number: float
-    clipped: bool
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        # JSON has no NaN: a class absent from the source has no weight.
-        d["weights"] = [None if not math.isfinite(w) else w for w in self.weights]
-        return d
-
-
-def _conditional_from_joint(c_joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p_s = c_joint.sum(0)
-    c_cond = np.divide(c_joint, p_s[None, :], out=np.zeros_like(c_joint), where=p_s[None, :] > 0)
-    return c_cond, p_s
-
-
-def bbse_weights(
-    source_confusion,
-    target_pred_distribution,
-    kind: str = "joint",
-    source_prior=None,
-) -> BBSEResult:
-    """Black-box shift estimation (Lipton, Wang & Smola, ICML 2018).
-
-    Args:
-        source_confusion: C [K, K], rows = predicted, columns = true class, measured
-            on held-out labelled source data (not the training split: its confusion
-            is optimistic). ``kind="joint"``: C[i, j] = P_s(ŷ=i, y=j) (counts are
-            normalised to sum 1), and the source prior is its column sums.
-            ``kind="conditional"``: C[i, j] = P_s(ŷ=i | y=j); give ``source_prior``
-            to obtain weights.
-        target_pred_distribution: μ̂_t [K], the share of target samples predicted as
-            each class (:func:`prediction_histogram`).
-
-    Returns:
-        :class:`BBSEResult`. joint: w = C⁻¹ μ̂_t; conditional: q = C⁻¹ μ̂_t. Negative
-        entries (estimation noise) are clipped at 0 and the target prior
-        q̂ = w ⊙ p_s renormalised to sum 1. A singular C is solved by least squares
-        (the condition number says how far to trust it).
-    """
-    c = _to_np(source_confusion).astype(np.float64)
-    mu = _to_np(target_pred_distribution).astype(np.float64).reshape(-1)
-    k = c.shape[0]
-    if c.ndim != 2 or c.shape != (k, k) or mu.shape != (k,):
-        raise UserError(f"source_confusion, target_pred_distribution: shapes {c.shape} and {mu.shape} do not match [K, K], [K]")
-    if (c < 0).any() or (mu < 0).any() or mu.sum() <= 0:
-        raise UserError("source_confusion, target_pred_distribution: must be non-negative")
-    mu = mu / mu.sum()
-    if kind == "joint":
-        if c.sum() <= 0:
-            raise UserError("source_confusion: all zero")
-        c = c / c.sum()
-        c_cond, p_s = _conditional_from_joint(c)
-    elif kind == "conditional":
-        c_cond = c
-        p_s = None if source_prior is None else _to_np(source_prior).astype(np.float64).reshape(-1)
-        if p_s is not None:
-            if p_s.shape != (k,) or (p_s < 0).any() or p_s.sum() <= 0:
-                raise UserError(f"source_prior: expected {k} non-negative shares, got {p_s}")
-            p_s = p_s / p_s.sum()
-    else:
-        raise UserError(f"kind: {kind!r} is not one of ['joint', 'conditional']")
-
-    # The joint and conditional systems have the same solution in q (q = w ⊙ p_s);
-    # solving the conditional one keeps the code path single.
-    cond = float(np.linalg.cond(c_cond))
-    if math.isfinite(cond) and cond < 1.0 / np.finfo(np.float64).eps:
-        q = np.linalg.solve(c_cond, mu)
-    else:
-        q = np.linalg.lstsq(c_cond, mu, rcond=None)[0]
-    clipped = bool((q < 0).any())
-    q = np.clip(q, 0.0, None)
-    if q.sum() <= 0:
-        # Nothing survives clipping: no label mix explains μ̂_t at all.
-        q = np.full(k, 1.0 / k)
-    q = q / q.sum()
-    implied = c_cond @ q
-    if p_s is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(p_s > 0, q / np.where(p_s > 0, p_s, 1.0), np.nan)
-    else:
-        w = np.full(k, np.nan)
-    return BBSEResult(
-        weights=[float(v) for v in w],
-        target_prior=[float(v) for v in q],
-        source_prior=None if p_s is None else [float(v) for v in p_s],
-        implied_histogram=[float(v) for v in implied],
-        residual=_half_l1(mu, implied),
-        condition_number=cond if math.isfinite(cond) else float("inf"),
-        clipped=clipped,
-    )
-
 
 # --------------------------------------------------------------------------- report
+#: verdict → level of the finding (the audit's ok / warn / fail)
+VERDICT_LEVELS = {"no_shift": "ok", "label_shift": "ok", "biased": "warn", "inconclusive": "warn",
+                  "covariate_shift": "warn", "collapsed": "fail"}
+
+
 @dataclass
 class CollapseResult:
     """Evidence and verdict. ``verdict`` is one of:
 
+    With the target's true labels (``true_target_mix`` set) — the truth decides:
+
+    * ``"collapsed"``: the predicted-class histogram is at least ``collapse_distance``
+      (half L1) from the true label mix and concentrated (a pile-up, or its entropy well
+      below the truth's) — predictions pile onto the classes in ``over_predicted``;
+    * ``"biased"``: at least ``bias_threshold`` from it otherwise;
+    * ``"label_shift"``: predictions follow the true mix, which differs from the source
+      prior by more than ``shift_threshold``; ``"no_shift"``: neither.
+
+    Without them:
+
     * ``"collapsed"``: predictions pile onto one class (share ≥ share_threshold and
-      entropy of the predicted-class histogram ≤ entropy_ratio_threshold · log K) and BBSE cannot explain
-      it with a plausible label mix (or no source confusion was given);
-    * ``"label_shift"``: the BBSE target mix differs from the source prior by more
-      than ``shift_threshold`` (half L1) and explains the predicted histogram;
-    * ``"no_shift"``: neither.
+      entropy of the predicted-class histogram ≤ entropy_ratio_threshold · log K) and BBSE
+      cannot explain it with a plausible label mix (or no source confusion was given);
+    * ``"label_shift"``: BBSE's mix differs from the source prior by more than
+      ``shift_threshold`` (or explains a pile-up) AND the label-shift assumption check
+      passed (``label_shift_check``);
+    * ``"covariate_shift"``: the same claim, but the check failed — the label mix cannot be
+      estimated, predictions pile onto ``over_predicted``;
+    * ``"inconclusive"``: the same claim with no check possible (no features);
+    * ``"no_shift"``: no pile-up and BBSE's mix is close to the source prior.
+
+    ``level`` is :data:`VERDICT_LEVELS` [verdict], raised to "fail" for a covariate shift
+    with a pile-up.
     """
 
     num_classes: int
@@ -294,63 +124,39 @@ class CollapseResult:
     label_shift: bool
     verdict: str
     reasons: list[str] = field(default_factory=list)
+    level: str = "ok"
+    true_target_mix: list[float] | None = None
+    prediction_vs_truth: float | None = None
+    over_predicted: list[str] = field(default_factory=list)
+    label_shift_check: LabelShiftCheck | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["bbse"] = self.bbse.to_dict() if self.bbse is not None else None
+        d["label_shift_check"] = None if self.label_shift_check is None else self.label_shift_check.to_dict()
         return d
 
 
-def collapse_report(
-    target_probs,
-    *,
-    source_probs=None,
-    source_labels=None,
-    source_confusion=None,
-    confusion_kind: str = "joint",
-    source_prior=None,
-    class_names: list[str] | None = None,
-    share_threshold: float = 0.75,
-    entropy_ratio_threshold: float = 0.5,
-    excess_tolerance: float = 0.05,
-    degenerate_prior: float = 0.95,
-    shift_threshold: float = 0.1,
-) -> CollapseResult:
-    """Tell a real label shift from a collapsed model.
+def _pile_names(hist: np.ndarray, names: list[str], reference: np.ndarray | None, cover: float = 0.6,
+                most: int = 3) -> list[str]:
+    """The classes predictions pile onto: by predicted share minus ``reference`` share
+    (the true mix or the source prior; uniform if None), the fewest over-predicted
+    classes that hold ``cover`` of the predictions (at most ``most``)."""
+    ref = np.full(len(hist), 1.0 / len(hist)) if reference is None else reference
+    excess = hist - ref
+    order = [int(i) for i in np.argsort(-excess, kind="stable") if excess[i] > 0.02]
+    out, held = [], 0.0
+    for i in order[:most]:
+        out.append(f"'{names[i]}' ({hist[i]:.0%})")
+        held += hist[i]
+        if held >= cover:
+            break
+    return out
 
-    Args:
-        target_probs: softmax outputs on the (unlabelled) target [N_t, K].
-        source_probs, source_labels: softmax outputs [N_s, K] and labels [N_s] on
-            held-out labelled source data; give these, or ``source_confusion``.
-        source_confusion: C[pred, true] (``confusion_kind`` "joint" or "conditional").
-        source_prior: source label shares [K] (defaults to the column sums of the
-            joint confusion, or the label frequencies of ``source_labels``).
-        class_names: names for the reasons text.
-        share_threshold, entropy_ratio_threshold: define a pile-up.
-        excess_tolerance: how far the top-class share may exceed what BBSE's mix implies.
-        degenerate_prior: a BBSE mix putting at least this share on one class is
-            treated as implausible (it would mean a target with one class only).
-        shift_threshold: half-L1 distance between BBSE mix and source prior that
-            counts as a label shift.
-    """
-    pt = _probs(target_probs, "target_probs")
-    n_t, k = pt.shape
-    if class_names is not None and len(class_names) != k:
-        raise UserError(f"class_names: {len(class_names)} names for {k} classes")
-    names = class_names or [str(i) for i in range(k)]
 
-    hist = prediction_histogram(pt)
-    h_marg = float(_entropy(pt.mean(0)))
-    h_mean = float(_entropy(pt, axis=1).mean())
-    h_max = math.log(k)
-    top = int(hist.argmax())
-    share = float(hist[top])
-    target_conf = float(pt.max(1).mean())
-
-    # ---- source side: confusion, prior, confidence
-    source_conf = None
-    c_joint = None
-    c_cond = None
+def _source_side(k, source_probs, source_labels, source_confusion, confusion_kind, source_prior):
+    """(conditional confusion C[pred, true] or None, source prior or None, source confidence)."""
+    source_conf = c_joint = c_cond = None
     p_s = None if source_prior is None else _to_np(source_prior).astype(np.float64).reshape(-1)
     if source_probs is not None or source_labels is not None:
         if source_probs is None or source_labels is None:
@@ -378,6 +184,90 @@ def collapse_report(
         if p_s.shape != (k,) or (p_s < 0).any() or p_s.sum() <= 0:
             raise UserError(f"source_prior: expected {k} non-negative shares")
         p_s = p_s / p_s.sum()
+    return c_cond, p_s, source_conf
+
+
+def _true_mix(target_labels, k: int, n_t: int) -> np.ndarray | None:
+    if target_labels is None:
+        return None
+    y = _to_np(target_labels).astype(np.int64).reshape(-1)
+    if len(y) != n_t:
+        raise UserError(f"target_labels: {len(y)} labels for {n_t} target predictions")
+    if (y < 0).any():  # unknown labels: no truth to judge against
+        return None
+    if y.max() >= k:
+        raise UserError(f"target_labels: class ids must lie in [0, {k})")
+    return np.bincount(y, minlength=k).astype(np.float64) / len(y)
+
+
+def collapse_report(
+    target_probs,
+    *,
+    source_probs=None,
+    source_labels=None,
+    source_confusion=None,
+    confusion_kind: str = "joint",
+    source_prior=None,
+    class_names: list[str] | None = None,
+    target_labels=None,
+    source_features=None,
+    target_features=None,
+    label_shift_check_result: LabelShiftCheck | None = None,
+    check_alpha: float = 0.05,
+    check_permutations: int = 200,
+    seed: int = 0,
+    share_threshold: float = 0.75,
+    entropy_ratio_threshold: float = 0.5,
+    excess_tolerance: float = 0.05,
+    degenerate_prior: float = 0.95,
+    shift_threshold: float = 0.1,
+    bias_threshold: float = 0.15,
+    collapse_distance: float = 0.3,
+    concentration_drop: float = 0.25,
+) -> CollapseResult:
+    """Tell a real label shift from a collapsed (or biased) model.
+
+    Args:
+        target_probs: softmax outputs on the target [N_t, K].
+        source_probs, source_labels: softmax outputs [N_s, K] and labels [N_s] on
+            held-out labelled source data; give these, or ``source_confusion``.
+        source_confusion: C[pred, true] (``confusion_kind`` "joint" or "conditional").
+        source_prior: source label shares [K] (defaults to the column sums of the
+            joint confusion, or the label frequencies of ``source_labels``).
+        class_names: names for the reasons text.
+        target_labels: the target's true labels [N_t] when known (-1 = unknown): then the
+            true mix decides (see :class:`CollapseResult`).
+        source_features, target_features: features [N_s, D], [N_t, D] of the same rows as
+            ``source_labels`` / ``target_probs``: with them a label-shift claim is checked
+            by :func:`~diagnostics.label_shift.label_shift_check` (level ``check_alpha``,
+            ``check_permutations``, ``seed``); or pass ``label_shift_check_result``.
+        share_threshold, entropy_ratio_threshold: define a pile-up.
+        excess_tolerance: how far the top-class share may exceed what BBSE's mix implies.
+        degenerate_prior: a BBSE mix putting at least this share on one class is
+            treated as implausible (it would mean a target with one class only).
+        shift_threshold: half-L1 distance between a label mix and the source prior that
+            counts as a label shift.
+        bias_threshold, collapse_distance: half-L1 distances between predicted histogram
+            and the true mix that count as a bias / a collapse (labels known); a collapse
+            also needs the predictions concentrated: a pile-up, or the entropy of the
+            predicted classes (as a share of log K) ``concentration_drop`` below the truth's.
+    """
+    pt = _probs(target_probs, "target_probs")
+    n_t, k = pt.shape
+    if class_names is not None and len(class_names) != k:
+        raise UserError(f"class_names: {len(class_names)} names for {k} classes")
+    names = class_names or [str(i) for i in range(k)]
+
+    hist = prediction_histogram(pt)
+    h_marg = float(_entropy(pt.mean(0)))
+    h_mean = float(_entropy(pt, axis=1).mean())
+    h_max = math.log(k)
+    top = int(hist.argmax())
+    share = float(hist[top])
+    target_conf = float(pt.max(1).mean())
+    c_cond, p_s, source_conf = _source_side(k, source_probs, source_labels, source_confusion,
+                                            confusion_kind, source_prior)
+    truth = _true_mix(target_labels, k, n_t)
 
     # ---- pile-up, judged on the hard predictions: a model whose outputs hover near 1/K
     # but always tip the same way has a high soft marginal entropy, yet every decision
@@ -410,41 +300,91 @@ def collapse_report(
             excess = share - implied_share
             if p_s is not None:
                 shift_dist = _half_l1(result.target_prior, p_s)
-            recall = np.diagonal(c_cond)
             reasons.append(
                 f"BBSE target label mix {np.round(result.target_prior, 3).tolist()} would yield "
                 f"{implied_share:.0%} '{names[top]}' predictions (observed {share:.0%}); "
-                f"source per-class recall {np.round(recall, 3).tolist()}"
+                f"source per-class recall {np.round(np.diagonal(c_cond), 3).tolist()}"
+                + ("" if truth is None else " — BBSE assumes the images of each class did not change")
             )
 
-    # ---- verdict
-    if pile_up and bbse is not None:
-        unexplained = excess is not None and excess > excess_tolerance
-        degenerate = bbse.target_prior[top] >= degenerate_prior
-        collapsed = unexplained or degenerate
-        if unexplained:
-            reasons.append(
-                f"predictions exceed what any label mix explains by {excess:.0%} "
-                f"(tolerance {excess_tolerance:.0%}): the model over-predicts '{names[top]}'"
-            )
-        if degenerate:
-            reasons.append(
-                f"explaining the histogram needs a target with {bbse.target_prior[top]:.0%} "
-                f"'{names[top]}' (≥ {degenerate_prior:.0%}): implausible unless the target holds one class"
-            )
-    elif pile_up:
-        collapsed = True
-        reasons.append("no usable held-out source confusion: a label shift to one class cannot be ruled out")
+    check = label_shift_check_result
+    truth_dist = None
+    over: list[str] = []
+    level_override = None
+    if truth is not None:
+        # ---- the truth decides
+        truth_dist = _half_l1(hist, truth)
+        over = _pile_names(hist, names, truth)
+        reasons.append(f"true target label mix {np.round(truth, 3).tolist()}; predicted "
+                       f"{np.round(hist, 3).tolist()} (half-L1 distance {truth_dist:.2f})")
+        true_shift = p_s is not None and _half_l1(truth, p_s) > shift_threshold
+        # a collapse concentrates the predictions (a pile-up, or the predicted classes'
+        # entropy well below the truth's); predictions merely far from the mix are a bias
+        h_truth = float(_entropy(truth)) / h_max
+        concentrated = pile_up or ratio <= h_truth - concentration_drop
+        if truth_dist >= collapse_distance and concentrated:
+            verdict = "collapsed"
+            reasons.append(f"predictions pile onto {', '.join(over)} although the target holds "
+                           + ", ".join(f"'{names[i]}' {truth[i]:.0%}" for i in np.argsort(-truth)[:3]))
+        elif truth_dist >= bias_threshold:
+            verdict = "biased"
+            reasons.append(f"predictions are biased towards {', '.join(over)} "
+                           f"(distance {truth_dist:.2f} ≥ {bias_threshold})")
+        elif true_shift:
+            verdict = "label_shift"
+            reasons.append(f"the true target mix differs from the source prior by {_half_l1(truth, p_s):.2f} "
+                           "and the predictions follow it: a label shift, no collapse")
+        else:
+            verdict = "no_shift"
     else:
-        collapsed = False
-    label_shift = (not collapsed) and shift_dist is not None and shift_dist > shift_threshold
-    if label_shift:
-        reasons.append(
-            f"BBSE label mix differs from the source prior by {shift_dist:.3f} (half L1 > {shift_threshold}) "
-            "and reproduces the predicted histogram: a real label shift"
-        )
-    verdict = "collapsed" if collapsed else ("label_shift" if label_shift else "no_shift")
-
+        collapsed_unlabelled = False
+        if pile_up and bbse is not None:
+            unexplained = excess is not None and excess > excess_tolerance
+            degenerate = bbse.target_prior[top] >= degenerate_prior
+            collapsed_unlabelled = unexplained or degenerate
+            if unexplained:
+                reasons.append(
+                    f"predictions exceed what any label mix explains by {excess:.0%} "
+                    f"(tolerance {excess_tolerance:.0%}): the model over-predicts '{names[top]}'"
+                )
+            if degenerate:
+                reasons.append(
+                    f"explaining the histogram needs a target with {bbse.target_prior[top]:.0%} "
+                    f"'{names[top]}' (≥ {degenerate_prior:.0%}): implausible unless the target holds one class"
+                )
+        elif pile_up:
+            collapsed_unlabelled = True
+            reasons.append("no usable held-out source confusion: a label shift to one class cannot be ruled out")
+        claim = bbse is not None and not collapsed_unlabelled and (
+            pile_up or (shift_dist is not None and shift_dist > shift_threshold))
+        if claim and check is None and source_features is not None and target_features is not None \
+                and source_labels is not None:
+            check = label_shift_check(source_features, source_labels, target_features, bbse.target_prior,
+                                      alpha=check_alpha, permutations=check_permutations, seed=seed)
+        over = _pile_names(hist, names, p_s)
+        if collapsed_unlabelled:
+            verdict = "collapsed"
+        elif not claim:
+            verdict = "no_shift"
+            if check is not None and not check.passed:
+                reasons.append(check.reason + "; the predicted mix stays close to the source prior")
+        elif check is None:
+            verdict = "inconclusive"
+            reasons.append("BBSE reads the predictions as a label shift, but its assumption (the images of "
+                           "each class did not change) could not be checked: label shift and collapse "
+                           "cannot be told apart here")
+        elif check.passed:
+            verdict = "label_shift"
+            reasons.append(
+                f"BBSE label mix differs from the source prior by {shift_dist:.3f} (half L1 > {shift_threshold}) "
+                f"and {check.reason}: a real label shift")
+        else:
+            verdict = "covariate_shift"
+            level_override = "fail" if pile_up else "warn"
+            reasons.append(f"{check.reason}; the label mix cannot be estimated; "
+                           f"predictions pile onto {', '.join(over)}")
+    collapsed = verdict == "collapsed"
+    label_shift = verdict == "label_shift"
     recall_list = None if c_cond is None else [float(v) for v in np.diagonal(c_cond)]
     return CollapseResult(
         num_classes=int(k), n_target=int(n_t), class_names=class_names,
@@ -457,4 +397,8 @@ def collapse_report(
         bbse=bbse, bbse_implied_share=implied_share, excess_share=excess,
         label_shift_distance=shift_dist, pile_up=bool(pile_up), collapsed=bool(collapsed),
         label_shift=bool(label_shift), verdict=verdict, reasons=reasons,
+        level=level_override or VERDICT_LEVELS[verdict],
+        true_target_mix=None if truth is None else [float(v) for v in truth],
+        prediction_vs_truth=truth_dist, over_predicted=over, label_shift_check=check,
     )
+

@@ -6,9 +6,12 @@ target (label 1). Every sample gets an out-of-fold probability; from those:
 
 * ``auc``: ROC AUC (0.5 = indistinguishable, 1 = separable);
 * ``accuracy`` at threshold 0.5 and ``error`` ε = 1 − accuracy;
-* ``proxy_a_distance`` = 2(1 − 2ε) (Ben-David et al., NeurIPS 2007 / Mach. Learn.
-  2010): 0 for indistinguishable domains, 2 for separable ones; negative values
-  (ε > 0.5, chance noise) are reported as they are.
+* ``proxy_a_distance`` = 2(1 − 2 min(ε, ½)) (Ben-David et al., NeurIPS 2007 / Mach.
+  Learn. 2010): 0 for indistinguishable domains, 2 for separable ones. A
+  cross-validated error above ½ (AUC below ½) is no evidence of separation — it is
+  what identical domains produce (a held-out image's twin in the training folds
+  carries the other domain label, so the classifier is wrong on purpose) — so it
+  counts as ε = ½, keeping d_A in [0, 2]; ``auc`` is reported as measured.
 
 ε is a balanced quantity only when both domains are equally large, so by default
 the larger domain is subsampled (seeded) to the size of the smaller one.
@@ -40,8 +43,9 @@ class DomainClassifierResult:
 
 
 def proxy_a_distance(error: float) -> float:
-    """Proxy A-distance d_A = 2(1 − 2ε) from a domain classifier's test error ε."""
-    return 2.0 * (1.0 - 2.0 * float(error))
+    """Proxy A-distance d_A = 2(1 − 2 min(ε, ½)) ∈ [0, 2] from a domain classifier's
+    held-out error ε (ε > ½ is chance, not evidence: d_A = 0)."""
+    return 2.0 * (1.0 - 2.0 * min(float(error), 0.5))
 
 
 def _as_np(a, name: str) -> np.ndarray:

@@ -9,6 +9,9 @@
   :mod:`diagnostics.frechet`;
 * a cross-validated logistic-regression domain classifier: ROC AUC and the proxy
   A-distance 2(1 − 2ε) (Ben-David et al. 2010) — :mod:`diagnostics.domain_classifier`;
+* the classifier two-sample test: out-of-fold ridge AUC with an exact refit-permutation
+  p-value (Lopez-Paz & Oquab 2017) — :mod:`diagnostics.two_sample`. Next to MMD it is the
+  second test of "the domains differ": the gap is "not significant" only when both agree;
 * the Wasserstein-2 distance (POT, exact EMD on ≤ ``max_points`` points) —
   :mod:`diagnostics.transport`.
 
@@ -20,14 +23,12 @@ the mean/covariance split of the Fréchet distance, the bootstrap bias, ...).
 ``collapse`` section (predicted-class histograms per domain, marginal entropy, IM score,
 BBSE target label mix, collapsed or not) via :mod:`diagnostics.collapse`.
 
-``parse_fail_on`` / ``fired_conditions`` implement the CI gate of ``diagnose gap
---fail-on 'mmd_p<0.01'``: a tiny grammar, parsed by a regular expression, never eval'd.
+The CI gate of ``diagnose gap --fail-on`` lives in :mod:`diagnostics.gate` (re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -39,8 +40,10 @@ from diagnostics.collapse import CollapseResult, collapse_report, im_score, marg
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
 from diagnostics.features import FeatureSet
 from diagnostics.frechet import FrechetInterval, FrechetSampleSizeWarning, frechet_bootstrap, frechet_from_moments
+from diagnostics.gate import GATE_METRICS, FailCondition, fired_conditions, parse_fail_on
 from diagnostics.mmd import MMDResult, mmd_permutation_test
 from diagnostics.transport import TransportResult, wasserstein_distance
+from diagnostics.two_sample import C2STResult, classifier_two_sample_test, min_permutations
 
 __all__ = [
     "GapResult",
@@ -69,11 +72,13 @@ class GapResult:
     domain: DomainClassifierResult
     transport: TransportResult
     extractor: str
-    n_source: int
-    n_target: int
-    dim: int
+    classifier_test: C2STResult | None = None
+    n_source: int = 0
+    n_target: int = 0
+    dim: int = 0
     small_sample: bool = False
     notes: list[str] = field(default_factory=list)
+    alpha: float = 0.05
 
     def to_dict(self) -> dict:
         """Exactly the report's ``gap`` shape (plain floats/ints/strings)."""
@@ -84,6 +89,9 @@ class GapResult:
                 "p_value": float(self.mmd.p_value),
                 "bandwidth": self.mmd.to_dict()["bandwidth"],
                 "permutations": int(self.mmd.permutations),
+                "method": self.mmd.method,
+                "test": self.mmd.describe(),
+                "decidable": bool(self.mmd.decidable(self.alpha)),
                 "n_x": int(self.mmd.n_x),
                 "n_y": int(self.mmd.n_y),
             },
@@ -91,6 +99,9 @@ class GapResult:
                 "distance": float(self.frechet_distance),
                 "ci_low": None if iv is None else float(iv.low),
                 "ci_high": None if iv is None else float(iv.high),
+                "ci_centre": None if iv is None else float(iv.centre),
+                "ci_kind": None if iv is None else f"{iv.kind} bootstrap of the "
+                + ("bias-corrected estimate" if iv.kind == "basic" else "distance"),
                 "n_source": int(self.n_source),
                 "n_target": int(self.n_target),
                 "dim": int(self.dim),
@@ -100,6 +111,12 @@ class GapResult:
                 "auc": float(self.domain.auc),
                 "accuracy": float(self.domain.accuracy),
                 "proxy_a_distance": float(self.domain.proxy_a_distance),
+            },
+            "classifier_test": None if self.classifier_test is None else {
+                "auc": float(self.classifier_test.auc),
+                "p_value": float(self.classifier_test.p_value),
+                "permutations": int(self.classifier_test.permutations),
+                "decidable": bool(self.classifier_test.decidable),
             },
             "transport": {
                 "distance": float(self.transport.distance),
@@ -123,6 +140,7 @@ class GapResult:
                 "dim": int(self.dim),
             },
             "domain_classifier": self.domain.to_dict(),
+            "classifier_test": None if self.classifier_test is None else self.classifier_test.to_dict(),
             "transport": self.transport.to_dict(),
             "extractor": self.extractor,
             "notes": list(self.notes),
@@ -141,13 +159,17 @@ def measure_gap(
     seed: int = 0,
     max_points: int = 2000,
     bootstrap: int = 100,
+    alpha: float = 0.05,
 ) -> GapResult:
     """All four gap statistics between ``source`` and ``target`` features.
 
     The Fréchet distance uses the streaming moments (all points); its interval resamples
     the feature rows ``bootstrap`` times (0 skips it). MMD, the domain classifier and
     transport run on at most ``max_points`` points per domain (seeded subsample), since
-    they cost O(N²)–O(N³).
+    they cost O(N²)–O(N³). The classifier two-sample test uses the same points and
+    ``permutations``. With fewer than ``min_permutations(alpha)`` permutations (19 for
+    α = 0.05) neither test can reject at ``alpha``: the table says so instead of
+    "not distinguishable".
     """
     if source.dim != target.dim:
         raise UserError(f"features: source has {source.dim} dimensions, target {target.dim}")
@@ -183,15 +205,21 @@ def measure_gap(
     mean_term = float(diff @ diff)
 
     domain = domain_classifier(xs, xt, seed=seed, max_points=max_points)
+    c2st = classifier_two_sample_test(xs, xt, permutations=permutations, seed=seed, alpha=alpha,
+                                      folds=min(5, len(xs), len(xt)), max_points=max_points)
     transport = wasserstein_distance(xs, xt, max_points=max_points, seed=seed)
-    if permutations < 100:
+    if permutations < min_permutations(alpha):
+        notes.append(f"only {permutations} permutations: the smallest reachable p-value is "
+                     f"{1 / (1 + permutations):.3f} > α = {alpha:g}, so the tests cannot decide; "
+                     f"use at least {min_permutations(alpha)}")
+    elif permutations < 100:
         notes.append(f"only {permutations} permutations: the smallest reachable p-value is "
                      f"{1 / (1 + permutations):.3f}")
     return GapResult(
         mmd=mmd, frechet_distance=float(distance), frechet_mean_term=mean_term, frechet_interval=interval,
-        domain=domain, transport=transport, extractor=source.extractor,
+        domain=domain, transport=transport, extractor=source.extractor, classifier_test=c2st,
         n_source=int(source.moments.n), n_target=int(target.moments.n), dim=int(d),
-        small_sample=bool(small), notes=notes,
+        small_sample=bool(small), notes=notes, alpha=float(alpha),
     )
 
 
@@ -216,41 +244,58 @@ def _domain_summary(probs: np.ndarray, classes: list[str]) -> dict:
     }
 
 
-def collapse_section(source: FeatureSet | None, target: FeatureSet, classes: list[str] | None = None) -> dict:
+def _labelled(fs: FeatureSet | None, k: int) -> bool:
+    return fs is not None and len(fs.labels) > 0 and bool((fs.labels >= 0).all()) and int(fs.labels.max()) < k
+
+
+def collapse_section(source: FeatureSet | None, target: FeatureSet, classes: list[str] | None = None,
+                     *, seed: int = 0, permutations: int = 200) -> dict:
     """The audit's ``collapse`` section from the classifier outputs of both domains.
 
     BBSE needs labelled *held-out* source data: the source domain's labels are used when
     known (if the model was trained on these very images its source confusion is
     optimistic, which makes BBSE read a collapse as milder than it is). Without source
-    labels only the pile-up test (largest share, marginal entropy) decides; without
+    labels only the pile-up test (largest share, marginal entropy) decides. When the
+    target's labels are known, the true target mix decides (and is shown); otherwise a
+    label-shift reading of BBSE is checked by re-weighting the source features to BBSE's
+    mix and testing them against the target features (:mod:`diagnostics.label_shift`). Without
     source images at all (``source`` None: a source-free run) ``source`` is None too.
     """
     if (source is not None and source.probs is None) or target.probs is None:
         raise UserError("collapse: needs a classifier model (--model CKPT)")
     k = target.probs.shape[1]
     names = list(classes) if classes is not None and len(classes) == k else [str(i) for i in range(k)]
-    labelled = (source is not None and len(source.labels) > 0 and bool((source.labels >= 0).all())
-                and int(source.labels.max()) < k)
+    labelled = _labelled(source, k)
+    target_labels = target.labels if _labelled(target, k) else None
     if labelled:
         result: CollapseResult = collapse_report(
-            target.probs, source_probs=source.probs, source_labels=source.labels, class_names=names)
+            target.probs, source_probs=source.probs, source_labels=source.labels, class_names=names,
+            target_labels=target_labels, source_features=source.features, target_features=target.features,
+            seed=seed, check_permutations=permutations)
     else:
-        result = collapse_report(target.probs, class_names=names)
+        result = collapse_report(target.probs, class_names=names, target_labels=target_labels)
     out: dict[str, Any] = {
         "source": None if source is None else _domain_summary(source.probs, names),
         "target": _domain_summary(target.probs, names),
         "collapsed": bool(result.collapsed),
         "label_shift": bool(result.label_shift),
         "verdict": result.verdict,
+        "level": result.level,
         "reason": "; ".join(result.reasons),
+        "over_predicted": list(result.over_predicted),
         "bbse_source": ("labels of the source domain (held out only if the model was not trained on them)"
                         if labelled else None),
         "details": result.to_dict(),
     }
     if result.source_prior is not None:
         out["source_prior"] = _named(result.source_prior, names)
+    if result.true_target_mix is not None:
+        out["true_target_mix"] = _named(result.true_target_mix, names)
+        out["prediction_vs_truth"] = result.prediction_vs_truth
     if result.bbse is not None:
         out["bbse_target_mix"] = _named(result.bbse.target_prior, names)
+    if result.label_shift_check is not None:
+        out["label_shift_check"] = result.label_shift_check.to_dict()
     return out
 
 
@@ -283,8 +328,11 @@ def _p_text(p: float, b: int) -> str:
     return f"p≤{p:.2g}" if p <= 1 / (1 + b) + 1e-12 else f"p={p:.3g}"
 
 
-def mmd_meaning(p: float) -> str:
-    """What a permutation p-value says, in words."""
+def mmd_meaning(p: float, decidable: bool = True, alpha: float = 0.05) -> str:
+    """What a p-value says, in words (``decidable`` False: the test could never reject)."""
+    if not decidable:
+        return (f"cannot decide: too few permutations to reach p<{alpha:g} "
+                f"(use at least {min_permutations(alpha)})")
     if p < 0.01:
         return "different (p<0.01)"
     if p < 0.05:
@@ -293,14 +341,16 @@ def mmd_meaning(p: float) -> str:
 
 
 def auc_meaning(auc: float) -> str:
-    """How well a linear classifier tells the domains apart, in words."""
-    a = max(auc, 1.0 - auc)
-    if a >= 0.9:
+    """How well a classifier tells the domains apart, in words. A cross-validated AUC
+    below ½ is no evidence of separation (it is what identical domains produce)."""
+    if auc >= 0.9:
         return "easily told apart"
-    if a >= 0.75:
+    if auc >= 0.75:
         return "clearly separable"
-    if a >= 0.6:
+    if auc >= 0.6:
         return "weakly separable"
+    if auc < 0.45:
+        return "no evidence of a difference (AUC below chance: noise or duplicated images)"
     return "indistinguishable (≈ chance)"
 
 
@@ -318,15 +368,32 @@ def gap_table(result: GapResult | Mapping, collapse: Mapping | None = None) -> s
     """A readable aligned terminal table: statistic, value, p-value / interval, meaning."""
     g = result.to_dict() if isinstance(result, GapResult) else dict(result)
     mmd, fr, dc, tr = g["mmd"], g["frechet"], g["domain_classifier"], g["transport"]
-    ci = (f"95% CI {_fmt(fr['ci_low'])}–{_fmt(fr['ci_high'])}"
-          if fr.get("ci_low") is not None and fr.get("ci_high") is not None else "–")
+    ct = g.get("classifier_test")
+    if fr.get("ci_low") is not None and fr.get("ci_high") is not None:
+        if fr.get("ci_centre") is not None:
+            # the interval belongs to the bias-corrected estimate, which it contains
+            ci = f"bias-corrected {_fmt(fr['ci_centre'])}, 95% CI {_fmt(fr['ci_low'])}–{_fmt(fr['ci_high'])}"
+        else:
+            ci = f"95% CI {_fmt(fr['ci_low'])}–{_fmt(fr['ci_high'])}"
+    else:
+        ci = "–"
+    if mmd.get("method") == "block":
+        mmd_p = f"p={mmd['p_value']:.3g} ({mmd.get('test') or 'block test, normal approximation'})"
+        mmd_ok = True
+    else:
+        mmd_p = f"{_p_text(mmd['p_value'], mmd['permutations'])} ({mmd['permutations']} permutations)"
+        mmd_ok = mmd.get("decidable", 1 / (1 + mmd["permutations"]) <= 0.05 + 1e-12)
     rows = [
         ("statistic", "value", "p-value / interval", "meaning"),
-        ("MMD² (Gaussian kernel)", _fmt(mmd["mmd2"]),
-         f"{_p_text(mmd['p_value'], mmd['permutations'])} ({mmd['permutations']} permutations)",
-         mmd_meaning(mmd["p_value"])),
-        ("Fréchet distance", _fmt(fr["distance"]), ci,
-         "0 = same mean and covariance; no absolute scale, compare at equal n"),
+        ("MMD² (Gaussian kernel)", _fmt(mmd["mmd2"]), mmd_p, mmd_meaning(mmd["p_value"], mmd_ok)),
+    ]
+    if ct:
+        rows.append(("classifier two-sample test (AUC)", f"{ct['auc']:.3f}",
+                     f"{_p_text(ct['p_value'], ct['permutations'])} ({ct['permutations']} permutations)",
+                     mmd_meaning(ct["p_value"], bool(ct.get("decidable", True)))))
+    rows += [
+        ("Fréchet distance (plug-in)", _fmt(fr["distance"]), ci,
+         "0 = same mean and covariance; biased upwards at small n, compare at equal n"),
         ("domain-classifier AUC", f"{dc['auc']:.3f}", f"accuracy {100 * dc['accuracy']:.1f}%",
          auc_meaning(dc["auc"])),
         ("proxy A-distance", f"{dc['proxy_a_distance']:.3f}", "–", "0 = indistinguishable, 2 = disjoint"),
@@ -353,88 +420,28 @@ def _collapse_lines(c: Mapping) -> str:
         if sec:
             lines.append(f"{dom} predictions: {hist(sec)} (entropy {sec['marginal_entropy']:.2f} of "
                          f"log K = {sec['log_k']:.2f}, IM {sec['im_score']:.2f})")
+    if c.get("true_target_mix"):
+        lines.append("true target label mix: " + ", ".join(
+            f"{k} {100 * float(v):.0f}%" for k, v in c["true_target_mix"].items()))
     if c.get("bbse_target_mix"):
+        chk = c.get("label_shift_check") or {}
+        tail = ""
+        if c.get("true_target_mix"):
+            tail = " (assumes the images of each class did not change; the true mix above decides)"
+        elif chk:
+            tail = (" (label-shift assumption " + ("holds" if chk.get("passed") else "REJECTED")
+                    + f": MMD p={float(chk['mmd_p']):.3g}, classifier p={float(chk['classifier_p']):.3g})")
         lines.append("BBSE target label mix: " + ", ".join(
-            f"{k} {100 * float(v):.0f}%" for k, v in c["bbse_target_mix"].items()))
+            f"{k} {100 * float(v):.0f}%" for k, v in c["bbse_target_mix"].items()) + tail)
     verdict = c.get("verdict") or ("collapsed" if c.get("collapsed") else "no collapse")
-    text = {"collapsed": "COLLAPSED — the model predicts (almost) one class on the target",
+    piles = ", ".join(c.get("over_predicted") or [])
+    text = {"collapsed": "COLLAPSED — predictions pile onto " + (piles or "one class")
+                         + (" (far from the true label mix)" if c.get("true_target_mix") else ""),
+            "biased": "BIASED — predictions lean towards " + piles + ", away from the true label mix",
             "label_shift": "label shift — the target has another class mix; the model did not collapse",
+            "covariate_shift": "covariate shift: the label mix cannot be estimated; predictions pile onto "
+                               + (piles or "a few classes"),
+            "inconclusive": "inconclusive — a label shift cannot be told from a collapse without its check",
             "no_shift": "no collapse, no label shift"}.get(verdict, verdict)
     lines.append(f"collapse check: {text}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CI gate
-
-#: gate metric → (section, field) of the gap dict
-GATE_METRICS: dict[str, tuple[str, str]] = {
-    "mmd2": ("mmd", "mmd2"),
-    "mmd_p": ("mmd", "p_value"),
-    "fid": ("frechet", "distance"),
-    "auc": ("domain_classifier", "auc"),
-    "proxy_a": ("domain_classifier", "proxy_a_distance"),
-    "wasserstein": ("transport", "distance"),
-}
-_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
-_TERM = re.compile(
-    r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
-    r"(?P<num>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
-)
-_SPLIT = re.compile(r"\s*,\s*|\s+or\s+", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class FailCondition:
-    """``metric op threshold``, e.g. mmd_p < 0.01."""
-
-    metric: str
-    op: str
-    threshold: float
-    #: where the metric sits, (section, field) of the dict it is checked against
-    #: (None: :data:`GATE_METRICS`, the gap dict; the drift monitor passes its own)
-    path: tuple[str, str] | None = field(default=None, compare=False, repr=False)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.threshold:g}"
-
-    def value(self, gap: Mapping) -> float | None:
-        section, key = self.path or GATE_METRICS[self.metric]
-        v = (gap.get(section) or {}).get(key)
-        return None if v is None else float(v)
-
-    def holds(self, gap: Mapping) -> bool:
-        v = self.value(gap)
-        return v is not None and math.isfinite(v) and _OPS[self.op](v, self.threshold)
-
-
-def parse_fail_on(text: str, metrics: Mapping[str, tuple[str, str]] | None = None) -> list[FailCondition]:
-    """Parse ``'mmd_p<0.01, auc>=0.9 or fid>50'`` (any true → the gate fires).
-
-    Grammar: term (("," | " or ") term)*; term = metric op number; metric in
-    ``metrics`` (default :data:`GATE_METRICS`: name → (section, field) of the checked
-    dict); op in < <= > >=. Anything else is a one-line UserError.
-    """
-    custom = metrics is not None
-    table = GATE_METRICS if metrics is None else metrics
-    where = f"--fail-on {text!r}"
-    if not text or not text.strip():
-        raise UserError(f"{where}: empty; expected e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40'")
-    conditions = []
-    for term in _SPLIT.split(text.strip()):
-        m = _TERM.match(term)
-        if m is None:
-            raise UserError(f"{where}: cannot read {term.strip()!r}; expected <metric><op><number> "
-                            f"joined by ',' or 'or' (metrics: {', '.join(table)}; ops: < <= > >=)")
-        metric = m["metric"].lower()
-        if metric not in table:
-            raise UserError(f"{where}: unknown metric {m['metric']!r} (choose {', '.join(table)})")
-        threshold = float(m["num"])
-        if not math.isfinite(threshold):
-            raise UserError(f"{where}: threshold {m['num']!r} is not a finite number")
-        conditions.append(FailCondition(metric, m["op"], threshold, path=table[metric] if custom else None))
-    return conditions
-
-
-def fired_conditions(conditions: list[FailCondition], gap: Mapping) -> list[tuple[FailCondition, float]]:
-    """The conditions that hold for ``gap`` (the report's gap dict), with the measured value."""
-    return [(c, c.value(gap)) for c in conditions if c.holds(gap)]

@@ -311,26 +311,28 @@ def mmd2_linear(x, y, bandwidth: Bandwidth = None) -> tuple[float, float]:
 
 def mmd2_block(x, y, block_size: int = 256, bandwidth: Bandwidth = None) -> tuple[float, float, int]:
     """Block MMD² (B-test, Zaremba et al. 2013): the unbiased MMD²_u on disjoint
-    blocks of ``block_size`` points from each sample, averaged.
+    blocks, averaged.
 
-    Returns (mean, standard error of the mean over blocks, number of blocks).
-    Memory O(block_size²) per block; time O(N · block_size · d).
+    The samples are cut into the same number of blocks nb =
+    max(2, min(⌊m/2⌋, ⌊n/2⌋, ⌊(m + n) / (2·block_size)⌋)), block i holding ⌊m/nb⌋ points
+    of x and ⌊n/nb⌋ of y — so the sizes may differ between the samples (each block's
+    MMD²_u is unbiased whatever its sizes, and the blocks are i.i.d.), and a sample
+    smaller than ``block_size`` still works. Returns (mean, standard error of the mean
+    over blocks, number of blocks). Memory O(((m + n)/nb)²) per block; time O(N · block · d).
     """
     xt, yt = _pair(x, y)
     if block_size < 2:
         raise UserError(f"block_size: must be >= 2, got {block_size}")
     bws = _bandwidth_list(_resolve_bandwidth(xt, yt, bandwidth))
-    nb = min(xt.shape[0], yt.shape[0]) // block_size
+    m, n = xt.shape[0], yt.shape[0]
+    nb = min(m // 2, n // 2, max(2, (m + n) // (2 * block_size)))
     if nb < 2:
-        raise UserError(
-            f"mmd2_block: need at least 2 blocks of {block_size} points per sample, "
-            f"got {xt.shape[0]} and {yt.shape[0]} points"
-        )
+        raise UserError(f"mmd2_block: need at least 4 points per sample, got {m} and {n}")
+    bx, by = m // nb, n // nb
     vals = torch.empty(nb, dtype=torch.float64)
     for i in range(nb):
-        sl = slice(i * block_size, (i + 1) * block_size)
-        z = torch.cat([xt[sl], yt[sl]])
-        vals[i] = mmd2_from_kernel(_kernel_from_sq_dists(pairwise_sq_dists(z, z), bws), block_size)
+        z = torch.cat([xt[i * bx:(i + 1) * bx], yt[i * by:(i + 1) * by]])
+        vals[i] = mmd2_from_kernel(_kernel_from_sq_dists(pairwise_sq_dists(z, z), bws), bx)
     return float(vals.mean()), float(vals.std(unbiased=True) / math.sqrt(nb)), int(nb)
 
 
@@ -342,7 +344,8 @@ class MMDResult:
     ``method`` is ``"permutation"`` (exact test from one pooled kernel) or
     ``"block"`` (asymptotic normal B-test for large N; then ``permutations`` is
     0, ``null_quantiles`` is empty and ``std_error``/``blocks`` are set).
-    ``bandwidth`` is one σ or the list that was summed.
+    ``bandwidth`` is one σ or the list that was summed. ``note`` says when the larger
+    sample was subsampled to keep the exact test. :meth:`describe` names the test.
     """
 
     mmd2: float
@@ -355,6 +358,18 @@ class MMDResult:
     null_quantiles: dict[str, float] = field(default_factory=dict)
     std_error: float | None = None
     blocks: int | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        """'500 permutations' or 'block test, 23 blocks, normal approximation'."""
+        if self.method == "block":
+            return f"block test, {self.blocks} blocks, normal approximation"
+        return f"{self.permutations} permutations"
+
+    def decidable(self, alpha: float = 0.05) -> bool:
+        """Can this test reject at ``alpha`` at all? A permutation test's smallest
+        p-value is 1/(1 + B): B < ⌈1/α⌉ − 1 (19 for α = 0.05) can never reject."""
+        return self.method == "block" or 1.0 / (1.0 + self.permutations) <= alpha + 1e-12
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -401,6 +416,19 @@ def mmd_permutation_test(
         raise UserError(f"permutations: must be >= 1, got {permutations}")
     xt, yt = _pair(x, y)
     m, n = xt.shape[0], yt.shape[0]
+    note = ""
+    if m + n > max_exact_points and min(m, n) <= max_exact_points // 2:
+        # One small sample: the exact test on a seeded subsample of the larger one has
+        # more power than blocks of a few small-side points (and bounded memory).
+        keep = max_exact_points - min(m, n)
+        g = torch.Generator().manual_seed(int(seed) + 7919)
+        if m > n:
+            note = f"x subsampled from {m} to {keep} points for the exact test"
+            xt = xt[torch.randperm(m, generator=g)[:keep].to(xt.device)]
+        else:
+            note = f"y subsampled from {n} to {keep} points for the exact test"
+            yt = yt[torch.randperm(n, generator=g)[:keep].to(yt.device)]
+        m, n = xt.shape[0], yt.shape[0]
     exact = m + n <= max_exact_points
     given = bandwidths if bandwidths is not None else bandwidth
     if given is None and exact:
@@ -451,6 +479,6 @@ def mmd_permutation_test(
     qs = torch.quantile(null_t, levels).tolist()
     return MMDResult(
         mmd2=stat, p_value=p_value, bandwidth=bw, permutations=int(permutations), n_x=m, n_y=n,
-        method="permutation",
+        method="permutation", note=note,
         null_quantiles={f"q{int(round(l * 100))}": float(v) for l, v in zip(NULL_QUANTILE_LEVELS, qs)},
     )

@@ -23,6 +23,8 @@ from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, Verdict, build_audit
+from diagnostics.paired import accuracy_change
+from diagnostics.ranking import rank_runs
 from diagnostics.report import render_html, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,7 +190,9 @@ def measure_stage(
         t = time.perf_counter()
         gap = measure_gap(fs, ft, permutations=cfg.permutations, seed=seed, bootstrap=50)
         timings["gap"] = time.perf_counter() - t
-    collapse = collapse_section(fs, ft, classes)
+    # target labels (when known) make the true mix the judge; without them a label-shift
+    # reading is checked against the features with the run's permutation budget
+    collapse = collapse_section(fs, ft, classes, seed=seed, permutations=cfg.permutations)
     label_free = label_free_scores(ft.probs)
     domains = [(n, ds, m) for n, ds, m in (("source", source, source_model or model), ("target", target, model))
                if ds is not None]
@@ -248,7 +252,10 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed) if has_source else None
     target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
     stages = [("source-only", summary.source)]
-    after_name = recipe.audit_run_name()
+    ranking = rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                        {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in summary.runs.items()})
+    # the run a user would deploy: the label-free selector's first, unless the recipe names one
+    after_name = recipe.method.audit_run or (ranking[0]["run"] if ranking else None)
     if after_name and after_name in summary.runs:
         stages.append((f"adapted ({after_name})", summary.runs[after_name]))
 
@@ -293,13 +300,13 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     after = results[1][0] if len(results) > 1 else None
     if after is not None:
         _add_reliance(after, results[0][1], results[1][1])
+        _add_paired_changes(after, feats[0], feats[1], recipe.seed)
     env = environment_info(device)
     audit = build_audit(
         before, after, classes=domains.classes,
         run={"name": recipe.name, "recipe_text": recipe.to_yaml(), "seed": recipe.seed,
              "device": env["device"], "versions": env["versions"]},
-        methods_table=[{**row, "seed": recipe.seed, "selector": recipe.method.selection}
-                       for row in summary.table],
+        methods_table=methods_rows(summary.table, ranking, after_name, recipe),
     )
     if not has_source:
         audit.verdicts.insert(0, source_free_verdict())
@@ -326,6 +333,38 @@ def source_free_verdict():
                 "predictions, collapse, label-free scores, attributions and group metrics only; not measured: "
                 + "; ".join(NOT_MEASURED_WITHOUT_SOURCE) + ".",
         evidence={"source_images": 0})
+
+
+def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, recipe: Recipe) -> list[dict]:
+    """The comparison table with each adapted run's label-free rank (1 = what the selector
+    recommends), its oracle rank by target accuracy (when target labels are known), and
+    which run the audit judged (★ = recommended and audited)."""
+    ranks = {r["run"]: r for r in ranking}
+    rows = []
+    for row in table:
+        r = ranks.get(row.get("model"))
+        extra: dict[str, Any] = {}
+        if r is not None:
+            extra["label_free_rank"] = r["rank"]
+            if r["oracle_rank"] is not None:
+                extra["oracle_rank"] = r["oracle_rank"]
+            mark = ("★ recommended" if r["rank"] == 1 else "") + (", audited" if row["model"] == audited else "")
+            extra["audit"] = mark.lstrip(", ") or None
+        rows.append({**row, "seed": recipe.seed, "selector": recipe.method.selection, **extra})
+    return rows
+
+
+def _add_paired_changes(after: StageResult, before_feats, after_feats, seed: int) -> None:
+    """Paired accuracy changes on the audit's held-out images (the same images, both models):
+    ``after.metrics["target_change"]`` / ``["source_change"]`` (McNemar + paired bootstrap)."""
+    for dom, b, a in (("source", before_feats[0], after_feats[0]), ("target", before_feats[1], after_feats[1])):
+        if b is None or a is None:  # a source-free run has no source images
+            continue
+        if b.probs is None or a.probs is None or len(b.labels) == 0 or bool((b.labels < 0).any()):
+            continue
+        if len(b.labels) != len(a.labels) or not bool((b.labels == a.labels).all()):
+            continue  # not the same images in the same order: no pairing
+        after.metrics[f"{dom}_change"] = accuracy_change(b.labels, b.probs, a.probs, seed=seed).to_dict()
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:

@@ -335,3 +335,25 @@ def test_phantom_without_marker_correlation_is_not_flagged(threads, test_site_a,
     assert cmp["after_measured_on_region"] and cmp["flagged_before"] and not cmp["flagged_after"]
     assert cmp["flips_after"] < cmp["flips_before"]
     assert -1.0 <= cmp["map_correlation"] <= 1.0
+
+
+def test_split_halves_is_stratified_and_disjoint():
+    from diagnostics.attribution.analysis import split_halves
+
+    lab = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+    pick, judge = split_halves(lab)
+    assert set(pick).isdisjoint(judge) and sorted([*pick, *judge]) == list(range(8))
+    assert np.bincount(lab[pick], minlength=3).tolist() == [2, 2, 1]
+    assert np.bincount(lab[judge], minlength=3).tolist() == [1, 2, 0]
+
+
+@pytest.mark.slow
+def test_hot_window_is_scored_on_images_it_was_not_chosen_on(shortcut_result):
+    # the candidates are picked on one half and judged (share, occlusion) on the other half
+    r = shortcut_result
+    half = (r.n + 1) // 2
+    assert all(c.occlusion.n <= half for c in r.candidates if c.source == "all")
+    # ... and the reliance comparison gets a bootstrap interval on the same images
+    cmp = compare_reliance(r, r)
+    sc = cmp["share_change"]
+    assert sc["delta"] == 0.0 and sc["word"] == "no clear change"

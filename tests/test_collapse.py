@@ -106,7 +106,9 @@ def test_accurate_model_under_real_label_shift_is_not_collapse():
     _, pt = _sample(rng, target_prior, 3000, confusion=accurate, confidence=0.9)
     res = collapse_report(pt, source_probs=ps, source_labels=ys)
     assert not res.collapsed
-    assert res.label_shift and res.verdict == "label_shift"
+    # BBSE reads a label shift, but without features its assumption cannot be checked:
+    # a label shift is not claimed (it cannot be told from a collapse here).
+    assert res.verdict == "inconclusive" and not res.label_shift and res.level == "warn"
     assert 0.5 * np.abs(np.array(res.bbse.target_prior) - target_prior).sum() < 0.05
 
 
@@ -129,3 +131,81 @@ def test_bad_inputs_raise_user_error():
         collapse_report(np.array([[2.0, -1.0], [0.5, 0.1]]))
     with pytest.raises(UserError, match="give both"):
         collapse_report(np.full((4, 2), 0.5), source_labels=[0, 1, 0, 1])
+
+
+# ---------------------------------------------------------------- features behind the probs
+MU = 3.0 * np.eye(3, 8)  # three well separated classes in 8 dimensions
+
+
+def _bayes_domain(rng, mix, n, warp=None):
+    """Features x | y ~ N(μ_y, I) (optionally warped: a covariate shift) and the softmax of
+    the source's Bayes classifier on them (equal priors): an accurate source model."""
+    y = rng.choice(3, size=n, p=mix)
+    x = MU[y] + rng.standard_normal((n, 8))
+    if warp is not None:
+        x = warp(x)
+    logit = -0.5 * ((x[:, None, :] - MU[None]) ** 2).sum(-1)
+    p = np.exp(logit - logit.max(1, keepdims=True))
+    return x, y, p / p.sum(1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def source_side():
+    return _bayes_domain(np.random.default_rng(10), [1 / 3] * 3, 600)
+
+
+def _pull_to_class_0(x):
+    return 0.6 * x + 0.5 * MU[0]  # every class's images move towards class 0's
+
+
+def test_covariate_shift_is_not_called_a_label_shift(source_side):
+    xs, ys, ps = source_side
+    xt, yt, pt = _bayes_domain(np.random.default_rng(11), [1 / 3] * 3, 600, warp=_pull_to_class_0)
+    assert prediction_histogram(pt)[0] > 0.5  # predictions lean onto class 0
+    res = collapse_report(pt, source_probs=ps, source_labels=ys, class_names=["a", "b", "c"],
+                          source_features=xs, target_features=xt, check_permutations=99)
+    # BBSE with a near-diagonal confusion echoes the histogram as a "label mix" ...
+    assert res.bbse.target_prior[0] > 0.5
+    # ... but its assumption fails, so no label shift is claimed
+    assert res.verdict == "covariate_shift" and not res.label_shift and res.level in ("warn", "fail")
+    assert not res.label_shift_check.passed
+    assert "label mix cannot be estimated" in res.reasons[-1] and "'a'" in res.reasons[-1]
+    json.dumps(res.to_dict())
+
+
+def test_known_target_labels_decide_whatever_bbse_says(source_side):
+    xs, ys, ps = source_side
+    xt, yt, pt = _bayes_domain(np.random.default_rng(12), [0.5, 0.25, 0.25], 600, warp=_pull_to_class_0)
+    res = collapse_report(pt, source_probs=ps, source_labels=ys, target_labels=yt, class_names=["a", "b", "c"])
+    truth = np.bincount(yt, minlength=3) / len(yt)
+    assert res.true_target_mix == pytest.approx(truth.tolist())
+    assert res.prediction_vs_truth == pytest.approx(0.5 * np.abs(prediction_histogram(pt) - truth).sum())
+    assert res.verdict in ("collapsed", "biased") and res.level != "ok"
+    assert res.over_predicted and res.over_predicted[0].startswith("'a'")
+    assert any("true target label mix" in r for r in res.reasons)
+
+
+def test_pile_up_on_a_balanced_target_with_labels_is_collapse(source_side):
+    # the quickstart's site B: balanced truth, 94% of predictions on one class
+    _, ys, ps = source_side
+    yt = np.repeat([0, 1, 2], 100)
+    pt = np.tile([0.9, 0.05, 0.05], (300, 1))
+    pt[:18] = [0.05, 0.9, 0.05]
+    res = collapse_report(pt, source_probs=ps, source_labels=ys, target_labels=yt)
+    assert res.verdict == "collapsed" and res.collapsed and res.level == "fail"
+    assert res.true_target_mix == pytest.approx([1 / 3] * 3)
+
+
+def test_pure_label_shift_with_and_without_target_labels(source_side):
+    xs, ys, ps = source_side
+    mix = [0.6, 0.3, 0.1]
+    xt, yt, pt = _bayes_domain(np.random.default_rng(13), mix, 600)
+    unlabelled = collapse_report(pt, source_probs=ps, source_labels=ys, source_features=xs,
+                                 target_features=xt, check_permutations=99)
+    assert unlabelled.verdict == "label_shift" and unlabelled.label_shift_check.passed
+    assert unlabelled.level == "ok"
+    labelled = collapse_report(pt, source_probs=ps, source_labels=ys, target_labels=yt)
+    assert labelled.verdict == "label_shift" and labelled.level == "ok"
+    # unknown target labels (-1) are no truth
+    assert collapse_report(pt, source_probs=ps, source_labels=ys,
+                           target_labels=-np.ones(600, dtype=int)).true_target_mix is None

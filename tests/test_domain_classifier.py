@@ -42,3 +42,15 @@ def test_proxy_a_distance_formula_and_balancing():
 def test_too_few_samples_for_the_folds():
     with pytest.raises(UserError, match="folds"):
         domain_classifier(np.zeros((3, 2)), np.ones((3, 2)), folds=5)
+
+
+def test_one_set_against_itself_is_no_evidence_and_proxy_a_stays_in_range():
+    from diagnostics.gap import auc_meaning
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 16))
+    res = domain_classifier(x, x.copy(), seed=0)
+    assert res.auc < 0.45  # each held-out image's twin in the training folds has the other label
+    assert res.proxy_a_distance == 0.0
+    assert "no evidence" in auc_meaning(res.auc) and "apart" not in auc_meaning(res.auc)
+    assert proxy_a_distance(0.8) == 0.0 and 0.0 <= proxy_a_distance(0.3) <= 2.0

@@ -168,3 +168,18 @@ def test_bad_inputs_raise_user_error():
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method="sqrtm")
     with pytest.raises(UserError, match="dimensions differ"):
         frechet_from_features(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
+def test_interval_contains_the_estimate_it_is_printed_with():
+    # small n, many dimensions: the plug-in is biased far upwards and lies ABOVE the basic
+    # (bias-correcting) interval — the interval belongs to the bias-corrected estimate
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((40, 30)), rng.standard_normal((40, 30)) + 0.1
+    iv = frechet_bootstrap(x, y, n_boot=50, seed=0)
+    assert iv.estimate > iv.high  # the situation of issue 10
+    assert iv.low <= iv.centre <= iv.high
+    assert iv.centre == pytest.approx(max(2 * iv.estimate - (iv.estimate + iv.bias), 0.0), rel=0.2)
+    text = iv.describe()
+    assert text.startswith("bias-corrected") and "plug-in" in text and "basic-bootstrap" in text
+    pct = frechet_bootstrap(x, y, n_boot=50, seed=0, kind="percentile")
+    assert pct.low <= pct.centre <= pct.high and pct.describe().startswith("bootstrap median")

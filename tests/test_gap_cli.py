@@ -68,9 +68,14 @@ def test_two_sites_are_different_and_the_gate_fires(sites_a_vs_b):
 def test_json_holds_the_report_gap_shape_and_the_extractor(sites_a_vs_b):
     _, doc = sites_a_vs_b
     gap = doc["gap"]
-    assert set(gap) == {"mmd", "frechet", "domain_classifier", "transport"}
-    assert set(gap["mmd"]) == {"mmd2", "p_value", "bandwidth", "permutations", "n_x", "n_y"}
-    assert set(gap["frechet"]) == {"distance", "ci_low", "ci_high", "n_source", "n_target", "dim", "extractor"}
+    assert set(gap) == {"mmd", "frechet", "domain_classifier", "classifier_test", "transport"}
+    assert set(gap["mmd"]) == {"mmd2", "p_value", "bandwidth", "permutations", "method", "test", "decidable",
+                               "n_x", "n_y"}
+    assert set(gap["frechet"]) == {"distance", "ci_low", "ci_high", "ci_centre", "ci_kind", "n_source",
+                                   "n_target", "dim", "extractor"}
+    assert set(gap["classifier_test"]) == {"auc", "p_value", "permutations", "decidable"}
+    assert gap["classifier_test"]["p_value"] < 0.01 and gap["classifier_test"]["auc"] > 0.9
+    assert gap["frechet"]["ci_low"] <= gap["frechet"]["ci_centre"] <= gap["frechet"]["ci_high"]
     assert set(gap["domain_classifier"]) == {"auc", "accuracy", "proxy_a_distance"}
     assert set(gap["transport"]) == {"distance", "method", "n_points"}
     assert gap["mmd"]["n_x"] == gap["mmd"]["n_y"] == 400 and gap["mmd"]["permutations"] == 200
@@ -87,6 +92,25 @@ def test_two_disjoint_halves_of_one_site_are_not_different(halves, capsys):
     assert m and float(m.group(1)) > 0.05
     assert "not distinguishable" in out
     assert "fail-on" not in out
+
+
+def test_one_folder_against_itself_is_no_evidence(halves, tmp_path, capsys):
+    out = tmp_path / "self.json"
+    code, text, err = _run(["gap", "--source", halves[0], "--target", halves[0], "--json", str(out),
+                            *FAST[:-1]], capsys)
+    assert code == 0, err
+    gap = json.loads(out.read_text())["gap"]
+    assert gap["domain_classifier"]["auc"] < 0.5  # duplicated images: below chance, by construction
+    assert 0.0 <= gap["domain_classifier"]["proxy_a_distance"] <= 2.0
+    assert gap["classifier_test"]["p_value"] > 0.05 and gap["mmd"]["p_value"] > 0.05
+    assert "easily told apart" not in text and "no evidence of a difference" in text
+
+
+def test_too_few_permutations_is_refused(capsys):
+    code, out, err = _run(["gap", "--source", "phantom-cxr:A:20", "--target", "phantom-cxr:B:20",
+                           "--permutations", "1", "--quiet"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "--permutations" in err and "19" in err
 
 
 def test_halves_json_p_value_and_auc_near_chance(halves, tmp_path):

@@ -198,3 +198,40 @@ def test_median_selection_is_exact_on_large_matrices():
     iu = torch.triu_indices(1200, 1200, offset=1)
     expected = float(np.median(d[iu[0], iu[1]].numpy()))
     assert median_bandwidth(z, max_points=5000) == pytest.approx(expected, rel=1e-12)
+
+
+def test_block_test_with_one_side_smaller_than_a_block():
+    g = torch.Generator().manual_seed(8)
+    x_small = torch.randn(100, 4, generator=g)
+    y_big = torch.randn(3000, 4, generator=g) + 0.5
+    # direct block estimator: unequal block sizes, the small side below block_size
+    mean, se, nb = mmd2_block(x_small, y_big, block_size=256)
+    assert nb >= 2 and math.isfinite(mean) and se > 0
+    # the test keeps the exact permutation test on a subsample of the larger side, and says so
+    res = mmd_permutation_test(x_small, y_big, permutations=99, max_exact_points=1000)
+    assert res.method == "permutation" and (res.n_x, res.n_y) == (100, 900)
+    assert "subsampled from 3000 to 900" in res.note and res.p_value == pytest.approx(0.01)
+
+
+def test_block_result_is_labelled_as_block_not_zero_permutations():
+    from diagnostics.gap import gap_table
+
+    g = torch.Generator().manual_seed(9)
+    res = mmd_permutation_test(torch.randn(700, 3, generator=g), torch.randn(900, 3, generator=g),
+                               max_exact_points=1000, block_size=100)
+    assert res.method == "block" and res.describe().startswith("block test,") and res.decidable()
+    gap = {"mmd": {**res.to_dict(), "test": res.describe()},
+           "frechet": {"distance": 1.0, "ci_low": None, "ci_high": None, "n_source": 700,
+                       "n_target": 900, "dim": 3, "extractor": "x"},
+           "domain_classifier": {"auc": 0.5, "accuracy": 0.5, "proxy_a_distance": 0.0},
+           "transport": {"distance": 1.0, "method": "exact", "n_points": 100}}
+    table = gap_table(gap)
+    assert "block test" in table and "0 permutations" not in table
+
+
+def test_too_few_permutations_cannot_decide():
+    x = torch.zeros(20, 2)
+    y = torch.ones(20, 2)
+    res = mmd_permutation_test(x, y, permutations=1)
+    assert res.p_value == 0.5 and not res.decidable(0.05)
+    assert mmd_permutation_test(x, y, permutations=19).decidable(0.05)

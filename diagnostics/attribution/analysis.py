@@ -47,6 +47,21 @@ DEFAULT_THRESHOLDS = {
 }
 
 
+def split_halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions 0..N−1 split into two halves, alternating within each class (stratified,
+    deterministic): (pick, judge). With fewer than 4 images both halves are all of them."""
+    lab = np.asarray(labels).reshape(-1)
+    n = len(lab)
+    if n < 4:
+        everyone = np.arange(n)
+        return everyone, everyone
+    first = np.zeros(n, dtype=bool)
+    for c in np.unique(lab):
+        pos = np.flatnonzero(lab == c)
+        first[pos[::2]] = True
+    return np.flatnonzero(first), np.flatnonzero(~first)
+
+
 def spurious_analysis(
     model: nn.Module,
     images: Tensor,
@@ -82,9 +97,11 @@ def spurious_analysis(
     (each image's flat mean): a black baseline credits IG ∝ x·∂F/∂x to bright pixels,
     so dense anatomy (heart, spine) would dominate every map whether used or not.
 
-    Candidates: the hottest window of the mean map of all images, and the hottest
-    window inside the suspect zone (border band ∪ outside the ROI hull) of the overall
-    and of each class's mean map.
+    Candidates: the hottest window of the mean map, and the hottest window inside the
+    suspect zone (border band ∪ outside the ROI hull) of the overall and of each class's
+    mean map — chosen on one half of the images (:func:`split_halves`) and scored (share,
+    occlusion, same-size control patches) on the other, so that the hottest of many
+    windows is not judged on the very images that made it hottest.
     Verdict (thresholds: :data:`DEFAULT_THRESHOLDS`):
       * **fail** (flagged) when a candidate lies in the border band or outside the ROI,
         holds ≥ ``share_ratio``× its area's share of the attribution, and occluding it
@@ -132,14 +149,23 @@ def spurious_analysis(
     band = border_mask(h, w, band_px=b_px)
     mean_roi = None if m_sel is None else roi_hull(masks_np(m_sel, tuple(maps.shape)).mean(0) > 0.5)
 
+    # The hottest of many windows is hot partly by chance (selection bias): candidates are
+    # chosen on one half of the images and scored — share and occlusion — on the other.
+    pick, judge = split_halves(lab)
+    mm_pick = mean_maps(maps[torch.from_numpy(pick)], lab[pick], domain_name)
+    pick_map = mm_pick[(domain_name, -1)]
+    pick_class_maps = {c: v for (d, c), v in mm_pick.items() if c != -1}
+
     def score(box: Box, source: str, rows: np.ndarray) -> RegionScore:
         k = box_mask(h, w, box)
-        rs = box_share(maps[torch.from_numpy(rows)], box)
+        rows = np.intersect1d(rows, judge)
+        sel_rows = torch.from_numpy(rows)
+        rs = box_share(maps[sel_rows], box)
         return RegionScore(
             box=box, source=source, share=rs.mean_share, area_share=float(rs.area_share),
             in_border=float(band[k].mean()),
             outside_roi=None if mean_roi is None else float((~mean_roi)[k].mean()),
-            occlusion=occlusion_flips(model, x, box, labels=lab, predictions=preds))
+            occlusion=occlusion_flips(model, x[sel_rows], box, labels=lab[rows], predictions=preds[sel_rows]))
 
     # Candidates: the hottest window overall, and the hottest window in the suspect
     # zone (border band, or outside the anatomy) of the overall and per-class mean
@@ -147,9 +173,9 @@ def spurious_analysis(
     # shortcut tied to one class shows most clearly in that class's map.
     suspect_zone = band if mean_roi is None else band | ~mean_roi
     everyone = np.arange(len(idx))
-    hot = score(hottest_region(mean_map, size), "all", everyone)
+    hot = score(hottest_region(pick_map, size), "all", everyone)
     candidates = [hot]
-    for c, cmap in [("all", mean_map), *class_maps.items()]:
+    for c, cmap in [("all", pick_map), *pick_class_maps.items()]:
         box = hottest_region(cmap, size, within=suspect_zone, min_fraction=th["location_fraction"])
         source = "all" if c == "all" else f"class {c}"
         # The same window scored on one class's images is a different candidate: a
@@ -163,7 +189,8 @@ def spurious_analysis(
     occ_border = occlusion_flips(model, x, band, labels=lab, predictions=preds)
     rng = np.random.default_rng(seed + 1)
     controls = control_boxes(h, w, size, [c.box for c in candidates], band, n_control, rng)
-    control = float(np.mean([occlusion_flips(model, x, b, predictions=preds).flipped_share
+    held = torch.from_numpy(judge)
+    control = float(np.mean([occlusion_flips(model, x[held], b, predictions=preds[held]).flipped_share
                              for b in controls])) if controls else float("nan")
 
     roi_share = roi_area = None

@@ -12,6 +12,7 @@ import numpy as np
 from diagnostics.attribution.regions import box_iou
 from diagnostics.attribution.results import RegionScore, SpuriousResult, rounded
 from diagnostics.attribution.shares import box_share, map_correlation
+from diagnostics.paired import mean_change
 
 
 def _where(c: RegionScore, loc: float) -> list[str]:
@@ -112,4 +113,21 @@ def compare_reliance(before: SpuriousResult, after: SpuriousResult) -> dict:
         "flagged_after": bool(after.verdict.get("flagged")),
     }
     d["reliance_fell"] = bool(a_flips < d["flips_before"] and a_share < b_share)
-    return {k: rounded(v) if isinstance(v, float) else v for k, v in d.items()}
+    out = {k: rounded(v) if isinstance(v, float) else v for k, v in d.items()}
+    if list(before.indices) == list(after.indices):
+        # the same images under both models: paired bootstrap intervals of the per-image
+        # changes, so a trend is "rose"/"fell" only outside its interval
+        s0 = box_share(before.maps, box).share
+        s1 = box_share(after.maps, box).share
+        out["share_change"] = mean_change(s0, s1, seed=0).to_dict()
+    if same_ref:
+        # per-image "prediction changed when hidden" indicators; the before-region was scored
+        # on the held-out half it was not chosen on, the after-model on every image: paired
+        # only when both cover the same images
+        f0 = np.zeros(cand.occlusion.n)
+        f0[cand.occlusion.flipped_indices] = 1.0
+        f1 = np.zeros(after.reference_occlusion.n)
+        f1[after.reference_occlusion.flipped_indices] = 1.0
+        paired = len(f0) == len(f1) == before.n and list(before.indices) == list(after.indices)
+        out["flips_change"] = mean_change(f0, f1, paired=paired, seed=0).to_dict()
+    return out

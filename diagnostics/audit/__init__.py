@@ -6,7 +6,8 @@
 * :mod:`.thresholds` — :class:`AuditThresholds`, the tolerances of the verdicts;
 * the verdict policies, each a pure function of contract objects:
   :mod:`.transfer_policy` (negative transfer; the accuracy gap of a single model),
-  :mod:`.collapse_policy`, :mod:`.spurious_policy`, :mod:`.gap_policy`;
+  :mod:`.collapse_policy`, :mod:`.spurious_policy`, :mod:`.gap_policy`,
+  :mod:`.usability_policy` (still near chance on the target);
 * :mod:`.wording` — how numbers read in the sentences (the report uses it too);
 * :mod:`.build` — :func:`compute_verdicts` and :func:`build_audit`;
 * :mod:`.plain` (JSON-able conversion) and :mod:`.versions` (package versions).
@@ -22,6 +23,7 @@ from adapt.io import to_jsonable
 from diagnostics.audit.spurious_policy import finding_level, spurious_verdict
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
+from diagnostics.audit.usability_policy import usability_verdict
 from diagnostics.audit.verdict import LEVELS, Verdict, overall_verdict, worst_level
 from adapt.environment import package_versions
 from diagnostics.audit.wording import fmt_p, p_phrase, percent, points, signed_points, statistic
@@ -53,5 +55,6 @@ __all__ = [
     "statistic",
     "to_jsonable",
     "transfer_verdict",
+    "usability_verdict",
     "worst_level",
 ]

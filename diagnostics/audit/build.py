@@ -13,6 +13,7 @@ from adapt.io import to_jsonable
 from diagnostics.audit.spurious_policy import spurious_verdict
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
+from diagnostics.audit.usability_policy import usability_verdict
 from diagnostics.audit.verdict import Verdict
 from adapt.environment import package_versions
 
@@ -25,8 +26,9 @@ def compute_verdicts(
 ) -> list[Verdict]:
     """All verdicts the available results support, most important first.
 
-    Order: negative transfer (or, with one model, the accuracy gap), class collapse,
-    spurious features, domain gap. Sections that were not measured give no verdict.
+    Order: negative transfer (or, with one model, the accuracy gap), usability (only when
+    the model is still near chance), class collapse, spurious features, domain gap.
+    Sections that were not measured give no verdict.
     """
     b = StageResult.from_dict(before)
     a = StageResult.from_dict(after)
@@ -37,6 +39,7 @@ def compute_verdicts(
         out.append(transfer_verdict(b, a, thresholds))
     else:
         out.append(accuracy_gap_verdict(b, thresholds))
+    out.append(usability_verdict(b, a, thresholds))
     out.append(collapse_verdict(b, a))
     out.append(spurious_verdict(b, a, thresholds))
     out.append(gap_verdict(b, a, thresholds))

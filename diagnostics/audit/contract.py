@@ -21,15 +21,30 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
         M = {accuracy, macro_f1, per_class_recall {class: r}, confusion [[int]] (rows =
              true class, columns = predicted, in ``classes`` order), n}
         target_test is None when target labels are unknown.
+        after-stage only: "target_change" / "source_change" = P, a paired comparison with
+        the before-model on the same held-out images (diagnostics.paired.AccuracyChange):
+        P = {before, after, delta, ci_low, ci_high, level, mcnemar_p, b, c, n, alpha,
+             verdict in {"helped", "hurt", "inconclusive"}}
     label_free: {im_score, snd, ...}       # label-free selection scores (higher = better)
-    gap: {"mmd": {mmd2, p_value, bandwidth, permutations, n_x, n_y},
-          "frechet": {distance, ci_low, ci_high, n_source, n_target, dim, extractor},
+    gap: {"mmd": {mmd2, p_value, bandwidth, permutations, method ("permutation" | "block"),
+                  test (in words), decidable, n_x, n_y},
+          "classifier_test": {auc, p_value, permutations, decidable},   # C2ST
+          "frechet": {distance (plug-in), ci_low, ci_high, ci_centre (the bias-corrected
+                      estimate the interval contains), ci_kind, n_source, n_target, dim,
+                      extractor},
           "domain_classifier": {auc, accuracy, proxy_a_distance},
           "transport": {distance, method, n_points}}
+        (the before-model's space is the fixed extractor of the data gap; the after-stage's
+        gap is in the adapted model's own features)
     collapse: {"source": C, "target": C,
                "source_prior": {class: share} (optional; the source label prior —
                                                falls back to source.histogram),
                "bbse_target_mix": {class: share},   # BBSE estimate of the target label mix
+               "true_target_mix": {class: share},   # when target labels are known
+               "label_shift_check": {passed, mmd_p, classifier_p, ...},   # BBSE's assumption
+               "verdict": "collapsed" | "biased" | "label_shift" | "covariate_shift" |
+                          "inconclusive" | "no_shift",
+               "level": "ok" | "warn" | "fail", "over_predicted": [str],
                "collapsed": bool, "reason": str}
         C = {histogram {class: share of predictions}, marginal_entropy, log_k,
              largest_share, im_score, mean_confidence}
@@ -47,7 +62,8 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
 
     before: StageResult, after: StageResult | None, classes: [str],
     run: RunInfo {name, recipe_text, seed, device, versions {package: version}, created},
-    methods_table: [{method, seed, source_acc, target_acc, selected_epoch, selector, ...}],
+    methods_table: [{method, seed, source_acc, target_acc, selected_epoch, selector,
+                     label_free_rank, oracle_rank, audit ("★ recommended, audited"), ...}],
     verdicts: [Verdict]
 
 ``Verdict(name, level in {"ok", "warn", "fail"}, title, summary, evidence)``: ``summary``

@@ -1,117 +1,153 @@
-"""Gap verdict: did the domain gap shrink (before vs after), or, with one model, is there one?"""
+"""Gap verdict: is there a gap at all, and (before vs after) did adaptation close it?
+
+Three rules keep it honest:
+
+* **Two tests.** The gap is "detected" when the MMD permutation test or the classifier
+  two-sample test rejects at α (a test whose permutations cannot reach α says nothing);
+  it is "not detected" only when every available test that can decide fails to reject.
+  So "no longer significant" is never said while the classifier still separates the
+  domains.
+* **No gap, no alarm.** When the gap before adaptation is not detected, the verdict is
+  ok — "no detectable gap; adaptation not needed" — whatever the after-model shows.
+* **One space for the data, each model's own for alignment.** The before stage is the
+  source model: its features are the fixed extractor in which the data gap is measured
+  (the same images, the same extractor, before and after). The after stage's figures are
+  in the adapted model's OWN feature space, labelled so; only scale-free statistics
+  (the tests' p-values, the classifier AUC, MMD² with the median-heuristic bandwidth) are
+  compared across the two spaces — a Fréchet or transport distance changes with the
+  features' scale, so it is shown, never used to say "closer".
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from diagnostics.audit.contract import StageResult, number
+from diagnostics.audit.contract import StageResult, number, section
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict
 from diagnostics.audit.wording import p_phrase, statistic
 
 
-def _gap_figures(stage: StageResult) -> dict[str, float]:
-    """The comparable size of each gap statistic (smaller = closer domains).
+def gap_tests(stage: StageResult | None, alpha: float) -> dict[str, Any]:
+    """The two tests of one stage's gap: {detected: bool | None, parts: [str], evidence}.
 
-    The domain-classifier AUC counts as its distance from chance, max(AUC, 1 − AUC),
-    so a classifier that is wrong in a consistent way still shows a gap.
+    ``detected`` is True when a test that can decide rejects at ``alpha``, False when every
+    such test fails to reject, None when no test was run (or none could decide).
     """
+    if stage is None:
+        return {"detected": None, "parts": [], "evidence": {}}
+    parts, ev, decided = [], {}, []
+    p_mmd = number(stage.gap, "mmd", "p_value")
+    if p_mmd is not None:
+        can = section(stage.gap, "mmd").get("decidable", True) is not False
+        mmd2 = number(stage.gap, "mmd", "mmd2")
+        parts.append(f"MMD test {p_phrase(p_mmd)}" + (f" (MMD² {statistic(mmd2)})" if mmd2 is not None else "")
+                     + ("" if can else " — too few permutations to decide"))
+        ev["mmd_p_value"] = p_mmd
+        if can:
+            decided.append(p_mmd < alpha)
+    ct = section(stage.gap, "classifier_test")
+    p_ct, auc_ct = number(ct, "p_value"), number(ct, "auc")
+    if p_ct is not None:
+        can = ct.get("decidable", True) is not False
+        parts.append(f"classifier two-sample test AUC {auc_ct:.3f}, {p_phrase(p_ct)}"
+                     + ("" if can else " — too few permutations to decide"))
+        ev["classifier_test_p_value"], ev["classifier_test_auc"] = p_ct, auc_ct
+        if can:
+            decided.append(p_ct < alpha)
+    elif (auc := number(stage.gap, "domain_classifier", "auc")) is not None:
+        parts.append(f"domain-classifier AUC {auc:.3f} (no permutation test)")
+        ev["domain_classifier_auc"] = auc
+    detected = None if not decided else any(decided)
+    return {"detected": detected, "parts": parts, "evidence": ev}
+
+
+def _scale_free(stage: StageResult) -> dict[str, float]:
+    """Statistics comparable across feature spaces (smaller = closer): the classifier
+    test's AUC (chance 0.5; below 0.5 counts as 0.5 — no evidence) and MMD² (median-
+    heuristic bandwidth: invariant to the features' scale)."""
     out: dict[str, float] = {}
+    auc = number(stage.gap, "classifier_test", "auc")
+    if auc is None:
+        auc = number(stage.gap, "domain_classifier", "auc")
+    if auc is not None:
+        out["classifier AUC"] = max(auc, 0.5)
     mmd2 = number(stage.gap, "mmd", "mmd2")
     if mmd2 is not None:
-        out["MMD²"] = mmd2
-    fd = number(stage.gap, "frechet", "distance")
-    if fd is not None:
-        out["Fréchet distance"] = fd
-    auc = number(stage.gap, "domain_classifier", "auc")
-    if auc is not None:
-        out["domain-classifier AUC"] = max(auc, 1.0 - auc)
-    ot = number(stage.gap, "transport", "distance")
-    if ot is not None:
-        out["transport distance"] = ot
+        out["MMD²"] = max(mmd2, 0.0)
     return out
 
 
+def _extractor(stage: StageResult) -> str:
+    return str(section(stage.gap, "frechet").get("extractor") or "the model's features")
+
+
 def gap_verdict(before: StageResult, after: StageResult | None, th: AuditThresholds) -> Verdict | None:
-    """Did the domain gap shrink? (before vs after; or, alone, is there one?)"""
-    b = _gap_figures(before)
-    if not b:
+    """Is there a gap (before), and did adaptation close it (after)? See the module docstring."""
+    tb = gap_tests(before, th.alpha)
+    if not tb["parts"]:
         return None
-    if after is None or not _gap_figures(after):
-        return _gap_only_verdict(before, th)
-    a = _gap_figures(after)
-    common = [k for k in b if k in a]
-    if not common:
-        return _gap_only_verdict(before, th)
-    fell, rose = [], []
-    parts = []
-    evidence: dict[str, Any] = {}
-    for k in common:
-        x0, x1 = b[k], a[k]
-        scale = max(abs(x0), 1e-12)
-        rel = (x1 - x0) / scale
-        if rel < -th.gap_rel_change:
-            fell.append(k)
-        elif rel > th.gap_rel_change:
-            rose.append(k)
-        parts.append(f"{k} {statistic(x0)} → {statistic(x1)}")
-        slug = k.replace("²", "2").replace("é", "e").replace(" ", "_").replace("-", "_").lower()
-        evidence[f"{slug}_before"] = x0
-        evidence[f"{slug}_after"] = x1
-    p_before, p_after = number(before.gap, "mmd", "p_value"), number(after.gap, "mmd", "p_value")
-    if p_after is not None:
-        evidence["mmd_p_value_after"] = p_after
-    n = len(common)
-    numbers = "; ".join(parts)
-    if len(fell) * 2 > n:
-        level, title = "ok", "Domain gap shrank"
-        head = f"The domain gap shrank ({len(fell)} of {n} statistics fell)"
-    elif len(rose) * 2 > n:
-        level, title = "warn", "Domain gap grew"
-        head = f"The domain gap grew after adaptation ({len(rose)} of {n} statistics rose)"
-    else:
-        level, title = "warn", "Domain gap unchanged"
-        head = f"The domain gap did not clearly shrink ({len(fell)} of {n} statistics fell)"
-    tail = ""
-    if p_after is not None and level == "ok":
-        tail = (
-            f"; MMD test after adaptation {p_phrase(p_after)}"
-            + (" (still significant)" if p_after < th.alpha
-               else " (no longer significant)" if p_before is not None and p_before < th.alpha
-               else " (not significant)")
-        )
-    return Verdict("gap", level, title, f"{head}: {numbers}{tail}.", evidence)
+    if after is None or not gap_tests(after, th.alpha)["parts"]:
+        return _gap_only_verdict(before, tb)
+    ta = gap_tests(after, th.alpha)
+    evidence = {f"{k}_before": v for k, v in tb["evidence"].items()}
+    evidence |= {f"{k}_after": v for k, v in ta["evidence"].items()}
+    data = f"data gap in the source model's features (fixed extractor): {'; '.join(tb['parts'])}"
+    own = f"in the adapted model's own features: {'; '.join(ta['parts'])}"
+    if tb["detected"] is False:
+        return Verdict("gap", "ok", "No detectable gap",
+                       f"No detectable gap between source and target; adaptation not needed — {data}.",
+                       {**evidence, "gap_detected_before": False})
+    if tb["detected"] is None:
+        return Verdict("gap", "warn", "Gap undecided",
+                       f"The tests could not decide whether source and target differ — {data}.", evidence)
+    sb, sa = _scale_free(before), _scale_free(after)
+    moved = [(k, sb[k], sa[k]) for k in sb if k in sa]
+    fell = [k for k, x0, x1 in moved if x1 < x0 - th.gap_rel_change * max(abs(x0), 1e-12)]
+    rose = [k for k, x0, x1 in moved if x1 > x0 + th.gap_rel_change * max(abs(x0), 1e-12)]
+    change = "; ".join(f"{k} {statistic(x0)} → {statistic(x1)}" for k, x0, x1 in moved)
+    for k, x0, x1 in moved:
+        slug = "classifier_auc" if k.startswith("classifier") else "mmd2"
+        evidence[f"{slug}_before"], evidence[f"{slug}_after"] = x0, x1
+    evidence["gap_detected_before"] = True
+    evidence["gap_detected_after"] = ta["detected"]
+    if ta["detected"] is False:
+        return Verdict("gap", "ok", "Domain gap closed",
+                       f"The domains are no longer told apart in the adapted model's features ({change}) — "
+                       f"{own}; {data}.", evidence)
+    if rose and not fell:
+        return Verdict("gap", "warn", "Domain gap grew",
+                       f"The domains are easier to tell apart after adaptation ({change}) — {own}; {data}.",
+                       evidence)
+    if fell and not rose:
+        return Verdict("gap", "ok", "Domain gap narrowed, still detectable",
+                       f"The domain gap narrowed but the domains are still told apart ({change}) — "
+                       f"{own}; {data}.", evidence)
+    return Verdict("gap", "warn", "Domain gap not closed",
+                   f"The domain gap did not clearly shrink ({change or 'no comparable statistic'}) — "
+                   f"{own}; {data}.", evidence)
 
 
-def _gap_only_verdict(stage: StageResult, th: AuditThresholds) -> Verdict:
-    """One model only (``diagnose gap``): is the gap statistically and practically there?"""
-    p = number(stage.gap, "mmd", "p_value")
-    mmd2 = number(stage.gap, "mmd", "mmd2")
-    auc = number(stage.gap, "domain_classifier", "auc")
+def _gap_only_verdict(stage: StageResult, tests: dict[str, Any]) -> Verdict:
+    """One model only (``diagnose gap``): is there a gap?"""
+    ev = dict(tests["evidence"])
     fd = number(stage.gap, "frechet", "distance")
-    lo, hi = number(stage.gap, "frechet", "ci_low"), number(stage.gap, "frechet", "ci_high")
-    parts, evidence = [], {}
-    if mmd2 is not None:
-        parts.append(f"MMD² {statistic(mmd2)}" + (f" ({p_phrase(p)})" if p is not None else ""))
-        evidence["mmd2"] = mmd2
-        if p is not None:
-            evidence["mmd_p_value"] = p
+    parts = list(tests["parts"])
     if fd is not None:
-        ci = f" [95% CI {statistic(lo)}–{statistic(hi)}]" if lo is not None and hi is not None else ""
+        lo, hi = number(stage.gap, "frechet", "ci_low"), number(stage.gap, "frechet", "ci_high")
+        centre = number(stage.gap, "frechet", "ci_centre")
+        ci = ""
+        if lo is not None and hi is not None:
+            ci = (f" (bias-corrected {statistic(centre)}, 95% CI {statistic(lo)}–{statistic(hi)})"
+                  if centre is not None else f" [95% CI {statistic(lo)}–{statistic(hi)}]")
         parts.append(f"Fréchet distance {statistic(fd)}{ci}")
-        evidence["frechet_distance"] = fd
-    if auc is not None:
-        parts.append(f"domain-classifier AUC {auc:.3f}")
-        evidence["domain_classifier_auc"] = auc
-    significant = p is not None and p < th.alpha
-    large = auc is not None and max(auc, 1 - auc) >= th.auc_large
-    if significant or large:
-        level, title = "warn", "Domains differ"
-        head = "Source and target differ measurably"
-    elif p is not None or auc is not None:
-        level, title = "ok", "No measurable gap"
-        head = "No significant difference between source and target"
-    else:
-        level, title = "ok", "Domain gap measured"
-        head = "Domain gap measured"
-    return Verdict("gap", level, title, f"{head}: {'; '.join(parts)}.", evidence)
+        ev["frechet_distance"] = fd
+    where = f" in {_extractor(stage)}"
+    if tests["detected"]:
+        return Verdict("gap", "warn", "Domains differ",
+                       f"Source and target differ measurably{where}: {'; '.join(parts)}.", ev)
+    if tests["detected"] is False:
+        return Verdict("gap", "ok", "No detectable gap",
+                       f"No detectable difference between source and target{where}: {'; '.join(parts)}.", ev)
+    return Verdict("gap", "warn", "Gap undecided",
+                   f"The tests could not decide whether source and target differ{where}: {'; '.join(parts)}.", ev)

@@ -86,11 +86,23 @@ def spurious_verdict(before: StageResult, after: StageResult | None,
         if s0 is None or s1 is None:
             continue
         has_flips = all(isinstance(f, (int, float)) for f in (f0, f1))
-        if has_flips and (s1 - s0) * (f1 - f0) < 0:  # attribution and occlusion disagree: say so
-            word = "changed"
+        sc = rc.get("share_change") if isinstance(rc, Mapping) else None
+        if isinstance(sc, Mapping) and sc.get("word"):
+            # bootstrap intervals of the paired per-image changes decide: "rose"/"fell" only
+            # outside the interval (diagnostics.paired.mean_change)
+            fc = rc.get("flips_change") if isinstance(rc.get("flips_change"), Mapping) else {}
+            words = {w for w in (sc.get("word"), fc.get("word")) if w in ("rose", "fell")}
+            word = ("did not clearly change" if not words else words.pop() if len(words) == 1
+                    else "changed (attribution and occlusion disagree)")
+            ci = (f", 95% CI of the change {100 * float(sc['ci_low']):+.1f} to {100 * float(sc['ci_high']):+.1f} "
+                  "points" if sc.get("ci_low") is not None else "")
         else:
-            word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
-        text = f"reliance on {region or 'the region'} {word} on {d} (attribution {percent(s0)} → {percent(s1)}"
+            ci = ""
+            if has_flips and (s1 - s0) * (f1 - f0) < 0:  # attribution and occlusion disagree: say so
+                word = "changed"
+            else:
+                word = "fell" if s1 < s0 else ("rose" if s1 > s0 else "held")
+        text = f"reliance on {region or 'the region'} {word} on {d} (attribution {percent(s0)} → {percent(s1)}{ci}"
         if has_flips:
             text += f"; occluding it changes {percent(float(f0))} → {percent(float(f1))} of the predictions"
         trend.append(text + ")")

@@ -18,7 +18,7 @@ class AuditThresholds:
     label_free_rel_drop: float = 0.05
     #: a gap statistic "moved" only when it changed by more than this fraction of before
     gap_rel_change: float = 0.02
-    #: significance level of the MMD permutation test (gap-only verdict)
+    #: significance level of the gap's two-sample tests (MMD and classifier test)
     alpha: float = 0.05
     #: domain-classifier AUC at or above this is a large gap (gap-only verdict)
     auc_large: float = 0.75
@@ -29,3 +29,6 @@ class AuditThresholds:
     #: elsewhere (the attribution checks' own flip thresholds)
     reliance_flips: float = 0.05
     reliance_over_control: float = 2.0
+    #: a model whose chance-corrected target accuracy (accuracy − chance)/(1 − chance) is
+    #: below this is "still unusable on the target" (see diagnostics.chance)
+    chance_margin: float = 0.25

@@ -1,58 +1,95 @@
-"""Negative-transfer verdict (did adaptation make the model worse?) and, with one model,
-the accuracy-gap verdict (how much accuracy does it lose from source to target?)."""
+"""Negative-transfer verdict (did adaptation make the model better, worse, or can we not
+tell?) and, with one model, the accuracy-gap verdict.
+
+A change of accuracy is judged by a PAIRED test on the same held-out target images
+(``after.metrics["target_change"]``, :func:`diagnostics.paired.accuracy_change`: an exact
+McNemar test and a paired bootstrap interval of the difference): "helped" / "hurt" only
+when both agree, otherwise "inconclusive". When no gap was detected before adaptation,
+an inconclusive change is no warning: adaptation was not needed.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from diagnostics.audit.collapse_policy import collapsed
-from diagnostics.audit.contract import StageResult, number
+from diagnostics.audit.contract import StageResult, number, section
+from diagnostics.audit.gap_policy import gap_tests
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict, worst_level
 from diagnostics.audit.wording import percent, points, statistic
 
 
-def transfer_verdict(before: StageResult, after: StageResult, th: AuditThresholds) -> Verdict | None:
-    """Negative transfer: did adaptation make the model worse?
+def change_phrase(ch: dict) -> str:
+    """'+3.9 points (95% CI +1.1 to +6.7; McNemar p = 0.004; 12 images right→wrong, 31 wrong→right of 360)'."""
+    p = float(ch["mcnemar_p"])
+    pp = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    lvl = 100 * float(ch.get("level", 0.95))
+    return (f"{points(float(ch['delta']))} ({lvl:.0f}% CI {100 * float(ch['ci_low']):+.1f} to "
+            f"{100 * float(ch['ci_high']):+.1f}; McNemar {pp}; {int(ch['b'])} images right→wrong, "
+            f"{int(ch['c'])} wrong→right of {int(ch['n'])})")
 
-    With target labels: target accuracy after < before − tolerance fails. Without them the
-    evidence is label-free: IM / SND scores that fell, class collapse that appeared, and
-    source accuracy lost (forgetting; ``source_drop_warn`` / ``source_drop_fail``).
+
+def _source_problems(sb, sa, th, levels, problems, evidence) -> str:
+    if sb is None or sa is None:
+        return ""
+    drop = sb - sa
+    evidence.update(source_accuracy_before=sb, source_accuracy_after=sa)
+    if drop >= th.source_drop_fail:
+        levels.append("fail")
+        problems.append(f"source accuracy fell {100 * drop:.1f} points ({percent(sb)} → {percent(sa)})")
+    elif drop >= th.source_drop_warn:
+        levels.append("warn")
+        problems.append(f"source accuracy fell {100 * drop:.1f} points ({percent(sb)} → {percent(sa)})")
+    return f"source accuracy {percent(sb)} → {percent(sa)}"
+
+
+def transfer_verdict(before: StageResult, after: StageResult, th: AuditThresholds) -> Verdict | None:
+    """Negative transfer: did adaptation make the model worse? (see the module docstring)
+
+    Without target labels the evidence is label-free: IM / SND scores that fell, class
+    collapse that appeared, and source accuracy lost (``source_drop_warn`` / ``_fail``).
     """
     sb, sa = before.accuracy("source_test"), after.accuracy("source_test")
     tb, ta = before.accuracy("target_test"), after.accuracy("target_test")
     evidence: dict[str, Any] = {}
     levels: list[str] = []
     problems: list[str] = []
+    src_text = _source_problems(sb, sa, th, levels, problems, evidence)
+    no_gap = gap_tests(before, th.alpha)["detected"] is False
+    change = section(after.metrics, "target_change")
 
-    src_text = ""
-    if sb is not None and sa is not None:
-        drop = sb - sa
-        evidence.update(source_accuracy_before=sb, source_accuracy_after=sa)
-        src_text = f"source accuracy {percent(sb)} → {percent(sa)}"
-        if drop >= th.source_drop_fail:
-            levels.append("fail")
-            problems.append(f"source accuracy fell {100 * drop:.1f} points ({percent(sb)} → {percent(sa)})")
-        elif drop >= th.source_drop_warn:
-            levels.append("warn")
-            problems.append(f"source accuracy fell {100 * drop:.1f} points ({percent(sb)} → {percent(sa)})")
-
-    if tb is not None and ta is not None:
-        delta = ta - tb
-        evidence.update(target_accuracy_before=tb, target_accuracy_after=ta)
-        tgt_text = f"target accuracy {percent(tb)} → {percent(ta)} ({points(delta)})"
-        if delta < -th.target_tolerance:
-            level = "fail"
-            title = "Negative transfer"
-            lead = "Adaptation hurt"
-        elif delta <= th.target_tolerance:
-            level = worst_level(["warn", *levels])
-            title = "Adaptation did not help"
-            lead = "Adaptation did not help"
+    if (tb is not None and ta is not None) or change:
+        if tb is not None and ta is not None:
+            evidence.update(target_accuracy_before=tb, target_accuracy_after=ta)
+            tgt_text = f"target accuracy {percent(tb)} → {percent(ta)} on the test split"
         else:
+            tgt_text = ""
+        if change:
+            outcome = str(change.get("verdict"))
+            evidence.update(paired_change=outcome, paired_delta=float(change["delta"]),
+                            paired_ci_low=float(change["ci_low"]), paired_ci_high=float(change["ci_high"]),
+                            mcnemar_p_value=float(change["mcnemar_p"]), paired_n=int(change["n"]))
+            paired = f"paired on {int(change['n'])} held-out target images: {change_phrase(change)}"
+            tgt_text = f"{tgt_text}; {paired}" if tgt_text else paired
+        else:
+            # no per-image predictions: the old point rule, said to be unpaired
+            delta = ta - tb
+            outcome = ("hurt" if delta < -th.target_tolerance else
+                       "helped" if delta > th.target_tolerance else "inconclusive")
+            tgt_text += f" ({points(delta)}; no paired test)"
+        if outcome == "hurt":
+            level, title, lead = "fail", "Negative transfer", "Adaptation hurt"
+        elif outcome == "helped":
             level = worst_level(["ok", *levels])
             title = "Adaptation helped" if level == "ok" else "Adaptation helped the target, cost the source"
             lead = "Adaptation helped"
+        elif no_gap:
+            level = worst_level(["ok", *levels])
+            title, lead = "Adaptation not needed", "No detectable gap and no measurable change"
+        else:
+            level = worst_level(["warn", *levels])
+            title, lead = "Adaptation did not clearly help", "Adaptation did not clearly help (CI crosses 0)"
         if collapsed(after) and not collapsed(before):
             level = "fail"
             problems.append("the adapted model collapsed onto few classes")

@@ -95,6 +95,7 @@ def _sign(a: Any, b: Any) -> str:
 _GAP_ROWS = (
     # (section key, headline field, row label)
     ("mmd", "mmd2", "MMD² (Gaussian kernel)"),
+    ("classifier_test", "auc", "Classifier two-sample test (AUC)"),
     ("frechet", "distance", "Fréchet distance"),
     ("domain_classifier", "auc", "Domain-classifier AUC"),
     ("transport", "distance", "Transport distance"),
@@ -107,17 +108,27 @@ def _gap_detail(key: str, d: Mapping) -> str:
         if d.get("p_value") is not None:
             if as_float(d["p_value"]) is not None:
                 bits.append(p_phrase(as_float(d["p_value"])))
-        if d.get("permutations") is not None:
+        if d.get("method") == "block":
+            bits.append(str(d.get("test") or "block test"))
+        elif d.get("permutations") is not None:
             bits.append(f"{fmt_num(d['permutations'])} permutations")
         if d.get("bandwidth") is not None:
             bits.append(f"σ = {fmt_num(d['bandwidth'])}")
         if d.get("n_x") is not None and d.get("n_y") is not None:
             bits.append(f"n = {fmt_num(d['n_x'])} / {fmt_num(d['n_y'])}")
         return " · ".join(bits)
+    if key == "classifier_test":
+        bits = []
+        if as_float(d.get("p_value")) is not None:
+            bits.append(p_phrase(as_float(d["p_value"])))
+        if d.get("permutations") is not None:
+            bits.append(f"{fmt_num(d['permutations'])} permutations (refit)")
+        return " · ".join(bits)
     if key == "frechet":
         bits = []
         if d.get("ci_low") is not None and d.get("ci_high") is not None:
-            bits.append(f"95% CI {fmt_num(d['ci_low'])}–{fmt_num(d['ci_high'])}")
+            centre = f"bias-corrected {fmt_num(d['ci_centre'])}, " if d.get("ci_centre") is not None else ""
+            bits.append(f"{centre}95% CI {fmt_num(d['ci_low'])}–{fmt_num(d['ci_high'])}")
         if d.get("n_source") is not None and d.get("n_target") is not None:
             bits.append(f"n = {fmt_num(d['n_source'])} / {fmt_num(d['n_target'])}")
         if d.get("dim") is not None:
@@ -154,17 +165,24 @@ def _gap_section(a: Audit) -> dict | None:
         for sec in secs:
             v = number(sec, field)
             vals.append(v)
-            shown = f"{v:.3f}" if key == "domain_classifier" and v is not None else fmt_num(v)
+            shown = (f"{v:.3f}" if key in ("domain_classifier", "classifier_test") and v is not None
+                     else fmt_num(v))
             cells.append({"value": shown, "detail": _gap_detail(key, sec) if sec else ""})
         change, direction = "", ""
         if len(vals) == 2 and vals[0] is not None and vals[1] is not None:
-            if key == "domain_classifier":
-                d0, d1 = abs(vals[0] - 0.5), abs(vals[1] - 0.5)
+            # before and after live in different feature spaces (the source model's, the
+            # adapted model's): only scale-free figures get a direction; an AUC below 0.5
+            # is chance, not a gap
+            if key in ("domain_classifier", "classifier_test"):
+                d0, d1 = max(vals[0], 0.5) - 0.5, max(vals[1], 0.5) - 0.5
                 change = f"{vals[1] - vals[0]:+.3f}"
-            else:
+                direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
+            elif key == "mmd":
                 d0, d1 = vals[0], vals[1]
                 change = f"{100 * (vals[1] - vals[0]) / abs(vals[0]):+.0f}%" if vals[0] else ""
-            direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
+                direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
+            else:
+                change, direction = "", "other feature space: not comparable"
         rows.append({"label": label, "cells": cells, "change": change, "direction": direction})
     if not rows:
         return None
@@ -179,10 +197,13 @@ def _collapse_section(a: Audit) -> list[dict]:
             continue
         prior = section(c, "source_prior") or section(c, "source", "histogram")
         prior_name = "source prior" if section(c, "source_prior") else "source predictions"
+        # the true target mix (labels known) is what the verdict judges against; BBSE's
+        # estimate is shown as what it is: valid only under a pure label shift
         series = [
             (prior_name, prior),
+            ("true target mix", section(c, "true_target_mix")),
             ("target predictions", section(c, "target", "histogram")),
-            ("BBSE target mix", section(c, "bbse_target_mix")),
+            ("BBSE estimate (assumes label shift)", section(c, "bbse_target_mix")),
         ]
         uri = figures.class_histogram(series, a.classes, title=s.name)
         facts = []
@@ -196,6 +217,7 @@ def _collapse_section(a: Audit) -> list[dict]:
             "uri": uri,
             "facts": facts,
             "collapsed": None if collapsed is None else bool(collapsed),
+            "verdict": str(c.get("verdict") or ""),
             "reason": str(c.get("reason") or ""),
         })
     return out

@@ -1,0 +1,53 @@
+"""The label-shift assumption check: passes under a pure label shift, fails under a
+covariate shift, and the stratified re-weighting hits the requested mix exactly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adapt.errors import UserError
+from diagnostics.label_shift import label_shift_check, stratified_subsample
+
+MU = 3.0 * np.eye(3, 8)  # three well separated classes in 8 dimensions
+
+
+def _domain(rng, mix, n, warp=None):
+    y = rng.choice(3, size=n, p=mix)
+    x = MU[y] + rng.standard_normal((n, 8))
+    return (x if warp is None else warp(x)), y
+
+
+def test_stratified_subsample_has_the_mix_and_no_duplicates():
+    y = np.repeat([0, 1, 2], [100, 50, 10])
+    idx = stratified_subsample(y, [0.5, 0.25, 0.25], seed=0)
+    # the scarcest class (10 rows at 25%) limits the total to 40: 20 / 10 / 10
+    assert np.bincount(y[idx], minlength=3).tolist() == [20, 10, 10]
+    assert len(np.unique(idx)) == len(idx)
+    idx0 = stratified_subsample(y, [1.0, 0.0, 0.0], seed=0)
+    assert np.bincount(y[idx0], minlength=3).tolist() == [100, 0, 0]
+    with pytest.raises(UserError, match="classes"):
+        stratified_subsample(np.zeros(10, dtype=int), [0.5, 0.5])
+
+
+def test_pure_label_shift_passes():
+    rng = np.random.default_rng(0)
+    xs, ys = _domain(rng, [1 / 3] * 3, 600)
+    mix = np.array([0.6, 0.3, 0.1])
+    passed = 0
+    for r in range(5):
+        xt, _ = _domain(rng, mix, 400)
+        passed += label_shift_check(xs, ys, xt, mix, permutations=99, seed=r).passed
+    assert passed >= 4  # each run has a 5% false-alarm rate at most (α split over 2 tests)
+
+
+def test_covariate_shift_fails_even_with_the_right_mix():
+    rng = np.random.default_rng(1)
+    xs, ys = _domain(rng, [1 / 3] * 3, 600)
+    # the true target mix, but each class's images changed (contrast + offset)
+    xt, _ = _domain(rng, [1 / 3] * 3, 400, warp=lambda x: 0.7 * x + 0.4 * MU[0])
+    res = label_shift_check(xs, ys, xt, [1 / 3] * 3, permutations=99, seed=0)
+    assert not res.passed and min(res.mmd_p, res.classifier_p) < 0.025
+    assert "covariate shift" in res.reason
+    json.dumps(res.to_dict())
