@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapt import distributed as dist_utils
+from adapt.batch_order import batches_per_epoch, cycle, epoch_order
 from adapt.distributed import SINGLE, DistContext
 from adapt.errors import UserError, exception_line
 from adapt.fingerprint import check_fingerprint
@@ -80,45 +81,6 @@ def lr_factor(schedule: str, progress: float) -> float:
     if schedule == "dann":
         return 1.0 / (1.0 + 10.0 * p) ** 0.75
     return 1.0
-
-
-def epoch_order(
-    n: int,
-    epoch: int,
-    seed: int,
-    ctx: DistContext = SINGLE,
-    weights: np.ndarray | None = None,
-) -> list[int]:
-    """This rank's sample order for one epoch.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
-    ``weights`` (per-sample, e.g. inverse class frequency) draws with replacement —
-    the class-balanced sampler. With several ranks every rank takes an equal-length,
-    disjoint shard of the same order.
-    """
-    rng = np.random.default_rng([seed, epoch, 0x5EED])
-    if weights is not None:
-        order = rng.choice(n, size=n, replace=True, p=weights / weights.sum())
-    else:
-        order = rng.permutation(n)
-    if ctx.enabled:
-        per_rank = n // ctx.world_size
-        order = order[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
-    return order.tolist()
-
-
-def _cycle(loader_factory: Callable[[int], DataLoader]) -> Iterator:
-    """Endless iterator over a loader, re-shuffled each pass."""
-    i = 0
-    while True:
-        for batch in loader_factory(i):
-            yield batch
-        i += 1
-
-
-def _batches_per_epoch(n: int, batch_size: int, ctx: DistContext) -> int:
-    per_rank = n // ctx.world_size if ctx.enabled else n
-    return max(1, math.ceil(per_rank / batch_size))
 
 
 @dataclass
@@ -251,7 +213,7 @@ def _setup(model: nn.Module, objective: Objective, n_train: int, cfg: TrainConfi
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr)
-    steps_per_epoch = _batches_per_epoch(n_train, cfg.batch_size, ctx)
+    steps_per_epoch = batches_per_epoch(n_train, cfg.batch_size, ctx)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     return _Loop(
@@ -367,7 +329,7 @@ def _target_batches(target_train: Dataset, epoch: int, seed: int, cfg: TrainConf
         t_order = epoch_order(len(target_train), epoch * 1000 + pass_i, seed + 1, ctx)
         return DataLoader(target_train, batch_size=cfg.batch_size, sampler=t_order,
                           num_workers=0, drop_last=False)
-    return _cycle(target_loader)
+    return cycle(target_loader)
 
 
 def _step_loss(loop: _Loop, parts: MethodParts, xs: torch.Tensor, ys: torch.Tensor,

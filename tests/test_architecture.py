@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.evaluate", 0, "base"),
     ("adapt.export", 0, "base"),
     # 1. training
+    ("adapt.batch_order", 1, "training"),
     ("adapt.train", 1, "training"),
     ("adapt.strategies", 1, "training"),
     ("adapt.methods", 1, "training"),
