@@ -53,6 +53,7 @@ from adapt.runs import (
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit
 from diagnostics.drift import MIN_BATCH, save_run_reference
+from diagnostics.ranking import recommended_run
 from diagnostics.run_audit import audit_run
 
 
@@ -415,7 +416,8 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
     """
     run_dir = summary.run_dir
     out: dict[str, Any] = {"drift_reference": None, "onnx": []}
-    name = recipe.audit_run_name()
+    name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                           recipe.method.audit_run)  # the run the audit judges: the one deployed
     deployed, run_cfg = summary.source, None
     if name in summary.runs:
         deployed, run_cfg = summary.runs[name], next(r for r in recipe.method.runs if r.name == name)

@@ -15,7 +15,7 @@ SWEEP.yaml::
     sampler: random        # grid | random | tpe
     trials: 8              # random/tpe (grid: every combination)
     seed: 0
-    run: dann              # the run whose score counts (default: the recipe's audit run)
+    run: dann              # the run whose score counts (default: method.audit_run, else the last run)
     storage: null          # default: sqlite in RUN_DIR/sweep/; or any Optuna storage URL
     params:
       train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
@@ -373,7 +373,8 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
     if selector not in SCORE_KEYS:
         raise UserError(f"{recipe_path}: method.selection '{selector}' gives no score to sweep on; "
                         f"choose one of {', '.join(SCORE_KEYS)}")
-    run = spec.run or base.audit_run_name()
+    # default: the run the recipe names for its audit, else its last run (a sweep scores one run)
+    run = spec.run or base.method.audit_run or (base.method.runs[-1].name if base.method.runs else None)
     names = [r.name for r in base.method.runs]
     if run is None or run not in names:
         raise UserError(f"{sweep_path}: run: {run!r} is not one of the recipe's runs ({', '.join(names) or 'none'})")

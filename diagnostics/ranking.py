@@ -55,3 +55,13 @@ def rank_runs(selections: Mapping[str, Mapping | None], selector: str,
     oracle = {n: i + 1 for i, n in enumerate(by_acc)}
     return [{"run": n, "score": scores[n], "rank": i + 1, "oracle_rank": oracle.get(n)}
             for i, n in enumerate(order)]
+
+
+def recommended_run(selections: Mapping[str, Mapping | None], selector: str,
+                    audit_run: str | None = None) -> str | None:
+    """The run a user would deploy: ``audit_run`` when the recipe names one, else the run
+    :func:`rank_runs` ranks first by the label-free score (None when there are no runs)."""
+    if audit_run:
+        return audit_run
+    ranking = rank_runs(selections, selector)
+    return ranking[0]["run"] if ranking else None

@@ -24,7 +24,7 @@ from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, Verdict, build_audit
 from diagnostics.paired import accuracy_change
-from diagnostics.ranking import rank_runs
+from diagnostics.ranking import rank_runs, recommended_run
 from diagnostics.report import render_html, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -255,7 +255,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     ranking = rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
                         {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in summary.runs.items()})
     # the run a user would deploy: the label-free selector's first, unless the recipe names one
-    after_name = recipe.method.audit_run or (ranking[0]["run"] if ranking else None)
+    after_name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                                 recipe.method.audit_run)
     if after_name and after_name in summary.runs:
         stages.append((f"adapted ({after_name})", summary.runs[after_name]))
 
