@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -131,8 +130,7 @@ class JointDANN:
 
         lam = self.inner.lambda_at(progress)
         f = model.features(torch.cat([xs, xt]))
-        fs, ft = f[: len(xs)], f[len(xs):]
-        logits = model.head(fs)
+        logits = model.head(f[: len(xs)])
         cls = F.cross_entropy(logits, ys)
         d = self.inner.discriminator(grad_reverse(f, lam))
         dom = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(d.device)
