@@ -429,7 +429,7 @@ def save_run_reference(run_dir: str | os.PathLike, model: torch.nn.Module, datas
     """Extract the deployed model's features on ``dataset`` (held-out target images) and
     write ``RUN_DIR/drift_reference.npz``. ``model_path``: the checkpoint, relative to
     ``run_dir``, that :func:`monitor_batch` will load."""
-    fs = extract_features(dataset, model, "model", device=device, progress=False)
+    fs = extract_features(dataset, model, "model", device=device, progress=False, shard=False)  # main rank only
     info = {"model": model_path, "image_size": int(getattr(dataset, "image_size", 0) or 0),
             "channels": int(getattr(dataset, "channels", 0) or 0), "domain": getattr(dataset, "name", ""),
             "seed": int(seed), **dict(meta or {})}

@@ -346,6 +346,7 @@ def extract_features(
     pixel_size: int = 16,
     progress: bool = True,
     model_source: str | None = None,
+    shard: bool = True,
 ) -> FeatureSet:
     """Features of every image of ``dataset`` (``ds[i] -> ([C, H, W] in [0, 1], label)``).
 
@@ -360,6 +361,9 @@ def extract_features(
         pixel_size: side of the downsampled image for ``kind="pixels"``.
         progress: tqdm bar on stderr.
         model_source: where the model came from (checkpoint path), for the extractor text.
+        shard: under an initialised process group, split the images across the ranks (every
+            rank must call); False for work one rank does alone (a run's audit and drift
+            reference, written by the main rank) — a sharded call there would wait forever.
 
     Returns:
         :class:`FeatureSet`; under torch.distributed the whole dataset on every rank.
@@ -384,7 +388,7 @@ def extract_features(
     for m in modules:
         m.to(dev).eval()
 
-    rank, world = _dist_rank_world()
+    rank, world = _dist_rank_world() if shard else (0, 1)
     indices = np.arange(rank, n, world, dtype=np.int64)
     loader = _loader(dataset, indices, batch_size, num_workers, pin=dev.type == "cuda")
     feats, labels, probs = [], [], []

@@ -266,8 +266,10 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
     source_models = [st.model if not (i > 0 and after_name in per_domain_runs and has_source)
                      else deployed_on_source(st.model, domains, device) for i, (_, st) in enumerate(stages)]
-    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False) if has_source else None,
-              extract_features(target, st.model, cfg.features, device=device, progress=False))
+    # the audit runs on the main rank alone: no sharding across a process group
+    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False, shard=False)
+              if has_source else None,
+              extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False))
              for sm, (_, st) in zip(source_models, stages)]
     pool = futures = None
     if cfg.umap and has_source:  # the embedding shows the two domains together

@@ -56,3 +56,5 @@ def test_adapt_run_nproc_2(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "tiny" / "metrics.json").exists()
     assert (tmp_path / "runs" / "tiny" / "methods" / "dann" / "model.pt").exists()
+    # the main rank alone extracts the drift reference's features (no sharded collective)
+    assert (tmp_path / "runs" / "tiny" / "drift_reference.npz").exists()
