@@ -313,6 +313,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     )
     if not has_source:
         audit.verdicts.insert(0, source_free_verdict())
+    if domains.target_missing:
+        audit.verdicts.insert(0, partial_target_verdict(domains.target_missing))
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html
@@ -336,6 +338,18 @@ def source_free_verdict():
                 "predictions, collapse, label-free scores, attributions and group metrics only; not measured: "
                 + "; ".join(NOT_MEASURED_WITHOUT_SOURCE) + ".",
         evidence={"source_images": 0})
+
+
+def partial_target_verdict(missing: list[str]) -> Verdict:
+    """The audit's statement that the target's labels cover only some classes (the recipe
+    said so: ``data.target_classes: subset``): its accuracies and mixes are over those."""
+    names = ", ".join(repr(c) for c in missing)
+    return Verdict(
+        name="partial_target_classes", level="warn", title="Target labels cover only some classes",
+        summary=f"The target has no labelled images of {names} (data.target_classes: subset): target "
+                "accuracy, recall and the true target mix are measured over the classes it has; predictions "
+                "of a missing class on the target are necessarily wrong.",
+        evidence={"missing_classes": list(missing)})
 
 
 def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, recipe: Recipe) -> list[dict]:

@@ -774,13 +774,19 @@ def test_skip_unreadable_skips_a_bomb_and_garbage_deflate_and_lists_them(world, 
 def test_a_target_without_some_classes_is_accepted_when_the_recipe_says_subset(world, tmp_path, capsys):
     import json
 
-    a, b = _two_folders(tmp_path, {"cat": 4, "dog": 4})
+    a, b = _two_folders(tmp_path, {"cat": 12, "dog": 12})  # enough held-out images for the audit's gap
     r = world.recipe(tmp_path, {"data": {"source": folder(a), "target": folder(b), "target_classes": "subset"},
-                                "output": {"dir": str(tmp_path / "runs")}})
+                                "output": {"dir": str(tmp_path / "runs")},
+                                "diagnostics": {"enabled": True, "attribution": False, "umap": False,
+                                                "permutations": 19}})
     code, _, err, _ = invoke("adapt", [str(r), "--quiet"], capsys)
     assert code == 0, err
     data = json.loads((tmp_path / "runs" / "base" / "data.json").read_text())
     assert data["target"]["missing_classes"] == ["eel"]
+    # ... and the audit says so
+    audit = json.loads((tmp_path / "runs" / "base" / "audit.json").read_text())
+    partial = [v for v in audit["verdicts"] if v["name"] == "partial_target_classes"]
+    assert partial and partial[0]["evidence"]["missing_classes"] == ["eel"]
 
 
 def test_written_files_are_readable_under_the_users_umask(tmp_path):
