@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
+from diagnostics.arrays import feature_matrix
 
 __all__ = ["DomainClassifierResult", "domain_classifier", "proxy_a_distance"]
 
@@ -46,22 +47,6 @@ def proxy_a_distance(error: float) -> float:
     """Proxy A-distance d_A = 2(1 − 2 min(ε, ½)) ∈ [0, 2] from a domain classifier's
     held-out error ε (ε > ½ is chance, not evidence: d_A = 0)."""
     return 2.0 * (1.0 - 2.0 * min(float(error), 0.5))
-
-
-def _as_np(a, name: str) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim != 2:
-        raise UserError(f"{name}: expected a [N, D] feature matrix, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise UserError(f"{name}: contains NaN or infinite values")
-    return arr
 
 
 def domain_classifier(
@@ -88,7 +73,7 @@ def domain_classifier(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    xs, xt = _as_np(x_s, "x_s"), _as_np(x_t, "x_t")
+    xs, xt = feature_matrix(x_s, "x_s"), feature_matrix(x_t, "x_t")
     if xs.shape[1] != xt.shape[1]:
         raise UserError(f"x_s, x_t: feature dimensions differ ({xs.shape[1]} vs {xt.shape[1]})")
     if folds < 2:

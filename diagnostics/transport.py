@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
+from diagnostics.arrays import feature_matrix
 
 __all__ = ["TransportResult", "wasserstein_distance", "sliced_scale"]
 
@@ -56,24 +57,6 @@ class TransportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _as_np(a, name: str) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[0] < 1:
-        raise UserError(f"{name}: expected a [N, D] matrix, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise UserError(f"{name}: contains NaN or infinite values")
-    return arr
 
 
 def sliced_scale(d: int, p: int) -> float:
@@ -117,7 +100,7 @@ def wasserstein_distance(
         raise UserError(f"method: {method!r} is not one of ['auto', 'emd', 'sliced']")
     if max_points < 2:
         raise UserError(f"max_points: must be >= 2, got {max_points}")
-    xa, ya = _as_np(x, "x"), _as_np(y, "y")
+    xa, ya = feature_matrix(x, "x", allow_vector=True), feature_matrix(y, "y", allow_vector=True)
     if xa.shape[1] != ya.shape[1]:
         raise UserError(f"x, y: feature dimensions differ ({xa.shape[1]} vs {ya.shape[1]})")
     m, n, d = xa.shape[0], ya.shape[0], xa.shape[1]

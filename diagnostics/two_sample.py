@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
+from diagnostics.arrays import feature_matrix
 
 __all__ = [
     "C2STResult",
@@ -152,17 +153,6 @@ class C2STResult:
         return asdict(self)
 
 
-def _as_matrix(a, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    arr = np.asarray(a, dtype=np.float64)
-    if arr.ndim != 2:
-        raise UserError(f"{name}: expected a [N, D] feature matrix, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise UserError(f"{name}: contains NaN or infinite values")
-    return arr
-
-
 def classifier_two_sample_test(
     x,
     y,
@@ -188,7 +178,7 @@ def classifier_two_sample_test(
             difference-of-means classifier; 1.0 is robust when D is near N).
         max_points: seeded subsample per sample (cost O(B·N²/folds)); None = all.
     """
-    xs, ys = _as_matrix(x, "x"), _as_matrix(y, "y")
+    xs, ys = feature_matrix(x, "x"), feature_matrix(y, "y")
     if xs.shape[1] != ys.shape[1]:
         raise UserError(f"x, y: feature dimensions differ ({xs.shape[1]} vs {ys.shape[1]})")
     if permutations < 1:
