@@ -8,13 +8,12 @@ checks of the adaptation issue.
 Every model is trained here (CPU is fine: a few minutes per seed). Target labels are used
 only to report site-B accuracy (and the oracle column); epochs are selected label-free
 (recipe: method.selection). The table code is shared with ``digits_study.py``
-(``benchmarks/study_table.py``); methods merged later (CDAN, MCC, CORAL, DAN, SHOT, TENT)
-join as rows through ``OPTIONAL_RUNS`` once the recipe schema accepts their objective.
+(``benchmarks/study_table.py``), which also adds CDAN, CDAN+E, MCC, CORAL, DAN, SHOT and TENT
+to the recipe's runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,31 +21,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from study_table import (  # noqa: E402
+    extra_method_runs,
     label_free_methods,
     method_stats,
     print_checks,
     print_table,
     run_seeds,
+    study_arguments,
 )
 
-#: rows added when the schema knows their objective (data-driven: no code change on merge)
-OPTIONAL_RUNS = [
-    {"name": objective, "objective": objective, "epochs": 4}
-    for objective in ("cdan", "mcc", "coral", "dan", "shot", "tent")
-]
+#: CDAN, CDAN+E, MCC, CORAL, DAN, SHOT (4 epochs each, as DANN) and TENT (one pass)
+EXTRA_RUNS = extra_method_runs(4)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="recipes/phantom_study.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="runs/study")
-    ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
-    ap.add_argument("overrides", nargs="*")
+    ap = study_arguments(__doc__, "recipes/phantom_study.yaml", "runs/study")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    rows, skipped = run_seeds(args.recipe, args.seeds, args.out, args.overrides, OPTIONAL_RUNS,
+    rows, skipped = run_seeds(args.recipe, args.seeds, args.out, args.overrides, EXTRA_RUNS,
                                resume=args.resume)
     stats = method_stats(rows, args.seeds)
     print_table(stats, f"phantom site A → site B, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "

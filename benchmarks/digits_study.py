@@ -19,12 +19,11 @@ label-free pick and at the oracle epoch (best by target labels: the selection re
 is their difference) and the source accuracy kept, then the expectations as
 [PASS]/[FAIL] lines: DANN beats source-only by >= 10 points; the best label-free
 method beats it by >= 20 points. Methods merged later (CDAN, MCC, CORAL, DAN, SHOT,
-TENT) join as rows through ``OPTIONAL_RUNS`` once the recipe schema accepts them.
+TENT) are added to the recipe's runs by ``study_table.extra_method_runs``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,20 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study_table import (  # noqa: E402
+    extra_method_runs,
     label_free_methods,
     method_stats,
     print_checks,
     print_table,
     run_seeds,
+    study_arguments,
 )
 
 from adapt.data.real_images import make_digits_shift, write_shift  # noqa: E402
 
-#: rows added when the schema knows their objective (data-driven: no code change on merge)
-OPTIONAL_RUNS = [
-    {"name": objective, "objective": objective, "epochs": 10}
-    for objective in ("cdan", "mcc", "coral", "dan", "shot", "tent")
-]
+#: CDAN, CDAN+E, MCC, CORAL, DAN, SHOT (20 epochs each, as DANN) and TENT (one pass)
+EXTRA_RUNS = extra_method_runs(20)
 
 
 def build_data(shift: str, seed: int, out: Path) -> dict[str, Path]:
@@ -58,13 +56,8 @@ def build_data(shift: str, seed: int, out: Path) -> dict[str, Path]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="recipes/digits_study.yaml")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = study_arguments(__doc__, "recipes/digits_study.yaml", "runs/digits_study")
     ap.add_argument("--shift", default="textured", choices=["textured", "scanner"])
-    ap.add_argument("--out", default="runs/digits_study")
-    ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
-    ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -77,7 +70,7 @@ def main() -> int:
         if args.shift == "scanner":
             data.append("data.channels=1")
         per_seed, skipped = run_seeds(args.recipe, [seed], out / args.shift, [*data, *args.overrides],
-                                      OPTIONAL_RUNS,
+                                      EXTRA_RUNS,
                                       resume=args.resume)
         for name, per in per_seed.items():
             rows.setdefault(name, {}).update(per)

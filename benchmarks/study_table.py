@@ -14,6 +14,7 @@ Expectations are printed as ``[PASS]`` / ``[FAIL]`` lines by :func:`print_checks
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import typing
@@ -30,6 +31,27 @@ from adapt.recipe import AdaptRunConfig, Recipe, load_recipe, validate_recipe  #
 
 #: rows that are not adaptation methods (baselines)
 BASELINES = ("source-only", "target-scratch")
+
+
+def extra_method_runs(epochs: int) -> list[dict[str, Any]]:
+    """The runs every study adds to its recipe: CDAN, CDAN+E, MCC, DeepCORAL, DAN and SHOT
+    for ``epochs`` epochs each, and TENT as the single online pass it is defined as."""
+    runs = [{"name": o, "objective": o, "epochs": epochs} for o in ("cdan", "mcc", "coral", "dan", "shot")]
+    runs.insert(1, {"name": "cdan+e", "objective": "cdan", "epochs": epochs, "cdan": {"entropy": True}})
+    runs.append({"name": "tent", "objective": "tent", "epochs": 1})
+    return runs
+
+
+def study_arguments(doc: str, recipe: str, out: str) -> argparse.ArgumentParser:
+    """The command line both study scripts share (recipe, seeds, output folder, resume,
+    recipe overrides as key.path=value)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default=recipe)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, key.path=value")
+    return ap
 
 
 @dataclass
