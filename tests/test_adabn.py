@@ -149,3 +149,33 @@ def test_adabn_recovers_accuracy_under_intensity_shift():
     assert source_acc > 0.9
     assert after > before + 0.2
     assert after > 0.9
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_one_pass_chain_sweep_equals_the_generic_prefix_passes(arch):
+    """The sweep along ``sequential_prefix()`` (one forward pass; residual blocks get prefix
+    passes inside them) sets every BatchNorm exactly as one prefix pass per layer does,
+    also when the activations outgrow the cache and the rest falls back midway."""
+    from adapt.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, 3, 1)
+    x = torch.rand(24, 1, 32, 32) * 0.6 + 0.2
+    x[:8] *= 0.5  # class-sorted-like: batches with different statistics
+    generic = copy.deepcopy(model)
+    adabn(generic, x, "cpu", batch_size=8, chain_sweep=False)
+    for cache_mb in (256, 0.1):  # 0.1 MB: the first stage's activations already exceed it
+        swept = copy.deepcopy(model)
+        first_conv = next(m for m in swept.modules() if isinstance(m, torch.nn.Conv2d))
+        calls = []
+        first_conv.register_forward_hook(lambda *_: calls.append(1))
+        adabn(swept, [(x[i:i + 8], None) for i in range(0, 24, 8)], "cpu", cache_mb=cache_mb)
+        if cache_mb == 256:  # one pass: 3 batches, + 1 forward that finds the layer order
+            assert len(calls) == 3 + 1
+        for g, s in zip(batchnorm_layers(generic), batchnorm_layers(swept)):
+            torch.testing.assert_close(s.running_mean, g.running_mean, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(s.running_var, g.running_var, atol=1e-6, rtol=1e-6)
+        for layer, inp in _bn_inputs(swept, x).items():  # and they are the whole-set statistics
+            torch.testing.assert_close(layer.running_var, inp.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+    # the statistics changed from the model's initial ones (the test is not vacuous)
+    assert any((g.running_var - 1).abs().max() > 1e-2 for g in batchnorm_layers(generic))

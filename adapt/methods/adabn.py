@@ -26,9 +26,17 @@ shuffled copy). The mean of per-batch variances that a train-mode pass with PyTo
 cumulative momentum gives leaves that term out and, on class-sorted data, also
 normalises deeper layers with one-class batch statistics.
 
-Cost: a pass over the first k layers for each of the L layers (≈ L/2 full forward
-passes). Batches read from a loader are kept in memory (up to ``cache_mb``) so files
-are decoded once.
+Cost. Generic models: a pass over the first k layers for each of the L layers (≈ L/2
+full forward passes). Models whose forward starts with a chain of modules (an
+``nn.Sequential``, or a model naming that chain in ``sequential_prefix()``, as
+:class:`adapt.models.Classifier` does) are swept once along the chain instead: the
+activations of the whole set are kept between modules, each BatchNorm met on the way
+takes its statistics from the activations in hand and then normalises them for the next
+module, so the chain costs one forward pass (a module that is not a plain chain, such as
+a residual block, gets the generic prefix passes inside it only). The result is the same
+as the generic route's (tested); the activations are kept only while they fit in
+``cache_mb``, beyond which the remaining layers take the generic route. Batches read from
+a loader are kept in memory (up to ``cache_mb``) so files are decoded once.
 """
 
 from __future__ import annotations
@@ -105,12 +113,19 @@ class ChannelMoments:
 
     def update(self, x: Tensor) -> None:
         """Add a BatchNorm input [B, C, ...]: every element of channel c is one sample of c."""
-        xc = x.detach().transpose(0, 1).reshape(x.shape[1], -1).double()
-        m = xc.shape[1]
+        x = x.detach()
+        if x.dtype not in (torch.float32, torch.float64):  # half precision (AMP): sum in float32
+            x = x.float()
+        m = x.numel() // x.shape[1] if x.shape[1] else 0
         if m == 0:
             return
-        mean_b = xc.mean(dim=1)
-        m2_b = (xc - mean_b[:, None]).pow(2).sum(dim=1)
+        # the batch's own moments in its dtype (var_mean is a two-pass reduction, ~1e-7
+        # relative in float32), merged across batches in float64: as exact as a float64
+        # copy of every activation, without making one (that copy was a quarter of the cost)
+        dims = [0, *range(2, x.dim())]
+        var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
+        mean_b = mean_b.double()
+        m2_b = var_b.double() * m
         if self.mean is None:
             self.n, self.mean, self.m2 = m, mean_b, m2_b
             return
@@ -163,9 +178,71 @@ def _input_moments(model: nn.Module, layer: _BatchNorm, batches: _Replay, device
     return moments
 
 
+def _flatten_chain(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """Plain ``nn.Sequential`` containers (no hooks, not subclassed) expanded into their
+    children, recursively: the list whose composition is the same function."""
+    out: list[nn.Module] = []
+    for m in modules:
+        if type(m) is nn.Sequential and not (m._forward_hooks or m._forward_pre_hooks):
+            out.extend(_flatten_chain(m))
+        else:
+            out.append(m)
+    return out
+
+
+def _chain_of(model: nn.Module) -> list[nn.Module] | None:
+    """The modules whose composition is the first part of ``model``'s forward, or None."""
+    prefix = getattr(model, "sequential_prefix", None)
+    if callable(prefix):
+        return _flatten_chain(prefix())
+    if type(model) is nn.Sequential:
+        return _flatten_chain([model])
+    return None
+
+
+def _sweep_chain(chain: list[nn.Module], todo: list[_BatchNorm], acts: list[Tensor], device,
+                 cap_bytes: int) -> set[int]:
+    """Set the statistics of the ``todo`` layers met along ``chain`` from the set's
+    activations ``acts`` (kept between modules); return the ids of the layers done. Stops
+    early (the rest to the generic route) once the activations would exceed ``cap_bytes``."""
+    wanted, done = set(map(id, todo)), set()
+    acts = [a.to(device, non_blocking=True) for a in acts]
+    for module in chain:
+        inner = [m for m in module.modules() if id(m) in wanted and id(m) not in done]
+        if inner and module is inner[0] and len(inner) == 1:  # the BatchNorm itself
+            order = inner
+        else:
+            order = _forward_order(module, inner, acts[0]) if inner else []
+        for layer in order:
+            moments = ChannelMoments()
+            if layer is module:
+                for a in acts:
+                    moments.update(a)
+            else:
+                moments = _input_moments(module, layer, acts, device)
+            _set_statistics(layer, moments)
+            done.add(id(layer))
+        if len(done) == len(wanted):
+            break
+        size, nxt = 0, []
+        for a in acts:
+            out = module(a)
+            size += out.numel() * out.element_size()
+            if size > cap_bytes:
+                return done
+            nxt.append(out)
+        acts = nxt
+    return done
+
+
+def _set_statistics(layer: _BatchNorm, moments: ChannelMoments) -> None:
+    layer.running_mean.copy_(moments.mean.to(layer.running_mean.dtype))
+    layer.running_var.copy_(moments.variance().to(layer.running_var.dtype))
+
+
 @torch.no_grad()
 def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", batch_size: int = 64,
-          trainable_only: bool = False, cache_mb: int = 256) -> int:
+          trainable_only: bool = False, cache_mb: int = 256, chain_sweep: bool = True) -> int:
     """Set every BatchNorm's running statistics to the exact pooled statistics of the data.
 
     See the module docstring: layer by layer in forward order, each layer's
@@ -178,7 +255,10 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
     image batches, or one tensor [N, C, H, W] (split into ``batch_size`` chunks).
     trainable_only: leave BatchNorm layers whose parameters are frozen alone (their
     statistics belong to the frozen weights, e.g. in feature extraction).
-    cache_mb: batches from a loader are kept in memory up to this size (read once).
+    cache_mb: batches from a loader are kept in memory up to this size (read once), and
+    so are the activations of the one-pass chain sweep.
+    chain_sweep: use the one-pass sweep along ``sequential_prefix()`` when the model has one
+    (False: the generic prefix passes only; same result, for checking).
     Returns the number of images seen.
     """
     layers = batchnorm_layers(model)
@@ -194,10 +274,13 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
             raise UserError("adabn: the target data yielded no images")
         if layers:
             first = next(iter(batches)).to(device, non_blocking=True)
-            for layer in _forward_order(model, layers, first):
-                moments = _input_moments(model, layer, batches, device)
-                layer.running_mean.copy_(moments.mean.to(layer.running_mean.dtype))
-                layer.running_var.copy_(moments.variance().to(layer.running_var.dtype))
+            order = _forward_order(model, layers, first)
+            chain = _chain_of(model) if chain_sweep else None
+            if chain is not None and (batches.cache is not None or isinstance(target_loader, Tensor)):
+                done = _sweep_chain(chain, order, list(batches), device, cache_mb * 2**20)
+                order = [m for m in order if id(m) not in done]
+            for layer in order:  # generic route: one prefix pass per layer, upstream layers final
+                _set_statistics(layer, _input_moments(model, layer, batches, device))
     finally:
         for m, mode in modes.items():
             m.train(mode)

@@ -100,6 +100,12 @@ class Classifier(nn.Module):
         """Images ``[B, C, H, W]`` in [0, 1] -> logits ``[B, num_classes]``."""
         return self.head(self.features(x))
 
+    def sequential_prefix(self) -> list[nn.Module]:
+        """The modules whose composition is the first part of ``forward``:
+        ``stages(normalize(x))`` (then pooling, neck and head). AdaBN sweeps this chain in
+        one pass (:func:`adapt.methods.adabn.adabn`)."""
+        return [self.normalize, self.backbone.stages]
+
     def blocks(self) -> list[nn.Module]:
         """Backbone stages from input to output (stem first); the head is not included."""
         return self.backbone.blocks()
