@@ -20,35 +20,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_table import (  # noqa: E402
-    extra_method_runs,
-    label_free_methods,
-    method_stats,
-    print_checks,
-    print_table,
-    run_seeds,
-    study_arguments,
-)
+import study_table as study  # noqa: E402  (benchmarks/study_table.py)
 
 #: CDAN, CDAN+E, MCC, CORAL, DAN, SHOT (4 epochs each, as DANN) and TENT (one pass)
-EXTRA_RUNS = extra_method_runs(4)
+EXTRA_RUNS = study.extra_method_runs(4)
 
 
 def main() -> int:
-    ap = study_arguments(__doc__, "recipes/phantom_study.yaml", "runs/study")
+    ap = study.study_arguments(__doc__, "recipes/phantom_study.yaml", "runs/study")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    rows, skipped = run_seeds(args.recipe, args.seeds, args.out, args.overrides, EXTRA_RUNS,
-                               resume=args.resume)
-    stats = method_stats(rows, args.seeds)
-    print_table(stats, f"phantom site A → site B, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
+    rows = study.run_seeds(args.recipe, args.seeds, args.out, args.overrides, EXTRA_RUNS, resume=args.resume)
+    stats = study.method_stats(rows, args.seeds)
+    study.print_table(stats, f"phantom site A → site B, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
                        f"{time.perf_counter() - t0:.0f} s in all")
-    if skipped:
-        print(f"\nnot in this build (objective unknown to the recipe schema): {', '.join(skipped)}")
 
     src = stats["source-only"]
-    unsup = label_free_methods(stats)
+    unsup = study.label_free_methods(stats)
     checks = []
     if unsup:
         best = max(unsup.values(), key=lambda s: s.target_mean)
@@ -67,7 +56,7 @@ def main() -> int:
         f = stats["finetune"].source_mean - src.source_mean
         checks.append((f"EWC fine-tuning keeps site A within 3 points ({100 * e:+.1f})", e >= -0.03))
         checks.append((f"plain fine-tuning loses more of site A ({100 * f:+.1f} vs EWC {100 * e:+.1f})", f < e))
-    print_checks(checks)
+    study.print_checks(checks)
     return 0
 
 

@@ -23,20 +23,12 @@ cost does not depend on what the weights learned).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from timing import median_time  # benchmarks/timing.py (the script's folder is on sys.path)
 
-def _timeit(fn, repeats: int):
-    fn()
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+
 
 
 def main() -> None:
@@ -68,15 +60,15 @@ def main() -> None:
               f"threads {args.threads}")
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "drift_reference.npz"
-            t_io, _ = _timeit(lambda: load_reference(save_reference(ref, path)), args.repeats)
+            t_io, _ = median_time(lambda: load_reference(save_reference(ref, path)), args.repeats)
             size = path.stat().st_size
         print(f"reference save + load: {t_io * 1000:.0f} ms, file {size / 1024:.0f} KiB")
         print(f"{'batch':<22} {'features s':>10} {'compare s':>10} {'total s':>8}")
         for label, text, seed in (("site A (same)", f"phantom-cxr:A:{args.batch}", 2),
                                   ("site B (shifted)", f"phantom-cxr:B:{args.batch}", 2)):
             batch_ds = load_domain(parse_domain_arg(text), image_size=64, seed=seed)
-            t_feat, fs = _timeit(lambda: extract_features(batch_ds, model, progress=False), args.repeats)
-            t_cmp, res = _timeit(lambda: compare_to_reference(ref, fs), args.repeats)
+            t_feat, fs = median_time(lambda: extract_features(batch_ds, model, progress=False), args.repeats)
+            t_cmp, res = median_time(lambda: compare_to_reference(ref, fs), args.repeats)
             total = t_feat + t_cmp
             print(f"{label + f' {len(batch_ds)}':<22} {t_feat:>10.2f} {t_cmp:>10.2f} {total:>8.2f}  "
                   f"target < 30 s: {'met' if total < 30 else 'MISSED'} ({30 / total:.1f}x margin)")

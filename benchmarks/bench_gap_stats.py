@@ -23,24 +23,14 @@ everyone. The statistics of each pair are printed so one can see they agree.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 import torch
+from timing import median_time  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
-def _timeit(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
-    if warmup:
-        fn()
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def _random_cov(rng: np.random.Generator, d: int, k: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -72,10 +62,10 @@ def bench_frechet(d: int, repeats: int, peer_repeats: int) -> list[tuple]:
         # second full 2048-d sqrtm (each one costs tens of seconds here).
         small = _random_cov(rng, 64)
         calculate_frechet_distance(small[0], small[1], small[0], small[1])
-        t_peer, v_peer = _timeit(lambda: calculate_frechet_distance(mu1, s1, mu2, s2), peer_repeats, warmup=False)
-    t_eigh, v_eigh = _timeit(lambda: frechet_distance(mu1, s1, mu2, s2, method="eigh"), repeats)
-    t_svd, v_svd = _timeit(lambda: frechet_distance(mu1, s1, mu2, s2, method="svd"), repeats)
-    t_mom, v_mom = _timeit(lambda: frechet_from_moments(m1, m2, method="svd"), repeats)
+        t_peer, v_peer = median_time(lambda: calculate_frechet_distance(mu1, s1, mu2, s2), peer_repeats, warmup=False)
+    t_eigh, v_eigh = median_time(lambda: frechet_distance(mu1, s1, mu2, s2, method="eigh"), repeats)
+    t_svd, v_svd = median_time(lambda: frechet_distance(mu1, s1, mu2, s2, method="svd"), repeats)
+    t_mom, v_mom = median_time(lambda: frechet_from_moments(m1, m2, method="svd"), repeats)
     peer = f"pytorch-fid calculate_frechet_distance (sqrtm), {peer_repeats} run(s)"
     return [
         (f"Fréchet d={d}", peer, t_peer, "frechet_distance eigh", t_eigh, v_peer, v_eigh),
@@ -114,7 +104,7 @@ def bench_mmd(n: int, d: int, permutations: int, repeats: int) -> tuple[list[tup
     y = torch.randn(n, d, generator=g)
     y[:, :10] += 0.3
 
-    t_ours, res = _timeit(lambda: mmd_permutation_test(x, y, permutations=permutations, seed=0), repeats)
+    t_ours, res = median_time(lambda: mmd_permutation_test(x, y, permutations=permutations, seed=0), repeats)
     rows = []
     note = ""
     try:
@@ -127,7 +117,7 @@ def bench_mmd(n: int, d: int, permutations: int, repeats: int) -> tuple[list[tup
             out = det.predict(y_np)["data"]
             return out["distance"], out["p_val"]
 
-        t_alibi, (a_mmd, a_p) = _timeit(alibi, repeats)
+        t_alibi, (a_mmd, a_p) = median_time(alibi, repeats)
         rows.append((f"MMD perm n=m={n} d={d} B={permutations}",
                      "alibi-detect MMDDrift(pytorch), init+predict", t_alibi,
                      "mmd_permutation_test", t_ours, (a_mmd, a_p), (res.mmd2, res.p_value)))
@@ -135,7 +125,7 @@ def bench_mmd(n: int, d: int, permutations: int, repeats: int) -> tuple[list[tup
         note = (f"alibi-detect not usable here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}), "
                 "so the MMD rows compare against the re-indexing reference only (alibi-detect 0.13 pins "
                 "numba 0.59 / numpy<1.27 and is kept out of the project venv)")
-    t_ref, ref = _timeit(lambda: _reindex_permutation_test(x, y, permutations, seed=0), repeats)
+    t_ref, ref = median_time(lambda: _reindex_permutation_test(x, y, permutations, seed=0), repeats)
     rows.append((f"MMD perm n=m={n} d={d} B={permutations}",
                  "re-indexing reference K[idx][:,idx] (alibi's loop)", t_ref,
                  "mmd_permutation_test", t_ours, ref, (res.mmd2, res.p_value)))
@@ -160,8 +150,8 @@ def bench_mmd(n: int, d: int, permutations: int, repeats: int) -> tuple[list[tup
         a.scatter_(1, torch.stack([p[:n] for p in perms]), 1.0)
         return mmd2_permutation_statistics(k32, a)
 
-    t_loop, v_loop = _timeit(loop_stage, repeats)
-    t_gemm, v_gemm = _timeit(gemm_stage, repeats)
+    t_loop, v_loop = median_time(loop_stage, repeats)
+    t_gemm, v_gemm = median_time(gemm_stage, repeats)
     rows.append((f"MMD permutation stage only, B={permutations}",
                  "re-index + sum per permutation", t_loop,
                  "one GEMM over all permutations", t_gemm,

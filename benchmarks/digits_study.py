@@ -31,20 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study_table import (  # noqa: E402
-    extra_method_runs,
-    label_free_methods,
-    method_stats,
-    print_checks,
-    print_table,
-    run_seeds,
-    study_arguments,
-)
+import study_table as study  # noqa: E402  (benchmarks/study_table.py)
 
 from adapt.data.real_images import make_digits_shift, write_shift  # noqa: E402
 
 #: CDAN, CDAN+E, MCC, CORAL, DAN, SHOT (20 epochs each, as DANN) and TENT (one pass)
-EXTRA_RUNS = extra_method_runs(20)
+EXTRA_RUNS = study.extra_method_runs(20)
 
 
 def build_data(shift: str, seed: int, out: Path) -> dict[str, Path]:
@@ -56,42 +48,38 @@ def build_data(shift: str, seed: int, out: Path) -> dict[str, Path]:
 
 
 def main() -> int:
-    ap = study_arguments(__doc__, "recipes/digits_study.yaml", "runs/digits_study")
+    ap = study.study_arguments(__doc__, "recipes/digits_study.yaml", "runs/digits_study")
     ap.add_argument("--shift", default="textured", choices=["textured", "scanner"])
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     out = Path(args.out)
     rows: dict[str, dict[int, dict]] = {}
-    skipped: list[str] = []
     for seed in args.seeds:
         paths = build_data(args.shift, seed, out)
         data = [f"data.source.path={paths['source']}", f"data.target.path={paths['target']}"]
         if args.shift == "scanner":
             data.append("data.channels=1")
-        per_seed, skipped = run_seeds(args.recipe, [seed], out / args.shift, [*data, *args.overrides],
-                                      EXTRA_RUNS,
-                                      resume=args.resume)
+        per_seed = study.run_seeds(args.recipe, [seed], out / args.shift, [*data, *args.overrides], EXTRA_RUNS,
+                                   resume=args.resume)
         for name, per in per_seed.items():
             rows.setdefault(name, {}).update(per)
-    stats = method_stats(rows, args.seeds)
-    print_table(stats, f"digits → {args.shift} digits, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
+    stats = study.method_stats(rows, args.seeds)
+    study.print_table(stats, f"digits → {args.shift} digits, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
                        f"{time.perf_counter() - t0:.0f} s in all")
-    if skipped:
-        print(f"\nnot in this build (objective unknown to the recipe schema): {', '.join(skipped)}")
 
     src = stats["source-only"]
     checks = []
     if "dann" in stats:
         d = stats["dann"].target_mean - src.target_mean
         checks.append((f"DANN beats source-only on the target by >= 10 points ({100 * d:+.2f})", d >= 0.10))
-    unsup = label_free_methods(stats)
+    unsup = study.label_free_methods(stats)
     if unsup:
         best = max(unsup.values(), key=lambda s: s.target_mean)
         b = best.target_mean - src.target_mean
         checks.append((f"the best label-free method ({best.name}) beats source-only by >= 20 points "
                        f"({100 * b:+.2f})", b >= 0.20))
-    print_checks(checks)
+    study.print_checks(checks)
     return 0
 
 

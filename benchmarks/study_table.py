@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapt.pipeline import run_recipe  # noqa: E402
-from adapt.recipe import AdaptRunConfig, Recipe, load_recipe, validate_recipe  # noqa: E402
+from adapt.recipe import Recipe, load_recipe, validate_recipe  # noqa: E402
 
 #: rows that are not adaptation methods (baselines)
 BASELINES = ("source-only", "target-scratch")
@@ -82,46 +81,30 @@ class MethodStats:
         return self._mean(self.source)
 
 
-def available_objectives() -> tuple[str, ...]:
-    """The ``objective:`` values the recipe schema accepts (methods merged so far)."""
-    return typing.get_args(AdaptRunConfig.model_fields["objective"].annotation)
-
-
-def with_optional_runs(recipe: Recipe, optional: list[dict[str, Any]]) -> tuple[Recipe, list[str]]:
-    """``recipe`` plus every run of ``optional`` whose objective the schema accepts and
-    whose name is not taken; returns (recipe, names of the runs left out)."""
-    known = set(available_objectives())
+def with_runs(recipe: Recipe, extra: list[dict[str, Any]]) -> Recipe:
+    """``recipe`` plus every run of ``extra`` whose name it does not use yet."""
     raw = recipe.model_dump(mode="json", by_alias=True)
     names = {r["name"] for r in raw["method"]["runs"]}
-    skipped = []
-    for run in optional:
-        if run["name"] in names:
-            continue
-        if run.get("objective", "none") in known:
-            raw["method"]["runs"].append(dict(run))
-        else:
-            skipped.append(run["name"])
-    return validate_recipe(raw, "study recipe"), skipped
+    raw["method"]["runs"] += [dict(run) for run in extra if run["name"] not in names]
+    return validate_recipe(raw, "study recipe")
 
 
 def run_seeds(recipe_path: str | Path, seeds: list[int], out: str | Path, overrides: list[str] = (),
-              optional_runs: list[dict[str, Any]] = (), resume: bool = False,
-              ) -> tuple[dict[str, dict[int, dict]], list[str]]:
-    """Run the recipe once per seed; return ({method: {seed: table row}}, runs left out).
+              extra_runs: list[dict[str, Any]] = (), resume: bool = False) -> dict[str, dict[int, dict]]:
+    """Run the recipe (plus ``extra_runs``) once per seed; return {method: {seed: table row}}.
     ``resume``: stages finished in an earlier run of the same folder are loaded, not retrained."""
     rows: dict[str, dict[int, dict]] = {}
-    skipped: list[str] = []
     for seed in seeds:
         recipe = load_recipe(recipe_path, [f"seed={seed}", f"output.dir={out}", f"output.name=seed{seed}",
                                            *overrides])
-        recipe, skipped = with_optional_runs(recipe, list(optional_runs))
+        recipe = with_runs(recipe, list(extra_runs))
         t = time.perf_counter()
         summary = run_recipe(recipe, progress=False, diagnostics=False, resume=resume,
                              overwrite=not resume)  # a fresh study replaces its own folders
         print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
         for r in summary.table:
             rows.setdefault(r["model"], {})[seed] = r
-    return rows, skipped
+    return rows
 
 
 def method_stats(rows: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, MethodStats]:
