@@ -206,6 +206,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle)
     score_fn = make_score_fn(selector, prepare=prepare, **score_kw)
     epochs = run_epochs(run_cfg, recipe)
+    trains_on_source = domains.has_source and parts.train_data is domains.source_split["train"]
     fit_info: dict[str, Any] | None = None
     selection = None
     earlier = 0.0
@@ -218,7 +219,11 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             target_train=parts.target_data, style=parts.style, feature_style=parts.feature_style,
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,
-            num_workers=recipe.data.num_workers, augment=source_augment(recipe),
+            num_workers=recipe.data.num_workers,
+            # data.augment is for source batches: SHOT/TENT train on target images (whose
+            # pseudo-labels and entropy are those of the unaugmented images), fine-tuning
+            # on labelled target ones
+            augment=source_augment(recipe) if trains_on_source else None,
             recipe_fingerprint=fingerprint(stage_fields(recipe, stage)),
         )
         fit_info = result.to_dict()

@@ -86,6 +86,26 @@ def test_shot_keeps_head_and_tent_changes_only_batchnorm_affine(smoke):
 
 
 @pytest.mark.slow
+def test_source_augmentation_never_touches_shot_or_finetune_batches(smoke):
+    """data.augment is for source batches: SHOT trains on unaugmented target images (its
+    pseudo-labels are the unaugmented images'), fine-tuning on unaugmented labelled target
+    images; with and without data.augment they end with the same weights."""
+    root, _ = smoke
+    ckpt = root / "runs" / "smoke" / "source" / "model.pt"
+    runs = [{"name": "shot", "objective": "shot", "epochs": 1}, {"name": "ft", "objective": "finetune", "epochs": 1}]
+    weights = []
+    for augment in ([], ["invert", "colour"]):
+        raw = _recipe(root, True, runs, selection="im", source_checkpoint=str(ckpt)).model_dump(mode="json", by_alias=True)
+        raw["data"].update(augment=augment, target_labeled=5)
+        raw["output"]["name"] = f"aug{len(augment)}"
+        summary = run_recipe(validate_recipe(raw), progress=False)
+        weights.append({n: summary.runs[n].model.state_dict() for n in ("shot", "ft")})
+    for name in ("shot", "ft"):
+        for k, v in weights[0][name].items():
+            assert torch.equal(v, weights[1][name][k]), (name, k)
+
+
+@pytest.mark.slow
 def test_source_free_runs_without_source_images_on_disk(smoke):
     root, summary = smoke
     ckpt = root / "runs" / "smoke" / "source" / "model.pt"
