@@ -34,3 +34,14 @@ class TinyClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class FeaturesOf(nn.Module):
+    """G for pytorch-adapt's hooks: ``model.features`` as a module of its own (same parameters)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.features(x)

@@ -12,16 +12,8 @@ from torch import nn
 
 from adapt.methods.cdan import CDAN, MultilinearMap
 from adapt.methods.dann import grl_lambda
-from tests._methods_standin import TinyClassifier
+from tests._methods_standin import FeaturesOf, TinyClassifier
 
-
-class _Features(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.features(x)
 
 
 class _Combiner(nn.Module):
@@ -122,7 +114,7 @@ def test_cdan_matches_pytorch_adapt_cdanhook(entropy, randomized):
     d_opt = _Capture(disc.named_parameters())
     g_opt = _Capture(model.named_parameters())
     hook = _reference_hook(entropy, d_opt, g_opt)
-    inputs = {"G": _Features(model), "C": model.head, "D": disc, "feature_combiner": _Combiner(cdan.map),
+    inputs = {"G": FeaturesOf(model), "C": model.head, "D": disc, "feature_combiner": _Combiner(cdan.map),
               "src_imgs": xs, "src_labels": ys, "target_imgs": xt,
               "src_domain": torch.zeros(len(xs)), "target_domain": torch.ones(len(xt))}
     _, losses = hook(inputs)

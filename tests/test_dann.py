@@ -6,22 +6,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from adapt.methods.dann import DANN, grad_reverse, grl_lambda
 from adapt.train import lr_factor
-from tests._methods_standin import TinyClassifier
+from tests._methods_standin import FeaturesOf, TinyClassifier
 
-
-class _Features(nn.Module):
-    """G for pytorch-adapt: the stand-in's feature extractor (same parameters)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.features(x)
 
 
 def _batch(seed=0):
@@ -66,7 +55,7 @@ def test_dann_matches_pytorch_adapt_dannhook(progress):
     opt = torch.optim.SGD(params, lr=0.0)
     hook = DANNHook(opts=[opt], weighter=SumWeighter(), gradient_reversal_weight=lam)
     inputs = {
-        "G": _Features(model), "C": model.head, "D": disc,
+        "G": FeaturesOf(model), "C": model.head, "D": disc,
         "src_imgs": xs, "src_labels": ys, "target_imgs": xt,
         "src_domain": torch.zeros(len(xs)), "target_domain": torch.ones(len(xt)),
     }
