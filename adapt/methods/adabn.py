@@ -209,18 +209,9 @@ def _sweep_chain(chain: list[nn.Module], todo: list[_BatchNorm], acts: list[Tens
     acts = [a.to(device, non_blocking=True) for a in acts]
     for module in chain:
         inner = [m for m in module.modules() if id(m) in wanted and id(m) not in done]
-        if inner and module is inner[0] and len(inner) == 1:  # the BatchNorm itself
-            order = inner
-        else:
-            order = _forward_order(module, inner, acts[0]) if inner else []
-        for layer in order:
-            moments = ChannelMoments()
-            if layer is module:
-                for a in acts:
-                    moments.update(a)
-            else:
-                moments = _input_moments(module, layer, acts, device)
-            _set_statistics(layer, moments)
+        # a BatchNorm that is itself the module: its input is ``acts``, the pass stops at once
+        for layer in _forward_order(module, inner, acts[0]) if inner else []:
+            _set_statistics(layer, _input_moments(module, layer, acts, device))
             done.add(id(layer))
         if len(done) == len(wanted):
             break
