@@ -75,9 +75,6 @@ class SHOTConfig(RecipeSection):
 SOURCE_FREE_OBJECTIVES = ("shot", "tent")
 #: objectives whose discriminator / alignment uses DANN's learning-rate schedule
 ADVERSARIAL_OBJECTIVES = ("dann", "cdan")
-#: feature-alignment objectives: source and target batches forwarded separately, trained
-#: on both domains' statistics (one BatchNorm deployment policy for all of them)
-ALIGNMENT_OBJECTIVES = ("dann", "cdan", "mcc", "coral", "dan")
 
 
 class EWCConfig(RecipeSection):

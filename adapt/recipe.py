@@ -10,7 +10,6 @@ value, e.g. ``recipes/x.yaml: train.lr: must be greater than 0 (got -1)``.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import typing
 from pathlib import Path
@@ -23,7 +22,6 @@ from adapt.data.spec import DomainSpec
 from adapt.errors import UserError
 from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
     ADVERSARIAL_OBJECTIVES,
-    ALIGNMENT_OBJECTIVES,
     SOURCE_FREE_OBJECTIVES,
     CDANConfig,
     CORALConfig,
@@ -490,11 +488,3 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
     if recipe.model.weights not in (None, "imagenet"):
         recipe.model.weights = fix(recipe.model.weights)
     recipe.model.source_checkpoint = fix(recipe.model.source_checkpoint)
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    return recipe.to_yaml()
-
-
-def recipe_copy(recipe: Recipe, **updates: Any) -> Recipe:
-    return Recipe.model_validate({**copy.deepcopy(recipe.model_dump(by_alias=True)), **updates})

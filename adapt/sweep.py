@@ -434,7 +434,8 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         target = stage.metrics.get("target_test") or {}
         # the oracle: recorded for the table only, never returned to the sampler
         trial.set_user_attr("oracle_target_acc", target.get("accuracy"))
-        trial.set_user_attr("source_acc", stage.metrics["source_test"]["accuracy"])
+        # a source-free run has no source images: its source accuracy is unknown (None)
+        trial.set_user_attr("source_acc", (stage.metrics.get("source_test") or {}).get("accuracy"))
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
         trial.set_user_attr("run_dir", str(recipe.run_dir))
         trial.set_user_attr("worker", os.getpid())

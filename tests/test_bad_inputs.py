@@ -694,19 +694,12 @@ def _(w, tmp):
     return "diagnose", ["audit", str(tmp / "nope")], f"{tmp / 'nope'}: no audit.json", None
 
 
-#: cases that need the run-folder work of issue 10's second part (resume hashing, checkpoint
-#: arch/size checks in the pipeline); they are expected to fail until it lands
-PENDING: set[str] = set()
-
-
 def test_the_corpus_is_large():
     assert len(CASES) >= 60
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_is_one_error_line_and_exit_2(name, world, tmp_path, capsys):
-    if name in PENDING:
-        pytest.xfail("needs the run-folder part of issue 10")
     cli, argv, culprit, protected = CASES[name](world, tmp_path)
     protected = world.base_run if protected is None else protected
     before, base_before = tree_hash(protected), tree_hash(world.base_run)
@@ -728,8 +721,6 @@ def test_bad_input_is_one_error_line_and_exit_2(name, world, tmp_path, capsys):
 def test_real_process_prints_one_line_and_no_warnings(name, world, tmp_path):
     """The same cases through a fresh interpreter: what the terminal shows is one line (torch
     warns through ``warnings`` at import and load time, which the in-process run may hide)."""
-    if name in PENDING:
-        pytest.xfail("needs the run-folder part of issue 10")
     cli, argv, culprit, _ = CASES[name](world, tmp_path)
     module = "adapt.cli" if cli == "adapt" else "diagnostics.cli"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}

@@ -213,3 +213,24 @@ def test_the_pick_follows_the_label_free_score_not_the_oracle(sampler, tmp_path,
     assert best.method.runs[0].lr == by_score["method.runs.0.lr"]
     # the user's output settings, not a trial's folder
     assert best.output.name is None and best.output.dir == str(tmp_path / "runs")
+
+
+def test_a_source_free_trial_records_no_source_accuracy(tmp_path, monkeypatch):
+    """A source-free run (SHOT/TENT from a checkpoint) has ``metrics["source_test"] is None``:
+    the trial is scored and its source accuracy recorded as unknown, not a TypeError."""
+    from types import SimpleNamespace
+
+    import adapt.sweep as sweep_mod
+
+    def fake_run(recipe, **kwargs):
+        stage = SimpleNamespace(selection={"selected_epoch": 0, "epochs": [{"epoch": 0, "im": 0.5}]},
+                                metrics={"target_test": {"accuracy": 0.7}, "source_test": None})
+        return SimpleNamespace(runs={"hist": stage})
+
+    monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
+    recipe, sweep = _files(tmp_path)
+    sweep.write_text("sampler: grid\nparams:\n  method.runs.0.lr: [0.001, 0.01]\n")
+    result = run_sweep(recipe, sweep, say=lambda msg: None)
+    rows = [r for r in result.rows if r["state"] == "complete"]
+    assert len(rows) == 2 and all(r["score"] == 0.5 for r in rows)
+    assert all(r.get("source_acc") is None for r in rows)
