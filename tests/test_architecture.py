@@ -41,7 +41,6 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.methods", 1, "training"),
     ("adapt.selection", 1, "training"),
     ("adapt.distributed", 1, "training"),
-    XX
     # 1. measurement: statistics, features, attribution, audit, report
     ("diagnostics", 1, "measurement"),
     # 2.-6. orchestration
