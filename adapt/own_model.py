@@ -57,6 +57,7 @@ class AdaptResult:
     model: nn.Module
     method: str
     epochs_run: int
+    #: the epoch the label-free selector kept (1-based), None when nothing trained
     best_epoch: int | None
     selection: dict[str, Any]
     target_accuracy_before: float | None = None
@@ -217,7 +218,7 @@ def adapt_model(
             _, logs = make_score_fn(selection, **score_kw)(classifier)
             chosen = selection_summary([{"epoch": 0, **logs}], selection, 0)
     return AdaptResult(model=classifier, method=method, epochs_run=len(history),
-                       best_epoch=None if best is None else best + 1, selection=chosen,
+                       best_epoch=best, selection=chosen,
                        target_accuracy_before=before, target_accuracy_after=_accuracy(classifier, tgt, dev),
                        history=history)
 

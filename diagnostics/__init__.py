@@ -36,7 +36,7 @@ LAZY_EXPORTS = {
     "TransportResult": "diagnostics.transport",
     "audit_models": "diagnostics.model_audit",
     "classifier_two_sample_test": "diagnostics.two_sample",
-    "domain_gap": "diagnostics.domain_gap",
+    "domain_gap": "diagnostics.input_gap",
     "extract_features": "diagnostics.features",
     "frechet_bootstrap": "diagnostics.frechet",
     "frechet_distance": "diagnostics.frechet",

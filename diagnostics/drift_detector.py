@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from adapt.errors import UserError
-from diagnostics.domain_gap import as_features
+from diagnostics.input_gap import as_features
 from diagnostics.drift import (DriftReference, DriftResult, build_reference, compare_to_reference, load_reference,
                                save_reference)
 from diagnostics.features import FeatureSet

@@ -59,7 +59,7 @@ def as_features(
     Examples
     --------
     >>> import numpy as np
-    >>> from diagnostics.domain_gap import as_features
+    >>> from diagnostics.input_gap import as_features
     >>> as_features(np.zeros((4, 3)), argument="source").dim
     3
     """
