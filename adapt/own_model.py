@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -101,6 +101,8 @@ def adapt_model(
     *,
     method: str = "dann",
     head: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     options: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     lr: float = 1e-3,
@@ -131,6 +133,9 @@ def adapt_model(
         One of :data:`METHODS`.
     head : str, optional
         Name of the final ``nn.Linear`` of a module that is not a Classifier.
+    mean, std : sequence of float, optional
+        With ``head``: the per-channel normalisation the module expects of its input
+        (images are given in [0, 1]); default none.
     options : mapping, optional
         The method's recipe options (``method.runs[].<method>``, docs/recipes.md),
         e.g. ``{"weight": 0.3}`` for DANN.
@@ -171,7 +176,8 @@ def adapt_model(
     recipe = validate_recipe(raw, label="adapt_model")
     run_cfg = recipe.method.runs[0]
     dev = resolve_device(device)
-    classifier = model if head is None else wrap_model(model, head=head, in_channels=_in_channels(model))
+    classifier = model if head is None else wrap_model(model, head=head, in_channels=_in_channels(model),
+                                                                 mean=mean, std=std)
     if not callable(getattr(classifier, "features", None)) or not isinstance(getattr(classifier, "head", None),
                                                                               nn.Linear):
         raise UserError("head: the model is not a Classifier; name its final nn.Linear, e.g. head='fc'")

@@ -240,7 +240,7 @@ def test_run_with_dict_overrides_and_load_run_agree(tmp_path):
 
 
 def test_run_overrides_are_validated_like_the_command_line(tmp_path):
-    with pytest.raises(UserError, match="train: unknown key 'epocs' \(did you mean 'epochs'\?\)"):
+    with pytest.raises(UserError, match=r"train: unknown key 'epocs' \(did you mean 'epochs'\?\)"):
         adapt.run(adapt.Recipe(), {"train.epocs": 1, "output.dir": str(tmp_path)})
     with pytest.raises(UserError, match="^overrides: expected a dict"):
         adapt.run(adapt.Recipe(), ["train.epochs=1"])
