@@ -2,7 +2,7 @@
 
 A domain may be given as a :class:`~adapt.data.domain.DomainDataset` (returned as is),
 a domain string as on the command line (``"phantom-cxr:A:60"``, a folder of class
-sub-folders, a CSV manifest), a :class:`pathlib.Path`, or an image tensor / array
+sub-folders, a flat folder of unlabelled images, a CSV manifest), a :class:`pathlib.Path`, or an image tensor / array
 ``[N, C, H, W]`` with values in [0, 1] (square images, C = 1 or 3), optionally with
 labels. Anything else is a :class:`~adapt.errors.UserError` naming the argument.
 """
@@ -10,16 +10,29 @@ labels. Anything else is a :class:`~adapt.errors.UserError` naming the argument.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from adapt.data.domain import DomainDataset, load_domain
-from adapt.data.spec import parse_domain_arg
+from adapt.data.domain import DomainDataset, _image_files, load_domain
+from adapt.data.spec import DomainSpec, parse_domain_arg
 from adapt.errors import UserError
 
-__all__ = ["as_domain", "is_image_batch"]
+__all__ = ["as_domain", "domain_spec", "is_image_batch"]
+
+
+def domain_spec(text: str) -> DomainSpec:
+    """:func:`parse_domain_arg`, plus: a flat folder of images (no class sub-folders) is
+    an unlabelled domain — what ``diagnose drift --batch`` and the Python API read."""
+    spec = parse_domain_arg(text)
+    if spec.kind == "imagefolder":
+        root = Path(spec.path)
+        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+        if not has_class_dirs and _image_files(root, recursive=False):
+            spec = spec.model_copy(update={"labeled": False})
+    return spec
 
 
 def is_image_batch(data: Any) -> bool:
@@ -58,7 +71,7 @@ def as_domain(
     if isinstance(data, DomainDataset):
         return data
     if isinstance(data, (str, os.PathLike)):
-        spec = parse_domain_arg(os.fspath(data))
+        spec = domain_spec(os.fspath(data))
         return load_domain(spec, image_size=image_size, channels=channels, seed=seed,
                            classes=None if classes is None else list(classes))
     if is_image_batch(data):
