@@ -17,7 +17,6 @@ CORAL and DAN align the features; AdaBN and TENT need BatchNorm layers.
 
 from __future__ import annotations
 
-
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +120,9 @@ def adapt_model(
     ----------
     model : nn.Module
         A :class:`~adapt.models.Classifier`, or any module with ``head`` naming its
-        final ``nn.Linear``. Trained in place (pass a copy to keep the original).
+        final ``nn.Linear`` (that layer moves into the returned Classifier's ``head``
+        and is replaced by ``nn.Identity`` in the module). Trained in place: pass
+        ``copy.deepcopy(model)`` to keep the original.
     source : images, DomainDataset, str or Path
         Labelled source images (``[N, C, H, W]`` tensors need labels: pass a
         DomainDataset from :func:`adapt.data.inputs.as_domain`), a folder of class
@@ -236,7 +237,3 @@ def _in_channels(module: nn.Module) -> int:
             return int(m.in_channels)
     raise UserError("model: no nn.Conv2d found to read the input channels from; wrap it with "
                     "adapt.models.wrap.wrap_model(model, head=..., in_channels=...) first")
-
-
-
-

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.method}: target accuracy {result.target_accuracy_before:.2f} -> "
           f"{result.target_accuracy_after:.2f}; kept epoch {result.best_epoch} of {result.epochs_run} "
           f"(selector {result.selection['selector']})")
-    # result.model is a Classifier sharing net's (adapted) parameters: net itself is adapted too
+    # result.model is a Classifier sharing net's parameters (net.fc became its head, net.fc an Identity):
+    # save it with torch.save(result.model.state_dict(), ...) or use it as is
 
 
 if __name__ == "__main__":
