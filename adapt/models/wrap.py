@@ -8,7 +8,9 @@ the layer replaced by ``nn.Identity``, as the backbone (a torchvision ResNet:
 ``head="fc"``; a VGG/EfficientNet: ``head="classifier.1"``-style dotted paths). The
 backbone must return ``[B, D]`` (or ``[B, D, 1, 1]``) when the head is removed, which
 holds for every model whose last step is ``head(flatten(pool(x)))``. The wrapped model
-shares the module's parameters (no copy).
+shares the module's parameters (no copy). Save it with ``torch.save(model.state_dict(), ...)``
+and rebuild it the same way: :func:`~adapt.models.load_checkpoint` rebuilds only the
+built-in architectures (it refuses a wrapped one with a one-line error naming the arch).
 """
 
 from __future__ import annotations
