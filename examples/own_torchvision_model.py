@@ -1,9 +1,9 @@
 """Adapt your own torchvision model with a named method — no YAML.
 
 A model built elsewhere needs one thing: the name of its final ``nn.Linear``
-(``head="fc"`` for a ResNet), which splits it into features and head. Here a
-ResNet-18 (random weights; load yours as usual) is adapted from phantom site A to
-site B with DANN, and the target accuracy is reported before and after (the phantom's
+(``head="fc"`` for a ResNet), which splits it into features and head. Here a small
+torchvision ResNet (one BasicBlock per stage, random weights; ``resnet18()`` or your own
+trained model work the same way) is adapted from phantom site A to site B with DANN, and the target accuracy is reported before and after (the phantom's
 target labels are known; they never select anything).
 Run:  python examples/own_torchvision_model.py --method dann --epochs 2
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from adapt import METHODS, adapt_model
 
@@ -23,14 +23,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default="dann", choices=METHODS)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--n", type=int, default=48, help="images per site")
+    parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    net = resnet18(num_classes=2)  # 3-channel input: the grey phantom is repeated into 3 channels
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=2)  # 3 channels in: the grey phantom is repeated
     result = adapt_model(
         net, f"phantom-cxr:A:{args.n}", f"phantom-cxr:B:{args.n}", method=args.method, head="fc",
-        epochs=args.epochs, batch_size=16, image_size=32, seed=args.seed,
+        epochs=args.epochs, batch_size=16, image_size=args.image_size, seed=args.seed,
         # the normalisation your network expects (images arrive in [0, 1]); ImageNet's here
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
     )

@@ -41,5 +41,5 @@ def test_gap_and_drift(monkeypatch, capsys):
 @pytest.mark.slow
 def test_own_torchvision_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    out = _run("own_torchvision_model.py", ["--n", "24", "--method", "dann"], monkeypatch, capsys)
+    out = _run("own_torchvision_model.py", ["--n", "24", "--method", "dann", "--image-size", "16"], monkeypatch, capsys)
     assert out.startswith("dann: target accuracy") and "kept epoch 1 of 1" in out
