@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "C2STResult", "DriftDetector", "DriftResult", "FeatureSet", "GapResult", "MMDResult", "TransportResult",
+    "C2STResult", "DriftDetector", "DriftResult", "FeatureSet", "GapResult", "MMDResult", "ModelAudit",
+    "TransportResult",
     "audit_models", "classifier_two_sample_test", "domain_gap", "extract_features", "frechet_bootstrap",
     "frechet_distance", "mmd_permutation_test", "wasserstein_distance",
 ]
@@ -33,6 +34,7 @@ LAZY_EXPORTS = {
     "FeatureSet": "diagnostics.features",
     "GapResult": "diagnostics.gap",
     "MMDResult": "diagnostics.mmd",
+    "ModelAudit": "diagnostics.model_audit",
     "TransportResult": "diagnostics.transport",
     "audit_models": "diagnostics.model_audit",
     "classifier_two_sample_test": "diagnostics.two_sample",
