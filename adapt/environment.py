@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
-from adapt import __version__
+from adapt.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

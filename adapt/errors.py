@@ -4,11 +4,27 @@ Anything raised as :class:`UserError` is printed by the CLIs as a single line
 (no traceback) and the process exits with code 2. Library code raises it for bad
 input a person can fix: a wrong recipe key, a missing folder, a corrupt image,
 a checkpoint from another model.
+
+It subclasses :class:`ValueError`, so a library caller that catches ``ValueError``
+(as scikit-learn and POT users do around bad arguments) catches every bad-input
+error of domaingap too.
 """
 
 
-class UserError(Exception):
-    """Bad input from the user. ``str(err)`` is the whole one-line message."""
+class UserError(ValueError):
+    """Bad input from the user. ``str(err)`` is the whole one-line message.
+
+    Examples
+    --------
+    >>> from adapt.errors import UserError
+    >>> issubclass(UserError, ValueError)
+    True
+    >>> try:
+    ...     raise UserError("alpha: must lie in (0, 1), got 2")
+    ... except ValueError as err:
+    ...     print(err)
+    alpha: must lie in (0, 1), got 2
+    """
 
     exit_code = 2
 

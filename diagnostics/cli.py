@@ -142,16 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _domain_spec(text: str):
     """parse_domain_arg, plus: a flat folder of images is an unlabelled domain."""
-    from adapt.data import parse_domain_arg
-    from adapt.data.domain import _image_files  # noqa: PLC2701 - the loader's own notion of an image file
+    from adapt.data.inputs import domain_spec
 
-    spec = parse_domain_arg(text)
-    if spec.kind == "imagefolder":
-        root = Path(spec.path)
-        has_class_dirs = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        if not has_class_dirs and _image_files(root, recursive=False):
-            spec = spec.model_copy(update={"labeled": False})
-    return spec
+    return domain_spec(text)
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -20,7 +20,8 @@ PACKAGES = ("adapt", "diagnostics")
 #: runs < run_audit < pipeline < sweep < the CLIs.
 LAYERS: list[tuple[str, int, str]] = [
     # 0. base: both sides use it
-    ("adapt", 0, "base"),  # the package itself: __version__
+    ("adapt", 0, "base"),  # below adapt: every module is listed here (the package root is PACKAGE_ROOTS')
+    ("adapt.version", 0, "base"),  # __version__
     ("adapt.errors", 0, "base"),
     ("adapt.io", 0, "base"),
     ("adapt.environment", 0, "base"),
@@ -45,12 +46,20 @@ LAYERS: list[tuple[str, int, str]] = [
     # 2.-6. orchestration
     ("adapt.runs", 2, "orchestration"),
     ("adapt.run_folder", 2, "orchestration"),
+    ("adapt.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
     ("diagnostics.run_audit", 3, "orchestration"),
+    ("diagnostics.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("adapt.pipeline", 4, "orchestration"),
     ("adapt.sweep", 5, "orchestration"),  # runs the pipeline once per trial
+    ("adapt.experiment", 5, "orchestration"),  # run / load_run: the pipeline from Python
     ("adapt.cli", 6, "orchestration"),
     ("diagnostics.cli", 6, "orchestration"),
 ]
+
+#: 7. the Python API: each package's ``__init__`` re-exports public names of any layer,
+#: imported on first use from its ``LAZY_EXPORTS`` table (read here as imports), so that
+#: ``import adapt.errors`` stays cheap and no module below may import a package root.
+PACKAGE_ROOTS: dict[str, tuple[int, str]] = {"adapt": (7, "api"), "diagnostics": (7, "api")}
 
 LINE_LIMIT = 500
 
@@ -66,12 +75,25 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _lazy_exports(node: ast.AST) -> list[str]:
+    """The module names of a ``LAZY_EXPORTS = {name: "module", ...}`` table."""
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if any(isinstance(t, ast.Name) and t.id == "LAZY_EXPORTS" for t in targets) and \
+                isinstance(node.value, ast.Dict):
+            return [v.value for v in node.value.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+    return []
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The project modules ``name`` imports, anywhere in the file."""
+    """The project modules ``name`` imports, anywhere in the file (a package's
+    ``LAZY_EXPORTS`` table included)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if _lazy_exports(node):
+            targets = _lazy_exports(node)
+        elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
@@ -101,6 +123,8 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> tuple[int, str]:
+    if module in PACKAGE_ROOTS:
+        return PACKAGE_ROOTS[module]
     best = max((p for p in LAYERS if module == p[0] or module.startswith(p[0] + ".")),
                key=lambda p: len(p[0]), default=None)
     assert best is not None, f"{module}: not in the layer table; add it"
@@ -174,6 +198,15 @@ def test_checker_reads_late_relative_and_type_only_imports(tmp_path):
     )
     known = {"adapt", "adapt.a", "adapt.b", "adapt.c", "adapt.d", "adapt.d.e"}
     assert _imports("adapt.a", pkg / "a.py", known) == {"adapt.b", "adapt.c", "adapt.d.e"}
+
+
+def test_checker_reads_a_lazy_export_table(tmp_path):
+    init = tmp_path / "__init__.py"
+    init.write_text('LAZY_EXPORTS = {"run": "adapt.experiment", "x": "adapt.io"}\n')
+    known = {"adapt", "adapt.experiment", "adapt.io"}
+    assert _imports("adapt", init, known) == {"adapt.experiment", "adapt.io"}
+    # a base module importing a package root is upward: roots sit above everything
+    assert _violations({"adapt.io": {"adapt"}}) == {("adapt.io", "adapt")}
 
 
 # --------------------------------------------------------------------------- the package

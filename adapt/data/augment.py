@@ -4,7 +4,7 @@ A source that is grey and always dark-background (scanned digits, one scanner's
 X-rays) teaches a model nothing about colour or polarity, so a target whose colours
 and polarity vary (the MNIST-M protocol: |photo − digit| strokes are darker or
 brighter than their background, in any hue) lies outside everything it saw. Measured
-on digits → textured digits (``benchmarks/digits_probe.py``, README "Digits study"):
+on digits → textured digits (``benchmarks/digits_probe.py``, docs/benchmarks.md "Digits study"):
 a source-only small CNN reaches 24% on the target with a replicated grey source and
 44% with both augmentations below.
 

@@ -32,8 +32,8 @@ and deployed with:
   target is scored, selected and evaluated with target statistics (AdaBN on unlabelled
   target training images), the source with source statistics. Chosen by measurement
   over joint-batch BatchNorm (one forward of cat(x_s, x_t), the pytorch-adapt / TLlib
-  convention) and over the source statistics this project used before: README,
-  "BatchNorm convention".
+  convention) and over the source statistics this project used before: docs/benchmarks.md,
+  "BatchNorm convention for DANN".
 """
 
 from __future__ import annotations
