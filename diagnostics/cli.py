@@ -21,17 +21,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import UserError, one_line
+from adapt.cli_args import OneLineParser, float_in, int_in
+from adapt.errors import UserError, one_line, os_error_line
 from diagnostics.two_sample import min_permutations
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
+#: bounds of the numeric options (the recipe's are in adapt/recipe.py): beyond them a
+#: command runs for hours or runs out of memory instead of answering
+MAX_PERMUTATIONS, MAX_BOOTSTRAP, MAX_SAMPLES = 100_000, 10_000, 100_000
+MAX_PHANTOM_IMAGES = 100_000  # adapt.data.spec.MAX_PHANTOM_IMAGES (not imported: it loads pydantic)
+SEED, IMAGE_SIZE = int_in(0, 2**31 - 1, hi_text="2^31-1"), int_in(16, 1024)  # the recipe's data.image_size bounds
+BATCH_SIZE, WORKERS = int_in(1, 65_536), int_in(0, 256)
 
 
 # ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="diagnose",
         description="Domain-gap diagnostics: how different are two image domains, and did a model collapse?",
     )
@@ -56,16 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fail-on", metavar="EXPR",
                    help="exit 1 when any condition holds, e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40' "
                    "(metrics: mmd2 mmd_p fid auc proxy_a wasserstein; ops: < <= > >=)")
-    g.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
-    g.add_argument("--bootstrap", type=int, default=100, metavar="B",
+    g.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B", help="MMD permutations (500)")
+    g.add_argument("--bootstrap", type=int_in(0, MAX_BOOTSTRAP), default=100, metavar="B",
                    help="bootstrap resamples of the Fréchet interval (100; 0 = none)")
-    g.add_argument("--max-samples", type=int, default=2000, metavar="N",
+    g.add_argument("--max-samples", type=int_in(5, MAX_SAMPLES), default=2000, metavar="N",
                    help="use at most N images per domain (stratified, seeded; 2000)")
-    g.add_argument("--seed", type=int, default=0, help="seed of subsampling, permutations, bootstrap (0)")
-    g.add_argument("--image-size", type=int, default=None, metavar="N",
+    g.add_argument("--seed", type=SEED, default=0, help="seed of subsampling, permutations, bootstrap (0)")
+    g.add_argument("--image-size", type=IMAGE_SIZE, default=None, metavar="N",
                    help="resize images to N×N (default: the checkpoint's, else 64)")
-    g.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
-    g.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    g.add_argument("--batch-size", type=BATCH_SIZE, default=128, metavar="N", help="feature batch size (128)")
+    g.add_argument("--workers", type=WORKERS, default=0, metavar="N", help="DataLoader workers (0)")
     g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -74,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same images phantom-cxr:SITE:N gives at that seed and size).")
     ph.add_argument("out", metavar="OUT", help="output folder")
     ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B"], help="site (A)")
-    ph.add_argument("--n", type=int, default=1200, help="number of images, balanced classes (1200)")
-    ph.add_argument("--seed", type=int, default=0, help="seed (0)")
-    ph.add_argument("--image-size", type=int, default=64, metavar="N", help="image side in pixels (64)")
+    ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200, help="number of images, balanced classes (1200)")
+    ph.add_argument("--seed", type=SEED, default=0, help="seed (0)")
+    ph.add_argument("--image-size", type=IMAGE_SIZE, default=64, metavar="N", help="image side in pixels (64)")
 
     au = sub.add_parser("audit", help="re-render the audit report of an adapt-run run folder")
     au.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
@@ -87,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "PyTorch's on random images. Needs: pip install 'domaingap[deploy]'.")
     ex.add_argument("model", metavar="MODEL.pt", help="a domaingap checkpoint (adapt-run's model.pt)")
     ex.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
-    ex.add_argument("--check-images", type=int, default=64, metavar="N", help="images in the check (64)")
-    ex.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (1e-4)")
+    ex.add_argument("--check-images", type=int_in(1, 4096), default=64, metavar="N", help="images in the check (64)")
+    ex.add_argument("--tolerance", type=float_in(0, 1e6, lo_open=True), default=1e-4, help="max |logit difference| allowed (1e-4)")
 
     dr = sub.add_parser("drift", help="compare a new batch of images with a run's drift reference",
                         description="MMD and classifier two-sample tests on the deployed model's features, a "
@@ -103,20 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "'mmd_p<0.001, conf_drop>0.1' (metrics: drift mmd_p mmd2 c2st_p auc pred_p conf_p conf_drop "
                     "fid collapsed)")
     dr.add_argument("--json", metavar="OUT", help="where to write the JSON (default RUN_DIR/drift/<time>.json)")
-    dr.add_argument("--alpha", type=float, default=0.01, help="family-wise significance level (0.01)")
-    dr.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
-    dr.add_argument("--max-samples", type=int, default=1000, metavar="N",
+    dr.add_argument("--alpha", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.01, help="family-wise significance level (0.01)")
+    dr.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B", help="MMD permutations (500)")
+    dr.add_argument("--max-samples", type=int_in(1, MAX_SAMPLES), default=1000, metavar="N",
                     help="batch images used by the MMD and classifier tests (1000; all feed the rest)")
-    dr.add_argument("--seed", type=int, default=0, help="seed of subsampling and permutations (0)")
-    dr.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
-    dr.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    dr.add_argument("--seed", type=SEED, default=0, help="seed of subsampling and permutations (0)")
+    dr.add_argument("--batch-size", type=BATCH_SIZE, default=128, metavar="N", help="feature batch size (128)")
+    dr.add_argument("--workers", type=WORKERS, default=0, metavar="N", help="DataLoader workers (0)")
     dr.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     dr.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER
     try:
         if args.command == "gap":
             return cmd_gap(args)
@@ -131,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER
+    except OSError as err:  # the file system refused (full disk, read-only folder): not a bug, one line
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
