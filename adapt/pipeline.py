@@ -38,7 +38,7 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import ADVERSARIAL_OBJECTIVES, AdaptRunConfig, Recipe
-from adapt.run_folder import run_session
+from adapt.run_folder import check_run_inputs, run_session
 from adapt.runs import (
     Domains,
     RunSummary,
@@ -351,6 +351,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
 
     domains = load_domains(recipe)
     loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
+    check_run_inputs(run_dir, recipe, domains)
     with run_session(run_dir, recipe, resume=resume, overwrite=overwrite, main=ctx.is_main) as out_dir:
         barrier(ctx)  # every rank has looked at the folder before the main rank writes into it
         summary = _run_stages(recipe, out_dir, domains, loaded, device, resume=resume, ctx=ctx, progress=progress,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from adapt.data.spec import DomainSpec
+from adapt.data.spec import RUN_NAME, DomainSpec
 from adapt.errors import UserError
 from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
     ADVERSARIAL_OBJECTIVES,
@@ -104,7 +104,7 @@ class StrategyConfig(RecipeSection):
 class AdaptRunConfig(RecipeSection):
     """One adaptation run, started from the source model's weights."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(..., min_length=1, pattern=RUN_NAME)
     #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
     #: (statistic alignment), shot / tent (source-free, target images only) or finetune
     #: (supervised on the data.target_labeled images); options under the objective's key
@@ -218,14 +218,14 @@ class DiagnosticsConfig(RecipeSection):
 class OutputConfig(RecipeSection):
     dir: str = "runs"
     #: run folder name (default: the recipe's name)
-    name: str | None = None
+    name: str | None = Field(None, min_length=1, pattern=RUN_NAME)
     #: also write each adapted model as ONNX (model.onnx; model.target_bn.onnx for
     #: per-domain-BatchNorm runs), verified with onnxruntime (needs the deploy extra)
     onnx: bool = False
 
 
 class Recipe(RecipeSection):
-    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field("run", min_length=1, pattern=RUN_NAME)
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

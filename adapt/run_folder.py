@@ -21,11 +21,24 @@ from typing import Any
 from adapt.errors import UserError, os_error_line
 from adapt.fingerprint import SOURCE, TARGET_SCRATCH, check_fingerprint, stage_fields
 from adapt.io import torch_load
+from adapt.paths import check_output_folder
 from adapt.recipe import Recipe
 
 #: what adapt-run writes into a run folder (user files next to them are left alone)
 RUN_FILES = ("metrics.json", "comparison.md", "audit.html", "audit.json", "recipe.yaml", "data.json")
 RUN_DIRS = ("source", "methods", "baselines")
+
+
+def check_run_inputs(run_dir: Path, recipe: Recipe, domains: Any) -> None:
+    """The run folder neither lies inside a data folder nor holds a file the run reads
+    (a data folder, a manifest, a listed image, ``model.source_checkpoint``): replacing
+    the run would delete it. ``domains``: the loaded :class:`adapt.runs.Domains`."""
+    inputs: dict[str, list[str] | str | None] = {"model.source_checkpoint": recipe.model.source_checkpoint}
+    for key, spec, ds in (("data.source", recipe.data.source, domains.source),
+                          ("data.target", recipe.data.target, domains.target)):
+        if spec is not None:
+            inputs[key] = [p for p in (spec.path, *(ds.input_files() if ds is not None else [])) if p]
+    check_output_folder("the run folder", run_dir, inputs)
 
 
 def stages(recipe: Recipe) -> list[str]:

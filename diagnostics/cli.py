@@ -23,6 +23,7 @@ from typing import Any
 
 from adapt.cli_args import OneLineParser, float_in, int_in
 from adapt.errors import UserError, one_line, os_error_line
+from adapt.paths import check_outputs
 from diagnostics.two_sample import min_permutations
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200, help="number of images, balanced classes (1200)")
     ph.add_argument("--seed", type=SEED, default=0, help="seed (0)")
     ph.add_argument("--image-size", type=IMAGE_SIZE, default=64, metavar="N", help="image side in pixels (64)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="write into OUT even if it is not empty (its files of the same names are replaced)")
 
     au = sub.add_parser("audit", help="re-render the audit report of an adapt-run run folder")
     au.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
@@ -247,6 +250,10 @@ def cmd_gap(args: argparse.Namespace) -> int:
                             f"{len(source.classes)} classes")
         classes = source.classes
     # ties="random": the rule this command has always used, so a seed keeps its subsample
+    check_outputs({"--json": args.json, "--html": args.html,
+                   "--html report's JSON": _report_json_path(args) if args.html else None},
+                  {"--source": _domain_inputs(args.source, source), "--target": _domain_inputs(args.target, target),
+                   "--model": args.model})
     source = source.subset(stratified_subsample(source.labels, args.max_samples, args.seed, ties="random"))
     target = target.subset(stratified_subsample(target.labels, args.max_samples, args.seed + 1, ties="random"))
 
@@ -320,11 +327,22 @@ def _write_html(args, gap: dict, collapse: dict | None, metrics: dict, classes: 
         "recipe_text": f"features: {extractor}\npermutations: {args.permutations}\n"
                        f"max_samples: {args.max_samples}\n",
     })
+    return write_report(audit, Path(args.html), _report_json_path(args))
+
+
+def _report_json_path(args) -> Path:
+    """The JSON written next to ``--html``: its name with ``.json``, unless that is ``--json``."""
     html = Path(args.html)
     report_json = html.with_suffix(".json")
     if args.json and Path(args.json).resolve() == report_json.resolve():
         report_json = html.with_name(html.stem + ".audit.json")  # don't overwrite --json
-    return write_report(audit, html, report_json)
+    return report_json
+
+
+def _domain_inputs(text: str, domain) -> list[str]:
+    """What a domain argument reads: its folder or manifest, and every file it lists."""
+    path = None if text.strip().lower().startswith("phantom-cxr") else text
+    return [p for p in (path, *domain.input_files()) if p]
 
 
 # ----------------------------------------------------------------------------- phantom
@@ -340,6 +358,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     blocker = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserError(f"{blocker}: exists and is not a folder" + (f" (OUT is {out})" if blocker != out else ""))
+    if out.is_dir() and not args.overwrite:
+        first = next(iter(sorted(out.iterdir())), None)
+        if first is not None:
+            raise UserError(f"{out}: not empty (holds {first.name}); choose an empty folder, or pass --overwrite "
+                            "to replace the phantom files in it")
     root = write_phantom(args.out, args.site, args.n, seed=args.seed, image_size=args.image_size)
     print(f"wrote {args.n} phantom-cxr site {args.site} images ({args.image_size}×{args.image_size}) to "
           f"{root}/<class>/ and {Path(root) / 'manifest.csv'}")
@@ -363,6 +386,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.check_images < 1 or not args.tolerance > 0:
         raise UserError("--check-images, --tolerance: must be positive")
+    _check_output_file("OUT.onnx", args.out)
+    check_outputs({"OUT.onnx": args.out}, {"MODEL.pt": args.model})
     res = export_checkpoint(args.model, args.out, check_images=args.check_images, tolerance=args.tolerance)
     variant = ", target BatchNorm statistics variant" if res.batchnorm_statistics == "target" else ""
     print(f"wrote {res.path} ({res.arch}, {res.channels}×{res.image_size}×{res.image_size} in [0, 1], "
@@ -394,6 +419,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     batch = load_domain(_domain_spec(args.batch), image_size=int(ref.meta.get("image_size") or 64),
                         channels=int(ref.meta.get("channels") or 1), seed=args.seed)
+    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    _check_output_file("--json", args.json)
+    check_outputs({"--json": out}, {"the drift reference": run_dir / REFERENCE_FILE,
+                                    "--batch": _domain_inputs(args.batch, batch)})
     result = monitor_batch(run_dir, batch, alpha=args.alpha, permutations=args.permutations,
                            max_points=args.max_samples, seed=args.seed, batch_size=args.batch_size,
                            num_workers=args.workers, device=device, progress=not args.quiet, reference=ref)
@@ -402,7 +431,6 @@ def cmd_drift(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     fired = drift_fired(conditions, result)
-    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     atomic_write_json(out, {
         "batch": {"domain": args.batch, "name": batch.name, "n": len(batch)},
         "reference": reference_summary(ref),

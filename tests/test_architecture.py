@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt", 0, "base"),  # the package itself: __version__
     ("adapt.errors", 0, "base"),
     ("adapt.io", 0, "base"),
-    ("adapt.cli_args", 0, "base"),  # argparse: one-line errors, bounded numbers
+    ("adapt.cli_args", 0, "base"),
+    ("adapt.paths", 0, "base"),  # outputs never onto inputs  # argparse: one-line errors, bounded numbers
     ("adapt.environment", 0, "base"),
     ("adapt.device", 0, "base"),
     ("adapt.progress", 0, "base"),

@@ -100,6 +100,10 @@ class DomainDataset(Dataset):
 
     # -- conveniences ------------------------------------------------------------------
 
+    def input_files(self) -> list[str]:
+        """The files this domain reads (images and masks; none for an in-memory domain)."""
+        return [*(self._paths or []), *(m for m in (self._mask_paths or []) if m)]
+
     @property
     def in_memory(self) -> bool:
         return self._images is not None

@@ -30,6 +30,9 @@ DomainKind = Literal["imagefolder", "csv", "dicom", "phantom-cxr"]
 
 #: file suffixes read as DICOM when a manifest or folder mixes formats
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: a run name (recipe ``name``, ``output.name``, a run of ``method.runs``): one path component of
+#: letters, digits and _.+-, not starting with a dot (so never ``.``/``..`` or a hidden folder)
+RUN_NAME = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"
 #: the most phantom images one domain may ask for (each is generated in memory)
 MAX_PHANTOM_IMAGES = 100_000
 
