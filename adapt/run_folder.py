@@ -51,7 +51,11 @@ def stages(recipe: Recipe) -> list[str]:
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    return any((run_dir / f).exists() for f in (*RUN_FILES, *RUN_DIRS))
+    """Whether ``run_dir`` holds a file adapt-run writes (a folder of the user's files does not)."""
+    if any((run_dir / f).is_file() for f in RUN_FILES):
+        return True
+    return any(written_by_adapt_run(p.relative_to(run_dir)) for d in RUN_DIRS if (run_dir / d).is_dir()
+               for p in (run_dir / d).rglob("*") if not p.is_dir())
 
 
 def check_run_folder(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
@@ -155,8 +159,9 @@ def foreign_entries(run_dir: Path) -> list[PurePath]:
     return out
 
 
-def _carry_foreign(old: Path, new: Path) -> None:
-    """Move the files adapt-run did not write from the run being replaced into its successor."""
+def _carry_foreign(old: Path, new: Path, moved: list[tuple[Path, Path]]) -> None:
+    """Move the files adapt-run did not write from the run being replaced into its
+    successor, recording each move in ``moved`` (so that a failure can undo them)."""
     for rel in foreign_entries(old):
         dest = new / rel
         if dest.exists() or dest.is_symlink():
@@ -164,21 +169,32 @@ def _carry_foreign(old: Path, new: Path) -> None:
                             "run again (the earlier run is untouched)")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(old / rel, dest)
+        moved.append((old / rel, dest))
 
 
 def publish(staged: Path, run_dir: Path) -> None:
     """Move a finished run from ``staged`` into ``run_dir``. The run it replaces stays whole
-    until the new one is complete; files adapt-run did not write move along with the run."""
-    if run_dir.exists() or run_dir.is_symlink():
-        _carry_foreign(run_dir, staged)
-        old = _replaced_dir(run_dir)
+    until the new one is complete; files adapt-run did not write move along with the run.
+    If a step fails, the steps before it are undone: the earlier run is back in place,
+    with every file of the user's."""
+    if not (run_dir.exists() or run_dir.is_symlink()):
+        os.rename(staged, run_dir)
+        return
+    moved: list[tuple[Path, Path]] = []
+    old = _replaced_dir(run_dir)
+    try:
+        _carry_foreign(run_dir, staged, moved)
         if old.exists():
             shutil.rmtree(old)
         os.rename(run_dir, old)
+        moved.append((run_dir, old))
         os.rename(staged, run_dir)
-        shutil.rmtree(old, ignore_errors=True)  # only adapt-run's files are left in it
-    else:
-        os.rename(staged, run_dir)
+    except BaseException:
+        for src, dest in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(dest, src)
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # only adapt-run's files are left in it
 
 
 def work_dir(run_dir: Path, *, resume: bool) -> Path:

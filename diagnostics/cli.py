@@ -415,14 +415,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a run folder")
+    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    _check_output_file("--json", args.json)
+    inputs = {"drift reference": run_dir / REFERENCE_FILE,
+              "--batch": None if args.batch.strip().lower().startswith("phantom-cxr") else args.batch}
+    check_outputs({"--json": out}, inputs)  # before any work; the batch's listed files once it is read
     ref = load_reference(run_dir / REFERENCE_FILE)
     device = resolve_device(args.device)
     batch = load_domain(_domain_spec(args.batch), image_size=int(ref.meta.get("image_size") or 64),
                         channels=int(ref.meta.get("channels") or 1), seed=args.seed)
-    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    _check_output_file("--json", args.json)
-    check_outputs({"--json": out}, {"the drift reference": run_dir / REFERENCE_FILE,
-                                    "--batch": _domain_inputs(args.batch, batch)})
+    check_outputs({"--json": out}, {**inputs, "--batch": _domain_inputs(args.batch, batch)})
     result = monitor_batch(run_dir, batch, alpha=args.alpha, permutations=args.permutations,
                            max_points=args.max_samples, seed=args.seed, batch_size=args.batch_size,
                            num_workers=args.workers, device=device, progress=not args.quiet, reference=ref)
