@@ -199,12 +199,11 @@ def publish(staged: Path, run_dir: Path) -> None:
 
 def work_dir(run_dir: Path, *, resume: bool) -> Path:
     """The folder a run writes into: ``--resume`` continues an unfinished replacement (or
-    fresh run) in the staging folder, else the run folder in place; every other run is
-    written into the staging folder and published when finished."""
+    fresh run) in the staging folder, else the run folder in place (also when there is
+    none yet: nothing to protect, and a sweep's trials stay where it looks for them);
+    every other run is written into the staging folder and published when finished."""
     staged = staging_dir(run_dir)
-    if resume and not staged.exists() and run_dir.exists():
-        return run_dir
-    return staged
+    return run_dir if resume and not staged.exists() else staged
 
 
 def prepare_staging(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
