@@ -68,7 +68,8 @@ def check_run_folder(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: 
         raise UserError("--resume and --overwrite exclude each other (continue the run, or replace it)")
     blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        where = "the run folder is a file" if blocker == run_dir else f"a file, so the run folder {run_dir} cannot be made"
+        where = ("the run folder is a file" if blocker == run_dir
+                 else f"a file, so the run folder {run_dir} cannot be made")
         raise UserError(f"{blocker}: {where} (set output.dir / output.name)")
     if not run_dir.exists():
         if resume:

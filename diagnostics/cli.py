@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fail-on", metavar="EXPR",
                    help="exit 1 when any condition holds, e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40' "
                    "(metrics: mmd2 mmd_p fid auc proxy_a wasserstein; ops: < <= > >=)")
-    g.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B", help="MMD permutations (500)")
+    g.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B",
+                   help="MMD permutations (500)")
     g.add_argument("--bootstrap", type=int_in(0, MAX_BOOTSTRAP), default=100, metavar="B",
                    help="bootstrap resamples of the Fréchet interval (100; 0 = none)")
     g.add_argument("--max-samples", type=int_in(5, MAX_SAMPLES), default=2000, metavar="N",
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same images phantom-cxr:SITE:N gives at that seed and size).")
     ph.add_argument("out", metavar="OUT", help="output folder")
     ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B"], help="site (A)")
-    ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200, help="number of images, balanced classes (1200)")
+    ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200,
+                    help="number of images, balanced classes (1200)")
     ph.add_argument("--seed", type=SEED, default=0, help="seed (0)")
     ph.add_argument("--image-size", type=IMAGE_SIZE, default=64, metavar="N", help="image side in pixels (64)")
     ph.add_argument("--overwrite", action="store_true",
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", metavar="MODEL.pt", help="a domaingap checkpoint (adapt-run's model.pt)")
     ex.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
     ex.add_argument("--check-images", type=int_in(1, 4096), default=64, metavar="N", help="images in the check (64)")
-    ex.add_argument("--tolerance", type=float_in(0, 1e6, lo_open=True), default=1e-4, help="max |logit difference| allowed (1e-4)")
+    ex.add_argument("--tolerance", type=float_in(0, 1e6, lo_open=True), default=1e-4,
+                    help="max |logit difference| allowed (1e-4)")
 
     dr = sub.add_parser("drift", help="compare a new batch of images with a run's drift reference",
                         description="MMD and classifier two-sample tests on the deployed model's features, a "
@@ -113,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "'mmd_p<0.001, conf_drop>0.1' (metrics: drift mmd_p mmd2 c2st_p auc pred_p conf_p conf_drop "
                     "fid collapsed)")
     dr.add_argument("--json", metavar="OUT", help="where to write the JSON (default RUN_DIR/drift/<time>.json)")
-    dr.add_argument("--alpha", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.01, help="family-wise significance level (0.01)")
-    dr.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B", help="MMD permutations (500)")
+    dr.add_argument("--alpha", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.01,
+                    help="family-wise significance level (0.01)")
+    dr.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B",
+                    help="MMD permutations (500)")
     dr.add_argument("--max-samples", type=int_in(1, MAX_SAMPLES), default=1000, metavar="N",
                     help="batch images used by the MMD and classifier tests (1000; all feed the rest)")
     dr.add_argument("--seed", type=SEED, default=0, help="seed of subsampling and permutations (0)")
