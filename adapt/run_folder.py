@@ -66,11 +66,7 @@ def check_run_folder(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: 
     """
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other (continue the run, or replace it)")
-    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        where = ("the run folder is a file" if blocker == run_dir
-                 else f"a file, so the run folder {run_dir} cannot be made")
-        raise UserError(f"{blocker}: {where} (set output.dir / output.name)")
+    check_not_a_file(run_dir)
     if not run_dir.exists():
         if resume:
             check_stage_fingerprints(run_dir, recipe)
@@ -82,6 +78,15 @@ def check_run_folder(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: 
                             "or choose another output.name")
         return
     check_stage_fingerprints(run_dir, recipe)
+
+
+def check_not_a_file(run_dir: Path) -> None:
+    """The run folder, or a folder above it, must not be a file."""
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = ("the run folder is a file" if blocker == run_dir
+                 else f"a file, so the run folder {run_dir} cannot be made")
+        raise UserError(f"{blocker}: {where} (set output.dir / output.name)")
 
 
 def check_stage_fingerprints(run_dir: Path, recipe: Recipe) -> None:
@@ -272,6 +277,7 @@ def run_session(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool,
     run created is removed, the earlier run untouched. Only the main process (``main``)
     locks and writes; every process yields the same folder.
     """
+    check_not_a_file(run_dir)  # before the lock file is made beside it
     with run_folder_lock(run_dir) if main else contextlib.nullcontext():
         check_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
         out = work_dir(run_dir, resume=resume)

@@ -280,12 +280,19 @@ RUN_FOLDER_ON_INPUT = {
     "source_checkpoint_inside_the_run_folder": (
         lambda t: {"model": {"source_checkpoint": str(_copy_base_at(t) / "source" / "model.pt")},
                    "output": {"dir": str(t / "runs")}}, "holds the model.source_checkpoint input"),
+    "output_dir_is_a_file": (lambda t: {"output": {"dir": str(_a_file(t / "runs.txt"))}},
+                             "runs.txt: a file, so the run folder"),
     "name_dot_dot": (lambda t: {"name": ".."}, "name: String should match pattern"),
     "output_name_dot": (lambda t: {"output": {"name": "."}}, "output.name: String should match pattern"),
     "output_name_two_components": (lambda t: {"output": {"name": "a/b"}}, "output.name"),
     "run_name_hidden": (lambda t: {"method": {"runs": [{"name": ".x", "adabn": True, "epochs": 0}]}},
                         "method.runs.0.name"),
 }
+
+
+def _a_file(path: Path) -> Path:
+    path.write_text("mine")
+    return path
 
 
 def _copy_base_at(t: Path) -> Path:
