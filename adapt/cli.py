@@ -12,11 +12,12 @@ import os
 import subprocess
 import sys
 
-from adapt.errors import UserError, one_line
+from adapt.cli_args import OneLineParser, int_in
+from adapt.errors import UserError, one_line, os_error_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="adapt-run",
         description="Train (or load) a source model, adapt it to the target domain with the "
         "recipe's methods, compare them, and write runs/<name>/ with metrics and an audit report.",
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the earlier run in the run folder (without it, a folder that holds a "
                    "run is only ever continued with --resume)")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
+    p.add_argument("--nproc", type=int_in(1, 1024), default=1, metavar="N",
                    help="train with N processes (torch.distributed; gloo on CPU, NCCL on GPU)")
     p.add_argument("--no-diagnostics", action="store_true", help="skip the audit report")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+    try:
+        args = build_parser().parse_intermixed_args(argv)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
     try:
         if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
             return _relaunch_with_torchrun(args, argv if argv is not None else sys.argv[1:])
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (full disk, read-only folder): not a bug, one line
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = "the same command (the sweep resumes)" if args.sweep else "adapt-run RECIPE --resume"

@@ -49,3 +49,19 @@ def one_line(err: UserError) -> str:
     if len(lines) > 1 and lines[0].startswith("Caught ") and "Traceback" in lines[1]:
         return lines[-1].split(": ", 1)[-1]
     return " ".join(line.strip() for line in lines)
+
+
+def os_error_line(exc: OSError) -> str:
+    """A failed file-system call (full disk, read-only folder, no permission) in one line,
+    naming the file: ``"runs/x/metrics.json: No space left on device"``."""
+    name = exc.filename if exc.filename is not None else ""
+    name = str(name)
+    if name:
+        # an atomic write's temp file (".metrics.json.abc123.tmp") stands for the file it replaces
+        import re  # late: this module is imported by everything, keep it lean
+
+        m = re.fullmatch(r"(.*/)?\.(.+)\.[^./]+\.tmp", name)
+        if m:
+            name = (m.group(1) or "") + m.group(2)
+    reason = exc.strerror or exception_line(exc)
+    return f"{name}: {reason}" if name else f"file system: {reason}"

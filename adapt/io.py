@@ -63,11 +63,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # a failed write() names no file: name it
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return path
 
@@ -102,6 +104,10 @@ def torch_load(path: str | os.PathLike, what: str, *, map_location: Any = "cpu",
     """
     import torch  # late, as in atomic_torch_save
 
+    other = sniff_format(path)
+    if other is not None and other != "a zip archive":
+        raise UserError(f"{path}: not a readable {what}: it is {other}, not a PyTorch checkpoint "
+                        "(domaingap reads the model.pt files adapt-run writes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -113,6 +119,39 @@ def torch_load(path: str | os.PathLike, what: str, *, map_location: Any = "cpu",
         reason = exception_line(exc)
     reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200]
     raise UserError(f"{path}: not a readable {what} ({reason})")
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """What a file is, from its first bytes, when it is a format people mistake for a
+    checkpoint or a data file: ``"a safetensors file"``, ``"an ONNX model"``, ``"a NumPy
+    .npz archive"``, ... ; ``"a zip archive"`` for another zip (a PyTorch checkpoint is
+    one); ``None`` when unknown or unreadable (the reader then says what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if len(head) >= 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file"  # 8-byte little-endian header length, then a JSON header
+    if head[:1] == b"\x08" and (b"onnx" in head[:256].lower() or b"pytorch" in head[:256]):
+        return "an ONNX model"  # protobuf ModelProto: field 1 (ir_version), then producer_name
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile  # late: only for zip files
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return "a damaged or truncated zip archive"
+        if names and all(n.endswith(".npy") for n in names):
+            return "a NumPy .npz archive"
+        return "a zip archive"
+    for magic, what in ((b"\x89HDF", "an HDF5 file (Keras/TensorFlow?)"), (b"\x89PNG", "a PNG image"),
+                        (b"\xff\xd8\xff", "a JPEG image"), (b"\x93NUMPY", "a NumPy .npy array"),
+                        (b"GGUF", "a GGUF model")):
+        if head.startswith(magic):
+            return what
+    return None
 
 
 def to_jsonable(obj: Any, *, strict: bool = False, where: str = "value") -> Any:

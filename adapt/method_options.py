@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from adapt.data.spec import reject_bool_for_number
 
 
 class RecipeSection(BaseModel):
@@ -17,11 +19,16 @@ class RecipeSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_bool_for_number(cls, value, info)
+
 
 class DANNConfig(RecipeSection):
     #: maximum weight of the domain loss; the paper's ramp 2/(1+exp(-10p))-1 scales it
     weight: float = Field(0.3, ge=0)
-    hidden: int = Field(256, ge=1)
+    hidden: int = Field(256, ge=1, le=65536)
     depth: int = Field(2, ge=1, le=8)
 
 
@@ -31,9 +38,9 @@ class CDANConfig(RecipeSection):
     #: CDAN+E: weight each sample's domain loss by 1 + exp(-entropy of its prediction)
     entropy: bool = False
     #: output size of the randomised multilinear map, used when classes x features > max_multilinear_dim
-    randomized_dim: int = Field(1024, ge=1)
-    max_multilinear_dim: int = Field(4096, ge=1)
-    hidden: int = Field(256, ge=1)
+    randomized_dim: int = Field(1024, ge=1, le=65536)
+    max_multilinear_dim: int = Field(4096, ge=1, le=1 << 20)
+    hidden: int = Field(256, ge=1, le=65536)
     depth: int = Field(2, ge=1, le=8)
 
 
@@ -83,7 +90,7 @@ class EWCConfig(RecipeSection):
     #: true: labels sampled from the model; empirical: true labels; l2sp: F = 1
     fisher: Literal["true", "empirical", "l2sp"] = "true"
     #: source images used to estimate the Fisher
-    samples: int = Field(500, ge=1)
+    samples: int = Field(500, ge=1, le=100_000)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 

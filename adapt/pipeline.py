@@ -38,7 +38,7 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import ADVERSARIAL_OBJECTIVES, AdaptRunConfig, Recipe
-from adapt.run_folder import check_run_folder, clear_run
+from adapt.run_folder import check_run_inputs, run_session
 from adapt.runs import (
     Domains,
     RunSummary,
@@ -346,17 +346,29 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.rank % torch.cuda.device_count())
     run_dir = recipe.run_dir
-    say = reporter(progress and ctx.is_main)
     if recipe.output.onnx:
         check_available()  # the deploy extra, before anything trains
 
     domains = load_domains(recipe)
     loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
-    check_run_folder(run_dir, recipe, resume=resume, overwrite=overwrite)
-    barrier(ctx)  # every rank has looked at the folder before the main rank writes into it
+    check_run_inputs(run_dir, recipe, domains)
+    with run_session(run_dir, recipe, resume=resume, overwrite=overwrite, main=ctx.is_main) as out_dir:
+        barrier(ctx)  # every rank has looked at the folder before the main rank writes into it
+        summary = _run_stages(recipe, out_dir, domains, loaded, device, resume=resume, ctx=ctx, progress=progress,
+                              diagnostics=diagnostics, t0=t0)
+        barrier(ctx)  # every rank is done with the folder before it is moved into place
+    summary.run_dir = run_dir
+    if summary.audit_path is not None:
+        summary.audit_path = run_dir / summary.audit_path.relative_to(out_dir)
+    return summary
+
+
+def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Module | None, device: torch.device, *,
+                resume: bool, ctx: DistContext, progress: bool, diagnostics: bool | None, t0: float) -> RunSummary:
+    """The stages of :func:`run_recipe`, written into ``run_dir`` (the staging folder of a
+    fresh or replacing run)."""
+    say = reporter(progress and ctx.is_main)
     if ctx.is_main:
-        if overwrite:
-            clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         atomic_write_json(run_dir / "data.json", domains.summary())

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from adapt.data.spec import DomainSpec
+from adapt.data.spec import RUN_NAME, DomainSpec
 from adapt.errors import UserError
 from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
     ADVERSARIAL_OBJECTIVES,
@@ -71,12 +71,12 @@ class DataConfig(RecipeSection):
     skip_unreadable: bool = False
     #: K labelled target images per class, taken from the target training split, for
     #: fine-tuning methods and the from-scratch target baseline (0 = unsupervised)
-    target_labeled: int = Field(0, ge=0)
+    target_labeled: int = Field(0, ge=0, le=10_000_000)
     #: all: the target's labels must cover every source class (a class missing from a
     #: labelled target is an error); subset: the target may lack some classes (its
     #: per-class metrics then leave them out, and data.json lists them)
     target_classes: Literal["all", "subset"] = "all"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=256)
 
 
 class ModelConfig(RecipeSection):
@@ -92,9 +92,9 @@ class StrategyConfig(RecipeSection):
 
     kind: Literal["feature_extraction", "finetune", "progressive"] = "finetune"
     #: finetune only the top-k backbone blocks (None = all)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=10_000)
     #: progressive: unfreeze one more block every this many epochs
-    progressive_epochs: int = Field(1, ge=1)
+    progressive_epochs: int = Field(1, ge=1, le=100_000)
     #: discriminative learning rates: backbone lr = train.lr * backbone_lr_mult
     backbone_lr_mult: float = Field(1.0, gt=0, le=10)
 
@@ -102,7 +102,7 @@ class StrategyConfig(RecipeSection):
 class AdaptRunConfig(RecipeSection):
     """One adaptation run, started from the source model's weights."""
 
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(..., min_length=1, pattern=RUN_NAME)
     #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
     #: (statistic alignment), shot / tent (source-free, target images only) or finetune
     #: (supervised on the data.target_labeled images); options under the objective's key
@@ -124,7 +124,7 @@ class AdaptRunConfig(RecipeSection):
     shot: SHOTConfig = Field(default_factory=SHOTConfig)
     ewc: EWCConfig | None = None
     #: overrides of train.epochs / train.lr for this run
-    epochs: int | None = Field(None, ge=0)
+    epochs: int | None = Field(None, ge=0, le=100_000)
     lr: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -172,8 +172,8 @@ class MethodConfig(RecipeSection):
 
 
 class TrainConfig(RecipeSection):
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(8, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -181,7 +181,7 @@ class TrainConfig(RecipeSection):
     #: cosine: cosine decay over all steps; dann: mu0/(1+10p)^0.75; constant
     schedule: Literal["cosine", "dann", "constant"] = "cosine"
     #: stop after this many epochs without improvement, then roll back to the best
-    patience: int | None = Field(3, ge=1)
+    patience: int | None = Field(3, ge=1, le=100_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: bf16 autocast on CUDA (ignored on CPU)
     amp: bool = True
@@ -193,37 +193,37 @@ class TrainConfig(RecipeSection):
     #: evaluated with stale statistics can score at chance while it trains well
     precise_bn: bool = True
     #: CPU threads for torch (None = torch's default)
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
 
 
 class DiagnosticsConfig(RecipeSection):
     enabled: bool = True
     #: features for the gap statistics: the model's penultimate layer, or raw pixels
     features: Literal["model", "pixels"] = "model"
-    permutations: int = Field(500, ge=10)
+    permutations: int = Field(500, ge=10, le=100_000)
     #: images per domain used by the diagnostics (subsampled, stratified)
-    max_samples: int = Field(600, ge=20)
+    max_samples: int = Field(600, ge=20, le=100_000)
     attribution: bool = True
     #: integrated_gradients (pixel-exact, convergence delta reported) or gradcam (fast, coarse)
     attribution_method: Literal["integrated_gradients", "gradcam"] = "integrated_gradients"
     #: held-out images per domain whose attributions are computed
-    attribution_samples: int = Field(64, ge=10)
+    attribution_samples: int = Field(64, ge=10, le=10_000)
     #: Integrated Gradients path steps (the cost is samples x steps forward+backward passes)
-    attribution_steps: int = Field(12, ge=2)
+    attribution_steps: int = Field(12, ge=2, le=1000)
     umap: bool = True
 
 
 class OutputConfig(RecipeSection):
     dir: str = "runs"
     #: run folder name (default: the recipe's name)
-    name: str | None = None
+    name: str | None = Field(None, min_length=1, pattern=RUN_NAME)
     #: also write each adapted model as ONNX (model.onnx; model.target_bn.onnx for
     #: per-domain-BatchNorm runs), verified with onnxruntime (needs the deploy extra)
     onnx: bool = False
 
 
 class Recipe(RecipeSection):
-    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field("run", min_length=1, pattern=RUN_NAME)
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -463,7 +463,8 @@ def _result(state: dict[str, Any], best_path: Path, seconds: float, earlier: flo
         epochs_run=state["epoch"] + 1,
         stopped_early=bool(state.get("stopped_early", False)),
         history=state["history"],
-        best_checkpoint=str(best_path) if best_path.exists() else None,
+        # the file name only: the stage folder may be a staging folder renamed when the run ends
+        best_checkpoint=best_path.name if best_path.exists() else None,
         seconds=seconds,
         earlier_seconds=earlier,
     )

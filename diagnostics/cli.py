@@ -21,17 +21,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapt.errors import UserError, one_line
+from adapt.cli_args import OneLineParser, float_in, int_in
+from adapt.errors import UserError, one_line, os_error_line
+from adapt.paths import check_outputs
 from diagnostics.two_sample import min_permutations
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
+#: bounds of the numeric options (the recipe's are in adapt/recipe.py): beyond them a
+#: command runs for hours or runs out of memory instead of answering
+MAX_PERMUTATIONS, MAX_BOOTSTRAP, MAX_SAMPLES = 100_000, 10_000, 100_000
+MAX_PHANTOM_IMAGES = 100_000  # adapt.data.spec.MAX_PHANTOM_IMAGES (not imported: it loads pydantic)
+SEED, IMAGE_SIZE = int_in(0, 2**31 - 1, hi_text="2^31-1"), int_in(16, 1024)  # the recipe's data.image_size bounds
+BATCH_SIZE, WORKERS = int_in(1, 65_536), int_in(0, 256)
 
 
 # ----------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="diagnose",
         description="Domain-gap diagnostics: how different are two image domains, and did a model collapse?",
     )
@@ -56,16 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fail-on", metavar="EXPR",
                    help="exit 1 when any condition holds, e.g. 'mmd_p<0.01' or 'auc>0.9, fid>40' "
                    "(metrics: mmd2 mmd_p fid auc proxy_a wasserstein; ops: < <= > >=)")
-    g.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
-    g.add_argument("--bootstrap", type=int, default=100, metavar="B",
+    g.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B",
+                   help="MMD permutations (500)")
+    g.add_argument("--bootstrap", type=int_in(0, MAX_BOOTSTRAP), default=100, metavar="B",
                    help="bootstrap resamples of the Fréchet interval (100; 0 = none)")
-    g.add_argument("--max-samples", type=int, default=2000, metavar="N",
+    g.add_argument("--max-samples", type=int_in(5, MAX_SAMPLES), default=2000, metavar="N",
                    help="use at most N images per domain (stratified, seeded; 2000)")
-    g.add_argument("--seed", type=int, default=0, help="seed of subsampling, permutations, bootstrap (0)")
-    g.add_argument("--image-size", type=int, default=None, metavar="N",
+    g.add_argument("--seed", type=SEED, default=0, help="seed of subsampling, permutations, bootstrap (0)")
+    g.add_argument("--image-size", type=IMAGE_SIZE, default=None, metavar="N",
                    help="resize images to N×N (default: the checkpoint's, else 64)")
-    g.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
-    g.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    g.add_argument("--batch-size", type=BATCH_SIZE, default=128, metavar="N", help="feature batch size (128)")
+    g.add_argument("--workers", type=WORKERS, default=0, metavar="N", help="DataLoader workers (0)")
     g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -74,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the same images phantom-cxr:SITE:N gives at that seed and size).")
     ph.add_argument("out", metavar="OUT", help="output folder")
     ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B"], help="site (A)")
-    ph.add_argument("--n", type=int, default=1200, help="number of images, balanced classes (1200)")
-    ph.add_argument("--seed", type=int, default=0, help="seed (0)")
-    ph.add_argument("--image-size", type=int, default=64, metavar="N", help="image side in pixels (64)")
+    ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200,
+                    help="number of images, balanced classes (1200)")
+    ph.add_argument("--seed", type=SEED, default=0, help="seed (0)")
+    ph.add_argument("--image-size", type=IMAGE_SIZE, default=64, metavar="N", help="image side in pixels (64)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="write into OUT even if it is not empty (its files of the same names are replaced)")
 
     au = sub.add_parser("audit", help="re-render the audit report of an adapt-run run folder")
     au.add_argument("run_dir", metavar="RUN_DIR", help="a runs/<name>/ folder written by adapt-run")
@@ -87,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "PyTorch's on random images. Needs: pip install 'domaingap[deploy]'.")
     ex.add_argument("model", metavar="MODEL.pt", help="a domaingap checkpoint (adapt-run's model.pt)")
     ex.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
-    ex.add_argument("--check-images", type=int, default=64, metavar="N", help="images in the check (64)")
-    ex.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (1e-4)")
+    ex.add_argument("--check-images", type=int_in(1, 4096), default=64, metavar="N", help="images in the check (64)")
+    ex.add_argument("--tolerance", type=float_in(0, 1e6, lo_open=True), default=1e-4,
+                    help="max |logit difference| allowed (1e-4)")
 
     dr = sub.add_parser("drift", help="compare a new batch of images with a run's drift reference",
                         description="MMD and classifier two-sample tests on the deployed model's features, a "
@@ -103,20 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "'mmd_p<0.001, conf_drop>0.1' (metrics: drift mmd_p mmd2 c2st_p auc pred_p conf_p conf_drop "
                     "fid collapsed)")
     dr.add_argument("--json", metavar="OUT", help="where to write the JSON (default RUN_DIR/drift/<time>.json)")
-    dr.add_argument("--alpha", type=float, default=0.01, help="family-wise significance level (0.01)")
-    dr.add_argument("--permutations", type=int, default=500, metavar="B", help="MMD permutations (500)")
-    dr.add_argument("--max-samples", type=int, default=1000, metavar="N",
+    dr.add_argument("--alpha", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.01,
+                    help="family-wise significance level (0.01)")
+    dr.add_argument("--permutations", type=int_in(1, MAX_PERMUTATIONS), default=500, metavar="B",
+                    help="MMD permutations (500)")
+    dr.add_argument("--max-samples", type=int_in(1, MAX_SAMPLES), default=1000, metavar="N",
                     help="batch images used by the MMD and classifier tests (1000; all feed the rest)")
-    dr.add_argument("--seed", type=int, default=0, help="seed of subsampling and permutations (0)")
-    dr.add_argument("--batch-size", type=int, default=128, metavar="N", help="feature batch size (128)")
-    dr.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader workers (0)")
+    dr.add_argument("--seed", type=SEED, default=0, help="seed of subsampling and permutations (0)")
+    dr.add_argument("--batch-size", type=BATCH_SIZE, default=128, metavar="N", help="feature batch size (128)")
+    dr.add_argument("--workers", type=WORKERS, default=0, metavar="N", help="DataLoader workers (0)")
     dr.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     dr.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER
     try:
         if args.command == "gap":
             return cmd_gap(args)
@@ -131,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER
+    except OSError as err:  # the file system refused (full disk, read-only folder): not a bug, one line
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -226,6 +248,10 @@ def cmd_gap(args: argparse.Namespace) -> int:
                             f"{len(source.classes)} classes")
         classes = source.classes
     # ties="random": the rule this command has always used, so a seed keeps its subsample
+    check_outputs({"--json": args.json, "--html": args.html,
+                   "--html report's JSON": _report_json_path(args) if args.html else None},
+                  {"--source": _domain_inputs(args.source, source), "--target": _domain_inputs(args.target, target),
+                   "--model": args.model})
     source = source.subset(stratified_subsample(source.labels, args.max_samples, args.seed, ties="random"))
     target = target.subset(stratified_subsample(target.labels, args.max_samples, args.seed + 1, ties="random"))
 
@@ -299,11 +325,22 @@ def _write_html(args, gap: dict, collapse: dict | None, metrics: dict, classes: 
         "recipe_text": f"features: {extractor}\npermutations: {args.permutations}\n"
                        f"max_samples: {args.max_samples}\n",
     })
+    return write_report(audit, Path(args.html), _report_json_path(args))
+
+
+def _report_json_path(args) -> Path:
+    """The JSON written next to ``--html``: its name with ``.json``, unless that is ``--json``."""
     html = Path(args.html)
     report_json = html.with_suffix(".json")
     if args.json and Path(args.json).resolve() == report_json.resolve():
         report_json = html.with_name(html.stem + ".audit.json")  # don't overwrite --json
-    return write_report(audit, html, report_json)
+    return report_json
+
+
+def _domain_inputs(text: str, domain) -> list[str]:
+    """What a domain argument reads: its folder or manifest, and every file it lists."""
+    path = None if text.strip().lower().startswith("phantom-cxr") else text
+    return [p for p in (path, *domain.input_files()) if p]
 
 
 # ----------------------------------------------------------------------------- phantom
@@ -319,6 +356,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     blocker = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise UserError(f"{blocker}: exists and is not a folder" + (f" (OUT is {out})" if blocker != out else ""))
+    if out.is_dir() and not args.overwrite:
+        first = next(iter(sorted(out.iterdir())), None)
+        if first is not None:
+            raise UserError(f"{out}: not empty (holds {first.name}); choose an empty folder, or pass --overwrite "
+                            "to replace the phantom files in it")
     root = write_phantom(args.out, args.site, args.n, seed=args.seed, image_size=args.image_size)
     print(f"wrote {args.n} phantom-cxr site {args.site} images ({args.image_size}×{args.image_size}) to "
           f"{root}/<class>/ and {Path(root) / 'manifest.csv'}")
@@ -342,6 +384,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.check_images < 1 or not args.tolerance > 0:
         raise UserError("--check-images, --tolerance: must be positive")
+    _check_output_file("OUT.onnx", args.out)
+    check_outputs({"OUT.onnx": args.out}, {"MODEL.pt": args.model})
     res = export_checkpoint(args.model, args.out, check_images=args.check_images, tolerance=args.tolerance)
     variant = ", target BatchNorm statistics variant" if res.batchnorm_statistics == "target" else ""
     print(f"wrote {res.path} ({res.arch}, {res.channels}×{res.image_size}×{res.image_size} in [0, 1], "
@@ -369,10 +413,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a run folder")
+    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    _check_output_file("--json", args.json)
+    inputs = {"drift reference": run_dir / REFERENCE_FILE,
+              "--batch": None if args.batch.strip().lower().startswith("phantom-cxr") else args.batch}
+    check_outputs({"--json": out}, inputs)  # before any work; the batch's listed files once it is read
     ref = load_reference(run_dir / REFERENCE_FILE)
     device = resolve_device(args.device)
     batch = load_domain(_domain_spec(args.batch), image_size=int(ref.meta.get("image_size") or 64),
                         channels=int(ref.meta.get("channels") or 1), seed=args.seed)
+    check_outputs({"--json": out}, {**inputs, "--batch": _domain_inputs(args.batch, batch)})
     result = monitor_batch(run_dir, batch, alpha=args.alpha, permutations=args.permutations,
                            max_points=args.max_samples, seed=args.seed, batch_size=args.batch_size,
                            num_workers=args.workers, device=device, progress=not args.quiet, reference=ref)
@@ -381,7 +431,6 @@ def cmd_drift(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
     fired = drift_fired(conditions, result)
-    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     atomic_write_json(out, {
         "batch": {"domain": args.batch, "name": batch.name, "n": len(batch)},
         "reference": reference_summary(ref),

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from adapt.data.splits import stratified_subsample
-from adapt.errors import UserError
-from adapt.io import atomic_write_bytes
+from adapt.errors import UserError, exception_line
+from adapt.io import atomic_write_bytes, sniff_format
 from adapt.models import load_checkpoint
 from diagnostics.collapse import CollapseResult, collapse_report, prediction_histogram
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
@@ -163,20 +163,52 @@ def load_reference(path: str | os.PathLike) -> DriftReference:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no drift reference (runs of this version write {REFERENCE_FILE})")
+    other = sniff_format(path)
+    if other is not None and other != "a NumPy .npz archive":
+        raise UserError(f"{path}: not a readable drift reference: it is {other}, not the .npz adapt-run writes")
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
             arrays = {k: z[k] for k in ("features", "moments_sum", "moments_outer", "counts", "confidences")}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable drift reference ({type(exc).__name__})") from None
-    if header.get("format") != REFERENCE_FORMAT:
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad JSON, a missing array, a pickle: all damage
+        raise UserError(f"{path}: not a readable drift reference ({exception_line(exc)[:160]})") from None
+    if not isinstance(header, dict) or header.get("format") != REFERENCE_FORMAT:
         raise UserError(f"{path}: not a domaingap drift reference")
+    _check_reference(path, header, arrays)
     moments = Moments(n=int(header["n"]), sum=torch.from_numpy(arrays["moments_sum"]),
                       outer=torch.from_numpy(arrays["moments_outer"]))
     return DriftReference(features=arrays["features"], moments=moments, counts=arrays["counts"],
                           confidences=arrays["confidences"], classes=list(header["classes"]),
                           extractor=str(header["extractor"]), meta=dict(header.get("meta") or {}),
                           piled_up=bool(header.get("piled_up", False)))
+
+
+def _check_reference(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Every field a drift test reads, checked like a checkpoint's: types, shapes that fit
+    each other, finite values. A damaged file is one error line, never a wrong verdict."""
+    damaged = f"{path}: damaged drift reference,"
+    classes, n = header.get("classes"), header.get("n")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{damaged} its classes are not a list of names")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"{damaged} n is {n!r}")
+    if not isinstance(header.get("extractor"), str) or not isinstance(header.get("meta", {}), (dict, type(None))):
+        raise UserError(f"{damaged} its extractor or meta is missing")
+    feats = arrays["features"]
+    shapes = {"features": (feats.ndim == 2 and len(feats) > 0, "[N, D]"),
+              "moments_sum": (arrays["moments_sum"].shape == feats.shape[1:], f"[{feats.shape[-1]}]"),
+              "moments_outer": (arrays["moments_outer"].shape == feats.shape[1:] * 2, "[D, D]"),
+              "counts": (arrays["counts"].shape == (len(classes),), f"[{len(classes)}] (one per class)"),
+              "confidences": (arrays["confidences"].ndim == 1, "[N]")}
+    for key, (ok, want) in shapes.items():
+        if not ok:
+            raise UserError(f"{damaged} '{key}' has shape {list(arrays[key].shape)}, expected {want}")
+    for key, arr in arrays.items():
+        if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise UserError(f"{damaged} '{key}' holds non-numbers or NaN/inf")
+    conf, counts = arrays["confidences"], arrays["counts"]
+    if conf.size and not (conf.min() >= 0 and conf.max() <= 1) or (counts < 0).any():
+        raise UserError(f"{damaged} confidences outside [0, 1] or negative class counts")
 
 
 # ----------------------------------------------------------------------------- tests

@@ -24,6 +24,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.version", 0, "base"),  # __version__
     ("adapt.errors", 0, "base"),
     ("adapt.io", 0, "base"),
+    ("adapt.cli_args", 0, "base"),
+    ("adapt.paths", 0, "base"),  # outputs never onto inputs  # argparse: one-line errors, bounded numbers
     ("adapt.environment", 0, "base"),
     ("adapt.device", 0, "base"),
     ("adapt.progress", 0, "base"),

@@ -662,7 +662,7 @@ def _(w, tmp):
 
 @case("phantom_image_size_tiny")
 def _(w, tmp):
-    return "diagnose", ["phantom", str(tmp / "o"), "--n", "2", "--image-size", "4"], "image_size", tmp
+    return "diagnose", ["phantom", str(tmp / "o"), "--n", "2", "--image-size", "4"], "--image-size: must be at least 16", tmp
 
 
 @case("phantom_seed_negative")

@@ -12,6 +12,7 @@ corrupt image is reported before training starts, not in epoch 7.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,6 +100,10 @@ class DomainDataset(Dataset):
         return x, int(self.labels[i])
 
     # -- conveniences ------------------------------------------------------------------
+
+    def input_files(self) -> list[str]:
+        """The files this domain reads (images and masks; none for an in-memory domain)."""
+        return [*(self._paths or []), *(m for m in (self._mask_paths or []) if m)]
 
     @property
     def in_memory(self) -> bool:
@@ -278,7 +283,9 @@ def _scan_imagefolder(root: Path, labeled: bool) -> list[_Record]:
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
-        p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        # a broken or looping link is kept: it is then listed as unreadable, never dropped without a word
+        p for p in it if (p.is_file() or p.is_symlink() and not p.is_dir())
+        and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
@@ -344,6 +351,7 @@ def _build_file_domain(
     if unknown and spec.labeled:
         raise UserError(f"{spec.path}: label(s) {unknown} not among the classes {class_list}")
 
+    _refuse_repeated_files(spec, records)
     kept: list[_Record] = []
     skipped: list[tuple[str, str]] = []
     for r in records:
@@ -386,6 +394,19 @@ def _build_file_domain(
         groups={g: [r.groups[g] for r in kept] for g in spec.group_columns},
         skipped=skipped,
     )
+
+
+def _refuse_repeated_files(spec: DomainSpec, records: list[_Record]) -> None:
+    """One image listed twice (a repeated manifest row, or a link to another listed file)
+    could land in both train and test: refused, naming the first repeat."""
+    seen: dict[str, Path] = {}
+    for r in records:
+        key = os.path.realpath(r.path)
+        if key in seen:
+            same = "listed twice" if seen[key] == r.path else f"the same file as {seen[key]}"
+            raise UserError(f"{spec.path}: {r.path} is {same} (one image could land in both train and test; "
+                            "list each file once)")
+        seen[key] = r.path
 
 
 def _natural_key(name: str):

@@ -52,7 +52,7 @@ def check_readable(path: str | Path, dicom: bool, decode: bool = False) -> str |
     """
     path = Path(path)
     if not path.is_file():
-        return "file not found"
+        return "broken or looping symbolic link" if path.is_symlink() else "file not found"
     if dicom:
         return _check_dicom(path, decode)
     try:
@@ -61,8 +61,9 @@ def check_readable(path: str | Path, dicom: bool, decode: bool = False) -> str |
             # large image is read, but without a warning line per file
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                float_pixels = im.mode == "F"
                 im.verify()
-            if decode:
+            if decode or float_pixels:  # a float image is decoded now: its pixels may be NaN/inf
                 read_pil_array(path)
     except Image.DecompressionBombError as err:
         return f"not a readable image (decompression bomb: {_short(err)})"
@@ -150,6 +151,9 @@ def pil_to_array(im: Image.Image) -> np.ndarray:
         return np.clip(arr / 65535.0, 0.0, 1.0)
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:  # NaN would become an all-zero image, inf a NaN one: the file is wrong, say so
+            raise ValueError(f"{bad} non-finite pixel value(s) (NaN or inf) in a float image")
         lo, hi = float(arr.min()), float(arr.max())
         if lo >= 0.0 and hi <= 1.0:
             return arr

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Literal
+import types
+import typing
+from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from adapt.errors import UserError
 
@@ -28,6 +30,32 @@ DomainKind = Literal["imagefolder", "csv", "dicom", "phantom-cxr"]
 
 #: file suffixes read as DICOM when a manifest or folder mixes formats
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: a run name (recipe ``name``, ``output.name``, a run of ``method.runs``): one path component of
+#: letters, digits and _.+-, not starting with a dot (so never ``.``/``..`` or a hidden folder)
+RUN_NAME = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"
+#: the most phantom images one domain may ask for (each is generated in memory)
+MAX_PHANTOM_IMAGES = 100_000
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is a number (int/float, optionally with None) and not a bool."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        return bool not in args and any(a in (int, float) for a in args)
+    return False
+
+
+def reject_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """``epochs: true`` is a typo, not 1: a boolean given for a number field is refused
+    (pydantic would otherwise take true/false as 1/0)."""
+    annotation = model.model_fields[info.field_name].annotation if info.field_name else None
+    if isinstance(value, bool) and _numeric(annotation):
+        raise ValueError("must be a number, not a boolean")  # the recipe's formatter adds "(got True)"
+    if isinstance(value, float) and value.is_integer() and float not in typing.get_args(annotation) + (annotation,):
+        return int(value)  # 1e20 for an int: compared with the field's bound, not refused as "too large to parse"
+    return value
 
 
 class DomainSpec(BaseModel):
@@ -38,12 +66,17 @@ class DomainSpec(BaseModel):
     kind: DomainKind
     path: str | None = None
     site: Literal["A", "B"] | None = None
-    n: int = Field(default=1200, ge=2)
+    n: int = Field(default=1200, ge=2, le=MAX_PHANTOM_IMAGES)
     path_column: str = "path"
     label_column: str = "label"
     group_columns: list[str] = Field(default_factory=list)
     mask_column: str | None = None
     labeled: bool = True
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_bool_for_number(cls, value, info)
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> DomainSpec:

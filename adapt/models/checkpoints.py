@@ -78,6 +78,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     for key in state_dict:
         if key not in target:
             raise UserError(f"{path}: checkpoint does not fit {what}: unexpected key '{key}'")
+    for key, value in state_dict.items():  # a diverged run's weights: every prediction would be NaN
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{path}: checkpoint weights are not finite ('{key}' holds NaN or inf; "
+                            "was its training diverging?)")
     model.load_state_dict(state_dict)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
