@@ -1,0 +1,77 @@
+"""MixVal (Hu et al. 2023): known answers on models whose behaviour on mixed inputs is
+known by construction, and the selector wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adapt.mixval import mixval_score
+from adapt.selection import make_score_fn
+
+
+class _Points(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], -1
+
+
+class _ArgmaxOfInput(nn.Module):
+    """logits = the input itself: a mix λ e_i + (1 − λ) e_j with λ > ½ is predicted i."""
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+class _Constant(nn.Module):
+    def __init__(self, k=3):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        out = torch.zeros(len(x), self.k)
+        out[:, 0] = 1.0
+        return out
+
+
+class _MixFlips(nn.Module):
+    """Right on pure one-hot inputs, and predicts the *other* class on any mixed input."""
+
+    def forward(self, x):
+        x = x.flatten(1)
+        pure = x.max(1).values > 0.99
+        second = x.clone()
+        second[torch.arange(len(x)), x.argmax(1)] = -1
+        return torch.where(pure[:, None], x, torch.nn.functional.one_hot(second.argmax(1), x.shape[1]).float())
+
+
+def _onehots(n=30, k=3):
+    return _Points(torch.eye(k)[torch.arange(n) % k])
+
+
+def test_mixval_known_answers():
+    data = _onehots()
+    assert mixval_score(_ArgmaxOfInput(), data) == 1.0  # consistent on every mix
+    assert mixval_score(_Constant(), data) == 0.5  # collapsed: IAE 1, no inter pair → ICE 0
+    assert mixval_score(_MixFlips(), data) == pytest.approx(0.5)  # IAE 1 (same class mixed stays pure), ICE 0
+    with pytest.raises(ValueError):
+        mixval_score(_ArgmaxOfInput(), data, lam=0.5)
+
+
+def test_mixval_selector_logs_mixval_atc_and_doc():
+    data = _onehots()
+    score_fn = make_score_fn("mixval", target=data, source_val=None, class_names=["a", "b", "c"],
+                             device=torch.device("cpu"))
+    score, logs = score_fn(_ArgmaxOfInput())
+    assert score == logs["mixval"] == 1.0 and {"im", "snd"} <= logs.keys()
+    _, im_logs = make_score_fn("im", target=data, source_val=None, class_names=["a", "b", "c"],
+                               device=torch.device("cpu"))(_ArgmaxOfInput())
+    assert "mixval" not in im_logs  # computed only when it selects: no extra cost by default
+    assert np.isfinite(im_logs["im"])
