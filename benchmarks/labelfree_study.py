@@ -93,6 +93,8 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
         {"name": "dann+adabn", "objective": "dann", "adabn": True, "epochs": epochs, "dann": {"weight": 0.3}},
         {"name": "shot", "objective": "shot", "epochs": epochs},
         {"name": "tent", "objective": "tent", "epochs": 1},
+        # a misconfigured run (domain-loss weight 30, learning rate 0.3): adaptation that hurts
+        {"name": "dann-hurt", "objective": "dann", "dann": {"weight": 30.0}, "lr": 0.3, "epochs": epochs},
     ]
     raw = {
         "name": f"{kind}_seed{seed}", "seed": seed,
@@ -112,7 +114,7 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
 def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False) -> dict[str, Any]:
     """Train every model of one case; return per model its hidden truth and label-free inputs
     (cached in ``out/cases/``: ``--reuse`` re-measures from the cache without training)."""
-    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}.pkl"
+    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v2.pkl"
     if reuse and cache.is_file():
         return pickle.loads(cache.read_bytes())
     root = out / "data" / kind / f"seed{seed}"
