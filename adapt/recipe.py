@@ -153,9 +153,9 @@ class MethodConfig(RecipeSection):
     runs: list[AdaptRunConfig] = Field(
         default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
     )
-    #: label-free checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | last
-    #: (dev, source_val, atc and doc need labelled source images; see docs/labelfree.md)
-    selection: Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "last"] = "im"
+    #: label-free checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last
+    #: (dev, source_val, atc, doc and cot need labelled source images; see docs/labelfree.md)
+    selection: Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"] = "im"
     #: the run the audit compares against the source model (default: the run the
     #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None
@@ -244,7 +244,7 @@ class Recipe(RecipeSection):
 
     @model_validator(mode="after")
     def _selection_has_data(self) -> Recipe:
-        if self.method.selection in ("source_val", "atc", "doc") and self.data.split.val == 0:
+        if self.method.selection in ("source_val", "atc", "doc", "cot") and self.data.split.val == 0:
             raise ValueError(f"method.selection: {self.method.selection} needs a source validation split "
                              "(data.split.val is 0; choose im, snd or last, or set data.split.val)")
         return self
@@ -265,7 +265,7 @@ class Recipe(RecipeSection):
             if bad:
                 raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only shot, tent and "
                                  "objective none without style/mixstyle adapt without them)")
-            if self.method.selection in ("dev", "source_val", "atc", "doc"):
+            if self.method.selection in ("dev", "source_val", "atc", "doc", "cot"):
                 raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
                                  "(data.source is none); use im or snd")
         return self

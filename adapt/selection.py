@@ -20,10 +20,12 @@ Unsupervised Domain Adaptation", 2022):
 * ``mixval`` — MixVal (Hu et al., NeurIPS 2023): the model's consistency with its own
   pseudo-labels on mixup-mixed target images (:mod:`adapt.mixval`); one extra forward
   pass over the target a epoch, so it is computed only when it selects.
-* ``atc`` / ``doc`` — the estimated target accuracy by ATC (Garg et al., ICLR 2022) /
-  DoC (Guillory et al., ICCV 2021), from the source-validation and target predictions
-  already computed (:mod:`diagnostics.accuracy_estimation`); logged whenever labelled
-  source validation images exist (numpy on cached predictions: no extra forward pass).
+* ``atc`` / ``doc`` / ``cot`` — the estimated target accuracy by ATC (Garg et al., ICLR
+  2022) / DoC (Guillory et al., ICCV 2021) / COT (Lu et al., NeurIPS 2023), from the
+  source-validation and target predictions already computed
+  (:mod:`diagnostics.accuracy_estimation`); ATC and DoC are logged whenever labelled
+  source validation images exist (numpy on cached predictions: no extra forward pass),
+  COT (an exact transport problem) only when it selects.
 * ``last`` — no selection: the final epoch.
 
 Which selector deploys the better model is measured, not assumed:
@@ -47,14 +49,12 @@ from torch.utils.data import Dataset, Subset
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
 from adapt.mixval import mixval_score
-from diagnostics.accuracy_estimation import estimate_atc, estimate_doc
+from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
 
-SELECTORS = ("im", "snd", "dev", "source_val", "mixval", "atc", "doc", "last")
+SELECTORS = ("im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last")
 #: selector → the per-epoch log it maximises (``last`` maximises the epoch number)
 SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
-                 "atc": "atc", "doc": "doc", "last": "epoch"}
-#: selectors that need labelled source validation images
-NEEDS_SOURCE_VAL = ("dev", "source_val", "atc", "doc")
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch"}
 #: cap per domain on the images whose features train DEV's domain classifier (cost bound)
 DEV_MAX_IMAGES = 1000
 
@@ -170,7 +170,7 @@ def make_score_fn(
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     has_val = source_val is not None and len(source_val) > 0
     has_dev = has_val and source_train is not None and len(source_train) > 0
-    if selector in ("source_val", "atc", "doc") and not has_val:
+    if selector in ("source_val", "atc", "doc", "cot") and not has_val:
         raise UserError(f"method.selection: {selector!r} needs labelled source validation images (this run has none)")
     if selector == "dev" and not has_dev:
         raise UserError("method.selection: 'dev' needs labelled source images (source train and validation); "
@@ -188,6 +188,8 @@ def make_score_fn(
             if len(out["labels"]) and len(t_out["probs"]):
                 logs["atc"] = estimate_atc(out["probs"], out["labels"], t_out["probs"])
                 logs["doc"] = estimate_doc(out["probs"], out["labels"], t_out["probs"])
+                if selector == "cot":  # an exact transport problem per epoch: only when it selects
+                    logs["cot"] = estimate_cot(t_out["probs"], out["labels"], seed=seed)
             if has_dev:
                 logs["dev"] = _dev_score(on_source, t_out, out)
         if selector == "mixval":
@@ -233,7 +235,8 @@ def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: 
     ``picks`` maps each selector with scores to the epoch it would have chosen;
     ``selectors_agree`` says whether all picked the same epoch (``last`` aside, which
     always picks the final one)."""
-    keys = ("im", "snd", "dev", "source_val_accuracy", "mixval", "atc", "doc", "oracle_target_accuracy", "score")
+    keys = ("im", "snd", "dev", "source_val_accuracy", "mixval", "atc", "doc", "cot", "oracle_target_accuracy",
+            "score")
     epochs = [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history]
     picks = selector_picks(epochs)
     chosen = {p["epoch"] for name, p in picks.items() if name != "last"}

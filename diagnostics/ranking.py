@@ -16,7 +16,7 @@ __all__ = ["SELECTOR_KEYS", "selection_score", "rank_runs"]
 
 #: selector name → the key of its score in ``selection.json``'s epoch records
 SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
-                 "atc": "atc", "doc": "doc", "last": "im"}
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "im"}
 
 
 def selection_score(selection: Mapping | None, selector: str) -> float | None:

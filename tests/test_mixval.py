@@ -75,3 +75,34 @@ def test_mixval_selector_logs_mixval_atc_and_doc():
                                device=torch.device("cpu"))(_ArgmaxOfInput())
     assert "mixval" not in im_logs  # computed only when it selects: no extra cost by default
     assert np.isfinite(im_logs["im"])
+
+
+class _Labelled(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def test_estimator_selectors_log_the_estimate_and_need_source_validation():
+    from adapt.errors import UserError
+    from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
+
+    k = torch.arange(30) % 3
+    source_val = _Labelled(torch.eye(3)[k] * 3, k)  # the argmax model is right on all of them
+    target = _onehots()
+    kw = dict(target=target, class_names=["a", "b", "c"], device=torch.device("cpu"))
+    score, logs = make_score_fn("cot", source_val=source_val, **kw)(_ArgmaxOfInput())
+    probs_t = torch.softmax(torch.eye(3)[k], 1).numpy()
+    probs_s = torch.softmax(torch.eye(3)[k] * 3, 1).numpy()
+    assert logs["atc"] == pytest.approx(estimate_atc(probs_s, k.numpy(), probs_t))
+    assert logs["doc"] == pytest.approx(estimate_doc(probs_s, k.numpy(), probs_t))
+    assert score == logs["cot"] == pytest.approx(estimate_cot(probs_t, k.numpy()))
+    assert "cot" not in make_score_fn("atc", source_val=source_val, **kw)(_ArgmaxOfInput())[1]
+    for sel in ("atc", "doc", "cot"):
+        with pytest.raises(UserError, match=sel):
+            make_score_fn(sel, source_val=None, **kw)
