@@ -322,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     ranked = sorted((e for e in errors if errors[e]["change_abs_error_mean"] is not None),
                     key=lambda e: errors[e]["change_abs_error_mean"])
     primary = ranked[0]
-    secondary = next(e for e in ranked[1:] if (e == "agreement") != (primary == "agreement"))
+    # the corroborating signal comes from the other family (agreement between models vs
+    # one model's own confidence/transport): two agreement variants are one signal, not two
+    family = lambda e: e.startswith("agreement")  # noqa: E731
+    secondary = next(e for e in ranked[1:] if family(e) != family(primary))
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
     vs = verdict_summary(verdicts)

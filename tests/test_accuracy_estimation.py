@@ -60,7 +60,10 @@ def test_agreement_is_one_minus_disagreement():
     a, b, c = np.array([0, 1, 2, 2]), np.array([0, 1, 1, 0]), np.array([0, 0, 2, 2])
     assert agreement_rate(a, b) == 0.5 and disagreement_rate(a, b) == 0.5
     assert agreement_rate(a, a) == 1.0
-    assert agreement_estimate(a, [b, c]) == pytest.approx((0.5 + 0.75) / 2)
+    assert agreement_estimate(a, [b, c]) == pytest.approx((0.5 + 0.75) / 2)  # median of two = mean
+    broken = np.array([1, 0, 0, 1])  # agrees with a nowhere
+    assert agreement_estimate(a, [c, c, b, broken, c]) == 0.75  # the median ignores one broken peer
+    assert agreement_estimate(a, [c, c, b, broken, c], "mean") == pytest.approx((3 * 0.75 + 0.5 + 0) / 5)
     with pytest.raises(ValueError):
         agreement_estimate(a, [])
 
@@ -78,7 +81,7 @@ def test_estimate_all_uses_only_what_it_is_given():
     p = np.eye(3)[[0, 1, 2, 0]] * 0.9 + 0.1 / 3
     assert set(estimate_all(p)) == {"avg_conf"}
     full = estimate_all(p, p, np.array([0, 1, 2, 0]), [np.array([0, 1, 2, 1])])
-    assert set(full) == {"avg_conf", "atc", "atc_maxprob", "doc", "cot", "agreement"}
+    assert set(full) == {"avg_conf", "atc", "atc_maxprob", "doc", "cot", "agreement", "agreement_mean"}
     assert full["agreement"] == 0.75 and full["doc"] == pytest.approx(1.0)
 
 

@@ -18,7 +18,8 @@ ESTIMATORS = {
     "doc": "source",
     "cot": "source",
     "avg_conf": "",             # mean max-softmax: the naive baseline every paper compares with
-    "agreement": "others",
+    "agreement": "others",       # median agreement with the other models
+    "agreement_mean": "others",  # mean agreement (Jiang et al.'s average over copies)
 }
 
 
@@ -39,5 +40,6 @@ def estimate_all(target_probs: np.ndarray, source_probs: np.ndarray | None = Non
         out["doc"] = estimate_doc(source_probs, source_labels, pt)
         out["cot"] = estimate_cot(pt, source_labels, seed=seed)
     if other_target_preds:
-        out["agreement"] = agreement_estimate(pt.argmax(1), other_target_preds)
+        out["agreement"] = agreement_estimate(pt.argmax(1), other_target_preds, "median")
+        out["agreement_mean"] = agreement_estimate(pt.argmax(1), other_target_preds, "mean")
     return out
