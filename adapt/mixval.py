@@ -8,7 +8,15 @@ should still predict ŷ_i on x̃:
 * intra-cluster consistency (IAE): pairs with ŷ_i = ŷ_j — the share of x̃ predicted ŷ_i;
 * inter-cluster consistency (ICE): pairs with ŷ_i ≠ ŷ_j — the share of x̃ predicted ŷ_i,
 
+each averaged over the pseudo-classes (the share within each class of dominant images,
+then the mean over classes), and
+
     MixVal = ½ (ICE + IAE)    (higher is better).
+
+Why per class: pooled over images, a model that predicts one class for 99 % of the images
+is "consistent" on 99 % of its mixes (the majority image dominates and keeps its label),
+and scored 0.99 on the label-free study's near-collapsed runs; averaged over classes its
+rare classes, which a mix with a majority image overturns, weigh as much as the majority.
 
 The paper combines the two by their ranks over the candidate models; a per-epoch score
 must be comparable without the other candidates, so the two are averaged here instead
@@ -56,11 +64,17 @@ def mixval_score(model: nn.Module, target: Dataset, device: torch.device | str =
     was_training = model.training
     model.eval()
     rng = np.random.default_rng([seed, 0x313A])
-    hits = {"intra": 0, "inter": 0}
-    counts = {"intra": 0, "inter": 0}
+    n_classes = None
+    hits: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
     for x, _ in DataLoader(target, batch_size=batch_size, shuffle=False):
         x = x.to(device)
-        pseudo = model(x).argmax(1).cpu().numpy()
+        logits = model(x)
+        if n_classes is None:
+            n_classes = logits.shape[1]
+            hits = {k: np.zeros(n_classes) for k in ("intra", "inter")}
+            counts = {k: np.zeros(n_classes) for k in ("intra", "inter")}
+        pseudo = logits.argmax(1).cpu().numpy()
         same, diff = _partners(pseudo, rng)
         for kind, partner in (("intra", same), ("inter", diff)):
             keep = np.flatnonzero(partner >= 0)
@@ -68,9 +82,15 @@ def mixval_score(model: nn.Module, target: Dataset, device: torch.device | str =
                 continue
             i, j = torch.as_tensor(keep, device=x.device), torch.as_tensor(partner[keep], device=x.device)
             pred = model(lam * x[i] + (1 - lam) * x[j]).argmax(1).cpu().numpy()
-            hits[kind] += int((pred == pseudo[keep]).sum())
-            counts[kind] += len(keep)
+            np.add.at(hits[kind], pseudo[keep], (pred == pseudo[keep]).astype(float))
+            np.add.at(counts[kind], pseudo[keep], 1.0)
     model.train(was_training)
-    iae = hits["intra"] / counts["intra"] if counts["intra"] else 0.0
-    ice = hits["inter"] / counts["inter"] if counts["inter"] else 0.0
+    if n_classes is None:
+        raise ValueError("MixVal needs target images")
+
+    def per_class_mean(kind: str) -> float:
+        seen = counts[kind] > 0
+        return float(np.mean(hits[kind][seen] / counts[kind][seen])) if seen.any() else 0.0
+
+    iae, ice = per_class_mean("intra"), per_class_mean("inter")
     return 0.5 * (ice + iae)

@@ -114,7 +114,7 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
 def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False) -> dict[str, Any]:
     """Train every model of one case; return per model its hidden truth and label-free inputs
     (cached in ``out/cases/``: ``--reuse`` re-measures from the cache without training)."""
-    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v2.pkl"
+    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v3.pkl"
     if reuse and cache.is_file():
         return pickle.loads(cache.read_bytes())
     root = out / "data" / kind / f"seed{seed}"
@@ -288,6 +288,19 @@ def print_tables(rows, errors, runs_regret, epochs_regret, verdicts) -> None:
               f"{100 * v['estimated_change']:+.1f} ± {_pts(v['band'])} | {v['outcome']} |")
 
 
+def paired_regret(reg: dict[str, list[float]], a: str, b: str, seed: int = 0) -> dict[str, float] | None:
+    """Selector ``a`` against ``b`` on the same cases: mean regret difference (a − b), its
+    95 % paired bootstrap interval (2,000 resamples), and on how many cases each was better."""
+    if a not in reg or b not in reg or len(reg[a]) != len(reg[b]):
+        return None
+    d = np.asarray(reg[a]) - np.asarray(reg[b])
+    rng = np.random.default_rng(seed)
+    boot = [rng.choice(d, len(d)).mean() for _ in range(2000)]
+    return {"mean": float(d.mean()), "ci_low": float(np.quantile(boot, 0.025)),
+            "ci_high": float(np.quantile(boot, 0.975)), "a_better": int((d < 0).sum()),
+            "b_better": int((d > 0).sum()), "cases": len(d)}
+
+
 def verdict_summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
     wrong_neg = [v for v in verdicts if v["outcome"] == "negative transfer" and v["true_change"] >= 0.10]
     wrong_help = [v for v in verdicts if v["outcome"] == "helped" and v["true_change"] <= -0.03]
@@ -329,6 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
     vs = verdict_summary(verdicts)
+    paired = {}
+    print("\n## Against the default selector (im), same cases: regret difference (points), 95 % paired bootstrap\n")
+    for where, reg in (("epochs", epochs_regret), ("runs", runs_regret)):
+        for sel in sorted(reg):
+            p = paired_regret(reg, sel, "im") if sel != "im" else None
+            if p is not None:
+                paired[f"{sel} vs im over {where}"] = p
+                print(f"  over {where}: {sel} − im = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
+                      f"{100 * p['ci_high']:+.1f}]; better on {p['a_better']}, worse on {p['b_better']} of {p['cases']}")
     print(f"\nverdicts: {vs}\nprimary estimator {primary}, corroborating {secondary}; "
           f"{time.perf_counter() - t0:.0f} s in all")
     doc = {
@@ -337,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for k, v in runs_regret.items()},
         "selector_regret_over_epochs": {k: {"mean": float(np.mean(v)), "worst": float(np.max(v)), "cases": len(v)}
                                         for k, v in epochs_regret.items()},
-        "verdicts": vs, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
+        "selector_vs_im": paired, "verdicts": vs, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
         "cases": len({(r["shift"], r["seed"]) for r in rows}),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/labelfree_study.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -106,3 +106,25 @@ def test_estimator_selectors_log_the_estimate_and_need_source_validation():
     for sel in ("atc", "doc", "cot"):
         with pytest.raises(UserError, match=sel):
             make_score_fn(sel, source_val=None, **kw)
+
+
+class _MajorityOnMix(nn.Module):
+    """Right on pure inputs; any mix goes to class 0 (the model's majority class)."""
+
+    def forward(self, x):
+        x = x.flatten(1)
+        pure = x.max(1).values > 0.99
+        zero = torch.zeros_like(x)
+        zero[:, 0] = 1.0
+        return torch.where(pure[:, None], x, zero)
+
+
+def test_mixval_weighs_each_pseudo_class_equally():
+    # 28 images of class 0, one each of classes 1 and 2: every mix dominated by a class-0
+    # image keeps its label (pooled ICE would be 28/30), but the rare classes' mixes flip
+    labels = torch.tensor([0] * 28 + [1, 2])
+    data = _Points(torch.eye(3)[labels])
+    score = mixval_score(_MajorityOnMix(), data)
+    # ICE per class: class 0 → 1, classes 1 and 2 → 0 (mixed with anything they become 0): mean 1/3;
+    # IAE: only class 0 has pairs, and a 0-0 mix is pure → 1
+    assert score == pytest.approx(0.5 * (1 / 3 + 1.0))
