@@ -185,7 +185,8 @@ def estimator_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             for r in rs:
                 acc_err.append(abs(r["estimates"][est] - r["true_acc"]))
                 if base is not None and r is not base:
-                    ch_err.append(abs((r["estimates"][est] - base["estimates"][est]) - (r["true_acc"] - base["true_acc"])))
+                    est_change = r["estimates"][est] - base["estimates"][est]
+                    ch_err.append(abs(est_change - (r["true_acc"] - base["true_acc"])))
         out[est] = {"accuracy_abs_error_mean": float(np.mean(acc_err)), "accuracy_abs_error_p90": _q90(acc_err),
                     "accuracy_abs_error_max": float(np.max(acc_err)),
                     "change_abs_error_mean": float(np.mean(ch_err)) if ch_err else None,
@@ -274,7 +275,8 @@ def print_tables(rows, errors, runs_regret, epochs_regret, verdicts) -> None:
         print(f"| {n} | {_pts(e['accuracy_abs_error_mean'])} | {_pts(e['accuracy_abs_error_p90'])} | "
               f"{_pts(e['accuracy_abs_error_max'])} | {_pts(e['change_abs_error_mean'])} | "
               f"{_pts(e['change_abs_error_p90'])} | {e['n_models']} | {e['n_changes']} |")
-    for title, reg in (("over runs (which model to deploy)", runs_regret), ("over epochs (which checkpoint)", epochs_regret)):
+    for title, reg in (("over runs (which model to deploy)", runs_regret),
+                       ("over epochs (which checkpoint)", epochs_regret)):
         print(f"\n## Selector regret {title} (points; oracle − pick)\n")
         print("| selector | mean | worst | cases |")
         print("| --- | ---: | ---: | ---: |")
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             if p is not None:
                 paired[f"{sel} vs im over {where}"] = p
                 print(f"  over {where}: {sel} − im = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
-                      f"{100 * p['ci_high']:+.1f}]; better on {p['a_better']}, worse on {p['b_better']} of {p['cases']}")
+                      f"{100 * p['ci_high']:+.1f}]; better on {p['a_better']}, worse on {p['b_better']} "
+                      f"of {p['cases']}")
     print(f"\nverdicts: {vs}\nprimary estimator {primary}, corroborating {secondary}; "
           f"{time.perf_counter() - t0:.0f} s in all")
     doc = {

@@ -144,7 +144,8 @@ def labelfree_verdict(before: StageResult, after: StageResult, evidence: dict, l
                     estimated_target_accuracy_before=pb["accuracy"], estimated_target_accuracy_after=pa["accuracy"],
                     estimate_band=pa["band"], estimated_change=out.change, estimated_change_band=out.band)
     est = (f"estimated target accuracy {100 * pb['accuracy']:.0f} % ± {100 * pb['band']:.0f} → "
-           f"{100 * pa['accuracy']:.0f} % ± {100 * pa['band']:.0f} ({primary}; bands = measured 90th-percentile error)")
+           f"{100 * pa['accuracy']:.0f} % ± {100 * pa['band']:.0f} "
+           f"({primary}; bands = measured 90th-percentile error)")
     title, level = {
         "helped": ("Adaptation helped (estimated)", "ok"),
         "did not help": ("Adaptation did not help (estimated)", "warn"),
