@@ -151,9 +151,9 @@ class MethodConfig(RecipeSection):
     runs: list[AdaptRunConfig] = Field(
         default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
     )
-    #: label-free checkpoint selection: im | snd | dev | source_val | last
-    #: (dev and source_val need labelled source images)
-    selection: Literal["im", "snd", "dev", "source_val", "last"] = "im"
+    #: label-free checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last
+    #: (dev, source_val, atc, doc and cot need labelled source images; see docs/labelfree.md)
+    selection: Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"] = "im"
     #: the run the audit compares against the source model (default: the run the
     #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None
@@ -242,8 +242,8 @@ class Recipe(RecipeSection):
 
     @model_validator(mode="after")
     def _selection_has_data(self) -> Recipe:
-        if self.method.selection == "source_val" and self.data.split.val == 0:
-            raise ValueError("method.selection: source_val needs a source validation split "
+        if self.method.selection in ("source_val", "atc", "doc", "cot") and self.data.split.val == 0:
+            raise ValueError(f"method.selection: {self.method.selection} needs a source validation split "
                              "(data.split.val is 0; choose im, snd or last, or set data.split.val)")
         return self
 
@@ -263,7 +263,7 @@ class Recipe(RecipeSection):
             if bad:
                 raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only shot, tent and "
                                  "objective none without style/mixstyle adapt without them)")
-            if self.method.selection in ("dev", "source_val"):
+            if self.method.selection in ("dev", "source_val", "atc", "doc", "cot"):
                 raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
                                  "(data.source is none); use im or snd")
         return self

@@ -17,7 +17,19 @@ Unsupervised Domain Adaptation", 2022):
   labelled source images; the score is −risk.
 * ``source_val`` — accuracy on the labelled source validation split (a supervised but
   source-only criterion: it protects source accuracy, not target accuracy).
+* ``mixval`` — MixVal (Hu et al., NeurIPS 2023): the model's consistency with its own
+  pseudo-labels on mixup-mixed target images (:mod:`adapt.mixval`); one extra forward
+  pass over the target a epoch, so it is computed only when it selects.
+* ``atc`` / ``doc`` / ``cot`` — the estimated target accuracy by ATC (Garg et al., ICLR
+  2022) / DoC (Guillory et al., ICCV 2021) / COT (Lu et al., NeurIPS 2023), from the
+  source-validation and target predictions already computed
+  (:mod:`diagnostics.accuracy_estimation`); ATC and DoC are logged whenever labelled
+  source validation images exist (numpy on cached predictions: no extra forward pass),
+  COT (an exact transport problem) only when it selects.
 * ``last`` — no selection: the final epoch.
+
+Which selector deploys the better model is measured, not assumed:
+``benchmarks/labelfree_study.py`` reports each one's regret (oracle − picked accuracy).
 
 Every epoch logs every score it can compute, and ``selection.json`` keeps each
 selector's pick (:func:`selector_picks`), so a reader sees where they disagree.
@@ -36,10 +48,13 @@ from torch.utils.data import Dataset, Subset
 
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
+from adapt.mixval import mixval_score
+from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
 
-SELECTORS = ("im", "snd", "dev", "source_val", "last")
+SELECTORS = ("im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last")
 #: selector → the per-epoch log it maximises (``last`` maximises the epoch number)
-SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "last": "epoch"}
+SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch"}
 #: cap per domain on the images whose features train DEV's domain classifier (cost bound)
 DEV_MAX_IMAGES = 1000
 
@@ -155,8 +170,8 @@ def make_score_fn(
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     has_val = source_val is not None and len(source_val) > 0
     has_dev = has_val and source_train is not None and len(source_train) > 0
-    if selector == "source_val" and not has_val:
-        raise UserError("method.selection: 'source_val' needs labelled source validation images (this run has none)")
+    if selector in ("source_val", "atc", "doc", "cot") and not has_val:
+        raise UserError(f"method.selection: {selector!r} needs labelled source validation images (this run has none)")
     if selector == "dev" and not has_dev:
         raise UserError("method.selection: 'dev' needs labelled source images (source train and validation); "
                         "this run has none — use im or snd")
@@ -170,8 +185,15 @@ def make_score_fn(
             out = predict(on_source, source_val, device, batch_size, return_features=has_dev)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
+            if len(out["labels"]) and len(t_out["probs"]):
+                logs["atc"] = estimate_atc(out["probs"], out["labels"], t_out["probs"])
+                logs["doc"] = estimate_doc(out["probs"], out["labels"], t_out["probs"])
+                if selector == "cot":  # an exact transport problem per epoch: only when it selects
+                    logs["cot"] = estimate_cot(t_out["probs"], out["labels"], seed=seed)
             if has_dev:
                 logs["dev"] = _dev_score(on_source, t_out, out)
+        if selector == "mixval":
+            logs["mixval"] = mixval_score(candidate, target, device, batch_size, seed=seed)
         if oracle is not None and len(oracle):
             out = predict(candidate, oracle, device, batch_size)
             acc = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)["accuracy"]
@@ -213,7 +235,8 @@ def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: 
     ``picks`` maps each selector with scores to the epoch it would have chosen;
     ``selectors_agree`` says whether all picked the same epoch (``last`` aside, which
     always picks the final one)."""
-    keys = ("im", "snd", "dev", "source_val_accuracy", "oracle_target_accuracy", "score")
+    keys = ("im", "snd", "dev", "source_val_accuracy", "mixval", "atc", "doc", "cot", "oracle_target_accuracy",
+            "score")
     epochs = [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history]
     picks = selector_picks(epochs)
     chosen = {p["epoch"] for name, p in picks.items() if name != "last"}

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 __all__ = ["SELECTOR_KEYS", "selection_score", "rank_runs"]
 
 #: selector name → the key of its score in ``selection.json``'s epoch records
-SELECTOR_KEYS = {"im": "im", "snd": "snd", "source_val": "source_val_accuracy", "last": "im"}
+SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "im"}
 
 
 def selection_score(selection: Mapping | None, selector: str) -> float | None:

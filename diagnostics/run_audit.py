@@ -23,6 +23,7 @@ from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, Verdict, build_audit
+from diagnostics.labelfree_estimates import estimate_text
 from diagnostics.paired import accuracy_change
 from diagnostics.ranking import rank_runs, recommended_run
 from diagnostics.report import render_html, write_report
@@ -304,12 +305,19 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     if after is not None:
         _add_reliance(after, results[0][1], results[1][1])
         _add_paired_changes(after, feats[0], feats[1], recipe.seed)
+    estimates: dict[str, Any] = {}
+    if bool((feats[0][1].labels < 0).all()):  # target labels unknown: estimate, with measured bands
+        say("audit: estimating target accuracy without labels")
+        estimates = _label_free_estimates(summary, per_domain_runs, source, target, domains, device, recipe.seed)
+        before.label_free["accuracy"] = estimates.get("source-only")
+        if after is not None:
+            after.label_free["accuracy"] = estimates.get(after_name)
     env = environment_info(device)
     audit = build_audit(
         before, after, classes=domains.classes,
         run={"name": recipe.name, "recipe_text": recipe.to_yaml(), "seed": recipe.seed,
              "device": env["device"], "versions": env["versions"]},
-        methods_table=methods_rows(summary.table, ranking, after_name, recipe),
+        methods_table=methods_rows(summary.table, ranking, after_name, recipe, estimates),
     )
     if not has_source:
         audit.verdicts.insert(0, source_free_verdict())
@@ -352,10 +360,12 @@ def partial_target_verdict(missing: list[str]) -> Verdict:
         evidence={"missing_classes": list(missing)})
 
 
-def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, recipe: Recipe) -> list[dict]:
+def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, recipe: Recipe,
+                 estimates: dict[str, Any] | None = None) -> list[dict]:
     """The comparison table with each adapted run's label-free rank (1 = what the selector
-    recommends), its oracle rank by target accuracy (when target labels are known), and
-    which run the audit judged (★ = recommended and audited)."""
+    recommends), its oracle rank by target accuracy (when target labels are known), which
+    run the audit judged (★ = recommended and audited) and, when target labels are
+    unknown, each model's estimated target accuracy with its measured band."""
     ranks = {r["run"]: r for r in ranking}
     rows = []
     for row in table:
@@ -367,8 +377,33 @@ def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, re
                 extra["oracle_rank"] = r["oracle_rank"]
             mark = ("★ recommended" if r["rank"] == 1 else "") + (", audited" if row["model"] == audited else "")
             extra["audit"] = mark.lstrip(", ") or None
+        text = estimate_text((estimates or {}).get(row.get("model")))
+        if text:
+            extra["target_acc_estimated"] = text
         rows.append({**row, "seed": recipe.seed, "selector": recipe.method.selection, **extra})
     return rows
+
+
+def _label_free_estimates(summary: RunSummary, per_domain_runs: set[str], source, target, domains: Domains,
+                          device: torch.device, seed: int) -> dict[str, Any]:
+    """Every model's label-free accuracy estimates on the audit's target images (agreement
+    with the other models; ATC, DoC, COT from the held-out source images as the model is
+    deployed there): {model name: :func:`diagnostics.labelfree_estimates.accuracy_estimates`}."""
+    from adapt.evaluate import predict
+    from diagnostics.labelfree_estimates import accuracy_estimates
+
+    models = {"source-only": summary.source.model, **{n: st.model for n, st in summary.runs.items()}}
+    t_probs = {n: predict(m, target, device)["probs"] for n, m in models.items()}
+    out = {}
+    for name, m in models.items():
+        s_out = None
+        if source is not None:
+            on_src = deployed_on_source(m, domains, device) if name in per_domain_runs else m
+            s_out = predict(on_src, source, device)
+        others = [p.argmax(1) for n, p in t_probs.items() if n != name]
+        out[name] = accuracy_estimates(t_probs[name], None if s_out is None else s_out["probs"],
+                                       None if s_out is None else s_out["labels"], others or None, seed=seed)
+    return out
 
 
 def _add_paired_changes(after: StageResult, before_feats, after_feats, seed: int) -> None:

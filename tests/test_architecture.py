@@ -36,12 +36,15 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
     ("adapt.export", 0, "base"),
+    # pure label-free accuracy estimators (numpy, POT): the audit and checkpoint selection use them
+    ("diagnostics.accuracy_estimation", 0, "base"),
     # 1. training
     ("adapt.batch_order", 1, "training"),
     ("adapt.train", 1, "training"),
     ("adapt.strategies", 1, "training"),
     ("adapt.methods", 1, "training"),
     ("adapt.selection", 1, "training"),
+    ("adapt.mixval", 1, "training"),
     ("adapt.distributed", 1, "training"),
     # 1. measurement: statistics, features, attribution, audit, report
     ("diagnostics", 1, "measurement"),

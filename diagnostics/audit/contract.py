@@ -26,6 +26,9 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
         P = {before, after, delta, ci_low, ci_high, level, mcnemar_p, b, c, n, alpha,
              verdict in {"helped", "hurt", "inconclusive"}}
     label_free: {im_score, snd, ...}       # label-free selection scores (higher = better)
+        "accuracy" (target labels unknown only): diagnostics.labelfree_estimates output
+        {estimates {name: {accuracy, band, change_band, mean_error, n_models}}, default,
+         corroborating, calibration {cases, date, command}}; bands = measured p90 |error|
     gap: {"mmd": {mmd2, p_value, bandwidth, permutations, method ("permutation" | "block"),
                   test (in words), decidable, n_x, n_y},
           "classifier_test": {auc, p_value, permutations, decidable},   # C2ST
@@ -63,7 +66,8 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
     before: StageResult, after: StageResult | None, classes: [str],
     run: RunInfo {name, recipe_text, seed, device, versions {package: version}, created},
     methods_table: [{method, seed, source_acc, target_acc, selected_epoch, selector,
-                     label_free_rank, oracle_rank, audit ("★ recommended, audited"), ...}],
+                     label_free_rank, oracle_rank, audit ("★ recommended, audited"),
+                     target_acc_estimated ("estimated 46 % ± 8 (agreement)", labels unknown), ...}],
     verdicts: [Verdict]
 
 ``Verdict(name, level in {"ok", "warn", "fail"}, title, summary, evidence)``: ``summary``

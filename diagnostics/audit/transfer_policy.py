@@ -15,9 +15,10 @@ from typing import Any
 from diagnostics.audit.collapse_policy import collapsed
 from diagnostics.audit.contract import StageResult, number, section
 from diagnostics.audit.gap_policy import gap_tests
+from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict, worst_level
-from diagnostics.audit.wording import percent, points, statistic
+from diagnostics.audit.wording import percent, points
 
 
 def change_phrase(ch: dict) -> str:
@@ -47,8 +48,8 @@ def _source_problems(sb, sa, th, levels, problems, evidence) -> str:
 def transfer_verdict(before: StageResult, after: StageResult, th: AuditThresholds) -> Verdict | None:
     """Negative transfer: did adaptation make the model worse? (see the module docstring)
 
-    Without target labels the evidence is label-free: IM / SND scores that fell, class
-    collapse that appeared, and source accuracy lost (``source_drop_warn`` / ``_fail``).
+    Without target labels: :func:`labelfree_verdict` (estimated accuracy change with its
+    measured band, corroborated; source accuracy lost is reported beside it).
     """
     sb, sa = before.accuracy("source_test"), after.accuracy("source_test")
     tb, ta = before.accuracy("target_test"), after.accuracy("target_test")
@@ -98,46 +99,66 @@ def transfer_verdict(before: StageResult, after: StageResult, th: AuditThreshold
             summary += " — but " + "; ".join(problems)
         return Verdict("negative_transfer", level, title, summary + ".", evidence)
 
-    # ---- no target labels: label-free evidence only
-    signals: list[str] = []
+    # ---- no target labels: estimated accuracies with measured bands (labelfree_policy)
+    return labelfree_verdict(before, after, evidence, levels, problems, src_text)
+
+
+def _shares(stage: StageResult) -> float | None:
+    return number(stage.collapse, "target", "largest_share")
+
+
+def labelfree_verdict(before: StageResult, after: StageResult, evidence: dict, levels: list[str],
+                      problems: list[str], src_text: str) -> Verdict | None:
+    """Without target labels: "helped" / "did not help" / "negative transfer" / "can't
+    tell" from the estimated accuracy change and its measured band, corroborated by an
+    independent estimator and by collapse (:func:`labelfree_policy.labelfree_outcome`).
+    IM and SND are shown as context; they decide nothing."""
+    eb, ea = before.label_free.get("accuracy") or {}, after.label_free.get("accuracy") or {}
+    primary = ea.get("default")
+    if collapsed(after) and not collapsed(before):  # observed, not estimated: always said
+        levels.append("warn")
+        largest = _shares(after)
+        problems.append("class collapse appeared after adaptation"
+                        + (f" ({percent(largest)} of target predictions in one class)" if largest is not None else ""))
     for key, label in (("im_score", "IM score"), ("snd", "SND")):
         x0, x1 = number(before.label_free, key), number(after.label_free, key)
-        if x0 is None or x1 is None:
-            continue
-        evidence[f"{key}_before"], evidence[f"{key}_after"] = x0, x1
-        text = f"{label} {statistic(x0)} → {statistic(x1)}"
-        if x1 < x0 - th.label_free_rel_drop * max(abs(x0), 1e-12):
-            levels.append("warn")
-            problems.append(f"{label} fell ({statistic(x0)} → {statistic(x1)})")
-        else:
-            signals.append(text)
-    cb, ca = collapsed(before), collapsed(after)
-    if ca:
-        largest = number(after.collapse, "target", "largest_share")
-        if largest is not None:
-            evidence["target_largest_share_after"] = largest
-        if not cb:
-            levels.append("fail")
-            problems.append(
-                "class collapse appeared after adaptation"
-                + (f" ({percent(largest)} of target predictions in one class)" if largest is not None else "")
-            )
-    if sb is None and not evidence:
-        return None
-    level = worst_level(levels)
-    if level == "ok":
-        title = "No sign of negative transfer"
-        parts = signals + ([src_text] if src_text else [])
-        summary = "No sign of negative transfer (target labels unknown)" + (
-            f": {'; '.join(parts)}." if parts else "."
-        )
-    else:
-        title = "Negative transfer likely" if level == "fail" else "Possible negative transfer"
-        summary = f"{title} (target labels unknown): {'; '.join(problems)}"
-        if src_text and not any(p.startswith("source accuracy") for p in problems):
-            summary += f"; {src_text}"
-        summary += "."
-    return Verdict("negative_transfer", level, title, summary, evidence)
+        if x0 is not None and x1 is not None:
+            evidence[f"{key}_before"], evidence[f"{key}_after"] = x0, x1
+    if not primary or primary not in (eb.get("estimates") or {}):
+        if not evidence:
+            return None
+        level = worst_level(["warn", *levels])
+        summary = ("Can't tell whether adaptation helped (target labels unknown): no accuracy estimator with a "
+                   "measured error applies to this run")
+        summary += (f"; {src_text}" if src_text else "") + (" — " + "; ".join(problems) if problems else "") + "."
+        return Verdict("negative_transfer", level, "Can't tell (target labels unknown)", summary, evidence)
+    names = [n for n in (primary, ea.get("corroborating")) if n and n in eb["estimates"] and n in ea["estimates"]]
+    ev = LabelFreeEvidence(
+        estimates_before={n: eb["estimates"][n]["accuracy"] for n in names},
+        estimates_after={n: ea["estimates"][n]["accuracy"] for n in names},
+        change_bands={n: ea["estimates"][n].get("change_band") for n in names},
+        largest_share_before=_shares(before), largest_share_after=_shares(after))
+    out = labelfree_outcome(ev, primary, names[1] if len(names) > 1 else None)
+    pb, pa = eb["estimates"][primary], ea["estimates"][primary]
+    evidence.update(labelfree_outcome=out.outcome, estimator=primary,
+                    estimated_target_accuracy_before=pb["accuracy"], estimated_target_accuracy_after=pa["accuracy"],
+                    estimate_band=pa["band"], estimated_change=out.change, estimated_change_band=out.band)
+    est = (f"estimated target accuracy {100 * pb['accuracy']:.0f} % ± {100 * pb['band']:.0f} → "
+           f"{100 * pa['accuracy']:.0f} % ± {100 * pa['band']:.0f} "
+           f"({primary}; bands = measured 90th-percentile error)")
+    title, level = {
+        "helped": ("Adaptation helped (estimated)", "ok"),
+        "did not help": ("Adaptation did not help (estimated)", "warn"),
+        "negative transfer": ("Negative transfer (estimated)", "fail"),
+        "can't tell": ("Can't tell whether adaptation helped", "warn"),
+    }[out.outcome]
+    level = worst_level([level, *levels])
+    summary = f"{title} (target labels unknown): {est}; " + "; ".join(out.reasons)
+    if src_text:
+        summary += f"; {src_text}"
+    if problems:
+        summary += " — but " + "; ".join(problems)
+    return Verdict("negative_transfer", level, title, summary + ".", evidence)
 
 
 def accuracy_gap_verdict(stage: StageResult, th: AuditThresholds) -> Verdict | None:

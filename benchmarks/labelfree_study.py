@@ -1,0 +1,379 @@
+"""The label-free study: how wrong is each accuracy estimate, each selector's pick and the
+label-free verdict, on shifts whose target labels exist but are hidden from the tool?
+
+    python benchmarks/labelfree_study.py [--seeds 0 1] [--shifts scanner textured mild labelshift clean]
+                                         [--out runs/labelfree_study] [--write-calibration]
+
+Every shift is built from images that ship inside packages (scikit-learn's handwritten
+digits; scikit-image's photographs for the textured target) by
+:mod:`adapt.data.real_images`, at 16×16 px, and run through ``adapt-run``'s own machinery
+(:func:`adapt.pipeline.run_recipe`: source model, AdaBN, DANN, SHOT, TENT, epoch
+selection by MixVal so that every per-epoch score is logged). Then, per model, the
+target-test predictions (and held-out source-validation predictions, as the model is
+deployed on the source) go to the estimators of :mod:`diagnostics.accuracy_estimation`
+— which never see a target label — and the hidden labels score them:
+
+* estimator error: |estimated − true target accuracy| per model, and
+  |estimated change − true change| per adapted run (change = run − source-only);
+* selector regret (points): best true accuracy − true accuracy of the pick, over the
+  models of one case (runs) and over the epochs of one run (epochs, from ``selection.json``);
+* the label-free verdict (:mod:`diagnostics.audit.labelfree_policy`) against the true
+  change, with bands measured leaving the verdict's own shift out (no case judges itself).
+
+``--write-calibration`` writes ``diagnostics/accuracy_estimation/calibration.json``
+(what the audit's "± band" is read from). Target labels are read by this script only
+after the estimates are made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adapt.data.real_images import (  # noqa: E402
+    DIGIT_CLASSES, ImageSet, RealShift, ScannerStyle, digit_splits, load_digit_images, make_digits_shift,
+    write_shift,
+)
+from adapt.evaluate import predict  # noqa: E402
+from adapt.io import atomic_write_bytes, atomic_write_json  # noqa: E402
+from adapt.mixval import mixval_score  # noqa: E402
+from adapt.pipeline import run_recipe  # noqa: E402
+from adapt.recipe import validate_recipe  # noqa: E402
+from adapt.runs import deployed_on_source, load_domains, uses_per_domain_bn  # noqa: E402
+from adapt.selection import label_free_scores  # noqa: E402
+from diagnostics.accuracy_estimation import estimate_all  # noqa: E402
+from diagnostics.accuracy_estimation.calibration import CALIBRATION_PATH  # noqa: E402
+from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
+
+SIZE = 16
+SHIFTS = ("scanner", "textured", "mild", "labelshift", "clean")
+MILD = ScannerStyle(gamma=0.85, contrast=0.85, offset=0.1, blur=0.5, noise=0.04)
+
+
+def build_shift(kind: str, seed: int) -> RealShift:
+    """The shift ``kind`` at 16 px: the scanner, textured (MNIST-M style) and mild scanner
+    covariate shifts, a pure label shift (classes 3–9 thinned to 15 % on the target) and no
+    shift at all (clean: the target is other images of the same handwritten digits)."""
+    if kind in ("scanner", "textured"):
+        return make_digits_shift(kind, seed=seed, image_size=SIZE)
+    if kind == "mild":
+        return make_digits_shift("scanner", seed=seed, image_size=SIZE, scanner=MILD)
+    imgs, labels = load_digit_images(SIZE)
+    idx = digit_splits(labels, seed)
+    rng = np.random.default_rng([seed, 17])
+
+    def part(name: str) -> ImageSet:
+        ids = idx[name]
+        if kind == "labelshift":
+            ids = ids[rng.random(len(ids)) < np.where(labels[ids] < 3, 1.0, 0.15)]
+        elif kind != "clean":
+            raise ValueError(kind)
+        return ImageSet(imgs[ids].contiguous(), labels[ids], ids, kind)
+
+    src = ImageSet(imgs[idx["source"]].contiguous(), labels[idx["source"]], idx["source"], "source")
+    return RealShift(kind, list(DIGIT_CLASSES), src, part("target_train"), part("target_test"), seed)
+
+
+def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: int):
+    runs = [
+        {"name": "adabn", "adabn": True, "epochs": 0},
+        {"name": "dann", "objective": "dann", "epochs": epochs, "dann": {"weight": 1.0}},
+        {"name": "dann+adabn", "objective": "dann", "adabn": True, "epochs": epochs, "dann": {"weight": 0.3}},
+        {"name": "shot", "objective": "shot", "epochs": epochs},
+        {"name": "tent", "objective": "tent", "epochs": 1},
+        # a misconfigured run (domain-loss weight 30, learning rate 0.3): adaptation that hurts
+        {"name": "dann-hurt", "objective": "dann", "dann": {"weight": 30.0}, "lr": 0.3, "epochs": epochs},
+    ]
+    raw = {
+        "name": f"{kind}_seed{seed}", "seed": seed,
+        "data": {"source": {"kind": "imagefolder", "path": str(data["source"])},
+                 "target": {"kind": "imagefolder", "path": str(data["target"])},
+                 "image_size": SIZE, "channels": 1, "num_workers": 0,
+                 "split": {"train": 0.5, "val": 0.2, "test": 0.3}},
+        "model": {"arch": "small_cnn"},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.003, "patience": None, "threads": 1},
+        "method": {"selection": "mixval", "runs": runs},
+        "diagnostics": {"enabled": False},
+        "output": {"dir": str(out / "runs")},
+    }
+    return validate_recipe(raw, "labelfree study recipe")
+
+
+def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False) -> dict[str, Any]:
+    """Train every model of one case; return per model its hidden truth and label-free inputs
+    (cached in ``out/cases/``: ``--reuse`` re-measures from the cache without training)."""
+    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v3.pkl"
+    if reuse and cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    root = out / "data" / kind / f"seed{seed}"
+    if not (root / "target").is_dir():
+        write_shift(build_shift(kind, seed), root, merge_target=True)
+    recipe = recipe_for(kind, seed, {"source": root / "source", "target": root / "target"}, out, epochs)
+    summary = run_recipe(recipe, progress=False, diagnostics=False, overwrite=True)
+    domains = load_domains(recipe)
+    device = torch.device("cpu")
+    per_domain = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
+    t_test, s_val = domains.target_split["test"], domains.source_split["val"]
+    models = {"source-only": summary.source, **summary.runs}
+    out_models: dict[str, Any] = {}
+    for name, st in models.items():
+        t = predict(st.model, t_test, device)
+        on_src = deployed_on_source(st.model, domains, device) if name in per_domain else st.model
+        s = predict(on_src, s_val, device)
+        out_models[name] = {
+            "target_probs": t["probs"], "hidden_target_labels": t["labels"],
+            "source_probs": s["probs"], "source_labels": s["labels"],
+            "mixval": mixval_score(copy.deepcopy(st.model), t_test, device, seed=seed),
+            "epochs": (st.selection or {}).get("epochs") or [],
+        }
+    atomic_write_bytes(cache, pickle.dumps(out_models))
+    return out_models
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: true accuracy, every estimate, selector scores (no label used
+    for anything but ``true_acc``)."""
+    preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
+    rows = []
+    for name, m in models.items():
+        others = [p for n, p in preds.items() if n != name]
+        est = estimate_all(m["target_probs"], m["source_probs"], m["source_labels"], others, seed=seed)
+        lf = label_free_scores(m["target_probs"])
+        share = np.bincount(preds[name], minlength=m["target_probs"].shape[1]).max() / len(preds[name])
+        rows.append({
+            "shift": kind, "seed": seed, "model": name,
+            "true_acc": float(np.mean(preds[name] == m["hidden_target_labels"])),  # the hidden labels
+            "source_acc": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])),
+            "largest_share": float(share),
+            "estimates": est,
+            "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
+                       "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},
+            "epochs": m["epochs"],
+        })
+    return rows
+
+
+def _q90(v: list[float]) -> float:
+    return float(np.quantile(np.asarray(v), 0.9)) if v else float("nan")
+
+
+def estimator_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per estimator: mean / 90th-percentile |error| of accuracy and of change (fractions)."""
+    out: dict[str, dict[str, Any]] = {}
+    names = sorted({k for r in rows for k in r["estimates"]})
+    cases = sorted({(r["shift"], r["seed"]) for r in rows})
+    for est in names:
+        acc_err, ch_err = [], []
+        for case in cases:
+            rs = [r for r in rows if (r["shift"], r["seed"]) == case and est in r["estimates"]]
+            base = next((r for r in rs if r["model"] == "source-only"), None)
+            for r in rs:
+                acc_err.append(abs(r["estimates"][est] - r["true_acc"]))
+                if base is not None and r is not base:
+                    est_change = r["estimates"][est] - base["estimates"][est]
+                    ch_err.append(abs(est_change - (r["true_acc"] - base["true_acc"])))
+        out[est] = {"accuracy_abs_error_mean": float(np.mean(acc_err)), "accuracy_abs_error_p90": _q90(acc_err),
+                    "accuracy_abs_error_max": float(np.max(acc_err)),
+                    "change_abs_error_mean": float(np.mean(ch_err)) if ch_err else None,
+                    "change_abs_error_p90": _q90(ch_err) if ch_err else None,
+                    "n_models": len(acc_err), "n_changes": len(ch_err)}
+    return out
+
+
+def regret_over_runs(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per selector, per case: best true accuracy − true accuracy of the model it scores highest."""
+    out: dict[str, list[float]] = {}
+    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
+        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+        best = max(r["true_acc"] for r in rs)
+        for sel in sorted({k for r in rs for k in r["scores"]}):
+            cand = [r for r in rs if sel in r["scores"] and np.isfinite(r["scores"][sel])]
+            if len(cand) == len(rs):
+                pick = max(cand, key=lambda r: r["scores"][sel])  # first on ties
+                out.setdefault(sel, []).append(best - pick["true_acc"])
+    return out
+
+
+def regret_over_epochs(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per selector, per trained run with ≥ 2 epochs: best − picked oracle accuracy of the epochs."""
+    keys = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
+            "atc": "atc", "doc": "doc", "last": "epoch"}
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        eps = [e for e in r["epochs"] if e.get("oracle_target_accuracy") is not None]
+        if len(eps) < 2 or r["model"] == "source-only":
+            continue
+        best = max(e["oracle_target_accuracy"] for e in eps)
+        for sel, key in keys.items():
+            scored = [e for e in eps if e.get(key) is not None and np.isfinite(float(e[key]))]
+            if len(scored) == len(eps):
+                pick = max(scored, key=lambda e: float(e[key]))
+                out.setdefault(sel, []).append(best - pick["oracle_target_accuracy"])
+    return out
+
+
+def verdict_checks(rows: list[dict[str, Any]], primary: str, secondary: str) -> list[dict[str, Any]]:
+    """The label-free verdict of every adapted run against its true change; the bands of
+    each shift's verdicts are measured on the other shifts only."""
+    out = []
+    for shift in sorted({r["shift"] for r in rows}):
+        others = [r for r in rows if r["shift"] != shift]
+        cal = estimator_errors(others) if others else {}
+        for case in sorted({(r["shift"], r["seed"]) for r in rows if r["shift"] == shift}):
+            rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+            base = next(r for r in rs if r["model"] == "source-only")
+            for r in rs:
+                if r is base:
+                    continue
+                ev = LabelFreeEvidence(
+                    estimates_before={k: base["estimates"][k] for k in (primary, secondary)},
+                    estimates_after={k: r["estimates"][k] for k in (primary, secondary)},
+                    change_bands={k: (cal.get(k) or {}).get("change_abs_error_p90") for k in (primary, secondary)},
+                    largest_share_before=base["largest_share"], largest_share_after=r["largest_share"],
+                    n_classes=len(DIGIT_CLASSES))
+                outcome = labelfree_outcome(ev, primary, secondary)
+                out.append({"shift": shift, "seed": case[1], "model": r["model"],
+                            "true_change": r["true_acc"] - base["true_acc"], "outcome": outcome.outcome,
+                            "estimated_change": outcome.change, "band": outcome.band})
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _pts(x: float | None) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def print_tables(rows, errors, runs_regret, epochs_regret, verdicts) -> None:
+    print("\n## Per model (accuracy %, target labels hidden from every estimate)\n")
+    names = list(errors)
+    print("| shift | seed | model | true | " + " | ".join(names) + " |")
+    print("| --- | --- | --- | ---: | " + " | ".join("---:" for _ in names) + " |")
+    for r in rows:
+        print(f"| {r['shift']} | {r['seed']} | {r['model']} | {_pts(r['true_acc'])} | "
+              + " | ".join(_pts(r["estimates"].get(n)) for n in names) + " |")
+    print("\n## Estimator error (points; |estimate − truth|)\n")
+    print("| estimator | accuracy mean | accuracy p90 | accuracy max | change mean | change p90 | models | changes |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, e in sorted(errors.items(), key=lambda kv: kv[1]["accuracy_abs_error_mean"]):
+        print(f"| {n} | {_pts(e['accuracy_abs_error_mean'])} | {_pts(e['accuracy_abs_error_p90'])} | "
+              f"{_pts(e['accuracy_abs_error_max'])} | {_pts(e['change_abs_error_mean'])} | "
+              f"{_pts(e['change_abs_error_p90'])} | {e['n_models']} | {e['n_changes']} |")
+    for title, reg in (("over runs (which model to deploy)", runs_regret),
+                       ("over epochs (which checkpoint)", epochs_regret)):
+        print(f"\n## Selector regret {title} (points; oracle − pick)\n")
+        print("| selector | mean | worst | cases |")
+        print("| --- | ---: | ---: | ---: |")
+        for sel, v in sorted(reg.items(), key=lambda kv: np.mean(kv[1])):
+            print(f"| {sel} | {_pts(float(np.mean(v)))} | {_pts(float(np.max(v)))} | {len(v)} |")
+    print("\n## Label-free verdict vs the true change (bands measured leaving the shift out)\n")
+    print("| shift | seed | run | true change | estimated change ± band | verdict |")
+    print("| --- | --- | --- | ---: | ---: | --- |")
+    for v in verdicts:
+        print(f"| {v['shift']} | {v['seed']} | {v['model']} | {100 * v['true_change']:+.1f} | "
+              f"{100 * v['estimated_change']:+.1f} ± {_pts(v['band'])} | {v['outcome']} |")
+
+
+def paired_regret(reg: dict[str, list[float]], a: str, b: str, seed: int = 0) -> dict[str, float] | None:
+    """Selector ``a`` against ``b`` on the same cases: mean regret difference (a − b), its
+    95 % paired bootstrap interval (2,000 resamples), and on how many cases each was better."""
+    if a not in reg or b not in reg or len(reg[a]) != len(reg[b]):
+        return None
+    d = np.asarray(reg[a]) - np.asarray(reg[b])
+    rng = np.random.default_rng(seed)
+    boot = [rng.choice(d, len(d)).mean() for _ in range(2000)]
+    return {"mean": float(d.mean()), "ci_low": float(np.quantile(boot, 0.025)),
+            "ci_high": float(np.quantile(boot, 0.975)), "a_better": int((d < 0).sum()),
+            "b_better": int((d > 0).sum()), "cases": len(d)}
+
+
+def verdict_summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    wrong_neg = [v for v in verdicts if v["outcome"] == "negative transfer" and v["true_change"] >= 0.10]
+    wrong_help = [v for v in verdicts if v["outcome"] == "helped" and v["true_change"] <= -0.03]
+    large = [v for v in verdicts if abs(v["true_change"]) >= 0.20]
+    named = [v for v in large if (v["true_change"] > 0 and v["outcome"] == "helped")
+             or (v["true_change"] < 0 and v["outcome"] in ("negative transfer", "did not help"))]
+    return {"n": len(verdicts), "negative_transfer_on_gain_ge_10": len(wrong_neg),
+            "helped_on_loss_ge_3": len(wrong_help), "large_changes": len(large),
+            "large_changes_direction_named": len(named)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--out", default="runs/labelfree_study")
+    ap.add_argument("--write-calibration", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="re-measure cached cases instead of training them")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:  # every shift of one seed first: a partial study still covers every shift
+        for kind in args.shifts:
+            t = time.perf_counter()
+            rows += case_rows(kind, seed, run_case(kind, seed, out, args.epochs, args.reuse))
+            print(f"{kind} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
+    errors = estimator_errors(rows)
+    runs_regret, epochs_regret = regret_over_runs(rows), regret_over_epochs(rows)
+    # the default: the lowest mean error of the accuracy *change* (what the verdict reads)
+    ranked = sorted((e for e in errors if errors[e]["change_abs_error_mean"] is not None),
+                    key=lambda e: errors[e]["change_abs_error_mean"])
+    primary = ranked[0]
+    # the corroborating signal comes from the other family (agreement between models vs
+    # one model's own confidence/transport): two agreement variants are one signal, not two
+    family = lambda e: e.startswith("agreement")  # noqa: E731
+    secondary = next(e for e in ranked[1:] if family(e) != family(primary))
+    verdicts = verdict_checks(rows, primary, secondary)
+    print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
+    vs = verdict_summary(verdicts)
+    paired = {}
+    print("\n## Against the default selector (im), same cases: regret difference (points), 95 % paired bootstrap\n")
+    for where, reg in (("epochs", epochs_regret), ("runs", runs_regret)):
+        for sel in sorted(reg):
+            p = paired_regret(reg, sel, "im") if sel != "im" else None
+            if p is not None:
+                paired[f"{sel} vs im over {where}"] = p
+                print(f"  over {where}: {sel} − im = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
+                      f"{100 * p['ci_high']:+.1f}]; better on {p['a_better']}, worse on {p['b_better']} "
+                      f"of {p['cases']}")
+    print(f"\nverdicts: {vs}\nprimary estimator {primary}, corroborating {secondary}; "
+          f"{time.perf_counter() - t0:.0f} s in all")
+    doc = {
+        "estimators": errors, "default_estimator": primary, "corroborating_estimator": secondary,
+        "selector_regret_over_runs": {k: {"mean": float(np.mean(v)), "worst": float(np.max(v)), "cases": len(v)}
+                                      for k, v in runs_regret.items()},
+        "selector_regret_over_epochs": {k: {"mean": float(np.mean(v)), "worst": float(np.max(v)), "cases": len(v)}
+                                        for k, v in epochs_regret.items()},
+        "selector_vs_im": paired, "verdicts": vs, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
+        "cases": len({(r["shift"], r["seed"]) for r in rows}),
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/labelfree_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    atomic_write_json(out / "labelfree_study.json", {**doc, "rows": [{k: v for k, v in r.items() if k != "epochs"}
+                                                                    for r in rows], "verdict_rows": verdicts})
+    if args.write_calibration:
+        atomic_write_json(CALIBRATION_PATH, doc)
+        print(f"wrote {CALIBRATION_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The label-free verdict (issue 17): "helped" / "did not help" / "negative transfer" /
+"can't tell" from the estimated accuracy change and its measured band, never from one
+indicator; and, on models whose true accuracies are known by construction (hidden from
+the estimators), never "negative transfer" for a true gain ≥ 10 points nor "helped" for a
+true loss ≥ 3 points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diagnostics.audit import StageResult, compute_verdicts
+from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome
+from diagnostics.labelfree_estimates import accuracy_estimates, estimate_text
+
+
+def _ev(d1, d2=None, b1=0.08, b2=0.10, share_before=0.2, share_after=0.2):
+    before = {"p": 0.5, **({"s": 0.5} if d2 is not None else {})}
+    after = {"p": 0.5 + d1, **({"s": 0.5 + d2} if d2 is not None else {})}
+    return LabelFreeEvidence(before, after, {"p": b1, "s": b2}, share_before, share_after)
+
+
+@pytest.mark.parametrize("d1, d2, shares, expected", [
+    (+0.20, +0.10, (0.2, 0.2), "helped"),
+    (+0.05, +0.10, (0.2, 0.2), "can't tell"),          # the interval crosses 0
+    (+0.20, -0.05, (0.2, 0.2), "can't tell"),          # the second estimator disagrees
+    (+0.20, +0.10, (0.2, 0.9), "can't tell"),          # collapse appeared: a gain is not believed
+    (-0.20, +0.05, (0.2, 0.2), "did not help"),        # a loss by one indicator only
+    (-0.20, -0.20, (0.2, 0.2), "negative transfer"),   # two estimators agree on a loss
+    (-0.20, None, (0.2, 0.9), "negative transfer"),    # estimated loss + collapse observed
+    (-0.20, None, (0.2, 0.2), "did not help"),
+])
+def test_outcome_needs_the_interval_and_an_independent_signal(d1, d2, shares, expected):
+    out = labelfree_outcome(_ev(d1, d2, share_before=shares[0], share_after=shares[1]), "p",
+                            "s" if d2 is not None else None)
+    assert out.outcome == expected
+    assert out.change == pytest.approx(d1) and out.band == 0.08
+
+
+def test_no_measured_band_means_cant_tell():
+    ev = _ev(-0.4, -0.4, b1=None)
+    assert labelfree_outcome(ev, "p", "s").outcome == "can't tell"
+
+
+# ----------------------------------------------------------------- truth known by construction
+
+K, N = 10, 600
+CAL = {  # a calibration document: what the study writes (the bands here are the test's own)
+    "estimators": {n: {"accuracy_abs_error_mean": 0.05, "accuracy_abs_error_p90": 0.08,
+                       "change_abs_error_mean": 0.04, "change_abs_error_p90": 0.07, "n_models": 30, "n_changes": 20}
+                   for n in ("atc", "doc", "cot", "agreement", "avg_conf", "atc_maxprob")},
+    "default_estimator": "agreement", "corroborating_estimator": "atc", "cases": 6, "date": "test",
+    "command": "python benchmarks/labelfree_study.py (test)",
+}
+
+
+def _model(labels, acc, rng):
+    """Probabilities of a model right on a random ``acc`` share of ``labels`` [n], wrong
+    (another random class) elsewhere; confident when right, less when wrong."""
+    n = len(labels)
+    right = np.zeros(n, bool)
+    right[rng.choice(n, int(round(acc * n)), replace=False)] = True
+    pred = np.where(right, labels, (labels + rng.integers(1, K, n)) % K)
+    conf = np.where(right, rng.uniform(0.7, 1.0, n), rng.uniform(0.3, 0.8, n))
+    p = np.repeat(((1 - conf) / (K - 1))[:, None], K, axis=1)
+    p[np.arange(n), pred] = conf
+    return p
+
+
+def _case(acc_before, acc_after, seed):
+    rng = np.random.default_rng(seed)
+    yt, ys = rng.integers(0, K, N), rng.integers(0, K, N)
+    accs = {"source-only": acc_before, "adapted": acc_after, "other1": rng.uniform(0.3, 0.8),
+            "other2": rng.uniform(0.3, 0.8)}
+    tp = {n: _model(yt, a, rng) for n, a in accs.items()}
+    sp = {n: _model(ys, 0.95, rng) for n in accs}
+    est = {n: accuracy_estimates(tp[n], sp[n], ys, [tp[m].argmax(1) for m in accs if m != n], CAL)
+           for n in accs}
+    stages = []
+    for n in ("source-only", "adapted"):
+        share = float(np.bincount(tp[n].argmax(1), minlength=K).max() / N)
+        stages.append(StageResult.from_dict({
+            "name": n, "metrics": {"source_test": {"accuracy": 0.95}, "target_test": None},
+            "label_free": {"im_score": 0.5, "accuracy": est[n]},
+            "collapse": {"collapsed": False, "target": {"largest_share": share}}}))
+    v = {x.name: x for x in compute_verdicts(stages[0], stages[1])}["negative_transfer"]
+    return v, est
+
+
+@pytest.mark.parametrize("before, after", [(0.2, 0.6), (0.3, 0.45), (0.6, 0.3), (0.7, 0.66), (0.5, 0.5)])
+def test_verdict_never_contradicts_a_known_change(before, after):
+    for seed in range(4):
+        v, est = _case(before, after, seed)
+        outcome = v.evidence["labelfree_outcome"]
+        if after - before >= 0.10:
+            assert outcome != "negative transfer", v.summary
+        if after - before <= -0.03:
+            assert outcome != "helped", v.summary
+        assert "target labels unknown" in v.summary and "±" in v.summary
+        assert estimate_text(est["adapted"]).startswith("estimated ")
+
+
+def test_estimator_without_measured_error_is_not_shown():
+    rng = np.random.default_rng(0)
+    p = _model(rng.integers(0, K, 50), 0.5, rng)
+    section = accuracy_estimates(p, calibration={"estimators": {}})
+    assert section["estimates"] == {} and estimate_text(section) is None
