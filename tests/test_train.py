@@ -163,7 +163,8 @@ def test_cli_killed_run_resumes_to_the_same_model(tmp_path):
     out_b = tmp_path / "b"
     proc = subprocess.Popen(base + [f"output.dir={out_b}"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    last = out_b / "tiny" / "source" / "last.pt"
+    # a fresh run trains in its staging folder and moves into out_b/tiny only when finished
+    last = out_b / ".tiny.partial" / "source" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline and not last.exists():
         time.sleep(0.05)
