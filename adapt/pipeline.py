@@ -98,10 +98,12 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
 
 
 def _outcome(name: str, model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe,
-             per_domain_bn: bool, **info: Any) -> StageOutcome:
+             per_domain_bn: bool, on_source: nn.Module | None = None, **info: Any) -> StageOutcome:
     """A finished stage, evaluated. A per-domain-BN model's source-statistics copy is made
-    here once and kept (``StageOutcome.on_source``): the audit measures the same copy."""
-    on_source = deployed_on_source(model, domains, device) if per_domain_bn and domains.has_source else None
+    here once (unless given) and kept (``StageOutcome.on_source``): the audit measures the
+    same copy."""
+    if on_source is None and per_domain_bn and domains.has_source:
+        on_source = deployed_on_source(model, domains, device)
     return StageOutcome(name, model, _evaluate_all(model, domains, device, recipe, per_domain_bn, on_source),
                         on_source=on_source, **info)
 
@@ -248,8 +250,12 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         selection = selection_summary(result.history, selector, result.best_epoch)
     if on_target_stats:
         adabn_on(model, target_train, device)
+    # the final model as deployed on the source: made once, for the score below, the
+    # evaluation and the audit
+    on_source = deployed_on_source(model, domains, device) if source_prepare is not None else None
     if selection is None:  # nothing was trained: score the final model once, for the table
-        _, logs = make_score_fn(selector, **score_kw)(model)
+        final_kw = {**score_kw, "source_prepare": (lambda _copy: on_source) if on_source is not None else None}
+        _, logs = make_score_fn(selector, **final_kw)(model)
         selection = selection_summary([{"epoch": 0, **logs}], selector, 0)
     seconds = time.perf_counter() - t0 + earlier
     if ctx.is_main:
@@ -258,7 +264,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     batchnorm_statistics="target" if uses_per_domain_bn(run_cfg) else "as trained")
         atomic_write_json(stage_dir / "selection.json", selection)
     return _outcome(run_cfg.name, model, domains, device, recipe, uses_per_domain_bn(run_cfg),
-                    fit=fit_info, selection=selection, seconds=seconds)
+                    on_source=on_source, fit=fit_info, selection=selection, seconds=seconds)
 
 
 def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
