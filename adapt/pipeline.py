@@ -51,8 +51,9 @@ from adapt.runs import (
     uses_target_bn,
 )
 from adapt.selection import make_score_fn, selection_summary
-from adapt.train import FitResult, fit
+from adapt.train import FitResult, fit, precise_bn_covers
 from diagnostics.drift import MIN_BATCH, save_run_reference
+from diagnostics.features import extract_features
 from diagnostics.ranking import recommended_run
 from diagnostics.run_audit import audit_run
 
@@ -74,24 +75,37 @@ def _save_stage(stage_dir: Path, model: nn.Module, recipe: Recipe, domains: Doma
 
 
 def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe,
-                  per_domain_bn: bool = False) -> dict[str, Any]:
+                  per_domain_bn: bool = False, on_source: nn.Module | None = None) -> dict[str, Any]:
     """Source val/test and target test metrics.
 
     ``per_domain_bn``: the model carries target BatchNorm statistics (AdaBN); it is
     evaluated on the source with statistics re-estimated on unlabelled source training
     images — each domain with its own, as AdaBN is deployed — so that source accuracy
-    measures what the weights retained, not a statistics mismatch.
+    measures what the weights retained, not a statistics mismatch. ``on_source``: that
+    source-statistics copy when the caller already has it (see :func:`_outcome`).
     Without source images (a source-free recipe) ``source_test`` is None.
     """
     ev = lambda m, ds: evaluate(m, ds, domains.classes, device, num_workers=recipe.data.num_workers)  # noqa: E731
     out: dict[str, Any] = {"source_test": None}
     if domains.has_source:
-        on_source = deployed_on_source(model, domains, device) if per_domain_bn else model
+        if on_source is None:
+            on_source = deployed_on_source(model, domains, device) if per_domain_bn else model
         out["source_test"] = ev(on_source, domains.source_split["test"])
         if "val" in domains.source_split:
             out["source_val"] = ev(on_source, domains.source_split["val"])
     out["target_test"] = ev(model, domains.target_split["test"]) if domains.target.has_labels else None
     return out
+
+
+def _outcome(name: str, model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe,
+             per_domain_bn: bool, on_source: nn.Module | None = None, **info: Any) -> StageOutcome:
+    """A finished stage, evaluated. A per-domain-BN model's source-statistics copy is made
+    here once (unless given) and kept (``StageOutcome.on_source``): the audit measures the
+    same copy."""
+    if on_source is None and per_domain_bn and domains.has_source:
+        on_source = deployed_on_source(model, domains, device)
+    return StageOutcome(name, model, _evaluate_all(model, domains, device, recipe, per_domain_bn, on_source),
+                        on_source=on_source, **info)
 
 
 def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
@@ -143,9 +157,8 @@ def _load_finished(name: str, stage_dir: Path, domains: Domains, device: torch.d
     """A stage that finished in an earlier (resumed) run: load its model, re-evaluate."""
     model, meta = load_checkpoint(_final_checkpoint(stage_dir))
     model.to(device)
-    return StageOutcome(name, model, _evaluate_all(model, domains, device, recipe, per_domain_bn),
-                        fit=meta.get("fit"), selection=meta.get("selection"),
-                        seconds=float(meta.get("seconds", 0.0)))
+    return _outcome(name, model, domains, device, recipe, per_domain_bn,
+                    fit=meta.get("fit"), selection=meta.get("selection"), seconds=float(meta.get("seconds", 0.0)))
 
 
 def load_source_checkpoint(recipe: Recipe, domains: Domains) -> nn.Module:
@@ -197,16 +210,22 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     # Source-validation accuracy is measured as the model is deployed on the source
     # (see uses_per_domain_bn), or `selection: source_val` would judge these runs by a
     # BatchNorm mismatch rather than by what the weights retained.
-    source_prepare = ((lambda m: adabn_on(m, domains.source_split["train"], device))
+    source_train = domains.source_split.get("train")
+    source_prepare = ((lambda m: adabn_on(m, source_train, device))
                       if uses_per_domain_bn(run_cfg) and domains.has_source else None)
     selector = recipe.method.selection
     oracle = domains.target_split["test"] if domains.target.has_labels else None
     score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
-                    source_train=domains.source_split.get("train"), class_names=domains.classes,
+                    source_train=source_train, class_names=domains.classes,
                     device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle)
-    score_fn = make_score_fn(selector, prepare=prepare, **score_kw)
+    trains_on_source = domains.has_source and parts.train_data is source_train
+    fit_source_prepare = source_prepare
+    if source_prepare is not None and trains_on_source and recipe.train.precise_bn:
+        # the epoch's precise-BN pass has just set the source statistics this would
+        # re-estimate (the same images): score with them rather than compute them twice
+        fit_source_prepare = lambda m: m if precise_bn_covers(m, source_train) else source_prepare(m)  # noqa: E731
+    score_fn = make_score_fn(selector, prepare=prepare, **{**score_kw, "source_prepare": fit_source_prepare})
     epochs = run_epochs(run_cfg, recipe)
-    trains_on_source = domains.has_source and parts.train_data is domains.source_split["train"]
     fit_info: dict[str, Any] | None = None
     selection = None
     earlier = 0.0
@@ -231,8 +250,12 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         selection = selection_summary(result.history, selector, result.best_epoch)
     if on_target_stats:
         adabn_on(model, target_train, device)
+    # the final model as deployed on the source: made once, for the score below, the
+    # evaluation and the audit
+    on_source = deployed_on_source(model, domains, device) if source_prepare is not None else None
     if selection is None:  # nothing was trained: score the final model once, for the table
-        _, logs = make_score_fn(selector, **score_kw)(model)
+        final_kw = {**score_kw, "source_prepare": (lambda _copy: on_source) if on_source is not None else None}
+        _, logs = make_score_fn(selector, **final_kw)(model)
         selection = selection_summary([{"epoch": 0, **logs}], selector, 0)
     seconds = time.perf_counter() - t0 + earlier
     if ctx.is_main:
@@ -240,9 +263,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     run=run_cfg.model_dump(by_alias=True),
                     batchnorm_statistics="target" if uses_per_domain_bn(run_cfg) else "as trained")
         atomic_write_json(stage_dir / "selection.json", selection)
-    return StageOutcome(run_cfg.name, model,
-                        _evaluate_all(model, domains, device, recipe, per_domain_bn=uses_per_domain_bn(run_cfg)),
-                        fit=fit_info, selection=selection, seconds=seconds)
+    return _outcome(run_cfg.name, model, domains, device, recipe, uses_per_domain_bn(run_cfg),
+                    on_source=on_source, fit=fit_info, selection=selection, seconds=seconds)
 
 
 def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,
@@ -449,8 +471,11 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
     else:
         bn = "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
         rel = ckpt.relative_to(run_dir) if ckpt.is_relative_to(run_dir) else ckpt
+        # main rank only (no sharding); kept for the audit, which measures the same model there
+        fs = extract_features(held_out, deployed.model, "model", device=device, progress=False, shard=False)
+        summary.target_eval_features[deployed.name] = fs
         path = save_run_reference(run_dir, deployed.model, held_out, domains.classes, model_path=str(rel),
-                                  device=device, seed=recipe.seed,
+                                  device=device, seed=recipe.seed, features=fs,
                                   meta={"run": deployed.name, "batchnorm_statistics": bn})
         out["drift_reference"] = {"path": path.name, "model": str(rel), "images": len(held_out)}
         say(f"drift reference: {path} ({deployed.name} on {len(held_out)} held-out target images)")

@@ -87,6 +87,9 @@ class StageOutcome:
     fit: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
     seconds: float = 0.0
+    #: a per-domain-BN model's copy with source BatchNorm statistics (deployed_on_source),
+    #: made once when the stage is evaluated and reused by the audit; None otherwise
+    on_source: nn.Module | None = None
 
 
 @dataclass
@@ -98,6 +101,9 @@ class RunSummary:
     runs: dict[str, StageOutcome] = field(default_factory=dict)
     baselines: dict[str, StageOutcome] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
+    #: features of a stage's model (by stage name) on ``Domains.target_eval``, extracted
+    #: once for the drift reference and reused by the audit
+    target_eval_features: dict[str, Any] = field(default_factory=dict)
     audit_path: Path | None = None
 
 

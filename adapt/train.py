@@ -424,14 +424,31 @@ def _epoch_line(desc: str, epoch: int, epochs: int, record: dict[str, Any], impr
             + (" *" if improved else ""))
 
 
+#: precise BN re-estimates the statistics on at most this many training images
+PRECISE_BN_IMAGES = 1024
+
+
+def precise_bn_covers(model: nn.Module, data: Dataset) -> bool:
+    """Whether the last precise-BN pass over ``data`` left *every* BatchNorm layer of
+    ``model`` holding the pooled statistics of all of ``data`` (no sample drawn, no layer
+    frozen out): then re-estimating them on ``data`` would compute them again, bit for bit
+    (same images in the same batches as :func:`adapt.runs.adabn_on`)."""
+    return len(data) <= PRECISE_BN_IMAGES and \
+        len(batchnorm_layers(model, trainable_only=True)) == len(batchnorm_layers(model))
+
+
 def _precise_bn(model: nn.Module, data: Dataset, seed: int, device: torch.device,
-                max_images: int = 1024) -> None:
+                max_images: int = PRECISE_BN_IMAGES) -> None:
     """Re-estimate trainable BatchNorm layers' statistics on a fixed sample of the
     training data (the same images every epoch, so a resumed run matches): the exact
     pooled statistics of that sample, whatever its order (:func:`adapt.methods.adabn.adabn`)."""
     if not batchnorm_layers(model):
         return
-    order = np.random.default_rng([seed, 0xB2]).permutation(len(data))[:max_images].tolist()
+    # the whole set in its own order when it fits (the statistics are order-free, and then
+    # bit-identical to AdaBN's on the same set, which the epoch's scoring reuses: see
+    # precise_bn_covers); a seeded sample otherwise
+    order = (list(range(len(data))) if len(data) <= max_images
+             else np.random.default_rng([seed, 0xB2]).permutation(len(data))[:max_images].tolist())
     loader = DataLoader(data, batch_size=256, sampler=order)
     adabn(model, loader, device, trainable_only=True)
 

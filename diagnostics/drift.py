@@ -457,11 +457,13 @@ def reference_summary(ref: DriftReference) -> dict[str, Any]:
 
 def save_run_reference(run_dir: str | os.PathLike, model: torch.nn.Module, dataset, classes: list[str], *,
                        model_path: str, device: str | torch.device = "cpu", max_points: int = 1000, seed: int = 0,
-                       meta: Mapping[str, Any] | None = None) -> Path:
+                       meta: Mapping[str, Any] | None = None, features: FeatureSet | None = None) -> Path:
     """Extract the deployed model's features on ``dataset`` (held-out target images) and
     write ``RUN_DIR/drift_reference.npz``. ``model_path``: the checkpoint, relative to
-    ``run_dir``, that :func:`monitor_batch` will load."""
-    fs = extract_features(dataset, model, "model", device=device, progress=False, shard=False)  # main rank only
+    ``run_dir``, that :func:`monitor_batch` will load. ``features``: those features when
+    the caller has already extracted them (``extract_features(dataset, model, "model")``)."""
+    fs = features if features is not None else \
+        extract_features(dataset, model, "model", device=device, progress=False, shard=False)  # main rank only
     info = {"model": model_path, "image_size": int(getattr(dataset, "image_size", 0) or 0),
             "channels": int(getattr(dataset, "channels", 0) or 0), "domain": getattr(dataset, "name", ""),
             "seed": int(seed), **dict(meta or {})}

@@ -41,6 +41,7 @@ from diagnostics.domain_classifier import DomainClassifierResult, domain_classif
 from diagnostics.features import FeatureSet
 from diagnostics.frechet import FrechetInterval, FrechetSampleSizeWarning, frechet_bootstrap, frechet_from_moments
 from diagnostics.gate import GATE_METRICS, FailCondition, fired_conditions, parse_fail_on
+from diagnostics.threads import single_threaded
 from diagnostics.mmd import MMDResult, mmd_permutation_test
 from diagnostics.transport import TransportResult, wasserstein_distance
 from diagnostics.two_sample import C2STResult, classifier_two_sample_test, min_permutations
@@ -182,6 +183,12 @@ def measure_gap(
             raise UserError(f"{label}: {len(fs)} images; the gap needs at least 5 per domain")
     if max_points < 5:
         raise UserError(f"max_points: must be at least 5, got {max_points}")
+    with single_threaded():  # small linear algebra: see diagnostics.threads
+        return _measure_gap(source, target, permutations, seed, max_points, bootstrap, alpha)
+
+
+def _measure_gap(source: FeatureSet, target: FeatureSet, permutations: int, seed: int, max_points: int,
+                 bootstrap: int, alpha: float) -> GapResult:
     rng = np.random.default_rng(int(seed))
     xs = _subsample_rows(source.features, max_points, rng)
     xt = _subsample_rows(target.features, max_points, rng)

@@ -265,12 +265,21 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     # source images with statistics re-estimated on unlabelled source training images.
 
     per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
+    # (the copy made when the stage was evaluated, when there is one: the same model)
     source_models = [st.model if not (i > 0 and after_name in per_domain_runs and has_source)
-                     else deployed_on_source(st.model, domains, device) for i, (_, st) in enumerate(stages)]
+                     else st.on_source if st.on_source is not None else deployed_on_source(st.model, domains, device)
+                     for i, (_, st) in enumerate(stages)]
+
+    def on_target(st) -> Any:
+        # the deployed model's held-out target features, already extracted for the drift reference
+        kept = summary.target_eval_features.get(st.name)
+        if kept is not None and cfg.features == "model" and target is domains.target_eval:
+            return kept
+        return extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False)
+
     # the audit runs on the main rank alone: no sharding across a process group
     feats = [(extract_features(source, sm, cfg.features, device=device, progress=False, shard=False)
-              if has_source else None,
-              extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False))
+              if has_source else None, on_target(st))
              for sm, (_, st) in zip(source_models, stages)]
     pool = futures = None
     if cfg.umap and has_source:  # the embedding shows the two domains together

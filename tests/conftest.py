@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 
@@ -18,3 +20,96 @@ def one_thread():
     with threadpool_limits(limits=1):
         yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- the e2e run
+
+#: The end-to-end run on the phantom shift that several test files read (tests/test_pipeline.py
+#: for accuracies, verdicts, the run folder and resume; tests/test_no_work_twice.py for the
+#: work it does): trained once per session.
+E2E_RECIPE = """
+name: e2e
+seed: 0
+data:
+  source: {kind: phantom-cxr, site: A, n: 1200}
+  target: {kind: phantom-cxr, site: B, n: 400}
+  image_size: 64
+train: {epochs: 6, batch_size: 64, lr: 0.002, device: cpu, patience: 3}
+method:
+  selection: im
+  audit_run: hist
+  runs:
+    - {name: adabn, adabn: true, epochs: 0}
+    - {name: hist, objective: source_only, style: histogram, adabn: true, epochs: 2}
+    - {name: hurt, objective: dann, dann: {weight: 30.0}, lr: 0.3, epochs: 2}
+diagnostics: {enabled: true, permutations: 200, max_samples: 200, attribution_samples: 32,
+              attribution_steps: 8, umap: false}
+"""
+
+
+@dataclass
+class E2ERun:
+    summary: object  # adapt.runs.RunSummary
+    domains: object  # adapt.runs.Domains, as the run loaded them
+    #: what the run did, recorded by spies that call through to the real functions:
+    #: "adabn": the data of every BatchNorm re-estimation; "order": the batch size each
+    #: layer-order probe ran; "on_source": the model of every deployed_on_source call;
+    #: "features": (dataset, model) of every feature extraction
+    calls: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> E2ERun:
+    import adapt.methods.adabn as adabn_mod
+    import adapt.pipeline as pipeline_mod
+    import adapt.runs as runs_mod
+    import adapt.train as train_mod
+    import diagnostics.drift as drift_mod
+    import diagnostics.features as features_mod
+    import diagnostics.run_audit as audit_mod
+    from adapt.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("e2e")
+    path = root / "e2e.yaml"
+    path.write_text(E2E_RECIPE)
+    recipe = load_recipe(path, [f"output.dir={root / 'runs'}"])
+    calls: dict[str, list] = {"adabn": [], "order": [], "on_source": [], "features": []}
+    loaded = []
+    real = dict(adabn=adabn_mod.adabn, order=adabn_mod._forward_order, on_source=runs_mod.deployed_on_source,
+                features=features_mod.extract_features, load=pipeline_mod.load_domains)
+
+    def adabn_spy(model, data, *a, **kw):
+        calls["adabn"].append(getattr(data, "dataset", data))
+        return real["adabn"](model, data, *a, **kw)
+
+    def order_spy(model, layers, x):
+        calls["order"].append(x.shape[0])
+        return real["order"](model, layers, x)
+
+    def on_source_spy(model, domains, device):
+        calls["on_source"].append(model)
+        return real["on_source"](model, domains, device)
+
+    def features_spy(dataset, model=None, *a, **kw):
+        calls["features"].append((dataset, model))
+        return real["features"](dataset, model, *a, **kw)
+
+    def load_spy(rec):
+        loaded.append(real["load"](rec))
+        return loaded[-1]
+
+    mp = pytest.MonkeyPatch()
+    try:
+        for mod in (adabn_mod, train_mod, runs_mod):  # every module that calls adabn by name
+            mp.setattr(mod, "adabn", adabn_spy)
+        mp.setattr(adabn_mod, "_forward_order", order_spy)
+        for mod in (runs_mod, pipeline_mod, audit_mod):
+            mp.setattr(mod, "deployed_on_source", on_source_spy)
+        # the audit imports extract_features late, from diagnostics.features
+        for mod in (features_mod, drift_mod, pipeline_mod):
+            mp.setattr(mod, "extract_features", features_spy, raising=False)
+        mp.setattr(pipeline_mod, "load_domains", load_spy)
+        summary = pipeline_mod.run_recipe(recipe, progress=False)
+    finally:
+        mp.undo()
+    return E2ERun(summary, loaded[0], calls)

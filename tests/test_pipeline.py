@@ -17,34 +17,13 @@ from adapt.pipeline import run_recipe
 from adapt.recipe import load_recipe
 from diagnostics.audit import StageResult, compute_verdicts
 
-RECIPE = """
-name: e2e
-seed: 0
-data:
-  source: {kind: phantom-cxr, site: A, n: 1200}
-  target: {kind: phantom-cxr, site: B, n: 400}
-  image_size: 64
-train: {epochs: 6, batch_size: 64, lr: 0.002, device: cpu, patience: 3}
-method:
-  selection: im
-  audit_run: hist
-  runs:
-    - {name: adabn, adabn: true, epochs: 0}
-    - {name: hist, objective: source_only, style: histogram, adabn: true, epochs: 2}
-    - {name: hurt, objective: dann, dann: {weight: 30.0}, lr: 0.3, epochs: 2}
-diagnostics: {enabled: true, permutations: 200, max_samples: 200, attribution_samples: 32,
-              attribution_steps: 8, umap: false}
-"""
+from tests.conftest import E2E_RECIPE as RECIPE
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    path = root / "e2e.yaml"
-    path.write_text(RECIPE)
-    recipe = load_recipe(path, [f"output.dir={root / 'runs'}"])
-    summary = run_recipe(recipe, progress=False)
-    return summary
+def run(e2e):
+    """The session's end-to-end run (tests/conftest.py), trained once and shared."""
+    return e2e.summary
 
 
 def acc(stage, split):

@@ -51,9 +51,14 @@ from adapt.errors import UserError
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
-def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
-    """BatchNorm layers that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+def batchnorm_layers(model: nn.Module, trainable_only: bool = False) -> list[_BatchNorm]:
+    """BatchNorm layers that keep running statistics; with ``trainable_only``, those whose
+    affine parameters are trainable or that have none (what :func:`adabn` re-estimates then)."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if trainable_only:
+        layers = [m for m in layers if any(p.requires_grad for p in m.parameters(recurse=False))
+                  or not list(m.parameters(recurse=False))]
+    return layers
 
 
 def _batches(data, batch_size: int) -> Iterable[Tensor]:
@@ -141,7 +146,10 @@ class ChannelMoments:
 
 
 def _forward_order(model: nn.Module, layers: list[_BatchNorm], x: Tensor) -> list[_BatchNorm]:
-    """``layers`` in the order a forward pass of ``x`` first calls them (unused ones left out)."""
+    """``layers`` in the order a forward pass of ``x`` first calls them (unused ones left out).
+
+    Only the order is wanted: callers pass one image (eval mode: the batch size does not
+    change which layers are called); a whole batch here cost a full forward pass."""
     order: list[_BatchNorm] = []
     wanted = set(map(id, layers))
 
@@ -210,7 +218,7 @@ def _sweep_chain(chain: list[nn.Module], todo: list[_BatchNorm], acts: list[Tens
     for module in chain:
         inner = [m for m in module.modules() if id(m) in wanted and id(m) not in done]
         # a BatchNorm that is itself the module: its input is ``acts``, the pass stops at once
-        for layer in _forward_order(module, inner, acts[0]) if inner else []:
+        for layer in _forward_order(module, inner, acts[0][:1]) if inner else []:
             _set_statistics(layer, _input_moments(module, layer, acts, device))
             done.add(id(layer))
         if len(done) == len(wanted):
@@ -252,10 +260,7 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
     (False: the generic prefix passes only; same result, for checking).
     Returns the number of images seen.
     """
-    layers = batchnorm_layers(model)
-    if trainable_only:
-        layers = [m for m in layers if any(p.requires_grad for p in m.parameters(recurse=False))
-                  or not list(m.parameters(recurse=False))]
+    layers = batchnorm_layers(model, trainable_only)
     modes = {m: m.training for m in model.modules()}
     batches = _Replay(target_loader, batch_size, cache_mb * 2**20)
     try:
@@ -264,7 +269,7 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
         if seen == 0:
             raise UserError("adabn: the target data yielded no images")
         if layers:
-            first = next(iter(batches)).to(device, non_blocking=True)
+            first = next(iter(batches))[:1].to(device, non_blocking=True)
             order = _forward_order(model, layers, first)
             chain = _chain_of(model) if chain_sweep else None
             if chain is not None and (batches.cache is not None or isinstance(target_loader, Tensor)):
