@@ -38,6 +38,7 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import ADVERSARIAL_OBJECTIVES, AdaptRunConfig, Recipe
+from adapt.comparison import comparison_table, format_table, stage_line
 from adapt.run_folder import check_run_inputs, run_session
 from adapt.runs import (
     Domains,
@@ -288,67 +289,6 @@ def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_d
                         fit=result.to_dict(), seconds=seconds)
 
 
-# --------------------------------------------------------------------------- reporting
-
-
-def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
-    """One row per model: source/target test accuracy and macro-F1, selected epoch."""
-
-    def row(kind: str, stage: StageOutcome) -> dict[str, Any]:
-        m = stage.metrics
-        tt = m.get("target_test") or {}
-        sel = stage.selection or {}
-        last = (sel.get("epochs") or [{}])
-        chosen = next((e for e in last if e.get("epoch") == sel.get("selected_epoch")), last[-1] if last else {})
-        # the oracle: the best target-test accuracy over the run's epochs (target labels,
-        # reporting only) — beside the label-free pick it shows the selection regret
-        scored = [e for e in last if e.get("oracle_target_accuracy") is not None]
-        oracle = max(scored, key=lambda e: e["oracle_target_accuracy"]) if scored else None
-        return {
-            "model": stage.name,
-            "kind": kind,
-            "source_acc": (m.get("source_test") or {}).get("accuracy"),
-            "source_f1": (m.get("source_test") or {}).get("macro_f1"),
-            "target_acc": tt.get("accuracy"),
-            "target_f1": tt.get("macro_f1"),
-            "selected_epoch": sel.get("selected_epoch"),
-            "oracle_target_acc": oracle["oracle_target_accuracy"] if oracle else tt.get("accuracy"),
-            "oracle_epoch": oracle["epoch"] if oracle else sel.get("selected_epoch"),
-            "im": chosen.get("im"),
-            "seconds": round(stage.seconds, 1),
-            **_picks_columns(sel),
-        }
-
-    rows = [row("source", summary.source)]
-    rows += [row("adapted", s) for s in summary.runs.values()]
-    rows += [row("baseline", s) for s in summary.baselines.values()]
-    return rows
-
-
-def _picks_columns(selection: dict[str, Any]) -> dict[str, Any]:
-    """The audit's view of ``selection.json``'s picks: what each selector chose, and
-    whether the label-free and source selectors agree (``last`` aside)."""
-    picks = selection.get("picks") or {}
-    if len(picks) < 2:
-        return {}
-    text = " · ".join(f"{name} {p['epoch']}" for name, p in picks.items())
-    agree = len({p["epoch"] for name, p in picks.items() if name != "last"}) <= 1
-    return {"selector_picks": text, "selectors": "agree" if agree else "disagree"}
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of :func:`comparison_table` rows."""
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| model | source acc % | target acc % | target F1 % | selected epoch | IM | time s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        im = "—" if r["im"] is None else f"{r['im']:.3f}"
-        ep = "—" if r["selected_epoch"] is None else str(r["selected_epoch"])
-        lines.append(f"| {r['model']} | {pct(r['source_acc'])} | {pct(r['target_acc'])} | "
-                     f"{pct(r['target_f1'])} | {ep} | {im} | {r['seconds']} |")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -404,17 +344,17 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
 
     source = train_source(recipe, domains, device, run_dir, resume, ctx, progress, loaded)
     summary = RunSummary(run_dir=run_dir, source=source)
-    say(_one_line("source-only", source.metrics))
+    say(stage_line("source-only", source.metrics))
     for run_cfg in recipe.method.runs:
         stage = adapt_run(run_cfg, source, recipe, domains, device, run_dir, resume, ctx, progress)
         summary.runs[run_cfg.name] = stage
-        say(_one_line(run_cfg.name, stage.metrics))
+        say(stage_line(run_cfg.name, stage.metrics))
     if recipe.method.target_scratch:
         if domains.target_labeled is None:
             raise UserError("method.target_scratch: needs labelled target images (set data.target_labeled: K)")
         summary.baselines["target_scratch"] = target_scratch(recipe, domains, device, run_dir, resume, ctx,
                                                              progress)
-        say(_one_line("target-scratch", summary.baselines["target_scratch"].metrics))
+        say(stage_line("target-scratch", summary.baselines["target_scratch"].metrics))
 
     summary.table = comparison_table(summary)
     if ctx.is_main:
@@ -492,12 +432,4 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
             out["onnx"].append(res.to_dict() | {"path": str(res.path.relative_to(run_dir))})
             say(f"onnx: {res.path} (onnxruntime max |logit diff| {res.max_abs_diff:.1e} on {res.check_images} images)")
     return out
-
-
-def _one_line(name: str, metrics: dict[str, Any]) -> str:
-    s = (metrics.get("source_test") or {}).get("accuracy")
-    t = (metrics.get("target_test") or {}).get("accuracy")
-    ss = "not measured (no source images)" if s is None else f"{100 * s:.1f}%"
-    tt = "unknown" if t is None else f"{100 * t:.1f}%"
-    return f"{name}: source test accuracy {ss}, target test accuracy {tt}"
 

@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("diagnostics", 1, "measurement"),
     # 2.-6. orchestration
     ("adapt.runs", 2, "orchestration"),
+    ("adapt.comparison", 2, "orchestration"),  # the comparison table of a finished run
     ("adapt.run_folder", 2, "orchestration"),
     ("adapt.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
     ("diagnostics.run_audit", 3, "orchestration"),
