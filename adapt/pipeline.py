@@ -379,7 +379,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
     run_diag = recipe.diagnostics.enabled if diagnostics is None else diagnostics
     if run_diag and ctx.is_main:
         summary.audit_path = audit_run(summary, recipe, domains, device, progress=progress)
-        say(f"audit: {summary.audit_path}")
+        say(f"audit: {recipe.run_dir / summary.audit_path.relative_to(run_dir)}")
     return summary
 
 
@@ -418,7 +418,9 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
                                   device=device, seed=recipe.seed, features=fs,
                                   meta={"run": deployed.name, "batchnorm_statistics": bn})
         out["drift_reference"] = {"path": path.name, "model": str(rel), "images": len(held_out)}
-        say(f"drift reference: {path} ({deployed.name} on {len(held_out)} held-out target images)")
+        # named where it ends up: a fresh run is written into a staging folder first
+        shown = recipe.run_dir / path.relative_to(run_dir)
+        say(f"drift reference: {shown} ({deployed.name} on {len(held_out)} held-out target images)")
     if recipe.output.onnx:
         stages = [("source", summary.source, run_dir / "source", None)] + [
             (r.name, summary.runs[r.name], run_dir / "methods" / r.name, r) for r in recipe.method.runs

@@ -42,7 +42,7 @@ def test_adapt_run_in_a_log_has_no_carriage_returns_and_no_deprecation_noise(tmp
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "name: tiny\nseed: 0\n"
-        "data: {source: {kind: phantom-cxr, site: A, n: 120}, target: {kind: phantom-cxr, site: B, n: 60},"
+        "data: {source: {kind: phantom-cxr, site: A, n: 120}, target: {kind: phantom-cxr, site: B, n: 120},"
         " image_size: 32}\n"
         "train: {epochs: 1, batch_size: 32, device: cpu, threads: 1}\n"
         # label-free selection imports pytorch-adapt (and torchmetrics, which warned about pkg_resources)
@@ -57,3 +57,7 @@ def test_adapt_run_in_a_log_has_no_carriage_returns_and_no_deprecation_noise(tmp
     lines = proc.stdout.splitlines()
     assert any(line.startswith("source epoch 1/1: ") for line in lines), proc.stdout
     assert any(line.startswith("hist epoch 1/1: ") and "im=" in line for line in lines), proc.stdout
+    # a fresh run is staged in a hidden folder: what the log names is where the files end up
+    assert ".tiny.partial" not in proc.stdout, proc.stdout
+    assert any(line.startswith("drift reference: ") and str(tmp_path / "runs" / "tiny" / "drift_reference.npz")
+               in line for line in lines), proc.stdout
