@@ -14,7 +14,7 @@ that ``import adapt.errors`` and the CLIs stay quick):
 
 from __future__ import annotations
 
-from typing import Any
+from adapt.lazy import lazy_exports
 
 from adapt.version import __version__
 
@@ -43,13 +43,4 @@ LAZY_EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in LAZY_EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(LAZY_EXPORTS[name]), name)
-    raise AttributeError(f"module 'adapt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, LAZY_EXPORTS, globals())

@@ -16,7 +16,7 @@ Every name is loaded on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from adapt.lazy import lazy_exports
 
 __all__ = [
     "C2STResult", "DriftDetector", "DriftResult", "FeatureSet", "GapResult", "MMDResult", "ModelAudit",
@@ -47,13 +47,4 @@ LAZY_EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in LAZY_EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(LAZY_EXPORTS[name]), name)
-    raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, LAZY_EXPORTS, globals())
