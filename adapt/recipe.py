@@ -33,6 +33,7 @@ from adapt.method_options import (  # noqa: F401 - re-exported: part of the reci
     SHOTConfig,
 )
 from adapt.models import ARCHS
+from adapt.selectors import Selector
 
 
 
@@ -153,7 +154,7 @@ class MethodConfig(RecipeSection):
     )
     #: label-free checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last
     #: (dev, source_val, atc, doc and cot need labelled source images; see docs/labelfree.md)
-    selection: Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"] = "im"
+    selection: Selector = "im"
     #: the run the audit compares against the source model (default: the run the
     #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None

@@ -49,12 +49,9 @@ from torch.utils.data import Dataset, Subset
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
 from adapt.mixval import mixval_score
+from adapt.selectors import SELECTOR_KEYS, SELECTORS
 from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
 
-SELECTORS = ("im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last")
-#: selector → the per-epoch log it maximises (``last`` maximises the epoch number)
-SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
-                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch"}
 #: cap per domain on the images whose features train DEV's domain classifier (cost bound)
 DEV_MAX_IMAGES = 1000
 

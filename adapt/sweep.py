@@ -61,14 +61,16 @@ from adapt.errors import UserError, exception_line
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.pipeline import run_recipe
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
+from adapt.selectors import SELECTOR_KEYS
 
 __all__ = ["SweepSpec", "ParamRange", "SweepResult", "load_sweep", "run_sweep", "trial_overrides"]
 
 #: heartbeat of a running trial, and how long without one marks it as killed (seconds)
 HEARTBEAT_S = 2
 GRACE_S = 10
-#: selector -> the key of its value in selection.json's epoch entries
-SCORE_KEYS = {"im": "im", "snd": "snd", "source_val": "source_val_accuracy"}
+#: the selectors a sweep can maximise: their scores compare across trials (their log keys:
+#: adapt.selectors.SELECTOR_KEYS)
+SWEEPABLE = ("im", "snd", "source_val")
 _SWEEP_EXTRA = "pip install 'domaingap[sweep]'"
 
 
@@ -370,9 +372,9 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
     spec = load_sweep(sweep_path)
     base = load_recipe(recipe_path, list(overrides))
     selector = base.method.selection
-    if selector not in SCORE_KEYS:
+    if selector not in SWEEPABLE:
         raise UserError(f"{recipe_path}: method.selection '{selector}' gives no score to sweep on; "
-                        f"choose one of {', '.join(SCORE_KEYS)}")
+                        f"choose one of {', '.join(SWEEPABLE)}")
     # default: the run the recipe names for its audit, else its last run (a sweep scores one run)
     run = spec.run or base.method.audit_run or (base.method.runs[-1].name if base.method.runs else None)
     names = [r.name for r in base.method.runs]
@@ -428,7 +430,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         selection = stage.selection or {}
         chosen = next((e for e in selection.get("epochs", []) if e.get("epoch") == selection.get("selected_epoch")),
                       None)
-        value = None if chosen is None else chosen.get(SCORE_KEYS[selector])
+        value = None if chosen is None else chosen.get(SELECTOR_KEYS[selector])
         # no score (e.g. source_val without a validation split): the worst, not a failure
         score = float(value) if value is not None and math.isfinite(float(value)) else -math.inf
         target = stage.metrics.get("target_test") or {}

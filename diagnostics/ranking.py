@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-__all__ = ["SELECTOR_KEYS", "selection_score", "rank_runs"]
+from adapt.selectors import run_score_key
 
-#: selector name → the key of its score in ``selection.json``'s epoch records
-SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
-                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "im"}
+__all__ = ["selection_score", "rank_runs"]
 
 
 def selection_score(selection: Mapping | None, selector: str) -> float | None:
@@ -27,7 +25,7 @@ def selection_score(selection: Mapping | None, selector: str) -> float | None:
     """
     if not selection:
         return None
-    key = SELECTOR_KEYS.get(selector, selector)
+    key = run_score_key(selector)
     epochs = selection.get("epochs") or []
     chosen = next((e for e in epochs if e.get("epoch") == selection.get("selected_epoch")),
                   epochs[-1] if epochs else {})

@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, int, str]] = [
     # 0. base: both sides use it
     ("adapt", 0, "base"),  # below adapt: every module is listed here (the package root is PACKAGE_ROOTS')
     ("adapt.version", 0, "base"),  # __version__
-    ("adapt.lazy", 0, "base"),  # the packages' names imported on first use
+    ("adapt.lazy", 0, "base"),
+    ("adapt.selectors", 0, "base"),  # the selector names and the score each maximises  # the packages' names imported on first use
     ("adapt.errors", 0, "base"),
     ("adapt.io", 0, "base"),
     ("adapt.cli_args", 0, "base"),

@@ -1,0 +1,26 @@
+"""The label-free selectors: their names and the per-epoch score each one maximises.
+
+One table for every place that reads a selector's score: the epoch selection during
+training (:mod:`adapt.selection`), the ranking of runs in the audit
+(:mod:`diagnostics.ranking`) and the sweep's objective (:mod:`adapt.sweep`). The scores
+themselves are computed in :mod:`adapt.selection`; docs/labelfree.md has their measured regret.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+#: a recipe's ``method.selection``
+Selector = Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"]
+SELECTORS: tuple[str, ...] = get_args(Selector)
+
+#: selector → the key of its score in an epoch's log (``selection.json``'s epoch records);
+#: ``last`` has no score: it maximises the epoch number
+SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch"}
+
+
+def run_score_key(selector: str) -> str:
+    """The epoch-log key that ranks *runs* for ``selector``: its own score, except for
+    ``last``, whose epoch number says nothing about a run — the IM score ranks then."""
+    return "im" if selector == "last" else SELECTOR_KEYS.get(selector, selector)
