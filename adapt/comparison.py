@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapt.runs import RunSummary, StageOutcome
+from adapt.selectors import chosen_epoch
 
 __all__ = ["comparison_table", "format_table", "stage_line"]
 
@@ -20,7 +21,7 @@ def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
         tt = m.get("target_test") or {}
         sel = stage.selection or {}
         last = (sel.get("epochs") or [{}])
-        chosen = next((e for e in last if e.get("epoch") == sel.get("selected_epoch")), last[-1] if last else {})
+        chosen = chosen_epoch(sel) or last[-1]
         # the oracle: the best target-test accuracy over the run's epochs (target labels,
         # reporting only) — beside the label-free pick it shows the selection regret
         scored = [e for e in last if e.get("oracle_target_accuracy") is not None]

@@ -8,7 +8,7 @@ themselves are computed in :mod:`adapt.selection`; docs/labelfree.md has their m
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, Mapping, get_args
 
 #: a recipe's ``method.selection``
 Selector = Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"]
@@ -24,3 +24,12 @@ def run_score_key(selector: str) -> str:
     """The epoch-log key that ranks *runs* for ``selector``: its own score, except for
     ``last``, whose epoch number says nothing about a run — the IM score ranks then."""
     return "im" if selector == "last" else SELECTOR_KEYS.get(selector, selector)
+
+
+def chosen_epoch(selection: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The epoch record a selector chose: the entry of ``selection["epochs"]`` whose
+    ``epoch`` is ``selection["selected_epoch"]`` (``selection.json``); None when absent."""
+    if not selection:
+        return None
+    return next((e for e in selection.get("epochs") or [] if e.get("epoch") == selection.get("selected_epoch")),
+                None)

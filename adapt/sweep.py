@@ -61,7 +61,7 @@ from adapt.errors import UserError, exception_line
 from adapt.io import atomic_write_json, atomic_write_text
 from adapt.pipeline import run_recipe
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
-from adapt.selectors import SELECTOR_KEYS
+from adapt.selectors import SELECTOR_KEYS, chosen_epoch
 
 __all__ = ["SweepSpec", "ParamRange", "SweepResult", "load_sweep", "run_sweep", "trial_overrides"]
 
@@ -428,8 +428,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         summary = run_recipe(recipe, resume=True, progress=False, diagnostics=False)
         stage = summary.runs[run]
         selection = stage.selection or {}
-        chosen = next((e for e in selection.get("epochs", []) if e.get("epoch") == selection.get("selected_epoch")),
-                      None)
+        chosen = chosen_epoch(selection)
         value = None if chosen is None else chosen.get(SELECTOR_KEYS[selector])
         # no score (e.g. source_val without a validation split): the worst, not a failure
         score = float(value) if value is not None and math.isfinite(float(value)) else -math.inf

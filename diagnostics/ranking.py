@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from adapt.selectors import run_score_key
+from adapt.selectors import chosen_epoch, run_score_key
 
 __all__ = ["selection_score", "rank_runs"]
 
@@ -27,8 +27,7 @@ def selection_score(selection: Mapping | None, selector: str) -> float | None:
         return None
     key = run_score_key(selector)
     epochs = selection.get("epochs") or []
-    chosen = next((e for e in epochs if e.get("epoch") == selection.get("selected_epoch")),
-                  epochs[-1] if epochs else {})
+    chosen = chosen_epoch(selection) or (epochs[-1] if epochs else {})
     v = chosen.get(key, chosen.get("score"))
     try:
         v = float(v)
