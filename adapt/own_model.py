@@ -31,8 +31,8 @@ from adapt.errors import UserError
 from adapt.evaluate import evaluate
 from adapt.methods import build_run_components
 from adapt.models.wrap import wrap_model
-from adapt.recipe import ADVERSARIAL_OBJECTIVES, SOURCE_FREE_OBJECTIVES, validate_recipe
-from adapt.runs import adabn_on, run_epochs, uses_target_bn
+from adapt.recipe import SOURCE_FREE_OBJECTIVES, validate_recipe
+from adapt.runs import adabn_on, run_epochs, run_train_config, uses_target_bn
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import fit
 
@@ -211,9 +211,7 @@ def adapt_model(
         history: list[dict[str, Any]] = []
         best = None
         if parts.objective is not None and n_epochs > 0:
-            cfg = (recipe.train.model_copy(update={"schedule": "dann"})
-                   if run_cfg.objective in ADVERSARIAL_OBJECTIVES else recipe.train)
-            res = fit(classifier, parts.objective, parts.train_data, cfg=cfg, out_dir=work, seed=seed,
+            res = fit(classifier, parts.objective, parts.train_data, cfg=run_train_config(run_cfg, recipe), out_dir=work, seed=seed,
                       score_fn=make_score_fn(selection, prepare=prepare, **score_kw), target_train=parts.target_data,
                       style=parts.style, feature_style=parts.feature_style, penalties=parts.penalties,
                       strategy=recipe.strategy, epochs=n_epochs, desc=method, progress=progress)

@@ -37,7 +37,7 @@ from adapt.methods import RunComponents, build_run_components
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
-from adapt.recipe import ADVERSARIAL_OBJECTIVES, AdaptRunConfig, Recipe
+from adapt.recipe import AdaptRunConfig, Recipe
 from adapt.comparison import comparison_table, format_table, stage_line
 from adapt.run_folder import check_run_inputs, run_session
 from adapt.runs import (
@@ -48,6 +48,7 @@ from adapt.runs import (
     deployed_on_source,
     load_domains,
     run_epochs,
+    run_train_config,
     uses_per_domain_bn,
     uses_target_bn,
 )
@@ -231,11 +232,9 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     selection = None
     earlier = 0.0
     if parts.objective is not None and epochs > 0:
-        train_cfg = recipe.train.model_copy(update={"schedule": "dann"}) \
-            if run_cfg.objective in ADVERSARIAL_OBJECTIVES else recipe.train
         result: FitResult = fit(
             model, parts.objective, parts.train_data,
-            cfg=train_cfg, out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
+            cfg=run_train_config(run_cfg, recipe), out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
             target_train=parts.target_data, style=parts.style, feature_style=parts.feature_style,
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,

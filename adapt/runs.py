@@ -29,7 +29,7 @@ from adapt.errors import UserError
 from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
-from adapt.recipe import SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe
+from adapt.recipe import ADVERSARIAL_OBJECTIVES, SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe, TrainConfig
 
 
 @dataclass
@@ -166,6 +166,14 @@ def run_epochs(run_cfg: AdaptRunConfig, recipe: Recipe) -> int:
     if run_cfg.epochs is not None:
         return run_cfg.epochs
     return 1 if run_cfg.objective == "tent" else recipe.train.epochs
+
+
+def run_train_config(run_cfg: AdaptRunConfig, recipe: Recipe) -> TrainConfig:
+    """The training settings of one run: ``recipe.train``, with DANN's learning-rate
+    schedule for the adversarial objectives (their discriminator follows it)."""
+    if run_cfg.objective in ADVERSARIAL_OBJECTIVES:
+        return recipe.train.model_copy(update={"schedule": "dann"})
+    return recipe.train
 
 
 def uses_target_bn(run_cfg: AdaptRunConfig) -> bool:
