@@ -30,6 +30,7 @@ from adapt.device import resolve_device
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
 from adapt.methods import build_run_components
+from adapt.models import is_classifier
 from adapt.models.wrap import wrap_model
 from adapt.recipe import SOURCE_FREE_OBJECTIVES, validate_recipe
 from adapt.runs import adabn_on, run_epochs, run_train_config, uses_target_bn
@@ -179,8 +180,7 @@ def adapt_model(
     dev = resolve_device(device)
     classifier = model if head is None else wrap_model(model, head=head, in_channels=_in_channels(model),
                                                                  mean=mean, std=std)
-    if not callable(getattr(classifier, "features", None)) or not isinstance(getattr(classifier, "head", None),
-                                                                              nn.Linear):
+    if not is_classifier(classifier) or not isinstance(getattr(classifier, "head", None), nn.Linear):
         raise UserError("head: the model is not a Classifier; name its final nn.Linear, e.g. head='fc'")
     channels = int(classifier.in_channels)
     needs_source = run_cfg.objective not in (*SOURCE_FREE_OBJECTIVES, "none")

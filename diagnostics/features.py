@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from adapt.device import resolve_device
 from adapt.errors import UserError
-from adapt.models import IMAGENET_MEAN, IMAGENET_STD, hub_checkpoint_path, unwrap_model
+from adapt.models import IMAGENET_MEAN, IMAGENET_STD, hub_checkpoint_path, is_classifier, unwrap_model
 from adapt.progress import progress_bar
 from diagnostics.moments import Moments
 
@@ -124,17 +124,12 @@ def _match_channels(x: Tensor, channels: int) -> Tensor:
     raise UserError(f"images have {x.shape[1]} channels, the feature extractor needs {channels}")
 
 
-def _is_classifier(model: nn.Module) -> bool:
-    m = unwrap_model(model)
-    return callable(getattr(m, "features", None)) and isinstance(getattr(m, "head", None), nn.Module)
-
-
 def _model_extractor(model: nn.Module, model_source: str | None) -> _Extractor:
     m = unwrap_model(model)
     in_ch = int(getattr(m, "in_channels", 0) or 0)
     arch = str(getattr(m, "arch", type(m).__name__))
     dim = int(getattr(m, "feature_dim", 0) or 0)
-    if _is_classifier(m):
+    if is_classifier(m):
         def fn(x: Tensor) -> Tensor:
             return m.features(_match_channels(x, in_ch) if in_ch else x)
     else:  # any module: its output is the feature vector
@@ -381,7 +376,7 @@ def extract_features(
     dev = resolve_device(device)
     channels = int(getattr(dataset, "channels", 0) or dataset[0][0].shape[0])
     ext = _build_extractor(kind, model, channels, pixel_size, model_source)
-    classifier = unwrap_model(model) if model is not None and _is_classifier(model) else None
+    classifier = unwrap_model(model) if model is not None and is_classifier(model) else None
 
     modules = list(ext.modules) + ([classifier] if classifier is not None else [])
     was_training = [m.training for m in modules]

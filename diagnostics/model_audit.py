@@ -23,6 +23,7 @@ from adapt.data.inputs import as_domain
 from adapt.device import resolve_device
 from adapt.errors import UserError
 from adapt.evaluate import evaluate
+from adapt.models import is_classifier
 from adapt.recipe import validate_recipe
 from adapt.runs import Domains, RunSummary, StageOutcome
 from diagnostics.run_audit import audit_run
@@ -118,7 +119,7 @@ def audit_models(
     ('audit.html', True)
     """
     for label, m in (("before", before), ("after", after)):
-        if not callable(getattr(m, "features", None)) or not isinstance(getattr(m, "head", None), nn.Module):
+        if not is_classifier(m):
             raise UserError(f"{label}: expected a Classifier (wrap your module with adapt.models.wrap.wrap_model)")
     if (before.in_channels, before.num_classes) != (after.in_channels, after.num_classes):
         raise UserError(f"after: {after.num_classes} classes on {after.in_channels} channels, but before has "

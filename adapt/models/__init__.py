@@ -21,12 +21,12 @@ from adapt.models.checkpoints import (
     save_checkpoint,
 )
 from adapt.models.factory import ARCHS, build_model
-from adapt.models.modules import Classifier, Normalize, StagedBackbone, unwrap_model
+from adapt.models.modules import Classifier, Normalize, StagedBackbone, is_classifier, unwrap_model
 from adapt.models.normalization import IMAGENET_MEAN, IMAGENET_STD, SCRATCH_MEAN, SCRATCH_STD
 from adapt.models.weights import hub_checkpoint_path, imagenet_weights_path
 
 __all__ = [
     "ARCHS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Classifier", "IMAGENET_MEAN", "IMAGENET_STD",
     "Normalize", "SCRATCH_MEAN", "SCRATCH_STD", "StagedBackbone", "build_model", "describe_model",
-    "hub_checkpoint_path", "imagenet_weights_path", "load_checkpoint", "save_checkpoint", "unwrap_model",
+    "hub_checkpoint_path", "imagenet_weights_path", "is_classifier", "load_checkpoint", "save_checkpoint", "unwrap_model",
 ]

@@ -131,3 +131,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def is_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` (inside any wrapper) has the Classifier split the library needs:
+    a callable ``features`` (images → feature vectors) and a ``head`` module (→ logits)."""
+    m = unwrap_model(model)
+    return callable(getattr(m, "features", None)) and isinstance(getattr(m, "head", None), nn.Module)
