@@ -310,3 +310,19 @@ def test_report_reads_the_audit_through_its_public_names_only():
         private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
                    and isinstance(n.value, ast.Name) and n.value.id in aliases and n.attr.startswith("_")]
         assert not private, f"{path.name} uses the audit's private {private}"
+
+
+def test_collapse_pill_shows_the_level_the_verdict_uses():
+    """One collapse level table: a covariate shift the check raised to "fail" (a pile-up) is a
+    red pill in the report, as it is a failed finding in the verdicts — not the amber the
+    template once re-derived from the verdict name."""
+    from diagnostics.audit import compute_verdicts
+    a = full_audit()
+    a.before.collapse.update({"verdict": "covariate_shift", "level": "fail", "collapsed": False})
+    html = render_html(a)
+    block = html.split('id="collapse"', 1)[1].split("</section>", 1)[0]
+    first_pill = re.search(r'<span class="pill (\w+)"[^>]*>([^<]*)</span>', block)
+    assert first_pill.group(2).strip() == "covariate shift"
+    assert first_pill.group(1) == "fail"
+    collapse = [v for v in compute_verdicts(a.before) if v.name == "collapse"]
+    assert collapse and collapse[0].level == "fail"

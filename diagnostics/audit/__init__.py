@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from diagnostics.audit.build import build_audit, compute_verdicts
-from diagnostics.audit.collapse_policy import collapse_verdict
+from diagnostics.audit.collapse_policy import collapse_level, collapse_verdict
 from diagnostics.audit.contract import Audit, AuditInput, RunInfo, StageResult, number, section
 from diagnostics.audit.gap_policy import gap_verdict
 from adapt.io import to_jsonable
@@ -38,6 +38,7 @@ __all__ = [
     "Verdict",
     "accuracy_gap_verdict",
     "build_audit",
+    "collapse_level",
     "collapse_verdict",
     "compute_verdicts",
     "finding_level",

@@ -15,10 +15,7 @@ from typing import Any
 from diagnostics.audit.contract import StageResult, number, section
 from diagnostics.audit.verdict import Verdict, worst_level
 from diagnostics.audit.wording import percent
-
-#: measured verdict → level, when the section has no ``level`` of its own
-_LEVELS = {"collapsed": "fail", "biased": "warn", "covariate_shift": "warn", "inconclusive": "warn",
-           "label_shift": "ok", "no_shift": "ok"}
+from diagnostics.collapse import VERDICT_LEVELS
 
 
 def collapsed(stage: StageResult | None) -> bool | None:
@@ -38,9 +35,12 @@ def _verdict(stage: StageResult | None) -> str | None:
     return None if c is None else ("collapsed" if c else "no_shift")
 
 
-def _level(stage: StageResult) -> str:
+def collapse_level(stage: StageResult) -> str:
+    """The collapse finding's level (ok / warn / fail): the section's own ``level`` (which the
+    check raises to "fail" for a pile-up), else :data:`diagnostics.collapse.VERDICT_LEVELS`
+    of its verdict — the one table the policy and the report both read."""
     lvl = stage.collapse.get("level")
-    return str(lvl) if lvl in ("ok", "warn", "fail") else _LEVELS.get(_verdict(stage) or "", "ok")
+    return str(lvl) if lvl in ("ok", "warn", "fail") else VERDICT_LEVELS.get(_verdict(stage) or "", "ok")
 
 
 def _mix(d: dict) -> str:
@@ -105,13 +105,13 @@ def collapse_verdict(before: StageResult, after: StageResult | None) -> Verdict 
         ev["collapse_verdict"] = vb
         ev["reason"] = str(before.collapse.get("reason") or "")
         text = _describe(before)
-        return Verdict("collapse", _level(before), _TITLES.get(vb, vb),
+        return Verdict("collapse", collapse_level(before), _TITLES.get(vb, vb),
                        f"{text[0].upper()}{text[1:]}.", ev)
     _, ev_b = _phrase(before)
     _, ev_a = _phrase(after)
     ev = {f"{k}_before": v for k, v in ev_b.items()} | {f"{k}_after": v for k, v in ev_a.items()}
     ev["collapse_verdict_before"], ev["collapse_verdict_after"] = vb, va
-    level = _level(after)
+    level = collapse_level(after)
     if vb == "collapsed" and va != "collapsed":
         title = "Adaptation removed class collapse" if level == "ok" else _TITLES.get(va, va)
         summary = f"Before adaptation {_describe(before)}; after, {_describe(after)}."

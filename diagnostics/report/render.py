@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import jinja2
 
 from adapt.io import atomic_write_text
-from diagnostics.audit import (Audit, StageResult, Verdict, compute_verdicts, finding_level, number,
+from diagnostics.audit import (Audit, StageResult, Verdict, collapse_level, compute_verdicts, finding_level, number,
                                overall_verdict, p_phrase, section)
 from diagnostics.report import figures
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
@@ -217,6 +217,7 @@ def _collapse_section(a: Audit) -> list[dict]:
             "uri": uri,
             "facts": facts,
             "collapsed": None if collapsed is None else bool(collapsed),
+            "level": collapse_level(s),
             "verdict": str(c.get("verdict") or ""),
             "reason": str(c.get("reason") or ""),
         })
