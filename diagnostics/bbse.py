@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
-from diagnostics.predictions import _half_l1, _to_np
+from diagnostics.predictions import total_variation, to_numpy
 
 __all__ = ["BBSEResult", "bbse_weights", "MAX_CONDITION"]
 
@@ -48,7 +48,7 @@ class BBSEResult:
         return d
 
 
-def _conditional_from_joint(c_joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def conditional_from_joint(c_joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p_s = c_joint.sum(0)
     c_cond = np.divide(c_joint, p_s[None, :], out=np.zeros_like(c_joint), where=p_s[None, :] > 0)
     return c_cond, p_s
@@ -78,8 +78,8 @@ def bbse_weights(
         q̂ = w ⊙ p_s renormalised to sum 1. A singular C is solved by least squares
         (the condition number says how far to trust it).
     """
-    c = _to_np(source_confusion).astype(np.float64)
-    mu = _to_np(target_pred_distribution).astype(np.float64).reshape(-1)
+    c = to_numpy(source_confusion).astype(np.float64)
+    mu = to_numpy(target_pred_distribution).astype(np.float64).reshape(-1)
     k = c.shape[0]
     if c.ndim != 2 or c.shape != (k, k) or mu.shape != (k,):
         raise UserError(f"source_confusion, target_pred_distribution: shapes {c.shape} and {mu.shape} do not match [K, K], [K]")
@@ -90,10 +90,10 @@ def bbse_weights(
         if c.sum() <= 0:
             raise UserError("source_confusion: all zero")
         c = c / c.sum()
-        c_cond, p_s = _conditional_from_joint(c)
+        c_cond, p_s = conditional_from_joint(c)
     elif kind == "conditional":
         c_cond = c
-        p_s = None if source_prior is None else _to_np(source_prior).astype(np.float64).reshape(-1)
+        p_s = None if source_prior is None else to_numpy(source_prior).astype(np.float64).reshape(-1)
         if p_s is not None:
             if p_s.shape != (k,) or (p_s < 0).any() or p_s.sum() <= 0:
                 raise UserError(f"source_prior: expected {k} non-negative shares, got {p_s}")
@@ -125,7 +125,7 @@ def bbse_weights(
         target_prior=[float(v) for v in q],
         source_prior=None if p_s is None else [float(v) for v in p_s],
         implied_histogram=[float(v) for v in implied],
-        residual=_half_l1(mu, implied),
+        residual=total_variation(mu, implied),
         condition_number=cond if math.isfinite(cond) else float("inf"),
         clipped=clipped,
     )

@@ -44,10 +44,10 @@ import numpy as np
 
 from adapt.errors import UserError
 from diagnostics.bbse import MAX_CONDITION as _MAX_CONDITION
-from diagnostics.bbse import BBSEResult, _conditional_from_joint, bbse_weights
+from diagnostics.bbse import BBSEResult, bbse_weights, conditional_from_joint
 from diagnostics.label_shift import LabelShiftCheck, label_shift_check
-from diagnostics.predictions import (_entropy, _half_l1, _probs, _to_np, confusion_matrix, im_score,
-                                     marginal_entropy, mean_entropy, prediction_histogram)
+from diagnostics.predictions import (confusion_matrix, im_score, marginal_entropy, mean_entropy, prediction_histogram,
+                                     probability_matrix, shannon_entropy, to_numpy, total_variation)
 
 # Re-exported: the statistics moved to diagnostics.predictions / diagnostics.bbse.
 __all__ = [
@@ -157,17 +157,17 @@ def _pile_names(hist: np.ndarray, names: list[str], reference: np.ndarray | None
 def _source_side(k, source_probs, source_labels, source_confusion, confusion_kind, source_prior):
     """(conditional confusion C[pred, true] or None, source prior or None, source confidence)."""
     source_conf = c_joint = c_cond = None
-    p_s = None if source_prior is None else _to_np(source_prior).astype(np.float64).reshape(-1)
+    p_s = None if source_prior is None else to_numpy(source_prior).astype(np.float64).reshape(-1)
     if source_probs is not None or source_labels is not None:
         if source_probs is None or source_labels is None:
             raise UserError("source_probs, source_labels: give both (held-out labelled source data)")
-        ps = _probs(source_probs, "source_probs")
+        ps = probability_matrix(source_probs, "source_probs")
         if ps.shape[1] != k:
             raise UserError(f"source_probs: {ps.shape[1]} classes, target_probs has {k}")
         c_joint = confusion_matrix(source_labels, ps, k, normalize="joint")
         source_conf = float(ps.max(1).mean())
     elif source_confusion is not None:
-        c = _to_np(source_confusion).astype(np.float64)
+        c = to_numpy(source_confusion).astype(np.float64)
         if c.shape != (k, k):
             raise UserError(f"source_confusion: shape {c.shape}, expected ({k}, {k})")
         if confusion_kind == "joint":
@@ -177,7 +177,7 @@ def _source_side(k, source_probs, source_labels, source_confusion, confusion_kin
         else:
             raise UserError(f"confusion_kind: {confusion_kind!r} is not one of ['joint', 'conditional']")
     if c_joint is not None:
-        c_cond, joint_prior = _conditional_from_joint(c_joint)
+        c_cond, joint_prior = conditional_from_joint(c_joint)
         if p_s is None:
             p_s = joint_prior
     if p_s is not None:
@@ -190,7 +190,7 @@ def _source_side(k, source_probs, source_labels, source_confusion, confusion_kin
 def _true_mix(target_labels, k: int, n_t: int) -> np.ndarray | None:
     if target_labels is None:
         return None
-    y = _to_np(target_labels).astype(np.int64).reshape(-1)
+    y = to_numpy(target_labels).astype(np.int64).reshape(-1)
     if len(y) != n_t:
         raise UserError(f"target_labels: {len(y)} labels for {n_t} target predictions")
     if (y < 0).any():  # unknown labels: no truth to judge against
@@ -252,15 +252,15 @@ def collapse_report(
             also needs the predictions concentrated: a pile-up, or the entropy of the
             predicted classes (as a share of log K) ``concentration_drop`` below the truth's.
     """
-    pt = _probs(target_probs, "target_probs")
+    pt = probability_matrix(target_probs, "target_probs")
     n_t, k = pt.shape
     if class_names is not None and len(class_names) != k:
         raise UserError(f"class_names: {len(class_names)} names for {k} classes")
     names = class_names or [str(i) for i in range(k)]
 
     hist = prediction_histogram(pt)
-    h_marg = float(_entropy(pt.mean(0)))
-    h_mean = float(_entropy(pt, axis=1).mean())
+    h_marg = float(shannon_entropy(pt.mean(0)))
+    h_mean = float(shannon_entropy(pt, axis=1).mean())
     h_max = math.log(k)
     top = int(hist.argmax())
     share = float(hist[top])
@@ -272,7 +272,7 @@ def collapse_report(
     # ---- pile-up, judged on the hard predictions: a model whose outputs hover near 1/K
     # but always tip the same way has a high soft marginal entropy, yet every decision
     # it makes is the same class — that is the collapse a user must hear about.
-    h_pred = float(_entropy(hist))
+    h_pred = float(shannon_entropy(hist))
     ratio = h_pred / h_max
     pile_up = share >= share_threshold and ratio <= entropy_ratio_threshold
     reasons: list[str] = []
@@ -299,7 +299,7 @@ def collapse_report(
             implied_share = float(result.implied_histogram[top])
             excess = share - implied_share
             if p_s is not None:
-                shift_dist = _half_l1(result.target_prior, p_s)
+                shift_dist = total_variation(result.target_prior, p_s)
             reasons.append(
                 f"BBSE target label mix {np.round(result.target_prior, 3).tolist()} would yield "
                 f"{implied_share:.0%} '{names[top]}' predictions (observed {share:.0%}); "
@@ -313,14 +313,14 @@ def collapse_report(
     level_override = None
     if truth is not None:
         # ---- the truth decides
-        truth_dist = _half_l1(hist, truth)
+        truth_dist = total_variation(hist, truth)
         over = _pile_names(hist, names, truth)
         reasons.append(f"true target label mix {np.round(truth, 3).tolist()}; predicted "
                        f"{np.round(hist, 3).tolist()} (half-L1 distance {truth_dist:.2f})")
-        true_shift = p_s is not None and _half_l1(truth, p_s) > shift_threshold
+        true_shift = p_s is not None and total_variation(truth, p_s) > shift_threshold
         # a collapse concentrates the predictions (a pile-up, or the predicted classes'
         # entropy well below the truth's); predictions merely far from the mix are a bias
-        h_truth = float(_entropy(truth)) / h_max
+        h_truth = float(shannon_entropy(truth)) / h_max
         concentrated = pile_up or ratio <= h_truth - concentration_drop
         if truth_dist >= collapse_distance and concentrated:
             verdict = "collapsed"
@@ -332,7 +332,7 @@ def collapse_report(
                            f"(distance {truth_dist:.2f} ≥ {bias_threshold})")
         elif true_shift:
             verdict = "label_shift"
-            reasons.append(f"the true target mix differs from the source prior by {_half_l1(truth, p_s):.2f} "
+            reasons.append(f"the true target mix differs from the source prior by {total_variation(truth, p_s):.2f} "
                            "and the predictions follow it: a label shift, no collapse")
         else:
             verdict = "no_shift"

@@ -184,8 +184,11 @@ def _load_state_dict(path: Path) -> dict:
 def _fid_inception_extractor(path: Path) -> _Extractor:
     """pytorch-fid's FID Inception (pool3, 2048-d), weights read from ``path`` ourselves."""
     from pytorch_fid import inception as fid
+    from torchvision.models import inception_v3
 
-    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    # the 1008-class torchvision Inception the FID weights were converted into; no random
+    # init (every weight is loaded below)
+    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     # the FID network differs from torchvision's in a few blocks (pytorch-fid patches them)
     net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
     net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)

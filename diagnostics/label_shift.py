@@ -33,10 +33,10 @@ from adapt.errors import UserError
 from diagnostics.mmd import mmd_permutation_test
 from diagnostics.two_sample import classifier_two_sample_test
 
-__all__ = ["LabelShiftCheck", "stratified_subsample", "label_shift_check"]
+__all__ = ["LabelShiftCheck", "subsample_to_mix", "label_shift_check"]
 
 
-def stratified_subsample(labels, mix, seed: int = 0, min_per_class: int = 2) -> np.ndarray:
+def subsample_to_mix(labels, mix, seed: int = 0, min_per_class: int = 2) -> np.ndarray:
     """Row indices of a subsample of ``labels`` [N] (class ids) whose class shares are
     ``mix`` [K] (sums to 1), drawn without replacement, as large as the data allow:
     total n = min over classes with mix_c > 0 of count_c / mix_c, then n_c = round(n · mix_c).
@@ -112,7 +112,7 @@ def label_shift_check(
     y = np.asarray(source_labels, dtype=np.int64).reshape(-1)
     if len(y) != len(xs):
         raise UserError(f"source_labels: {len(y)} labels for {len(xs)} source rows")
-    idx = stratified_subsample(y, mix, seed=seed)
+    idx = subsample_to_mix(y, mix, seed=seed)
     rng = np.random.default_rng(int(seed) + 1)
     if len(idx) > max_points:
         # a uniform subsample of a stratified sample keeps its mix in expectation

@@ -15,23 +15,21 @@ import numpy as np
 
 from adapt.errors import UserError
 
-__all__ = ["prediction_histogram", "marginal_entropy", "mean_entropy", "im_score", "confusion_matrix"]
+__all__ = ["prediction_histogram", "marginal_entropy", "mean_entropy", "im_score", "confusion_matrix",
+           "to_numpy", "probability_matrix", "shannon_entropy", "total_variation"]
 
 
 # --------------------------------------------------------------------------- inputs
-def _to_np(a) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            return a.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+def to_numpy(a) -> np.ndarray:
+    """``a`` (torch tensor, numpy array or nested lists) as a numpy array (detached, on the CPU)."""
+    if hasattr(a, "detach"):  # a torch tensor, without importing torch here
+        return a.detach().cpu().numpy()
     return np.asarray(a)
 
 
-def _probs(p, name: str) -> np.ndarray:
-    arr = _to_np(p).astype(np.float64)
+def probability_matrix(p, name: str) -> np.ndarray:
+    """``p`` as float64 probabilities [N, K] (K >= 2, rows summing to 1); else a UserError naming ``name``."""
+    arr = to_numpy(p).astype(np.float64)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2:
         raise UserError(f"{name}: expected probabilities [N, K] with K >= 2, got shape {arr.shape}")
     if not np.isfinite(arr).all() or (arr < -1e-9).any() or not np.allclose(arr.sum(1), 1.0, atol=1e-3):
@@ -39,14 +37,16 @@ def _probs(p, name: str) -> np.ndarray:
     return arr
 
 
-def _entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+def shannon_entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """H(p) = -sum p log p along ``axis`` (nats; 0 log 0 = 0)."""
     p = np.clip(p, 0.0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(p), 0.0)
     return -terms.sum(axis=axis)
 
 
-def _half_l1(a: np.ndarray, b: np.ndarray) -> float:
+def total_variation(a: np.ndarray, b: np.ndarray) -> float:
+    """Total-variation distance between two distributions over the same classes: ½·Σ|a − b| in [0, 1]."""
     return 0.5 * float(np.abs(np.asarray(a) - np.asarray(b)).sum())
 
 
@@ -56,7 +56,7 @@ def prediction_histogram(predictions, num_classes: int | None = None) -> np.ndar
 
     ``predictions``: probabilities/logits [N, K] (argmax is taken) or class ids [N].
     """
-    arr = _to_np(predictions)
+    arr = to_numpy(predictions)
     if arr.ndim == 2:
         k = arr.shape[1] if num_classes is None else num_classes
         ids = arr.argmax(1)
@@ -76,20 +76,20 @@ def prediction_histogram(predictions, num_classes: int | None = None) -> np.ndar
 
 def marginal_entropy(probs) -> float:
     """H(E_x p(y|x)) in nats: entropy of the mean prediction (≤ log K; 0 = one class)."""
-    return float(_entropy(_probs(probs, "probs").mean(0)))
+    return float(shannon_entropy(probability_matrix(probs, "probs").mean(0)))
 
 
 def mean_entropy(probs) -> float:
     """E_x H(p(y|x)) in nats: average per-sample uncertainty (0 = fully confident)."""
-    return float(_entropy(_probs(probs, "probs"), axis=1).mean())
+    return float(shannon_entropy(probability_matrix(probs, "probs"), axis=1).mean())
 
 
 def im_score(probs) -> float:
     """Information-maximisation score H(E p) − E H(p) in nats (the mutual information
     between input and predicted label under the empirical distribution). Near 0 for a
     collapsed or an uncertain model; up to log K for diverse confident predictions."""
-    p = _probs(probs, "probs")
-    return float(_entropy(p.mean(0)) - _entropy(p, axis=1).mean())
+    p = probability_matrix(probs, "probs")
+    return float(shannon_entropy(p.mean(0)) - shannon_entropy(p, axis=1).mean())
 
 
 def confusion_matrix(labels, predictions, num_classes: int, normalize: str | None = "joint") -> np.ndarray:
@@ -98,8 +98,8 @@ def confusion_matrix(labels, predictions, num_classes: int, normalize: str | Non
     ``normalize``: ``"joint"`` (C sums to 1), ``"conditional"`` (each column sums to 1;
     a column of a class absent from ``labels`` stays 0), or None (counts).
     """
-    y = _to_np(labels).astype(np.int64).reshape(-1)
-    pr = _to_np(predictions)
+    y = to_numpy(labels).astype(np.int64).reshape(-1)
+    pr = to_numpy(predictions)
     yhat = pr.argmax(1) if pr.ndim == 2 else pr.astype(np.int64).reshape(-1)
     if len(y) != len(yhat) or len(y) == 0:
         raise UserError(f"labels, predictions: lengths differ or are empty ({len(y)} vs {len(yhat)})")

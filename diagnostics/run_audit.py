@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adapt.data.splits import stratified_subsample
 from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.io import atomic_write_text
@@ -33,8 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _subsample(ds, max_samples: int, seed: int):
-    from diagnostics.attribution import stratified_subsample
-
     if len(ds) <= max_samples:
         return ds
     return ds.subset(stratified_subsample(ds.labels, max_samples, seed))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapt.errors import UserError
-from diagnostics.label_shift import label_shift_check, stratified_subsample
+from diagnostics.label_shift import label_shift_check, subsample_to_mix
 
 MU = 3.0 * np.eye(3, 8)  # three well separated classes in 8 dimensions
 
@@ -21,14 +21,14 @@ def _domain(rng, mix, n, warp=None):
 
 def test_stratified_subsample_has_the_mix_and_no_duplicates():
     y = np.repeat([0, 1, 2], [100, 50, 10])
-    idx = stratified_subsample(y, [0.5, 0.25, 0.25], seed=0)
+    idx = subsample_to_mix(y, [0.5, 0.25, 0.25], seed=0)
     # the scarcest class (10 rows at 25%) limits the total to 40: 20 / 10 / 10
     assert np.bincount(y[idx], minlength=3).tolist() == [20, 10, 10]
     assert len(np.unique(idx)) == len(idx)
-    idx0 = stratified_subsample(y, [1.0, 0.0, 0.0], seed=0)
+    idx0 = subsample_to_mix(y, [1.0, 0.0, 0.0], seed=0)
     assert np.bincount(y[idx0], minlength=3).tolist() == [100, 0, 0]
     with pytest.raises(UserError, match="classes"):
-        stratified_subsample(np.zeros(10, dtype=int), [0.5, 0.5])
+        subsample_to_mix(np.zeros(10, dtype=int), [0.5, 0.5])
 
 
 def test_pure_label_shift_passes():

@@ -265,7 +265,7 @@ def _scan_imagefolder(root: Path, labeled: bool) -> list[_Record]:
         raise UserError(f"{root}: not a folder (an ImageFolder domain is a folder of class sub-folders)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        flat = _image_files(root, recursive=False)
+        flat = image_files(root, recursive=False)
         if flat and not labeled:
             return [_Record(p, None, {}, None) for p in flat]
         if flat:
@@ -273,14 +273,14 @@ def _scan_imagefolder(root: Path, labeled: bool) -> list[_Record]:
         raise UserError(f"{root}: empty domain (no class sub-folders with images)")
     records = []
     for d in class_dirs:
-        files = _image_files(d, recursive=True)
+        files = image_files(d, recursive=True)
         if not files:
             raise UserError(f"{d}: class {d.name!r} has no images")
         records += [_Record(p, d.name, {}, None) for p in files]
     return records
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
+def image_files(folder: Path, recursive: bool) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
         # a broken or looping link is kept: it is then listed as unreadable, never dropped without a word

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from adapt.data.domain import DomainDataset, _image_files, load_domain
+from adapt.data.domain import DomainDataset, image_files, load_domain
 from adapt.data.spec import DomainSpec, parse_domain_arg
 from adapt.errors import UserError
 
@@ -30,7 +30,7 @@ def domain_spec(text: str) -> DomainSpec:
     if spec.kind == "imagefolder":
         root = Path(spec.path)
         has_class_dirs = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-        if not has_class_dirs and _image_files(root, recursive=False):
+        if not has_class_dirs and image_files(root, recursive=False):
             spec = spec.model_copy(update={"labeled": False})
     return spec
 

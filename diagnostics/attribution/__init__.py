@@ -29,7 +29,6 @@ a row of ``-1`` means "no box".
 """
 from __future__ import annotations
 
-from adapt.data.splits import stratified_subsample
 from diagnostics.attribution.analysis import DEFAULT_THRESHOLDS, spurious_analysis
 from diagnostics.attribution.findings import compare_reliance, region_findings
 from diagnostics.attribution.maps import METHODS, AttributionResult, attribute
@@ -67,7 +66,6 @@ __all__ = [
     "roi_outside_share",
     "spurious_analysis",
     "region_findings",
-    "stratified_subsample",
     "predict",
     "occlude",
     "frozen_eval",
