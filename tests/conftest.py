@@ -4,8 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import os
+
 import pytest
 import torch
+
+
+# --------------------------------------------------------------------------- parallel runs
+# The README's test command runs the suite on 2 pytest-xdist workers with `--dist loadgroup`.
+# Each file is one group, so a module-scoped fixture (a trained model, a written phantom) is
+# built once, on one worker; every test that reads the session's end-to-end run (`e2e`) is in
+# one group too, so that run trains once. Each worker gets its share of the cores for torch
+# and BLAS: two workers of two threads on two cores made the small kernels thrash.
+def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=share)  # numpy/scipy's BLAS in this worker
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(share))  # subprocesses (CLI tests) inherit it
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = "e2e" if "e2e" in getattr(item, "fixturenames", ()) else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")

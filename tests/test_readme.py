@@ -54,7 +54,7 @@ def test_quickstart_commands_are_unchanged():
     quick = _section((ROOT / "README.md").read_text(encoding="utf-8"), "Quickstart")
     assert ("python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/adapt-run "
             "recipes/xray_to_xray.yaml") in quick
-    assert ("python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"
+    assert ("python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q -n 2"
             in quick)
 
 
