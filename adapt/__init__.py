@@ -26,19 +26,19 @@ __all__ = [
 #: public name -> the module that defines it, imported on first use (PEP 562); the
 #: architecture test reads this table as the package's imports
 LAZY_EXPORTS = {
-    "AdaptResult": "adapt.own_model",
+    "AdaptResult": "domaingap.own_model",
     "Classifier": "adapt.models",
-    "METHODS": "adapt.own_model",
+    "METHODS": "domaingap.own_model",
     "Recipe": "adapt.recipe",
-    "RunResult": "adapt.experiment",
+    "RunResult": "domaingap.experiment",
     "UserError": "adapt.errors",
-    "adapt_model": "adapt.own_model",
+    "adapt_model": "domaingap.own_model",
     "as_domain": "adapt.data.inputs",
     "build_model": "adapt.models",
     "load_checkpoint": "adapt.models",
     "load_recipe": "adapt.recipe",
-    "load_run": "adapt.experiment",
-    "run": "adapt.experiment",
+    "load_run": "domaingap.experiment",
+    "run": "domaingap.experiment",
     "wrap_model": "adapt.models.wrap",
 }
 

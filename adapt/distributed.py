@@ -1,6 +1,6 @@
 """Multi-process data-parallel training with torch.distributed (gloo on CPU, NCCL on GPU).
 
-``torchrun --nproc-per-node N -m adapt.cli RECIPE`` (or ``adapt-run RECIPE --nproc N``)
+``torchrun --nproc-per-node N -m domaingap.adapt_run RECIPE`` (or ``adapt-run RECIPE --nproc N``)
 starts N ranks. Each rank reads its own shard of every epoch's batch order; after each
 backward pass the gradients are averaged across ranks with ``all_reduce`` — exactly what
 ``DistributedDataParallel`` does — and BatchNorm buffers are averaged at the end of each

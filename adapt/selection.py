@@ -23,7 +23,7 @@ Unsupervised Domain Adaptation", 2022):
 * ``atc`` / ``doc`` / ``cot`` — the estimated target accuracy by ATC (Garg et al., ICLR
   2022) / DoC (Guillory et al., ICCV 2021) / COT (Lu et al., NeurIPS 2023), from the
   source-validation and target predictions already computed
-  (:mod:`diagnostics.accuracy_estimation`); ATC and DoC are logged whenever labelled
+  (:mod:`adapt.accuracy_estimation`); ATC and DoC are logged whenever labelled
   source validation images exist (numpy on cached predictions: no extra forward pass),
   COT (an exact transport problem) only when it selects.
 * ``last`` — no selection: the final epoch.
@@ -50,7 +50,7 @@ from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
 from adapt.mixval import mixval_score
 from adapt.selectors import SELECTOR_KEYS, SELECTORS
-from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
+from adapt.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
 
 #: cap per domain on the images whose features train DEV's domain classifier (cost bound)
 DEV_MAX_IMAGES = 1000

@@ -2,7 +2,7 @@
 
 One table for every place that reads a selector's score: the epoch selection during
 training (:mod:`adapt.selection`), the ranking of runs in the audit
-(:mod:`diagnostics.ranking`) and the sweep's objective (:mod:`adapt.sweep`). The scores
+(:mod:`diagnostics.ranking`) and the sweep's objective (:mod:`domaingap.sweep`). The scores
 themselves are computed in :mod:`adapt.selection`; docs/labelfree.md has their measured regret.
 """
 

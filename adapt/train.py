@@ -432,7 +432,7 @@ def precise_bn_covers(model: nn.Module, data: Dataset) -> bool:
     """Whether the last precise-BN pass over ``data`` left *every* BatchNorm layer of
     ``model`` holding the pooled statistics of all of ``data`` (no sample drawn, no layer
     frozen out): then re-estimating them on ``data`` would compute them again, bit for bit
-    (same images in the same batches as :func:`adapt.runs.adabn_on`)."""
+    (same images in the same batches as :func:`domaingap.runs.adabn_on`)."""
     return len(data) <= PRECISE_BN_IMAGES and \
         len(batchnorm_layers(model, trainable_only=True)) == len(batchnorm_layers(model))
 

@@ -10,7 +10,7 @@ target = the MNIST-M protocol of Ganin et al. 2016, |natural-photo patch − dig
 pixel and RGB channel, patches from scikit-image's bundled photographs) with disjoint
 source and target digit images, writes both as ImageFolder folders under
 ``<out>/data/seed<k>/`` and runs the recipe through ``adapt-run``'s own machinery
-(``adapt.pipeline.run_recipe``): source model, every method with label-free epoch
+(``domaingap.pipeline.run_recipe``): source model, every method with label-free epoch
 selection, evaluation. Target labels are used only for the report (accuracy and the
 oracle column).
 

@@ -7,10 +7,10 @@ label-free verdict, on shifts whose target labels exist but are hidden from the 
 Every shift is built from images that ship inside packages (scikit-learn's handwritten
 digits; scikit-image's photographs for the textured target) by
 :mod:`adapt.data.real_images`, at 16×16 px, and run through ``adapt-run``'s own machinery
-(:func:`adapt.pipeline.run_recipe`: source model, AdaBN, DANN, SHOT, TENT, epoch
+(:func:`domaingap.pipeline.run_recipe`: source model, AdaBN, DANN, SHOT, TENT, epoch
 selection by MixVal so that every per-epoch score is logged). Then, per model, the
 target-test predictions (and held-out source-validation predictions, as the model is
-deployed on the source) go to the estimators of :mod:`diagnostics.accuracy_estimation`
+deployed on the source) go to the estimators of :mod:`adapt.accuracy_estimation`
 — which never see a target label — and the hidden labels score them:
 
 * estimator error: |estimated − true target accuracy| per model, and
@@ -20,7 +20,7 @@ deployed on the source) go to the estimators of :mod:`diagnostics.accuracy_estim
 * the label-free verdict (:mod:`diagnostics.audit.labelfree_policy`) against the true
   change, with bands measured leaving the verdict's own shift out (no case judges itself).
 
-``--write-calibration`` writes ``diagnostics/accuracy_estimation/calibration.json``
+``--write-calibration`` writes ``adapt/accuracy_estimation/calibration.json``
 (what the audit's "± band" is read from). Target labels are read by this script only
 after the estimates are made.
 """
@@ -49,12 +49,12 @@ from adapt.data.real_images import (  # noqa: E402
 from adapt.evaluate import predict  # noqa: E402
 from adapt.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from adapt.mixval import mixval_score  # noqa: E402
-from adapt.pipeline import run_recipe  # noqa: E402
+from domaingap.pipeline import run_recipe  # noqa: E402
 from adapt.recipe import validate_recipe  # noqa: E402
-from adapt.runs import deployed_on_source, load_domains, uses_per_domain_bn  # noqa: E402
+from domaingap.runs import deployed_on_source, load_domains, uses_per_domain_bn  # noqa: E402
 from adapt.selection import label_free_scores  # noqa: E402
-from diagnostics.accuracy_estimation import estimate_all  # noqa: E402
-from diagnostics.accuracy_estimation.calibration import CALIBRATION_PATH  # noqa: E402
+from adapt.accuracy_estimation import estimate_all  # noqa: E402
+from adapt.accuracy_estimation.calibration import CALIBRATION_PATH  # noqa: E402
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
 
 SIZE = 16

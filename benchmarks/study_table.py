@@ -1,7 +1,7 @@
 """The study table shared by ``adaptation_table.py`` (phantom) and ``digits_study.py``.
 
 A study runs one recipe over several seeds through ``adapt-run``'s own machinery
-(:func:`adapt.pipeline.run_recipe`) and prints, per method, mean ± sd over seeds of
+(:func:`domaingap.pipeline.run_recipe`) and prints, per method, mean ± sd over seeds of
 
 * **target (pick)** — target-test accuracy of the epoch the label-free selector picked;
 * **target (oracle)** — the best target-test accuracy over the run's epochs (chosen
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapt.pipeline import run_recipe  # noqa: E402
+from domaingap.pipeline import run_recipe  # noqa: E402
 from adapt.recipe import Recipe, load_recipe, validate_recipe  # noqa: E402
 
 #: rows that are not adaptation methods (baselines)

@@ -8,7 +8,7 @@ photographs, through :mod:`adapt.data.real_images` — so nothing is downloaded 
 chose the images to suit the tool. Each case knows its truth (no shift, a covariate shift,
 a collapse, a pure label shift, a shortcut the model uses, a cue it ignores, adaptation
 that helps or hurts, a model still near chance), runs ``diagnose gap`` or ``adapt-run``
-exactly as a user would (``python -m diagnostics.cli`` / ``python -m adapt.cli`` in a
+exactly as a user would (``python -m domaingap.diagnose`` / ``python -m domaingap.adapt_run`` in a
 subprocess), reads the JSON they write, and prints
 
     case | truth | expected verdict | obtained | match
@@ -185,7 +185,7 @@ def adapt_run(name: str, work: Path, source: Path, target: Path, runs: list[dict
     """``adapt-run`` a recipe written to ``work/<name>.yaml``; returns the run folder."""
     path = work / f"{name}.yaml"
     path.write_text(recipe_text(name, source, target, work / "runs", runs, **kw))
-    code = _cli("adapt.cli", [str(path)], work / f"{name}.log")
+    code = _cli("domaingap.adapt_run", [str(path)], work / f"{name}.log")
     if code != 0:
         raise RuntimeError(f"adapt-run {path} exited {code}; see {work / (name + '.log')}")
     return work / "runs" / name
@@ -198,7 +198,7 @@ def diagnose_gap(name: str, work: Path, source: Path, target: Path, model: Path 
             "--bootstrap", "30", "--max-samples", "600", "--json", str(out), "--quiet"]
     if model is not None:
         args += ["--model", str(model)]
-    code = _cli("diagnostics.cli", args, work / f"{name}.log")
+    code = _cli("domaingap.diagnose", args, work / f"{name}.log")
     if code not in (0, 1):
         raise RuntimeError(f"diagnose gap ({name}) exited {code}; see {work / (name + '.log')}")
     return json.loads(out.read_text())

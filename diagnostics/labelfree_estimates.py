@@ -2,7 +2,7 @@
 with its band, for one model; and the one-line text "estimated 46 % ± 8".
 
 The band is the 90th percentile of the estimator's absolute error measured by
-``benchmarks/labelfree_study.py`` (``diagnostics/accuracy_estimation/calibration.json``);
+``benchmarks/labelfree_study.py`` (``adapt/accuracy_estimation/calibration.json``);
 an estimator that was never measured is left out — an estimate without a measured error
 is not shown.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from diagnostics.accuracy_estimation import estimate_all
-from diagnostics.accuracy_estimation.calibration import load_calibration, measured_error
+from adapt.accuracy_estimation import estimate_all
+from adapt.accuracy_estimation.calibration import load_calibration, measured_error
 
 
 def accuracy_estimates(target_probs: np.ndarray, source_probs: np.ndarray | None = None,

@@ -77,8 +77,8 @@ diagnostics: {enabled: true, permutations: 200, max_samples: 200, attribution_sa
 
 @dataclass
 class E2ERun:
-    summary: object  # adapt.runs.RunSummary
-    domains: object  # adapt.runs.Domains, as the run loaded them
+    summary: object  # domaingap.runs.RunSummary
+    domains: object  # domaingap.runs.Domains, as the run loaded them
     #: what the run did, recorded by spies that call through to the real functions:
     #: "adabn": the data of every BatchNorm re-estimation; "order": the batch size each
     #: layer-order probe ran; "on_source": the model of every deployed_on_source call;
@@ -89,12 +89,12 @@ class E2ERun:
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory) -> E2ERun:
     import adapt.methods.adabn as adabn_mod
-    import adapt.pipeline as pipeline_mod
-    import adapt.runs as runs_mod
+    import domaingap.pipeline as pipeline_mod
+    import domaingap.runs as runs_mod
     import adapt.train as train_mod
     import diagnostics.drift as drift_mod
     import diagnostics.features as features_mod
-    import diagnostics.run_audit as audit_mod
+    import domaingap.run_audit as audit_mod
     from adapt.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("e2e")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diagnostics.accuracy_estimation import (
+from adapt.accuracy_estimation import (
     agreement_estimate, agreement_rate, atc_estimate, atc_threshold, confidence_scores, cot_error,
     disagreement_rate, estimate_all, estimate_atc, estimate_doc,
 )
-from diagnostics.accuracy_estimation.calibration import default_estimator, load_calibration, measured_error
+from adapt.accuracy_estimation.calibration import default_estimator, load_calibration, measured_error
 
 
 def _probs(maxp: np.ndarray, pred: np.ndarray, k: int = 3) -> np.ndarray:

@@ -11,23 +11,24 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("adapt", "diagnostics")
+PACKAGES = ("adapt", "diagnostics", "domaingap")
 
 #: (prefix, layer, side). A module belongs to the row with its longest matching prefix
 #: (a prefix matches the module itself and everything below it). A module may import
 #: one of a lower layer, or of its own layer and side. Training and measurement share
-#: layer 1 on different sides, so neither imports the other. Orchestration is ordered:
-#: runs < run_audit < pipeline < sweep < the CLIs.
+#: layer 1 on different sides, so neither imports the other. The folders are the layers:
+#: ``adapt/`` the base and training, ``diagnostics/`` measurement, ``domaingap/`` the
+#: orchestration, ordered runs < run_audit < pipeline < sweep < the two commands.
 LAYERS: list[tuple[str, int, str]] = [
     # 0. base: both sides use it
     ("adapt", 0, "base"),  # below adapt: every module is listed here (the package root is PACKAGE_ROOTS')
     ("adapt.version", 0, "base"),  # __version__
-    ("adapt.lazy", 0, "base"),
-    ("adapt.selectors", 0, "base"),  # the selector names and the score each maximises  # the packages' names imported on first use
+    ("adapt.lazy", 0, "base"),  # the packages' names imported on first use
+    ("adapt.selectors", 0, "base"),  # the selector names and the score each maximises
     ("adapt.errors", 0, "base"),
     ("adapt.io", 0, "base"),
-    ("adapt.cli_args", 0, "base"),
-    ("adapt.paths", 0, "base"),  # outputs never onto inputs  # argparse: one-line errors, bounded numbers
+    ("adapt.cli_args", 0, "base"),  # argparse: one-line errors, bounded numbers
+    ("adapt.paths", 0, "base"),  # outputs never onto inputs
     ("adapt.environment", 0, "base"),
     ("adapt.device", 0, "base"),
     ("adapt.progress", 0, "base"),
@@ -39,7 +40,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.evaluate", 0, "base"),
     ("adapt.export", 0, "base"),
     # pure label-free accuracy estimators (numpy, POT): the audit and checkpoint selection use them
-    ("diagnostics.accuracy_estimation", 0, "base"),
+    ("adapt.accuracy_estimation", 0, "base"),
     # 1. training
     ("adapt.batch_order", 1, "training"),
     ("adapt.train", 1, "training"),
@@ -50,18 +51,19 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.distributed", 1, "training"),
     # 1. measurement: statistics, features, attribution, audit, report
     ("diagnostics", 1, "measurement"),
-    # 2.-6. orchestration
-    ("adapt.runs", 2, "orchestration"),
-    ("adapt.comparison", 2, "orchestration"),  # the comparison table of a finished run
-    ("adapt.run_folder", 2, "orchestration"),
-    ("adapt.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
-    ("diagnostics.run_audit", 3, "orchestration"),
-    ("diagnostics.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
-    ("adapt.pipeline", 4, "orchestration"),
-    ("adapt.sweep", 5, "orchestration"),  # runs the pipeline once per trial
-    ("adapt.experiment", 5, "orchestration"),  # run / load_run: the pipeline from Python
-    ("adapt.cli", 6, "orchestration"),
-    ("diagnostics.cli", 6, "orchestration"),
+    # 2.-6. orchestration: everything under domaingap/
+    ("domaingap", 2, "orchestration"),
+    ("domaingap.runs", 2, "orchestration"),  # a run's domains, outcomes, the deployed model's BN
+    ("domaingap.comparison", 2, "orchestration"),  # the comparison table of a finished run
+    ("domaingap.run_folder", 2, "orchestration"),
+    ("domaingap.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
+    ("domaingap.run_audit", 3, "orchestration"),
+    ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
+    ("domaingap.pipeline", 4, "orchestration"),
+    ("domaingap.sweep", 5, "orchestration"),  # runs the pipeline once per trial
+    ("domaingap.experiment", 5, "orchestration"),  # run / load_run: the pipeline from Python
+    ("domaingap.adapt_run", 6, "orchestration"),  # the adapt-run command
+    ("domaingap.diagnose", 6, "orchestration"),  # the diagnose command
 ]
 
 #: 7. the Python API: each package's ``__init__`` re-exports public names of any layer,
@@ -190,7 +192,7 @@ def test_checker_finds_a_circle_and_an_upward_import():
     graph = {"adapt.io": {"adapt.errors"}, "adapt.errors": {"adapt.io"},  # a circle
              "adapt.models": {"adapt.train"},  # base -> training: upward
              "adapt.train": {"diagnostics.gap"},  # training -> measurement: sideways
-             "adapt.pipeline": {"adapt.runs", "diagnostics.run_audit"}}  # fine
+             "domaingap.pipeline": {"domaingap.runs", "domaingap.run_audit"}}  # fine
     assert _cycles(graph) == [["adapt.errors", "adapt.io"]]
     assert _violations(graph) == {("adapt.models", "adapt.train"), ("adapt.train", "diagnostics.gap")}
 
@@ -210,9 +212,9 @@ def test_checker_reads_late_relative_and_type_only_imports(tmp_path):
 
 def test_checker_reads_a_lazy_export_table(tmp_path):
     init = tmp_path / "__init__.py"
-    init.write_text('LAZY_EXPORTS = {"run": "adapt.experiment", "x": "adapt.io"}\n')
-    known = {"adapt", "adapt.experiment", "adapt.io"}
-    assert _imports("adapt", init, known) == {"adapt.experiment", "adapt.io"}
+    init.write_text('LAZY_EXPORTS = {"run": "domaingap.experiment", "x": "adapt.io"}\n')
+    known = {"adapt", "domaingap.experiment", "adapt.io"}
+    assert _imports("adapt", init, known) == {"domaingap.experiment", "adapt.io"}
     # a base module importing a package root is upward: roots sit above everything
     assert _violations({"adapt.io": {"adapt"}}) == {("adapt.io", "adapt")}
 
@@ -234,6 +236,21 @@ def test_imports_only_go_down_the_layers():
     assert not found, "imports against the layers:\n" + "\n".join(
         f"  {a} ({_layer(a)[1]} {_layer(a)[0]}) imports {b} ({_layer(b)[1]} {_layer(b)[0]})"
         for a, b in sorted(found))
+
+
+def test_the_folders_are_the_layers():
+    """``ls`` shows the architecture: nothing under adapt/ or diagnostics/ imports the
+    orchestration (domaingap/), nothing under adapt/ imports diagnostics/, and every
+    orchestration module lives in domaingap/ — only the packages' API tables (``__init__``,
+    layer 7) reach across."""
+    graph = _graph()
+    wrong = sorted((a, b) for a, targets in graph.items() if a not in PACKAGE_ROOTS for b in targets
+                   if (a.startswith(("adapt.", "diagnostics.")) and b.split(".")[0] == "domaingap")
+                   or (a.startswith("adapt.") and b.split(".")[0] == "diagnostics"))
+    assert not wrong, f"imports across the folders' layers: {wrong}"
+    misplaced = sorted(m for m in graph if m not in PACKAGE_ROOTS
+                       and (_layer(m)[1] == "orchestration") != m.startswith("domaingap"))
+    assert not misplaced, f"orchestration belongs in domaingap/, nothing else does: {misplaced}"
 
 
 def test_no_source_file_over_the_line_limit():

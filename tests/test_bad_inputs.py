@@ -128,7 +128,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    from adapt.cli import main as adapt_main
+    from domaingap.adapt_run import main as adapt_main
 
     root = tmp_path_factory.mktemp("bad_inputs")
     runs = root / "runs"
@@ -141,8 +141,8 @@ def world(tmp_path_factory) -> World:
 
 def invoke(cli: str, argv: list[str], capsys) -> tuple[int, str, str, list]:
     """Run a CLI's main in-process; returns (exit code, stdout, stderr, warnings raised)."""
-    from adapt.cli import main as adapt_main
-    from diagnostics.cli import main as diagnose_main
+    from domaingap.adapt_run import main as adapt_main
+    from domaingap.diagnose import main as diagnose_main
 
     main = adapt_main if cli == "adapt" else diagnose_main
     capsys.readouterr()
@@ -722,7 +722,7 @@ def test_real_process_prints_one_line_and_no_warnings(name, world, tmp_path):
     """The same cases through a fresh interpreter: what the terminal shows is one line (torch
     warns through ``warnings`` at import and load time, which the in-process run may hide)."""
     cli, argv, culprit, _ = CASES[name](world, tmp_path)
-    module = "adapt.cli" if cli == "adapt" else "diagnostics.cli"
+    module = "domaingap.adapt_run" if cli == "adapt" else "domaingap.diagnose"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
                           timeout=300)

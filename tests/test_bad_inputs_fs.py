@@ -189,7 +189,7 @@ def test_an_interrupted_overwrite_leaves_the_old_run_and_resume_finishes_the_new
 
 
 def test_a_second_run_into_a_locked_folder_is_refused_naming_the_holder(world, tmp_path, capsys):
-    from adapt.run_folder import run_folder_lock
+    from domaingap.run_folder import run_folder_lock
 
     before = tree_hash(world.base_run)
     with run_folder_lock(world.base_run):

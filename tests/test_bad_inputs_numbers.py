@@ -115,8 +115,8 @@ def test_a_bad_recipe_number_is_one_error_line(name, world, tmp_path, capsys):
 @pytest.mark.parametrize("cli, argv", [("diagnose", ["--help"]), ("diagnose", ["gap", "--help"]),
                                        ("adapt", ["--help"])])
 def test_help_is_unchanged(cli, argv, capsys):
-    from adapt.cli import main as adapt_main
-    from diagnostics.cli import main as diagnose_main
+    from domaingap.adapt_run import main as adapt_main
+    from domaingap.diagnose import main as diagnose_main
 
     with pytest.raises(SystemExit) as exit_:
         (adapt_main if cli == "adapt" else diagnose_main)(argv)

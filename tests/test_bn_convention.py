@@ -41,8 +41,8 @@ def test_conventions_declared_by_the_objectives():
 @pytest.mark.slow
 def test_dann_target_is_scored_selected_and_evaluated_with_target_statistics(tmp_path):
     from adapt.methods.adabn import adabn, batchnorm_layers
-    from adapt.pipeline import load_domains, run_recipe
-    from adapt.runs import deployed_on_source
+    from domaingap.pipeline import load_domains, run_recipe
+    from domaingap.runs import deployed_on_source
 
     path = tmp_path / "bn.yaml"
     path.write_text(RECIPE)

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import load_recipe
-from diagnostics.cli import main as diagnose
+from domaingap.diagnose import main as diagnose
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

@@ -51,7 +51,7 @@ def test_adapt_run_nproc_2(tmp_path):
         "diagnostics: {enabled: false}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--nproc", "2", "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--nproc", "2", "--quiet"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "runs" / "tiny" / "metrics.json").exists()

@@ -12,11 +12,11 @@ PUBLIC_MODULES = [
     "adapt.errors",
     "adapt.data.inputs",
     "adapt.models.wrap",
-    "adapt.own_model",
-    "adapt.experiment",
+    "domaingap.own_model",
+    "domaingap.experiment",
     "diagnostics.input_gap",
     "diagnostics.drift_detector",
-    "diagnostics.model_audit",
+    "domaingap.model_audit",
 ]
 
 

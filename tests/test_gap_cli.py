@@ -16,7 +16,7 @@ import torch
 from adapt.data import load_domain, parse_domain_arg, write_phantom
 from adapt.errors import UserError
 from adapt.models import build_model, save_checkpoint
-from diagnostics.cli import main
+from domaingap.diagnose import main
 from diagnostics.gap import fired_conditions, parse_fail_on
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -244,8 +244,8 @@ def test_phantom_command_writes_a_loadable_folder(tmp_path, capsys):
 
 def test_audit_command_forwards_to_run_audit_rerender(tmp_path, monkeypatch, capsys):
     calls = []
-    standin = types.ModuleType("diagnostics.run_audit")
+    standin = types.ModuleType("domaingap.run_audit")
     standin.rerender = lambda run_dir: calls.append(run_dir) or tmp_path / "audit.html"
-    monkeypatch.setitem(sys.modules, "diagnostics.run_audit", standin)
+    monkeypatch.setitem(sys.modules, "domaingap.run_audit", standin)
     code, out, _ = _run(["audit", str(tmp_path)], capsys)
     assert code == 0 and calls == [str(tmp_path)] and "audit.html" in out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import load_recipe
 
 RECIPE = """

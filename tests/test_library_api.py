@@ -23,7 +23,7 @@ from adapt.errors import UserError
 
 
 def test_user_error_is_a_value_error_and_the_cli_still_prints_one_line(capsys):
-    from diagnostics.cli import main
+    from domaingap.diagnose import main
 
     assert issubclass(UserError, ValueError)
     code = main(["gap", "--source", "no/such/folder", "--target", "phantom-cxr:B:20"])

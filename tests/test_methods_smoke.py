@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adapt.data.phantom import write_phantom
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import validate_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -90,7 +90,7 @@ class _Labelled(torch.utils.data.Dataset):
 
 def test_estimator_selectors_log_the_estimate_and_need_source_validation():
     from adapt.errors import UserError
-    from diagnostics.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
+    from adapt.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
 
     k = torch.arange(30) % 3
     source_val = _Labelled(torch.eye(3)[k] * 3, k)  # the argmax model is right on all of them

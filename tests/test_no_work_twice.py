@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import adapt.methods.adabn as adabn_mod
-import adapt.runs as runs_mod
+import domaingap.runs as runs_mod
 import adapt.train as train_mod
 from adapt.models import build_model
 

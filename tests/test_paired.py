@@ -88,7 +88,7 @@ def test_the_audit_pairs_the_two_models_on_the_same_images():
     from types import SimpleNamespace
 
     from diagnostics.audit import StageResult
-    from diagnostics.run_audit import _add_paired_changes
+    from domaingap.run_audit import _add_paired_changes
 
     labels = np.repeat([0, 1], 100)
     right = np.eye(2)[labels]

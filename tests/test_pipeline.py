@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt.cli import main as adapt_main
-from adapt.pipeline import run_recipe
+from domaingap.adapt_run import main as adapt_main
+from domaingap.pipeline import run_recipe
 from adapt.recipe import load_recipe
 from diagnostics.audit import StageResult, compute_verdicts
 
@@ -93,7 +93,7 @@ def test_bad_data_path_is_one_line_exit_2_and_keeps_earlier_results(tmp_path):
     recipe = tmp_path / "x.yaml"
     recipe.write_text(f"name: x\ndata:\n  source: {{kind: imagefolder, path: {tmp_path / 'nope'}}}\n"
                       f"output: {{dir: {tmp_path / 'runs'}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--quiet"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--quiet"], capture_output=True,
                           text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -110,7 +110,7 @@ def test_checkpoint_from_another_model_is_rejected(tmp_path):
     recipe.write_text("name: x\ndata: {source: {kind: phantom-cxr, site: A, n: 40},"
                       " target: {kind: phantom-cxr, site: B, n: 40}}\n"
                       f"model: {{source_checkpoint: {ckpt}}}\noutput: {{dir: {tmp_path / 'runs'}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--quiet"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--quiet"], capture_output=True,
                           text=True)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (f"error: {ckpt}: checkpoint classes ['a', 'b', 'c'] differ from the data's "
@@ -119,7 +119,7 @@ def test_checkpoint_from_another_model_is_rejected(tmp_path):
 
 @pytest.mark.slow
 def test_diagnose_audit_rerenders_the_report(run):
-    from diagnostics.cli import main as diagnose_main
+    from domaingap.diagnose import main as diagnose_main
 
     html = run.run_dir / "audit.html"
     original = html.read_text()
@@ -132,7 +132,7 @@ def test_diagnose_audit_rerenders_the_report(run):
 def test_unlabelled_target_is_split_like_a_labelled_one(tmp_path):
     # An unlabelled target goes through the same splitter as a labelled one: disjoint
     # parts covering every image, sized by the recipe's fractions, seeded.
-    from adapt.runs import load_domains
+    from domaingap.runs import load_domains
 
     path = tmp_path / "u.yaml"
     path.write_text(RECIPE.replace("{kind: phantom-cxr, site: B, n: 400}",

@@ -49,7 +49,7 @@ def test_adapt_run_in_a_log_has_no_carriage_returns_and_no_deprecation_noise(tmp
         "method: {selection: im, runs: [{name: hist, objective: source_only, style: histogram, epochs: 1}]}\n"
         "diagnostics: {enabled: false}\n"
     )
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), f"output.dir={tmp_path / 'runs'}"],
+    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), f"output.dir={tmp_path / 'runs'}"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "pkg_resources" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr

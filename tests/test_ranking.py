@@ -28,7 +28,7 @@ def test_rank_by_label_free_score_with_oracle_rank():
 def test_methods_table_marks_the_recommended_and_audited_run():
     from types import SimpleNamespace
 
-    from diagnostics.run_audit import methods_rows
+    from domaingap.run_audit import methods_rows
 
     table = [{"model": "source-only"}, {"model": "adabn"}, {"model": "dann+hist"}]
     ranking = [{"run": "dann+hist", "score": 0.5, "rank": 1, "oracle_rank": 2},

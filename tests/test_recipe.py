@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adapt.cli import main
+from domaingap.adapt_run import main
 from adapt.errors import UserError
 from adapt.recipe import apply_override, load_recipe
 
@@ -122,7 +122,7 @@ def test_cli_bad_recipe_exits_2_with_one_line(tmp_path, capsys):
 
 def test_cli_subprocess_no_traceback(tmp_path):
     p = write(tmp_path, "trian: {}\n")
-    proc = subprocess.run([sys.executable, "-m", "adapt.cli", str(p)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {p}: unknown key 'trian' (did you mean 'train'?)"

@@ -16,7 +16,7 @@ import yaml
 
 import adapt.train as train_mod
 from adapt.errors import UserError
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")

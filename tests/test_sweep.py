@@ -16,7 +16,7 @@ import pytest
 
 from adapt.errors import UserError
 from adapt.recipe import load_recipe
-from adapt.sweep import _queued_points, load_sweep, run_sweep, trial_overrides
+from domaingap.sweep import _queued_points, load_sweep, run_sweep, trial_overrides
 
 pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def _files(tmp_path: Path, trials: int = 4) -> tuple[Path, Path]:
 
 def _worker(recipe: Path, sweep: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "adapt.cli", str(recipe), "--sweep", str(sweep), "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet"],
                             cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -123,7 +123,7 @@ def test_two_workers_share_one_study_and_the_pick_is_label_free(tmp_path):
     assert best_recipe.method.runs[0].adabn == best["method.runs.0.adabn"]
     assert "oracle target acc" in (tmp_path / "runs" / "sw" / "sweep" / "trials.md").read_text()
     # a third start finds the study done: nothing is rerun
-    again = subprocess.run([sys.executable, "-m", "adapt.cli", str(recipe), "--sweep", str(sweep), "--quiet"],
+    again = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet"],
                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 trials complete" in again.stdout
@@ -160,7 +160,7 @@ def test_a_failed_point_is_queued_again_into_its_own_folder():
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from adapt.sweep import _queue
+    from domaingap.sweep import _queue
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
@@ -184,7 +184,7 @@ def test_the_pick_follows_the_label_free_score_not_the_oracle(sampler, tmp_path,
     import math
     from types import SimpleNamespace
 
-    import adapt.sweep as sweep_mod
+    import domaingap.sweep as sweep_mod
 
     def fake_run(recipe, **kwargs):
         lr = recipe.method.runs[0].lr
@@ -220,7 +220,7 @@ def test_a_source_free_trial_records_no_source_accuracy(tmp_path, monkeypatch):
     the trial is scored and its source accuracy recorded as unknown, not a TypeError."""
     from types import SimpleNamespace
 
-    import adapt.sweep as sweep_mod
+    import domaingap.sweep as sweep_mod
 
     def fake_run(recipe, **kwargs):
         stage = SimpleNamespace(selection={"selected_epoch": 0, "epochs": [{"epoch": 0, "im": 0.5}]},

@@ -157,7 +157,7 @@ def test_cli_killed_run_resumes_to_the_same_model(tmp_path):
         "diagnostics: {enabled: false}\n"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "adapt.cli", str(recipe), "--quiet"]
+    base = [sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--quiet"]
     subprocess.run(base + [f"output.dir={tmp_path / 'a'}"], check=True, env=env, capture_output=True)
 
     out_b = tmp_path / "b"

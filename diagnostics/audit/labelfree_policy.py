@@ -1,7 +1,7 @@
 """Did adaptation help, when no target label is known?
 
 The evidence is the change of the *estimated* target accuracy (adapted − source-only)
-by two estimators of different kinds (:mod:`diagnostics.accuracy_estimation`: one from
+by two estimators of different kinds (:mod:`adapt.accuracy_estimation`: one from
 the model's own confidence/transport, one from agreement between models), each with the
 band its change estimate missed by in the measured study (90th percentile of
 |estimated change − true change|, ``calibration.json``), plus collapse onto one class.

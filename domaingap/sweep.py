@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapt.errors import UserError, exception_line
 from adapt.io import atomic_write_json, atomic_write_text
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
 from adapt.selectors import SELECTOR_KEYS, chosen_epoch
 

@@ -4,7 +4,7 @@
 ``after`` (e.g. its adapted version, or a model trained elsewhere) on held-out
 ``source`` and ``target`` images, exactly as ``adapt-run`` audits a run — features,
 gap statistics, collapse, attributions, group metrics, the verdicts — by handing them
-to :func:`diagnostics.run_audit.audit_run`, and writes ``audit.html`` + ``audit.json``.
+to :func:`domaingap.run_audit.audit_run`, and writes ``audit.html`` + ``audit.json``.
 Nothing is measured here.
 """
 
@@ -25,8 +25,8 @@ from adapt.errors import UserError
 from adapt.evaluate import evaluate
 from adapt.models import is_classifier
 from adapt.recipe import validate_recipe
-from adapt.runs import Domains, RunSummary, StageOutcome
-from diagnostics.run_audit import audit_run
+from domaingap.runs import Domains, RunSummary, StageOutcome
+from domaingap.run_audit import audit_run
 
 __all__ = ["ModelAudit", "audit_models"]
 

@@ -11,11 +11,11 @@ The error band shown next to an estimate is never a guess: it is the error measu
 from the estimators, shipped as ``calibration.json`` (:mod:`.calibration`).
 """
 
-from diagnostics.accuracy_estimation.agreement import agreement_estimate, agreement_rate, disagreement_rate
-from diagnostics.accuracy_estimation.atc import atc_estimate, atc_threshold, confidence_scores, estimate_atc
-from diagnostics.accuracy_estimation.cot import cot_error, estimate_cot
-from diagnostics.accuracy_estimation.doc import estimate_doc
-from diagnostics.accuracy_estimation.estimate import ESTIMATORS, estimate_all
+from adapt.accuracy_estimation.agreement import agreement_estimate, agreement_rate, disagreement_rate
+from adapt.accuracy_estimation.atc import atc_estimate, atc_threshold, confidence_scores, estimate_atc
+from adapt.accuracy_estimation.cot import cot_error, estimate_cot
+from adapt.accuracy_estimation.doc import estimate_doc
+from adapt.accuracy_estimation.estimate import ESTIMATORS, estimate_all
 
 __all__ = [
     "ESTIMATORS", "agreement_estimate", "agreement_rate", "atc_estimate", "atc_threshold", "confidence_scores",

@@ -370,7 +370,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- audit
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from diagnostics.run_audit import rerender
+    from domaingap.run_audit import rerender
 
     print(f"wrote {rerender(args.run_dir)}")
     return EXIT_OK

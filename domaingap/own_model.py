@@ -4,7 +4,7 @@
 model: the method's pieces come from :func:`adapt.methods.build_run_components`, the
 training from the one loop :func:`adapt.train.fit` (same optimiser, schedule,
 gradient clipping, label-free checkpoint selection), AdaBN from
-:func:`adapt.runs.adabn_on` — nothing is trained differently from a recipe run.
+:func:`domaingap.runs.adabn_on` — nothing is trained differently from a recipe run.
 
 What the model needs: to be a :class:`~adapt.models.Classifier` — images in [0, 1] ->
 ``features(x)`` ``[B, D]`` -> ``head`` (one ``nn.Linear``). A model from
@@ -33,7 +33,7 @@ from adapt.methods import build_run_components
 from adapt.models import is_classifier
 from adapt.models.wrap import wrap_model
 from adapt.recipe import SOURCE_FREE_OBJECTIVES, validate_recipe
-from adapt.runs import adabn_on, run_epochs, run_train_config, uses_target_bn
+from domaingap.runs import adabn_on, run_epochs, run_train_config, uses_target_bn
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import fit
 

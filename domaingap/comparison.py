@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapt.runs import RunSummary, StageOutcome
+from domaingap.runs import RunSummary, StageOutcome
 from adapt.selectors import chosen_epoch
 
 __all__ = ["comparison_table", "format_table", "stage_line"]

@@ -1,8 +1,8 @@
 """``adapt-run RECIPE [key.path=value ...]`` — train the source model, adapt it, audit it.
 
-``adapt-run RECIPE --sweep SWEEP.yaml [--storage URL]`` — a label-free sweep (adapt/sweep.py).
+``adapt-run RECIPE --sweep SWEEP.yaml [--storage URL]`` — a label-free sweep (domaingap/sweep.py).
 
-Also the torchrun entry point: ``torchrun --nproc-per-node N -m adapt.cli RECIPE``.
+Also the torchrun entry point: ``torchrun --nproc-per-node N -m domaingap.adapt_run RECIPE``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-diagnostics", action="store_true", help="skip the audit report")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--sweep", metavar="SWEEP.yaml",
-                   help="run a label-free hyper-parameter sweep over recipe keys (Optuna; see adapt/sweep.py); "
+                   help="run a label-free hyper-parameter sweep over recipe keys (Optuna; see domaingap/sweep.py); "
                    "start the same command again to add a worker or resume a killed sweep")
     p.add_argument("--storage", metavar="URL",
                    help="with --sweep: an Optuna storage URL shared by several workers "
@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     # arguments should answer at once
     from adapt import distributed
     from adapt.device import resolve_device
-    from adapt.pipeline import run_recipe
+    from domaingap.pipeline import run_recipe
     from adapt.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from adapt.sweep import run_sweep
+    from domaingap.sweep import run_sweep
 
     if args.nproc > 1 or args.resume:
         raise UserError("--sweep: runs single-process trials and resumes by itself (drop --nproc/--resume)")
@@ -106,13 +106,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _relaunch_with_torchrun(args: argparse.Namespace, argv: list[str]) -> int:
-    """``--nproc N`` is shorthand for ``torchrun --standalone --nproc-per-node N -m adapt.cli``."""
+    """``--nproc N`` is shorthand for ``torchrun --standalone --nproc-per-node N -m domaingap.adapt_run``."""
     rest = [a for a in argv if not a.startswith("--nproc")]
     if "--nproc" in argv:  # "--nproc N" as two words
         i = argv.index("--nproc")
         rest = argv[:i] + argv[i + 2:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={args.nproc}", "-m", "adapt.cli", *rest]
+           f"--nproc-per-node={args.nproc}", "-m", "domaingap.adapt_run", *rest]
     return subprocess.call(cmd)
 
 

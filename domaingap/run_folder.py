@@ -32,7 +32,7 @@ RUN_DIRS = ("source", "methods", "baselines")
 def check_run_inputs(run_dir: Path, recipe: Recipe, domains: Any) -> None:
     """The run folder neither lies inside a data folder nor holds a file the run reads
     (a data folder, a manifest, a listed image, ``model.source_checkpoint``): replacing
-    the run would delete it. ``domains``: the loaded :class:`adapt.runs.Domains`."""
+    the run would delete it. ``domains``: the loaded :class:`domaingap.runs.Domains`."""
     inputs: dict[str, list[str] | str | None] = {"model.source_checkpoint": recipe.model.source_checkpoint}
     for key, spec, ds in (("data.source", recipe.data.source, domains.source),
                           ("data.target", recipe.data.target, domains.target)):

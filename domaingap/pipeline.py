@@ -38,9 +38,9 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
-from adapt.comparison import comparison_table, format_table, stage_line
-from adapt.run_folder import check_run_inputs, run_session
-from adapt.runs import (
+from domaingap.comparison import comparison_table, format_table, stage_line
+from domaingap.run_folder import check_run_inputs, run_session
+from domaingap.runs import (
     Domains,
     RunSummary,
     StageOutcome,
@@ -57,7 +57,7 @@ from adapt.train import FitResult, fit, precise_bn_covers
 from diagnostics.drift import MIN_BATCH, save_run_reference
 from diagnostics.features import extract_features
 from diagnostics.ranking import recommended_run
-from diagnostics.run_audit import audit_run
+from domaingap.run_audit import audit_run
 
 
 # --------------------------------------------------------------------------- stages
@@ -296,7 +296,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     """Run every stage of ``recipe``; return the models and the comparison.
 
     Every input (data, ``model.source_checkpoint``, the run folder's state — see
-    :mod:`adapt.run_folder`) is checked before the run folder is touched. A folder holding
+    :mod:`domaingap.run_folder`) is checked before the run folder is touched. A folder holding
     an earlier run is continued with ``resume`` or replaced with ``overwrite``, never
     otherwise written into.
     """

@@ -22,7 +22,7 @@ from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
-from adapt.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
+from domaingap.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
 from diagnostics.audit import StageResult, Verdict, build_audit
 from diagnostics.labelfree_estimates import estimate_text
 from diagnostics.paired import accuracy_change

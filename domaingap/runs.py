@@ -1,8 +1,8 @@
 """What an ``adapt-run`` is made of: its data, its trained stages, and how a model
 is deployed on each domain.
 
-The orchestration layer's shared vocabulary: :mod:`adapt.pipeline` produces these
-objects and :mod:`diagnostics.run_audit` reads them, so they live below both.
+The orchestration layer's shared vocabulary: :mod:`domaingap.pipeline` produces these
+objects and :mod:`domaingap.run_audit` reads them, so they live below both.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from diagnostics.accuracy_estimation.agreement import agreement_estimate
-from diagnostics.accuracy_estimation.atc import estimate_atc
-from diagnostics.accuracy_estimation.cot import estimate_cot
-from diagnostics.accuracy_estimation.doc import estimate_doc
+from adapt.accuracy_estimation.agreement import agreement_estimate
+from adapt.accuracy_estimation.atc import estimate_atc
+from adapt.accuracy_estimation.cot import estimate_cot
+from adapt.accuracy_estimation.doc import estimate_doc
 
 #: estimator name → what it needs: "source" (held-out labelled source predictions),
 #: "others" (other models' target predictions on the same images)

@@ -2,7 +2,7 @@
 
 :func:`run` is ``adapt-run RECIPE key=value ...`` as a function: a :class:`Recipe` or a
 YAML path, overrides as a dict of dotted keys, and the pipeline of
-:func:`adapt.pipeline.run_recipe` unchanged. :func:`load_run` reads what a run wrote
+:func:`domaingap.pipeline.run_recipe` unchanged. :func:`load_run` reads what a run wrote
 (``metrics.json``, ``audit.json``, ``recipe.yaml``, the stage checkpoints) into the
 same :class:`RunResult`, so a notebook can look at a run that a CLI made.
 """
@@ -19,7 +19,7 @@ from torch import nn
 
 from adapt.errors import UserError
 from adapt.models import load_checkpoint
-from adapt.pipeline import run_recipe
+from domaingap.pipeline import run_recipe
 from adapt.recipe import Recipe, apply_override, load_recipe, parse_yaml, validate_recipe
 
 __all__ = ["RunResult", "load_run", "run"]
