@@ -31,7 +31,9 @@ storage URL (``postgresql://...``, ``mysql://...``), so several ``adapt-run --sw
 processes — on one machine or many — share one study. Trials send a heartbeat; a trial
 whose worker was killed is marked failed after ``GRACE_S`` seconds without one and queued
 again with the same values, and the re-run continues from that trial's stage checkpoints
-(``resume``). Re-running the same command therefore resumes a killed sweep.
+(``resume``). Re-running the same command therefore resumes a killed sweep. The URL is
+checked first (domaingap/sweep_storage.py): an unknown scheme, a missing driver or a server
+that does not answer is one error line, never a hang.
 
 Outputs in ``RUN_DIR/sweep/``: ``trials.csv`` and ``trials.md`` (one row per trial:
 parameters, label-free score, oracle target accuracy, source accuracy, seconds),
@@ -57,9 +59,11 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapt.errors import UserError, exception_line
+from adapt.errors import UserError
 from adapt.io import atomic_write_json, atomic_write_text
 from domaingap.pipeline import run_recipe
+from domaingap.sweep_storage import (default_storage_url, open_storage, resolve_storage_url, retry_callback,
+                                     shown)
 from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
 from adapt.selectors import SELECTOR_KEYS, chosen_epoch
 
@@ -231,34 +235,9 @@ def _optuna():
     return optuna
 
 
-def default_storage_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
-
-
-def _retry_callback():
-    """Optuna's "queue a stale trial again" callback (renamed in Optuna 4.9)."""
-    from optuna import storages
-
-    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-
-
 def _storage(url: str):
     _optuna()
-    from optuna.storages import RDBStorage
-
-    kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:"):
-        # several local workers share the file: wait for its lock instead of failing
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    callback = _retry_callback()(max_retry=3)
-    if "heartbeat_stale_trial_callback" in RDBStorage.__init__.__code__.co_varnames:
-        kwargs["heartbeat_stale_trial_callback"] = callback
-    else:  # Optuna < 4.9
-        kwargs["failed_trial_callback"] = callback
-    try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **kwargs)
-    except Exception as exc:  # a malformed URL, a missing driver, a server that is down
-        raise UserError(f"sweep storage {url!r}: cannot open it ({exception_line(exc)})") from None
+    return open_storage(url, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
 
 
 @contextlib.contextmanager
@@ -386,6 +365,9 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         load_recipe(recipe_path, [*overrides, *trial_overrides(point)])
 
     sweep_dir = base.run_dir / "sweep"
+    if storage or spec.storage:  # a scheme or driver that cannot work: said before any folder is made
+        _optuna()
+        resolve_storage_url(storage or spec.storage)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or spec.storage or default_storage_url(sweep_dir)
     optuna = _optuna()
@@ -417,7 +399,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
             # trial is surplus (hidden from the table, nothing trained)
             trial.set_user_attr("surplus", True)
             raise optuna.TrialPruned("surplus trial: the study already has its trials")
-        history = _retry_callback().retry_history(frozen)
+        history = retry_callback().retry_history(frozen)
         # a re-run continues the killed (or interrupted) trial's folder from its checkpoints
         number = history[0] if history else frozen.user_attrs.get("folder", trial.number)
         trial_dir = sweep_dir / "trials"
@@ -461,7 +443,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
             time.sleep(HEARTBEAT_S)
         else:
             break
-    result = _write_outputs(study, spec, sweep_dir, selector, run, url, resolved)
+    result = _write_outputs(study, spec, sweep_dir, selector, run, shown(url), resolved)
     if progress and result.best is not None:
         say(f"best trial {result.best['trial']} by {selector}: {result.best['score']:.4g}")
     return result

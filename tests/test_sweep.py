@@ -55,9 +55,14 @@ def _files(tmp_path: Path, trials: int = 4) -> tuple[Path, Path]:
     return recipe, sweep
 
 
-def _worker(recipe: Path, sweep: Path, log: Path) -> subprocess.Popen:
+def _storage_args(storage: str | None) -> list[str]:
+    return [] if storage is None else ["--storage", storage]
+
+
+def _worker(recipe: Path, sweep: Path, log: Path, storage: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet"],
+    return subprocess.Popen([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet",
+                             *_storage_args(storage)],
                             cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -100,8 +105,14 @@ def test_queued_points_are_reproducible_and_in_range(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_the_pick_is_label_free(tmp_path):
+    check_two_workers_share_one_study(tmp_path, storage=None)
+
+
+def check_two_workers_share_one_study(tmp_path: Path, storage: str | None) -> None:
+    """Two worker processes on one storage (None: the SQLite default): every trial done
+    once, by both workers, scored and picked label-free; a third start reruns nothing."""
     recipe, sweep = _files(tmp_path, trials=4)
-    procs = [_worker(recipe, sweep, tmp_path / f"w{i}.log") for i in range(2)]
+    procs = [_worker(recipe, sweep, tmp_path / f"w{i}.log", storage) for i in range(2)]
     codes = [p.wait(timeout=500) for p in procs]
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs
@@ -123,7 +134,8 @@ def test_two_workers_share_one_study_and_the_pick_is_label_free(tmp_path):
     assert best_recipe.method.runs[0].adabn == best["method.runs.0.adabn"]
     assert "oracle target acc" in (tmp_path / "runs" / "sw" / "sweep" / "trials.md").read_text()
     # a third start finds the study done: nothing is rerun
-    again = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet"],
+    again = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet",
+                            *_storage_args(storage)],
                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 trials complete" in again.stdout
@@ -132,9 +144,15 @@ def test_two_workers_share_one_study_and_the_pick_is_label_free(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_and_reruns_the_killed_trial_from_its_checkpoints(tmp_path):
+    check_a_killed_worker_s_trial_is_resumed(tmp_path, storage=None)
+
+
+def check_a_killed_worker_s_trial_is_resumed(tmp_path: Path, storage: str | None) -> None:
+    """A worker killed mid-trial: the next start marks its trial failed (no heartbeat) and
+    runs it again in the same folder, from the stage checkpoints it had written."""
     recipe, sweep = _files(tmp_path, trials=3)
     trials_dir = tmp_path / "runs" / "sw" / "sweep" / "trials"
-    proc = _worker(recipe, sweep, tmp_path / "w.log")
+    proc = _worker(recipe, sweep, tmp_path / "w.log", storage)
     deadline = time.time() + 400
     source_ckpt = trials_dir / "trial_1" / "source" / "model.pt"
     while not source_ckpt.exists():  # trial 0 done, trial 1 past its source stage
@@ -144,7 +162,7 @@ def test_a_killed_sweep_resumes_and_reruns_the_killed_trial_from_its_checkpoints
     proc.wait()
     stamp = source_ckpt.stat().st_mtime_ns
 
-    result = run_sweep(recipe, sweep, say=lambda msg: None)
+    result = run_sweep(recipe, sweep, storage=storage, say=lambda msg: None)
     states = {r["trial"]: r["state"] for r in result.rows}
     assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
     assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
