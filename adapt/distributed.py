@@ -8,10 +8,20 @@ epoch, so every rank holds identical weights. The gradient all-reduce is explici
 than a ``DistributedDataParallel`` wrapper because methods call ``model.features`` and
 ``model.head`` separately (DANN, MixStyle), which DDP's forward hook would not see.
 Only rank 0 writes files.
+
+Across machines (``torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint HOST:PORT``,
+docs/scaleout.md) a rank can vanish: its machine reboots, its process is killed. The
+other ranks then fail in their next collective; :func:`stop_if_a_rank_is_lost` turns that
+failure into :class:`RankLost`, which ``adapt-run`` prints as one ``error:`` line (exit 1)
+instead of a traceback. A rank that hangs without dying is caught by the collective
+timeout, ``DOMAINGAP_DIST_TIMEOUT_S`` seconds (default 1800, PyTorch's: long enough for
+rank 0's audit, which the other ranks wait for).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -37,6 +47,28 @@ class DistContext:
 
 
 SINGLE = DistContext()
+#: seconds a collective (and joining the process group) may wait for the other ranks
+DEFAULT_TIMEOUT_S = 1800
+
+
+class RankLost(RuntimeError):
+    """Another rank stopped answering (died, or hung past the timeout): this one stops too."""
+
+
+def timeout_s() -> float:
+    """The collective timeout: ``DOMAINGAP_DIST_TIMEOUT_S`` or :data:`DEFAULT_TIMEOUT_S`."""
+    from adapt.errors import UserError
+
+    raw = os.environ.get("DOMAINGAP_DIST_TIMEOUT_S", "").strip()
+    if not raw:
+        return float(DEFAULT_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e7:
+        raise UserError(f"DOMAINGAP_DIST_TIMEOUT_S: a number of seconds above 0, got {raw!r}")
+    return value
 
 
 def init_from_env(device: torch.device) -> DistContext:
@@ -47,13 +79,31 @@ def init_from_env(device: torch.device) -> DistContext:
         return SINGLE
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s()))
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stop_if_a_rank_is_lost(ctx: DistContext):
+    """Re-raise a failed collective (gloo's "Connection reset by peer", NCCL's errors, a
+    timeout) as a one-line :class:`RankLost`; anything else passes unchanged."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if not ctx.enabled or not (isinstance(exc, getattr(dist, "DistError", ())) or "gloo" in text
+                                   or "NCCL" in text or "Timed out" in text):
+            raise
+        detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        detail = detail.split("] ", 1)[-1].split(". This is typically", 1)[0][:200]  # gloo's source path and advice off
+        raise RankLost(f"rank {ctx.rank} of {ctx.world_size}: another rank stopped or stopped answering "
+                       f"({detail}); this rank stops too — start every node again with adapt-run RECIPE "
+                       "--resume") from None
 
 
 def all_reduce_gradients(params: list[nn.Parameter], ctx: DistContext) -> None:

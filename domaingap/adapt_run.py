@@ -83,8 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     ctx = distributed.init_from_env(resolve_device(recipe.train.device, "train.device"))
     try:
-        summary = run_recipe(recipe, resume=args.resume, overwrite=args.overwrite, ctx=ctx, progress=not args.quiet,
-                             diagnostics=False if args.no_diagnostics else None)
+        with distributed.stop_if_a_rank_is_lost(ctx):
+            summary = run_recipe(recipe, resume=args.resume, overwrite=args.overwrite, ctx=ctx,
+                                 progress=not args.quiet, diagnostics=False if args.no_diagnostics else None)
+    except distributed.RankLost as lost:  # a machine of a multi-node run went away: not a bug, one line
+        print(f"error: {lost}", file=sys.stderr)
+        return 1
     finally:
         distributed.shutdown()
     if ctx.is_main:
