@@ -6,6 +6,7 @@
     diagnose audit RUN_DIR
     diagnose export MODEL.pt OUT.onnx
     diagnose drift RUN_DIR --batch DOMAIN [--fail-on drift] [--json OUT]
+    diagnose drift-report RUN_DIR [--out PAGE.html]   (domaingap/drift_report.py)
 
 Exit codes: 0 normally; 1 when a ``--fail-on`` condition holds (for CI pipelines);
 2 on bad input (one line ``error: <message>`` on stderr, no traceback).
@@ -24,6 +25,7 @@ from typing import Any
 from adapt.cli_args import OneLineParser, float_in, int_in
 from adapt.errors import UserError, one_line, os_error_line
 from adapt.paths import check_outputs
+from domaingap import drift_report
 from diagnostics.two_sample import min_permutations
 
 EXIT_OK, EXIT_GATE, EXIT_USER = 0, 1, 2
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--workers", type=WORKERS, default=0, metavar="N", help="DataLoader workers (0)")
     dr.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     dr.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    drift_report.add_parser(sub)
     return p
 
 
@@ -147,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "drift":
             return cmd_drift(args)
+        if args.command == "drift-report":
+            return drift_report.cmd_drift_report(args)
         raise UserError(f"unknown command {args.command!r}")  # pragma: no cover - argparse catches it
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
@@ -398,12 +403,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    import time
+    import datetime
 
     from adapt.data import load_domain
     from adapt.io import atomic_write_json
     from diagnostics.drift import (REFERENCE_FILE, drift_fired, load_reference, monitor_batch,
                                    parse_drift_fail_on, reference_summary)
+    from diagnostics.drift_history import check_path
     from adapt.device import resolve_device
 
     conditions = parse_drift_fail_on(args.fail_on) if args.fail_on is not None else []  # fail fast
@@ -413,7 +419,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: not a run folder")
-    out = Path(args.json) if args.json else run_dir / "drift" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    out = Path(args.json) if args.json else check_path(run_dir)  # RUN_DIR/drift/<time>.json: the history
     _check_output_file("--json", args.json)
     inputs = {"drift reference": run_dir / REFERENCE_FILE,
               "--batch": None if args.batch.strip().lower().startswith("phantom-cxr") else args.batch}
@@ -432,6 +438,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
     fired = drift_fired(conditions, result)
     atomic_write_json(out, {
+        "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
         "batch": {"domain": args.batch, "name": batch.name, "n": len(batch)},
         "reference": reference_summary(ref),
         "settings": {"alpha": args.alpha, "permutations": args.permutations, "max_samples": args.max_samples,

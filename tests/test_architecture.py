@@ -60,7 +60,9 @@ LAYERS: list[tuple[str, int, str]] = [
     ("domaingap.run_audit", 3, "orchestration"),
     ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("domaingap.pipeline", 4, "orchestration"),
+    ("domaingap.sweep_storage", 2, "orchestration"),  # a sweep's storage URL: scheme, driver, timeout
     ("domaingap.sweep", 5, "orchestration"),  # runs the pipeline once per trial
+    ("domaingap.drift_report", 5, "orchestration"),  # diagnose drift-report: a run's drift history page
     ("domaingap.experiment", 5, "orchestration"),  # run / load_run: the pipeline from Python
     ("domaingap.adapt_run", 6, "orchestration"),  # the adapt-run command
     ("domaingap.diagnose", 6, "orchestration"),  # the diagnose command

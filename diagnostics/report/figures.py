@@ -372,3 +372,47 @@ def group_bars(rows: Iterable[tuple[str, float | None, float | None]], *, stage_
         if title:
             ax.set_title(_short(title, 40), loc="left", fontsize=9)
         return fig_to_data_uri(fig)
+
+
+def drift_timeline(labels: Sequence[str], p_adjusted: Mapping[str, Sequence[float | None]],
+                   alphas: Sequence[float | None], verdicts: Sequence[str],
+                   frechet: Sequence[float | None], conf_drop: Sequence[float | None]) -> str | None:
+    """The drift checks over time: each test's Holm-adjusted p-value (log scale) against the
+    level alpha it was held to, the verdict of each check; below, the Fréchet distance and
+    the confidence drop. ``labels``: one short x label per check, oldest first."""
+    n = len(labels)
+    if n == 0:
+        return None
+    x = np.arange(n)
+    colour = {"drift": "#b91c1c", "inconclusive": "#b45309", "no drift": "#15803d"}
+    with _style():
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(11.0, 4.0 + 0.55 * n), 5.2), sharex=True,
+                                          gridspec_kw={"height_ratios": [3, 2]})
+        for i, (name, values) in enumerate(p_adjusted.items()):
+            ys = np.array([np.nan if v is None else max(float(v), 1e-6) for v in values])
+            top.plot(x, ys, marker="o", ms=4, lw=1.4, color=PALETTE[i % len(PALETTE)], label=_short(name, 24))
+        if any(a is not None for a in alphas):
+            top.step(x, [np.nan if a is None else a for a in alphas], where="mid", color="#111827", lw=1, ls="--",
+                     label="alpha (after Holm)")
+        top.set_yscale("log")
+        top.set_ylim(5e-7, 1.5)
+        top.set_ylabel("adjusted p-value")
+        top.set_title("Drift tests per check (below the dashed line: the test fires)")
+        for xi, v in zip(x, verdicts):
+            top.axvspan(xi - 0.45, xi + 0.45, color=colour.get(v, "#9ca3af"), alpha=0.08, lw=0)
+        top.legend(fontsize=7.5, loc="lower left", ncol=3, frameon=False)
+        fr = np.array([np.nan if v is None else float(v) for v in frechet])
+        bottom.plot(x, fr, marker="s", ms=4, color=PALETTE[0], label="Fréchet distance")
+        bottom.set_ylabel("Fréchet distance")
+        twin = bottom.twinx()
+        cd = np.array([np.nan if v is None else float(v) for v in conf_drop])
+        twin.plot(x, cd, marker="^", ms=4, color=PALETTE[1], label="confidence drop")
+        twin.axhline(0, color="#9ca3af", lw=0.6)
+        twin.set_ylabel("confidence drop")
+        twin.spines["right"].set_visible(True)
+        handles = bottom.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        bottom.legend(handles, [h.get_label() for h in handles], fontsize=7.5, loc="upper left", frameon=False)
+        bottom.set_xticks(x)
+        bottom.set_xticklabels([_short(s, 16) for s in labels], rotation=30, ha="right", fontsize=7.5)
+        fig.tight_layout()
+    return fig_to_data_uri(fig)

@@ -427,7 +427,8 @@ def _coerce(audit: Audit | Mapping) -> Audit:
 
 
 @lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
+def template_environment() -> jinja2.Environment:
+    """The pages' Jinja2 environment (the audit's, the drift history's): autoescape on."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
         autoescape=True,  # every {{ }} is HTML-escaped: class names, paths, recipe text
@@ -439,7 +440,7 @@ def _env() -> jinja2.Environment:
 
 def render_html(audit: Audit | Mapping) -> str:
     """The audit as one self-contained HTML page (inline CSS and PNGs, no script, no URL)."""
-    return _env().get_template("report.html").render(**build_view(audit))
+    return template_environment().get_template("report.html").render(**build_view(audit))
 
 
 def write_report(audit: Audit | Mapping, html_path: str | Path, json_path: str | Path | None = None) -> tuple[Path, Path]:
