@@ -79,6 +79,10 @@ def init_from_env(device: torch.device) -> DistContext:
         return SINGLE
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda" and device.index is None:
+            # one GPU per process: torchrun's LOCAL_RANK is this rank's GPU on its machine
+            # (without it every rank of a machine would share GPU 0 and NCCL refuses)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s()))
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
 

@@ -58,3 +58,24 @@ def test_adapt_run_nproc_2(tmp_path):
     assert (tmp_path / "runs" / "tiny" / "methods" / "dann" / "model.pt").exists()
     # the main rank alone extracts the drift reference's features (no sharded collective)
     assert (tmp_path / "runs" / "tiny" / "drift_reference.npz").exists()
+
+
+def test_each_rank_of_a_machine_takes_its_own_gpu(monkeypatch):
+    """Under torchrun with NCCL, rank LOCAL_RANK of a machine trains on GPU LOCAL_RANK
+    (the process group itself is stubbed: this runs without GPUs)."""
+    import torch.distributed as dist
+
+    from adapt import distributed
+
+    chosen, joined = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: joined.append((backend, timeout)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("DOMAINGAP_DIST_TIMEOUT_S", "90")
+    ctx = distributed.init_from_env(torch.device("cuda"))
+    assert chosen == [1] and ctx.rank == 3 and ctx.world_size == 4
+    assert joined[0][0] == "nccl" and joined[0][1].total_seconds() == 90

@@ -58,6 +58,14 @@ def test_quickstart_commands_are_unchanged():
             in quick)
 
 
+def test_ci_runs_the_readme_test_command_next_to_a_postgres_server():
+    """.ci/run: the Quickstart's test command, its pytest wrapped by .ci/with_postgres.sh
+    (a throw-away PostgreSQL cluster for tests/test_sweep_postgres.py)."""
+    last = [line for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines() if line.strip()][-1]
+    readme = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q -n 2"
+    assert last == readme.replace(".venv/bin/python -m pytest", "bash .ci/with_postgres.sh .venv/bin/python -m pytest")
+
+
 def test_readme_is_short_and_its_doc_links_resolve():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 300

@@ -25,6 +25,8 @@ from diagnostics.report.render import template_environment
 __all__ = ["render_drift_history", "write_drift_history"]
 
 _LEVEL = {"drift": "fail", "inconclusive": "warn", "no drift": "ok"}
+#: the table's column heads for the four tests (diagnostics.drift_history.TESTS, short)
+_COLUMNS = {"mmd": "MMD", "classifier": "classifier", "predictions": "classes", "confidence": "confidence"}
 
 
 def _when(iso: str) -> str:
@@ -34,7 +36,8 @@ def _when(iso: str) -> str:
 
 def _row(i: int, c) -> dict[str, Any]:
     return {
-        "i": i + 1, "when": _when(c.checked_at), "batch": c.batch, "file": c.file,
+        "i": i + 1, "date": _when(c.checked_at)[:10], "time": _when(c.checked_at)[11:], "batch": c.batch,
+        "file": c.file,
         "n": fmt_num(c.n_batch) if c.n_batch is not None else "—",
         "verdict": c.verdict, "level": _LEVEL.get(c.verdict, "warn"), "text": c.text,
         "alpha": "—" if c.alpha is None else f"{c.alpha:g}",
@@ -69,7 +72,7 @@ def build_drift_view(history: DriftHistory) -> dict[str, Any]:
         "title": "Drift history", "run_dir": history.run_dir, "n_checks": len(checks), "counts": counts,
         "latest": {"level": _LEVEL.get(last.verdict, "warn"), "verdict": last.verdict, "text": last.text,
                    "when": _when(last.checked_at), "batch": last.batch},
-        "chart": chart, "tests": list(TESTS.values()), "rows": [_row(i, c) for i, c in enumerate(checks)],
+        "chart": chart, "tests": [_COLUMNS[k] for k in TESTS], "rows": [_row(i, c) for i, c in enumerate(checks)],
         "alphas": sorted({f"{c.alpha:g}" for c in checks if c.alpha is not None}), "gates": gates,
         "reference": reference, "skipped": history.skipped,
     }

@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -386,7 +387,7 @@ def drift_timeline(labels: Sequence[str], p_adjusted: Mapping[str, Sequence[floa
     x = np.arange(n)
     colour = {"drift": "#b91c1c", "inconclusive": "#b45309", "no drift": "#15803d"}
     with _style():
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(11.0, 4.0 + 0.55 * n), 5.2), sharex=True,
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(11.0, 6.5 + 0.3 * n), 5.2), sharex=True,
                                           gridspec_kw={"height_ratios": [3, 2]})
         for i, (name, values) in enumerate(p_adjusted.items()):
             ys = np.array([np.nan if v is None else max(float(v), 1e-6) for v in values])
@@ -396,6 +397,8 @@ def drift_timeline(labels: Sequence[str], p_adjusted: Mapping[str, Sequence[floa
                      label="alpha (after Holm)")
         top.set_yscale("log")
         top.set_ylim(5e-7, 1.5)
+        # plain tick labels: mathtext is off (user text is drawn literally), so no 10^k
+        top.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         top.set_ylabel("adjusted p-value")
         top.set_title("Drift tests per check (below the dashed line: the test fires)")
         for xi, v in zip(x, verdicts):
