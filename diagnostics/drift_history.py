@@ -79,7 +79,7 @@ def check_path(run_dir: str | os.PathLike) -> Path:
     path, i = folder / f"{stamp}.json", 1
     while path.exists():
         i += 1
-        path = folder / f"{stamp}-{i}.json"
+        path = folder / f"{stamp}_{i:02d}.json"  # "_" sorts after ".": file names stay in time order
     return path
 
 

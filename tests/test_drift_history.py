@@ -55,7 +55,8 @@ def _rows(page: str) -> list[str]:
 
 
 def test_the_page_shows_every_check_in_order_with_its_verdict_and_thresholds(run_dir, capsys):
-    checks = [json.loads(p.read_text()) for p in sorted((run_dir / "drift").glob("*.json"))]
+    checks = [json.loads(p.read_text()) for p in sorted((run_dir / "drift").glob("*.json"))]  # names: times
+    assert [c["checked_at"] for c in checks] == sorted(c["checked_at"] for c in checks)
     assert [c["verdict"]["drift"] for c in checks] == [v == "drift" for _, v in BATCHES]
     assert diagnose(["drift-report", str(run_dir)]) == 0
     assert "3 drift checks (1 drift, 1 inconclusive, 1 no drift); latest: inconclusive" in capsys.readouterr().out
@@ -120,3 +121,14 @@ def test_the_page_renders_in_headless_chromium(run_dir, tmp_path):
     run = _chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,2200",
                     (tmp_path / "history.html").as_uri())
     assert shot.exists() and shot.stat().st_size > 10_000, run.stderr[-3000:]
+
+
+def test_two_checks_in_the_same_second_keep_both_files_in_time_order(tmp_path):
+    from diagnostics.drift_history import check_path
+
+    first = check_path(tmp_path)
+    first.parent.mkdir(parents=True)
+    first.write_text("{}")
+    second = check_path(tmp_path)
+    if second.stem[:16] == first.stem[:16]:  # the same second (almost always)
+        assert second != first and sorted([second.name, first.name]) == [first.name, second.name]
