@@ -8,19 +8,5 @@ if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "postgresql already installed: $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
     exit 0
 fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install_postgres.sh: need root (or sudo) to apt-get install postgresql" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update
-# policy-rc.d or not, the package's own cluster is never needed: with_postgres.sh makes one
-$SUDO apt-get install -y --no-install-recommends postgresql
+bash "$(dirname "$0")/apt_install.sh" postgresql
 ls -d /usr/lib/postgresql/*/bin

@@ -15,7 +15,7 @@ import pytest
 from adapt.recipe import load_recipe
 from domaingap.diagnose import main as diagnose
 from domaingap.pipeline import run_recipe
-from tests.test_report import _PROBE, _chromium, _chromium_or_skip
+from tests.test_report import _chromium, _chromium_or_skip, probe_in_chromium
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
@@ -109,12 +109,7 @@ def test_the_page_renders_in_headless_chromium(run_dir, tmp_path):
     binary = _chromium_or_skip()
     assert diagnose(["drift-report", str(run_dir), "--out", str(tmp_path / "history.html")]) == 0
     page = (tmp_path / "history.html").read_text(encoding="utf-8")
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
-    dump = _chromium(binary, tmp_path / "profile1", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', dump.stdout, re.S)
-    assert m, f"probe missing from the dumped DOM; stderr:\n{dump.stderr[-3000:]}"
-    probe = json.loads(_html.unescape(m.group(1)))
+    probe = probe_in_chromium(binary, page, tmp_path)
     assert probe["images"] == page.count("<img ") == 1
     assert probe["broken"] == [] and probe["errors"] == [] and probe["xss"] is False, probe
     shot = tmp_path / "shot.png"

@@ -239,25 +239,30 @@ def _chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedPro
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+def probe_in_chromium(binary: str, page: str, tmp_path: Path) -> dict:
+    """Open the HTML text ``page`` in headless Chromium with the probe (in a copy only: a page
+    itself carries no script); return what it saw (images, broken ones, errors, xss) after
+    checking the console stayed free of errors."""
+    import html as _html
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
+    dump = _chromium(binary, tmp_path / "profile1", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', dump.stdout, re.S)
+    assert m, f"probe missing from the dumped DOM; stderr:\n{dump.stderr[-3000:]}"
+    assert not re.search(r"Uncaught|:ERROR:CONSOLE|CONSOLE\(\d+\).*error", dump.stderr, re.I), dump.stderr[-3000:]
+    return json.loads(_html.unescape(m.group(1)))
+
+
 def test_report_renders_in_headless_chromium(tmp_path, html):
     binary = _chromium_or_skip()
     page = tmp_path / "audit.html"
     page.write_text(html, encoding="utf-8")
-    # the probe goes into a copy only: the report itself carries no script
-    probed = tmp_path / "probed.html"
-    probed.write_text(html.replace("<head>", "<head>" + _PROBE, 1), encoding="utf-8")
-
-    dump = _chromium(binary, tmp_path / "profile1", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', dump.stdout, re.S)
-    assert m, f"probe missing from the dumped DOM; stderr:\n{dump.stderr[-3000:]}"
-    import html as _html
-
-    probe = json.loads(_html.unescape(m.group(1)))
+    probe = probe_in_chromium(binary, html, tmp_path)
     assert probe["images"] == html.count("<img ")
     assert probe["broken"] == [], probe
     assert probe["errors"] == [], probe
     assert probe["xss"] is False
-    assert not re.search(r"Uncaught|:ERROR:CONSOLE|CONSOLE\(\d+\).*error", dump.stderr, re.I), dump.stderr[-3000:]
 
     shot = tmp_path / "shot.png"
     run = _chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri())
