@@ -106,7 +106,7 @@ def stop_if_a_rank_is_lost(ctx: DistContext):
         detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         detail = detail.split("] ", 1)[-1].split(". This is typically", 1)[0][:200]  # gloo's source path and advice off
         raise RankLost(f"rank {ctx.rank} of {ctx.world_size}: another rank stopped or stopped answering "
-                       f"({detail}); this rank stops too — start every node again with adapt-run RECIPE "
+                       f"({detail}); this rank stops too — continue with the same launch on every node plus "
                        "--resume") from None
 
 

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a label-free hyper-parameter sweep over recipe keys (Optuna; see domaingap/sweep.py); "
                    "start the same command again to add a worker or resume a killed sweep")
     p.add_argument("--storage", metavar="URL",
-                   help="with --sweep: an Optuna storage URL shared by several workers "
+                   help="with --sweep: an Optuna storage URL shared by several workers, e.g. "
+                   "postgresql://USER:PASSWORD@HOST/DB (pip install 'domaingap[postgres]'; docs/scaleout.md) "
                    "(default: SQLite in runs/<name>/sweep/)")
     return p
 
