@@ -6,7 +6,8 @@ process each, gloo) meet through a c10d rendezvous, exactly as two machines woul
   process with its own batch order visits other batches and ends elsewhere — the
   tolerance tells the two apart (BatchNorm swapped for GroupNorm in the test's model: see
   tests/_ddp_nodes_worker.py).
-* A node that dies mid-training stops the other with one ``error:`` line, not a hang."""
+* A node that dies (or hangs) mid-training stops the other with one ``error:`` line, not a
+  hang."""
 
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(rank: int, port: int, run_id: str, logs: Path, *command: str) -> subprocess.Popen:
+def _node(rank: int, port: int, run_id: str, logs: Path, *command: str, **env_vars: str) -> subprocess.Popen:
     """One "machine": a torchrun agent with one worker; the worker's stdout/stderr go to
     files under ``logs/`` (torchrun's --redirects), the agent's to ``logs/agent<rank>.log``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent), **env_vars}
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
            "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"localhost:{port}",
@@ -48,8 +49,9 @@ def _worker_stderr(logs: Path, rank: int) -> str:
     return "".join(p.read_text() for p in sorted((logs / f"node{rank}").rglob("stderr.log")))
 
 
-def _kill_node(agent: subprocess.Popen) -> None:
-    """SIGKILL a node's agent and its workers (torchrun starts them in sessions of their own)."""
+def _kill_node(agent: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to a node's workers (torchrun starts them in sessions of their own) and,
+    when it is SIGKILL, to its agent: the machine is gone. SIGSTOP: its workers hang."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -58,9 +60,9 @@ def _kill_node(agent: subprocess.Popen) -> None:
             continue
         if int(fields[1]) == agent.pid:  # the parent pid
             children.append(int(stat.parent.name))
-    for pid in [*children, agent.pid]:
+    for pid in [*children, agent.pid] if sig == signal.SIGKILL else children:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -100,11 +102,16 @@ diagnostics: {enabled: false}
 """
 
 
-def test_a_node_that_dies_stops_the_other_with_one_line(tmp_path):
+@pytest.mark.parametrize("how", ["dies", "hangs"])
+def test_a_node_that_dies_or_hangs_stops_the_other_with_one_line(tmp_path, how):
+    """"dies": the machine is gone (SIGKILL); the other fails in its next collective at once.
+    "hangs": its process is frozen (SIGSTOP); the other gives up after the collective
+    timeout (DOMAINGAP_DIST_TIMEOUT_S, 30 s here)."""
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY.replace("RUNS", str(tmp_path / "runs")))
     port, logs = _free_port(), tmp_path / "logs"
-    nodes = [_node(r, port, "dies", logs, "-m", "domaingap.adapt_run", str(recipe), "--quiet") for r in range(2)]
+    nodes = [_node(r, port, how, logs, "-m", "domaingap.adapt_run", str(recipe), "--quiet",
+                   DOMAINGAP_DIST_TIMEOUT_S="30") for r in range(2)]
     try:
         # the source model is training on both nodes (rank 0 has checkpointed an epoch)
         started = tmp_path / "runs" / ".tiny.partial" / "source" / "last.pt"
@@ -113,7 +120,7 @@ def test_a_node_that_dies_stops_the_other_with_one_line(tmp_path):
             assert all(n.poll() is None for n in nodes) and time.monotonic() < deadline, \
                 (logs / "agent0.log").read_text()[-3000:]
             time.sleep(0.2)
-        _kill_node(nodes[1])  # the second machine goes away
+        _kill_node(nodes[1], signal.SIGKILL if how == "dies" else signal.SIGSTOP)  # the second machine
         code = nodes[0].wait(timeout=180)  # a hang fails here
     finally:
         for n in nodes:
