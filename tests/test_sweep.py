@@ -260,6 +260,6 @@ def test_a_trial_scores_the_run_it_deploys(tmp_path, monkeypatch):
     sweep.write_text("sampler: grid\nparams:\n  method.runs.0.lr: [0.001, 0.01]\n")
     result = run_sweep(recipe, sweep, say=lambda msg: None)
     rows = {r["method.runs.0.lr"]: r for r in result.rows if r["state"] == "complete"}
-    assert (rows[0.001]["run"], rows[0.001]["score"]) == ("hist", 0.9)
-    assert (rows[0.01]["run"], rows[0.01]["score"]) == ("plain", 0.8)
+    assert [rows[0.001]["score"], rows[0.01]["score"]] == [0.9, 0.8]
+    assert [rows[0.001]["run"], rows[0.01]["run"]] == ["hist", "plain"]
     assert result.run is None and "| run |" in (result.sweep_dir / "trials.md").read_text()
