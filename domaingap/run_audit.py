@@ -258,8 +258,9 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     ranking = rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
                         {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in summary.runs.items()})
     # the run a user would deploy, as the run decided it once (a pair of models handed to
-    # audit_models has no run: decided here)
-    deployment = summary.deployment or decide_deployment(summary, recipe, domains, device)
+    # audit_models has no run: decided here, its target features only if they serve below)
+    reusable = cfg.features == "model" and target is domains.target_eval
+    deployment = summary.deployment or decide_deployment(summary, recipe, domains, device, target_features=reusable)
     after_name = deployment.run
     # (stage name, stage, the model as it meets the source images): a per-domain-BN run
     # meets them with source BatchNorm statistics, the copy its evaluation made
@@ -270,7 +271,7 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     def on_target(st) -> Any:
         # the deployed model's held-out target features, extracted once with the deployment
         kept = deployment.target_features if st is deployment.stage else None
-        if kept is not None and cfg.features == "model" and target is domains.target_eval:
+        if kept is not None and reusable:
             return kept
         return extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False)
 

@@ -243,10 +243,11 @@ def batchnorm_statistics(run_cfg: AdaptRunConfig | None) -> str:
     return "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
 
 
-def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device) -> Deployment:
+def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
+                      target_features: bool = True) -> Deployment:
     """The run's :class:`Deployment`: which model is deployed, how, its source-statistics
-    copy (the one its evaluation made) and its held-out target features (extracted here,
-    once, on this process alone: no sharding)."""
+    copy (the one its evaluation made) and, with ``target_features``, its held-out target
+    features (extracted here, once, on this process alone: no sharding)."""
     name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
                            recipe.method.audit_run)
     run_cfg = next((r for r in recipe.method.runs if r.name == name), None) if name in summary.runs else None
@@ -255,7 +256,7 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
     on_source = stage.source_model if domains.has_source else None
     held_out = domains.target_eval
     features = None
-    if held_out is not None and len(held_out):
+    if target_features and held_out is not None and len(held_out):
         features = extract_features(held_out, stage.model, "model", device=device, progress=False, shard=False)
     return Deployment(stage=stage, run_cfg=run_cfg, batchnorm=batchnorm_statistics(run_cfg), on_source=on_source,
                       target_features=features)
