@@ -51,7 +51,7 @@ from adapt.io import atomic_write_bytes, atomic_write_json  # noqa: E402
 from adapt.mixval import mixval_score  # noqa: E402
 from domaingap.pipeline import run_recipe  # noqa: E402
 from adapt.recipe import validate_recipe  # noqa: E402
-from domaingap.runs import deployed_on_source, load_domains, uses_per_domain_bn  # noqa: E402
+from domaingap.runs import load_domains  # noqa: E402
 from adapt.selection import label_free_scores  # noqa: E402
 from adapt.accuracy_estimation import estimate_all  # noqa: E402
 from adapt.accuracy_estimation.calibration import CALIBRATION_PATH  # noqa: E402
@@ -124,14 +124,13 @@ def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False) 
     summary = run_recipe(recipe, progress=False, diagnostics=False, overwrite=True)
     domains = load_domains(recipe)
     device = torch.device("cpu")
-    per_domain = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
     t_test, s_val = domains.target_split["test"], domains.source_split["val"]
     models = {"source-only": summary.source, **summary.runs}
     out_models: dict[str, Any] = {}
     for name, st in models.items():
         t = predict(st.model, t_test, device)
-        on_src = deployed_on_source(st.model, domains, device) if name in per_domain else st.model
-        s = predict(on_src, s_val, device)
+        # as deployed on the source: a per-domain-BN run's source-statistics copy, kept by the run
+        s = predict(st.source_model, s_val, device)
         out_models[name] = {
             "target_probs": t["probs"], "hidden_target_labels": t["labels"],
             "source_probs": s["probs"], "source_labels": s["labels"],

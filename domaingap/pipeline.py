@@ -45,6 +45,8 @@ from domaingap.runs import (
     RunSummary,
     StageOutcome,
     adabn_on,
+    batchnorm_statistics,
+    decide_deployment,
     deployed_on_source,
     load_domains,
     run_epochs,
@@ -55,8 +57,6 @@ from domaingap.runs import (
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit, precise_bn_covers
 from diagnostics.drift import MIN_BATCH, save_run_reference
-from diagnostics.features import extract_features
-from diagnostics.ranking import recommended_run
 from domaingap.run_audit import audit_run
 
 
@@ -195,9 +195,10 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     """Stage 3: one adaptation run from the source model's weights."""
     stage = f"methods/{run_cfg.name}"
     stage_dir = run_dir / stage
+    # deployed on each domain with its own BatchNorm statistics (see uses_per_domain_bn)
+    per_domain_bn = uses_per_domain_bn(run_cfg)
     if resume and _final_checkpoint(stage_dir).exists():
-        return _load_finished(run_cfg.name, stage_dir, domains, device, recipe,
-                              per_domain_bn=uses_per_domain_bn(run_cfg))
+        return _load_finished(run_cfg.name, stage_dir, domains, device, recipe, per_domain_bn=per_domain_bn)
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(source.model).to(device)
@@ -214,7 +215,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     # BatchNorm mismatch rather than by what the weights retained.
     source_train = domains.source_split.get("train")
     source_prepare = ((lambda m: adabn_on(m, source_train, device))
-                      if uses_per_domain_bn(run_cfg) and domains.has_source else None)
+                      if per_domain_bn and domains.has_source else None)
     selector = recipe.method.selection
     oracle = domains.target_split["test"] if domains.target.has_labels else None
     score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
@@ -261,9 +262,9 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     if ctx.is_main:
         _save_stage(stage_dir, model, recipe, domains, stage, fit=fit_info, selection=selection, seconds=seconds,
                     run=run_cfg.model_dump(by_alias=True),
-                    batchnorm_statistics="target" if uses_per_domain_bn(run_cfg) else "as trained")
+                    batchnorm_statistics=batchnorm_statistics(run_cfg))
         atomic_write_json(stage_dir / "selection.json", selection)
-    return _outcome(run_cfg.name, model, domains, device, recipe, uses_per_domain_bn(run_cfg),
+    return _outcome(run_cfg.name, model, domains, device, recipe, per_domain_bn,
                     on_source=on_source, fit=fit_info, selection=selection, seconds=seconds)
 
 
@@ -356,8 +357,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
         say(stage_line("target-scratch", summary.baselines["target_scratch"].metrics))
 
     summary.table = comparison_table(summary)
-    if ctx.is_main:
-        deployment = deployment_outputs(summary, recipe, domains, device, say)
+    if ctx.is_main:  # everything below runs on the main rank alone
+        summary.deployment = decide_deployment(summary, recipe, domains, device)
+        deployment = deployment_outputs(summary, recipe, domains, say)
         metrics = {
             "recipe": recipe.name,
             "seed": recipe.seed,
@@ -382,25 +384,20 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
     return summary
 
 
-def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
-                       say=lambda msg: None) -> dict[str, Any]:
-    """What deployment needs from a finished run, written into the run folder:
+def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, say=lambda msg: None) -> dict[str, Any]:
+    """What deployment needs from a finished run (``summary.deployment``, decided once),
+    written into the run folder:
 
-    * ``drift_reference.npz`` — the deployed model's (the audit run's, else the source
-      model's) features, predictions and confidences on the held-out target images, for
-      ``diagnose drift`` (:mod:`diagnostics.drift`);
+    * ``drift_reference.npz`` — the deployed model's features, predictions and confidences
+      on the held-out target images (the deployment's, extracted once), for ``diagnose
+      drift`` (:mod:`diagnostics.drift`);
     * with ``output.onnx``: every model as ONNX next to its ``model.pt`` — per-domain-
-      BatchNorm runs as ``model.target_bn.onnx``, their target-statistics variant.
+      BatchNorm runs as ``model.target_bn.onnx``, their target-statistics variant; the
+      deployed one's entry says ``deployed: true``.
     """
-    run_dir = summary.run_dir
+    run_dir, deployment = summary.run_dir, summary.deployment
     out: dict[str, Any] = {"drift_reference": None, "onnx": []}
-    name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
-                           recipe.method.audit_run)  # the run the audit judges: the one deployed
-    deployed, run_cfg = summary.source, None
-    if name in summary.runs:
-        deployed, run_cfg = summary.runs[name], next(r for r in recipe.method.runs if r.name == name)
-    stage_dir = run_dir / "methods" / name if run_cfg is not None else run_dir / "source"
-    ckpt = _final_checkpoint(stage_dir)
+    ckpt = _final_checkpoint(deployment.stage_dir(run_dir))
     if not ckpt.exists() and recipe.model.source_checkpoint:
         ckpt = Path(recipe.model.source_checkpoint).resolve()
     held_out = domains.target_eval
@@ -408,29 +405,25 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, de
         say(f"drift reference: skipped ({0 if held_out is None else len(held_out)} held-out target images, "
             f"needs {MIN_BATCH})")
     else:
-        bn = "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
         rel = ckpt.relative_to(run_dir) if ckpt.is_relative_to(run_dir) else ckpt
-        # main rank only (no sharding); kept for the audit, which measures the same model there
-        fs = extract_features(held_out, deployed.model, "model", device=device, progress=False, shard=False)
-        summary.target_eval_features[deployed.name] = fs
-        path = save_run_reference(run_dir, deployed.model, held_out, domains.classes, model_path=str(rel),
-                                  device=device, seed=recipe.seed, features=fs,
-                                  meta={"run": deployed.name, "batchnorm_statistics": bn})
+        path = save_run_reference(run_dir, deployment.stage.model, held_out, domains.classes, model_path=str(rel),
+                                  seed=recipe.seed, features=deployment.target_features,
+                                  meta={"run": deployment.name, "batchnorm_statistics": deployment.batchnorm})
         out["drift_reference"] = {"path": path.name, "model": str(rel), "images": len(held_out)}
         # named where it ends up: a fresh run is written into a staging folder first
         shown = recipe.run_dir / path.relative_to(run_dir)
-        say(f"drift reference: {shown} ({deployed.name} on {len(held_out)} held-out target images)")
+        say(f"drift reference: {shown} ({deployment.name} on {len(held_out)} held-out target images)")
     if recipe.output.onnx:
         stages = [("source", summary.source, run_dir / "source", None)] + [
             (r.name, summary.runs[r.name], run_dir / "methods" / r.name, r) for r in recipe.method.runs
             if r.name in summary.runs]
         for label, stage, folder, cfg in stages:
-            bn = "target" if cfg is not None and uses_per_domain_bn(cfg) else "as trained"
+            bn = batchnorm_statistics(cfg)
             res = export_onnx(stage.model, variant_file_name(folder / "model.onnx", bn),
                               image_size=recipe.data.image_size, classes=domains.classes,
                               batchnorm_statistics=bn, seed=recipe.seed,
                               metadata={"run": label, "recipe": recipe.name})
-            out["onnx"].append(res.to_dict() | {"path": str(res.path.relative_to(run_dir))})
+            out["onnx"].append(res.to_dict() | {"path": str(res.path.relative_to(run_dir)),
+                                                "deployed": stage is deployment.stage})
             say(f"onnx: {res.path} (onnxruntime max |logit diff| {res.max_abs_diff:.1e} on {res.check_images} images)")
     return out
-

@@ -22,11 +22,11 @@ from adapt.environment import environment_info
 from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
-from domaingap.runs import Domains, RunSummary, deployed_on_source, uses_per_domain_bn
+from domaingap.runs import Domains, RunSummary, decide_deployment
 from diagnostics.audit import StageResult, Verdict, build_audit
 from diagnostics.labelfree_estimates import estimate_text
 from diagnostics.paired import accuracy_change
-from diagnostics.ranking import rank_runs, recommended_run
+from diagnostics.ranking import rank_runs
 from diagnostics.report import render_html, write_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,21 +117,24 @@ def spurious_section(result, images: torch.Tensor, classes: list[str]) -> dict[s
     }
 
 
-def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device) -> dict[str, Any]:
-    """Accuracy / macro-F1 per value of every group column (site, sex, age band...)."""
+def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device,
+                  probs: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy / macro-F1 per value of every group column (site, sex, age band...).
+    ``probs``: the model's predictions on ``ds`` when the caller has them (not run again)."""
     from adapt.evaluate import classification_metrics, predict
 
     if not ds.groups or not ds.has_labels:
         return {}
-    out = predict(model, ds, device)
-    preds = out["probs"].argmax(1)
+    if probs is None:
+        probs = predict(model, ds, device)["probs"]
+    preds, labels = probs.argmax(1), np.asarray(ds.labels)
     result: dict[str, Any] = {}
     for col, values in ds.groups.items():
         values = np.asarray(values)
         per = {}
         for v in sorted(set(values.tolist())):
             sel = values == v
-            m = classification_metrics(out["labels"][sel], preds[sel], classes)
+            m = classification_metrics(labels[sel], preds[sel], classes)
             per[str(v)] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
         result[col] = per
     return result
@@ -194,14 +197,15 @@ def measure_stage(
     # reading is checked against the features with the run's permutation budget
     collapse = collapse_section(fs, ft, classes, seed=seed, permutations=cfg.permutations)
     label_free = label_free_scores(ft.probs)
-    domains = [(n, ds, m) for n, ds, m in (("source", source, source_model or model), ("target", target, model))
-               if ds is not None]
+    # each domain's images, the model that meets them, and its features (with its predictions) there
+    domains = [(n, ds, m, f) for n, ds, m, f in (("source", source, source_model or model, fs),
+                                                 ("target", target, model, ft)) if ds is not None]
 
     raw: dict[str, Any] = {"gap": gap}
     spurious: dict[str, Any] = {}
     if cfg.attribution:
         t = time.perf_counter()
-        for dom_name, ds, m in domains:
+        for dom_name, ds, m, _ in domains:
             sub = _subsample(ds, cfg.attribution_samples, seed)
             images = sub.images()
             res = spurious_analysis(
@@ -216,8 +220,8 @@ def measure_stage(
         timings["attribution"] = time.perf_counter() - t
 
     groups: dict[str, Any] = {}
-    for dom_name, ds, m in domains:
-        for col, per in group_metrics(m, ds, classes, device).items():
+    for dom_name, ds, m, f in domains:
+        for col, per in group_metrics(m, ds, classes, device, probs=f.probs).items():
             groups[f"{dom_name} {col}"] = per
 
     stage = StageResult(
@@ -251,35 +255,30 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     has_source = domains.source_eval is not None
     source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed) if has_source else None
     target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
-    stages = [("source-only", summary.source)]
     ranking = rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
                         {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in summary.runs.items()})
-    # the run a user would deploy: the label-free selector's first, unless the recipe names one
-    after_name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
-                                 recipe.method.audit_run)
-    if after_name and after_name in summary.runs:
-        stages.append((f"adapted ({after_name})", summary.runs[after_name]))
-
-    # An AdaBN model is deployed with each domain's own BatchNorm statistics: it meets the
-    # source images with statistics re-estimated on unlabelled source training images.
-
-    per_domain_runs = {r.name for r in recipe.method.runs if uses_per_domain_bn(r)}
-    # (the copy made when the stage was evaluated, when there is one: the same model)
-    source_models = [st.model if not (i > 0 and after_name in per_domain_runs and has_source)
-                     else st.on_source if st.on_source is not None else deployed_on_source(st.model, domains, device)
-                     for i, (_, st) in enumerate(stages)]
+    # the run a user would deploy, as the run decided it once (a pair of models handed to
+    # audit_models has no run: decided here, its target features only if they serve below)
+    reusable = cfg.features == "model" and target is domains.target_eval
+    deployment = summary.deployment or decide_deployment(summary, recipe, domains, device, target_features=reusable)
+    after_name = deployment.run
+    # (stage name, stage, the model as it meets the source images): a per-domain-BN run
+    # meets them with source BatchNorm statistics, the copy its evaluation made
+    stages = [("source-only", summary.source, summary.source.model)]
+    if after_name is not None:
+        stages.append((f"adapted ({after_name})", deployment.stage, deployment.on_source))
 
     def on_target(st) -> Any:
-        # the deployed model's held-out target features, already extracted for the drift reference
-        kept = summary.target_eval_features.get(st.name)
-        if kept is not None and cfg.features == "model" and target is domains.target_eval:
+        # the deployed model's held-out target features, extracted once with the deployment
+        kept = deployment.target_features if st is deployment.stage else None
+        if kept is not None and reusable:
             return kept
         return extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False)
 
     # the audit runs on the main rank alone: no sharding across a process group
     feats = [(extract_features(source, sm, cfg.features, device=device, progress=False, shard=False)
               if has_source else None, on_target(st))
-             for sm, (_, st) in zip(source_models, stages)]
+             for _, st, sm in stages]
     pool = futures = None
     if cfg.umap and has_source:  # the embedding shows the two domains together
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -290,7 +289,7 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
                       seed=recipe.seed)
         results = []
         refs: dict[str, list[int]] = {}
-        for (name, st), sm, (fs, ft) in zip(stages, source_models, feats):
+        for (name, st, sm), (fs, ft) in zip(stages, feats):
             say(f"audit: diagnosing the {name} model")
             stage, raw = measure_stage(name, st.model, st.metrics, fs, ft, reference_boxes=refs or None,
                                        source_model=sm, **common)
@@ -316,7 +315,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     estimates: dict[str, Any] = {}
     if bool((feats[0][1].labels < 0).all()):  # target labels unknown: estimate, with measured bands
         say("audit: estimating target accuracy without labels")
-        estimates = _label_free_estimates(summary, per_domain_runs, source, target, domains, device, recipe.seed)
+        measured = {st.name: f for (_, st, _), f in zip(stages, feats)}
+        estimates = _label_free_estimates(summary, measured, source, target, device, recipe.seed)
         before.label_free["accuracy"] = estimates.get("source-only")
         if after is not None:
             after.label_free["accuracy"] = estimates.get(after_name)
@@ -392,25 +392,38 @@ def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, re
     return rows
 
 
-def _label_free_estimates(summary: RunSummary, per_domain_runs: set[str], source, target, domains: Domains,
+def _label_free_estimates(summary: RunSummary, measured: dict[str, tuple[Any, Any]], source, target,
                           device: torch.device, seed: int) -> dict[str, Any]:
     """Every model's label-free accuracy estimates on the audit's target images (agreement
     with the other models; ATC, DoC, COT from the held-out source images as the model is
-    deployed there): {model name: :func:`diagnostics.labelfree_estimates.accuracy_estimates`}."""
+    deployed there: a per-domain-BN run's kept source-statistics copy):
+    {model name: :func:`diagnostics.labelfree_estimates.accuracy_estimates`}.
+
+    ``measured``: {stage name: (source, target) FeatureSets} of the models the audit has
+    already run over these same images; their predictions are reused, not computed again."""
     from adapt.evaluate import predict
     from diagnostics.labelfree_estimates import accuracy_estimates
 
-    models = {"source-only": summary.source.model, **{n: st.model for n, st in summary.runs.items()}}
-    t_probs = {n: predict(m, target, device)["probs"] for n, m in models.items()}
+    stages = {"source-only": summary.source, **summary.runs}
+    t_probs, s_out = {}, {}
+    for name, st in stages.items():
+        fs, ft = measured.get(name, (None, None))
+        if ft is not None and ft.probs is not None:
+            t_probs[name] = ft.probs
+        else:
+            t_probs[name] = predict(st.model, target, device)["probs"]
+        if source is None:
+            s_out[name] = None
+        elif fs is not None and fs.probs is not None:
+            s_out[name] = (fs.probs, fs.labels)
+        else:
+            p = predict(st.source_model, source, device)
+            s_out[name] = (p["probs"], p["labels"])
     out = {}
-    for name, m in models.items():
-        s_out = None
-        if source is not None:
-            on_src = deployed_on_source(m, domains, device) if name in per_domain_runs else m
-            s_out = predict(on_src, source, device)
+    for name in stages:
         others = [p.argmax(1) for n, p in t_probs.items() if n != name]
-        out[name] = accuracy_estimates(t_probs[name], None if s_out is None else s_out["probs"],
-                                       None if s_out is None else s_out["labels"], others or None, seed=seed)
+        s_probs, s_labels = s_out[name] or (None, None)
+        out[name] = accuracy_estimates(t_probs[name], s_probs, s_labels, others or None, seed=seed)
     return out
 
 

@@ -1,8 +1,9 @@
 """What an ``adapt-run`` is made of: its data, its trained stages, and how a model
-is deployed on each domain.
+is deployed on each domain — the run's one :class:`Deployment`.
 
 The orchestration layer's shared vocabulary: :mod:`domaingap.pipeline` produces these
-objects and :mod:`domaingap.run_audit` reads them, so they live below both.
+objects and :mod:`domaingap.run_audit` and :mod:`domaingap.sweep` read them, so they live
+below all three.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
 from adapt.recipe import ADVERSARIAL_OBJECTIVES, SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe, TrainConfig
+from diagnostics.features import FeatureSet, extract_features
+from diagnostics.ranking import recommended_run
 
 
 @dataclass
@@ -91,6 +94,12 @@ class StageOutcome:
     #: made once when the stage is evaluated and reused by the audit; None otherwise
     on_source: nn.Module | None = None
 
+    @property
+    def source_model(self) -> nn.Module:
+        """The model as it meets the source images: the kept source-statistics copy of a
+        per-domain-BN model, else the model itself."""
+        return self.on_source if self.on_source is not None else self.model
+
 
 @dataclass
 class RunSummary:
@@ -101,10 +110,44 @@ class RunSummary:
     runs: dict[str, StageOutcome] = field(default_factory=dict)
     baselines: dict[str, StageOutcome] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
-    #: features of a stage's model (by stage name) on ``Domains.target_eval``, extracted
-    #: once for the drift reference and reused by the audit
-    target_eval_features: dict[str, Any] = field(default_factory=dict)
+    #: what the run deploys, decided once when every stage is done (:func:`decide_deployment`)
+    deployment: Deployment | None = None
     audit_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The run's one deployment decision, computed once (:func:`decide_deployment`) and read
+    by the drift reference and ONNX export (:func:`domaingap.pipeline.deployment_outputs`),
+    the audit (:func:`domaingap.run_audit.audit_run`) and the sweep's score.
+
+    ``stage`` is the deployed model: the recipe's ``method.audit_run``, else the run the
+    label-free selector ranks first, else (no runs) the source model. ``batchnorm``: how it
+    is deployed (:func:`batchnorm_statistics`). ``on_source``: the model as it meets the
+    source images — the stage's kept source-statistics copy for a per-domain-BN run — None
+    without source images. ``target_features``: its features and predictions on the
+    held-out target images (``Domains.target_eval``), extracted once; None when there are none.
+    """
+
+    stage: StageOutcome
+    run_cfg: AdaptRunConfig | None
+    batchnorm: str
+    on_source: nn.Module | None
+    target_features: FeatureSet | None
+
+    @property
+    def name(self) -> str:
+        """The deployed stage's name (``source-only`` when no run is deployed)."""
+        return self.stage.name
+
+    @property
+    def run(self) -> str | None:
+        """The deployed ``method.runs`` entry's name; None when the source model is deployed."""
+        return None if self.run_cfg is None else self.run_cfg.name
+
+    def stage_dir(self, run_dir: Path) -> Path:
+        """The deployed stage's folder in ``run_dir``."""
+        return run_dir / "methods" / self.run if self.run is not None else run_dir / "source"
 
 
 def load_domains(recipe: Recipe) -> Domains:
@@ -190,6 +233,33 @@ def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
     precise-BN pass re-estimates them there) are evaluated on the source with source
     statistics, so that source accuracy measures what the weights retained."""
     return uses_target_bn(run_cfg) or run_cfg.objective in ("finetune", *SOURCE_FREE_OBJECTIVES)
+
+
+def batchnorm_statistics(run_cfg: AdaptRunConfig | None) -> str:
+    """How a stage's model is deployed, in the words of its checkpoint, ONNX metadata and
+    drift reference (:data:`adapt.export.BN_STATISTICS`): ``"target"`` for a per-domain-BN
+    run (:func:`uses_per_domain_bn`: it carries the target's statistics), else ``"as
+    trained"`` (also the source model and the baselines: ``run_cfg`` None)."""
+    return "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
+
+
+def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
+                      target_features: bool = True) -> Deployment:
+    """The run's :class:`Deployment`: which model is deployed, how, its source-statistics
+    copy (the one its evaluation made) and, with ``target_features``, its held-out target
+    features (extracted here, once, on this process alone: no sharding)."""
+    name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                           recipe.method.audit_run)
+    run_cfg = next((r for r in recipe.method.runs if r.name == name), None) if name in summary.runs else None
+    stage = summary.runs[name] if run_cfg is not None else summary.source
+    # the stage's evaluation made a per-domain-BN run's source-statistics copy: reused, not redone
+    on_source = stage.source_model if domains.has_source else None
+    held_out = domains.target_eval
+    features = None
+    if target_features and held_out is not None and len(held_out):
+        features = extract_features(held_out, stage.model, "model", device=device, progress=False, shard=False)
+    return Deployment(stage=stage, run_cfg=run_cfg, batchnorm=batchnorm_statistics(run_cfg), on_source=on_source,
+                      target_features=features)
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

@@ -6,16 +6,18 @@ as the command line (so any recipe key can be swept: ``train.lr``, ``strategy.to
 ``method.runs.0.dann.weight``, ``method.runs.0.ewc.lambda``, ...), run by the pipeline
 into ``RUN_DIR/sweep/trials/trial_<n>/``, and scored by the recipe's own label-free
 selector (``method.selection``: im, snd or source_val) at the epoch that selector chose
-for the swept run. Target labels never enter the score; when they are known, the
-target test accuracy is recorded next to it as the *oracle* column, so the table shows
-what label-free selection cost.
+for the swept run: ``run`` when SWEEP.yaml names one, else the run the trial deploys —
+its one deployment decision (:class:`domaingap.runs.Deployment`: ``method.audit_run``, else
+the run the label-free selector ranks first), the run its drift reference and audit are of.
+Target labels never enter the score; when they are known, the target test accuracy is
+recorded next to it as the *oracle* column, so the table shows what label-free selection cost.
 
 SWEEP.yaml::
 
     sampler: random        # grid | random | tpe
     trials: 8              # random/tpe (grid: every combination)
     seed: 0
-    run: dann              # the run whose score counts (default: method.audit_run, else the last run)
+    run: dann              # the run whose score counts (default: the run each trial deploys)
     storage: null          # default: sqlite in RUN_DIR/sweep/; or any Optuna storage URL
     params:
       train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
@@ -263,7 +265,8 @@ class SweepResult:
 
     sweep_dir: Path
     selector: str
-    run: str
+    #: the run scored: SWEEP.yaml's ``run``, or None for the run each trial deploys (rows' "run")
+    run: str | None
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     best_recipe_path: Path | None
@@ -280,6 +283,7 @@ def _rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
         rows.append({
             "trial": t.number,
             "state": t.state.name.lower(),
+            "run": a.get("run"),
             **{k: t.params.get(k) for k in spec.params},
             "score": t.value if t.values else None,
             "oracle_target_acc": a.get("oracle_target_acc"),
@@ -293,7 +297,8 @@ def _rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
 
 def _markdown(rows: list[dict[str, Any]], spec: SweepSpec, selector: str, best: int | None) -> str:
     keys = list(spec.params)
-    head = ["trial", "state", *keys, f"label-free score ({selector})", "oracle target acc %", "source acc %", "s"]
+    head = ["trial", "state", "run", *keys, f"label-free score ({selector})", "oracle target acc %", "source acc %",
+            "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v: Any) -> str:
@@ -304,13 +309,13 @@ def _markdown(rows: list[dict[str, Any]], spec: SweepSpec, selector: str, best: 
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in rows:
         mark = " ★" if best is not None and r["trial"] == best else ""
-        lines.append("| " + " | ".join([f"{r['trial']}{mark}", r["state"], *(fmt(r[k]) for k in keys),
+        lines.append("| " + " | ".join([f"{r['trial']}{mark}", r["state"], fmt(r["run"]), *(fmt(r[k]) for k in keys),
                                         fmt(r["score"]), pct(r["oracle_target_acc"]), pct(r["source_acc"]),
                                         fmt(r["seconds"])]) + " |")
     return "\n".join(lines)
 
 
-def _write_outputs(study, spec: SweepSpec, sweep_dir: Path, selector: str, run: str, storage_url: str,
+def _write_outputs(study, spec: SweepSpec, sweep_dir: Path, selector: str, run: str | None, storage_url: str,
                    best_recipe: Callable[[dict[str, Any]], str]) -> SweepResult:
     rows = _rows(study, spec)
     done = [r for r in rows if r["state"] == "complete" and r["score"] is not None and math.isfinite(r["score"])]
@@ -354,10 +359,10 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
     if selector not in SWEEPABLE:
         raise UserError(f"{recipe_path}: method.selection '{selector}' gives no score to sweep on; "
                         f"choose one of {', '.join(SWEEPABLE)}")
-    # default: the run the recipe names for its audit, else its last run (a sweep scores one run)
-    run = spec.run or base.method.audit_run or (base.method.runs[-1].name if base.method.runs else None)
+    # a sweep scores one run: the one named, else the one each trial deploys (its Deployment)
+    run = spec.run
     names = [r.name for r in base.method.runs]
-    if run is None or run not in names:
+    if not names or (run is not None and run not in names):
         raise UserError(f"{sweep_path}: run: {run!r} is not one of the recipe's runs ({', '.join(names) or 'none'})")
     # fail fast on a key or value the recipe rejects, before any trial trains
     for point in _queued_points(spec)[:1] + ([] if spec.sampler == "grid" else
@@ -408,7 +413,8 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
             f"output.name=trial_{number}", "diagnostics.enabled=false", "output.onnx=false"])
         t0 = time.perf_counter()
         summary = run_recipe(recipe, resume=True, progress=False, diagnostics=False)
-        stage = summary.runs[run]
+        scored = run or summary.deployment.run
+        stage = summary.runs[scored]
         selection = stage.selection or {}
         chosen = chosen_epoch(selection)
         value = None if chosen is None else chosen.get(SELECTOR_KEYS[selector])
@@ -416,6 +422,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
         score = float(value) if value is not None and math.isfinite(float(value)) else -math.inf
         target = stage.metrics.get("target_test") or {}
         # the oracle: recorded for the table only, never returned to the sampler
+        trial.set_user_attr("run", scored)
         trial.set_user_attr("oracle_target_acc", target.get("accuracy"))
         # a source-free run has no source images: its source accuracy is unknown (None)
         trial.set_user_attr("source_acc", (stage.metrics.get("source_test") or {}).get("accuracy"))

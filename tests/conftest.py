@@ -79,32 +79,33 @@ diagnostics: {enabled: true, permutations: 200, max_samples: 200, attribution_sa
 class E2ERun:
     summary: object  # domaingap.runs.RunSummary
     domains: object  # domaingap.runs.Domains, as the run loaded them
-    #: what the run did, recorded by spies that call through to the real functions:
-    #: "adabn": the data of every BatchNorm re-estimation; "order": the batch size each
-    #: layer-order probe ran; "on_source": the model of every deployed_on_source call;
-    #: "features": (dataset, model) of every feature extraction
+    #: what the run did (see :func:`recorded_run`)
     calls: dict = field(default_factory=dict)
 
 
-@pytest.fixture(scope="session")
-def e2e(tmp_path_factory) -> E2ERun:
+def recorded_run(recipe) -> E2ERun:
+    """Run ``recipe`` with spies that call through to the real functions and record what the
+    run did — "adabn": the data of every BatchNorm re-estimation; "order": the batch size
+    each layer-order probe ran; "on_source": the model of every deployed_on_source call;
+    "features": (dataset, model) of every feature extraction; "predict": (dataset, model)
+    of every prediction pass; "decided": every deployment decision (recommended_run)."""
+    import adapt.evaluate as evaluate_mod
     import adapt.methods.adabn as adabn_mod
-    import domaingap.pipeline as pipeline_mod
-    import domaingap.runs as runs_mod
+    import adapt.selection as selection_mod
     import adapt.train as train_mod
     import diagnostics.drift as drift_mod
     import diagnostics.features as features_mod
+    import diagnostics.ranking as ranking_mod
+    import domaingap.pipeline as pipeline_mod
     import domaingap.run_audit as audit_mod
-    from adapt.recipe import load_recipe
+    import domaingap.runs as runs_mod
 
-    root = tmp_path_factory.mktemp("e2e")
-    path = root / "e2e.yaml"
-    path.write_text(E2E_RECIPE)
-    recipe = load_recipe(path, [f"output.dir={root / 'runs'}"])
-    calls: dict[str, list] = {"adabn": [], "order": [], "on_source": [], "features": []}
+    calls: dict[str, list] = {"adabn": [], "order": [], "on_source": [], "features": [], "predict": [],
+                              "decided": []}
     loaded = []
     real = dict(adabn=adabn_mod.adabn, order=adabn_mod._forward_order, on_source=runs_mod.deployed_on_source,
-                features=features_mod.extract_features, load=pipeline_mod.load_domains)
+                features=features_mod.extract_features, predict=evaluate_mod.predict,
+                decided=ranking_mod.recommended_run, load=pipeline_mod.load_domains)
 
     def adabn_spy(model, data, *a, **kw):
         calls["adabn"].append(getattr(data, "dataset", data))
@@ -122,6 +123,14 @@ def e2e(tmp_path_factory) -> E2ERun:
         calls["features"].append((dataset, model))
         return real["features"](dataset, model, *a, **kw)
 
+    def predict_spy(model, dataset, *a, **kw):
+        calls["predict"].append((dataset, model))
+        return real["predict"](model, dataset, *a, **kw)
+
+    def decided_spy(*a, **kw):
+        calls["decided"].append(a)
+        return real["decided"](*a, **kw)
+
     def load_spy(rec):
         loaded.append(real["load"](rec))
         return loaded[-1]
@@ -132,12 +141,26 @@ def e2e(tmp_path_factory) -> E2ERun:
             mp.setattr(mod, "adabn", adabn_spy)
         mp.setattr(adabn_mod, "_forward_order", order_spy)
         for mod in (runs_mod, pipeline_mod, audit_mod):
-            mp.setattr(mod, "deployed_on_source", on_source_spy)
-        # the audit imports extract_features late, from diagnostics.features
-        for mod in (features_mod, drift_mod, pipeline_mod):
+            mp.setattr(mod, "deployed_on_source", on_source_spy, raising=False)
+        # the audit imports extract_features and predict late, from their modules
+        for mod in (features_mod, drift_mod, pipeline_mod, runs_mod):
             mp.setattr(mod, "extract_features", features_spy, raising=False)
+        for mod in (evaluate_mod, selection_mod):
+            mp.setattr(mod, "predict", predict_spy)
+        for mod in (ranking_mod, runs_mod, pipeline_mod, audit_mod):  # wherever the deployed run is decided
+            mp.setattr(mod, "recommended_run", decided_spy, raising=False)
         mp.setattr(pipeline_mod, "load_domains", load_spy)
         summary = pipeline_mod.run_recipe(recipe, progress=False)
     finally:
         mp.undo()
     return E2ERun(summary, loaded[0], calls)
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> E2ERun:
+    from adapt.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("e2e")
+    path = root / "e2e.yaml"
+    path.write_text(E2E_RECIPE)
+    return recorded_run(load_recipe(path, [f"output.dir={root / 'runs'}"]))

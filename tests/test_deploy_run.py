@@ -53,6 +53,8 @@ def test_run_writes_onnx_models_and_a_drift_reference(run_dir):
     assert json.loads(meta["classes"]) == ["normal", "opacity"]
     dep = json.loads((run_dir / "metrics.json").read_text())["deployment"]
     assert dep["drift_reference"]["model"] == "methods/adabn/model.pt"
+    # the ONNX file of the deployed model is the drift reference's: one decision
+    assert [e["path"] for e in dep["onnx"] if e["deployed"]] == ["methods/adabn/model.target_bn.onnx"]
     assert max(e["max_abs_diff"] for e in dep["onnx"]) <= 1e-4
     assert (run_dir / "drift_reference.npz").is_file()
 

@@ -1,13 +1,18 @@
 """End to end without target labels: the audit of a run whose target is unlabelled shows
 each model's estimated target accuracy with its measured band in the methods table and
-judges the change with the label-free verdict (estimate ± band), not with IM/SND."""
+judges the change with the label-free verdict (estimate ± band), not with IM/SND; the
+estimates do no work twice (each run's kept source-statistics copy, one pass of each
+audited model over each domain's held-out images)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
-from domaingap.pipeline import run_recipe
+import pytest
+
 from adapt.recipe import load_recipe
+from tests.conftest import recorded_run
 
 RECIPE = """
 name: lf
@@ -26,10 +31,17 @@ diagnostics: {enabled: true, permutations: 50, max_samples: 100, attribution: fa
 """
 
 
-def test_unlabelled_target_audit_shows_estimates_with_measured_bands(tmp_path):
-    path = tmp_path / "lf.yaml"
+@pytest.fixture(scope="module")
+def lf(tmp_path_factory):
+    """The run, with what it did recorded (tests/conftest.py: recorded_run)."""
+    tmp = tmp_path_factory.mktemp("lf")
+    path = tmp / "lf.yaml"
     path.write_text(RECIPE)
-    summary = run_recipe(load_recipe(path, [f"output.dir={tmp_path / 'runs'}"]), progress=False)
+    return recorded_run(load_recipe(path, [f"output.dir={tmp / 'runs'}"]))
+
+
+def test_unlabelled_target_audit_shows_estimates_with_measured_bands(lf):
+    summary = lf.summary
     audit = json.loads((summary.run_dir / "audit.json").read_text())
     rows = {r["model"]: r for r in audit["methods_table"]}
     for name in ("source-only", "adabn", "dann"):
@@ -42,3 +54,39 @@ def test_unlabelled_target_audit_shows_estimates_with_measured_bands(tmp_path):
     assert est["default"] in est["estimates"] and est["calibration"]["command"].startswith("python benchmarks/")
     html = (summary.run_dir / "audit.html").read_text()
     assert "estimated " in html
+
+
+def test_label_free_estimates_use_each_runs_kept_source_copy(lf):
+    # both runs are per-domain-BN: each meets the source with source statistics, re-estimated
+    # once when it is evaluated; the estimates' ATC/DoC/COT read that copy (was: a new one)
+    summary, domains, calls = lf.summary, lf.domains, lf.calls
+    made = Counter(id(m) for m in calls["on_source"])
+    on_source_eval = [model for data, model in calls["features"] + calls["predict"] if data is domains.source_eval]
+    for name in ("adabn", "dann"):
+        stage = summary.runs[name]
+        assert made[id(stage.model)] == 1, name
+        assert stage.on_source is not None
+        runs_there = [m for m in on_source_eval if m is stage.model or m is stage.on_source]
+        assert runs_there and all(m is stage.on_source for m in runs_there), name
+
+
+def test_each_audited_model_runs_over_each_held_out_domain_once(lf):
+    # the deployed run (decided once, here by the label-free ranking: no method.audit_run) and
+    # the source model: features, gap statistics, group metrics and label-free estimates
+    # share one pass over each domain's held-out images (was: up to three)
+    summary, domains, calls = lf.summary, lf.domains, lf.calls
+    audit = json.loads((summary.run_dir / "audit.json").read_text())
+    deployed = summary.runs[audit["after"]["name"].removeprefix("adapted (").removesuffix(")")]
+    passes = Counter((id(data), id(model)) for data, model in calls["features"] + calls["predict"])
+    for stage in (summary.source, deployed):
+        on_source = stage.on_source if stage.on_source is not None else stage.model
+        assert passes[(id(domains.target_eval), id(stage.model))] == 1, stage.name
+        assert passes[(id(domains.source_eval), id(on_source))] == 1, stage.name
+    # every other run: once on each (its estimates)
+    for name, stage in summary.runs.items():
+        if stage is not deployed:
+            assert passes[(id(domains.target_eval), id(stage.model))] == 1, name
+            assert passes[(id(domains.source_eval), id(stage.on_source))] == 1, name
+    # the audit, the drift reference and the table read one decision
+    assert len(calls["decided"]) == 1, len(calls["decided"])
+    assert summary.deployment.stage is deployed

@@ -1,13 +1,16 @@
-"""``adapt-run`` does no work twice (issue 20): one BatchNorm re-estimation per model state
-and domain (the epoch's scoring reuses precise BN's source statistics), the layer order
-learnt from one image, the deployed model's source-statistics copy made once (score,
-evaluation and audit), and its held-out target features extracted once (drift reference
-and audit). Counted by spies on the session's end-to-end run (tests/conftest.py: e2e);
-each count failed on the code before the change."""
+"""``adapt-run`` does no work twice (issues 20 and 21): one BatchNorm re-estimation per
+model state and domain (the epoch's scoring reuses precise BN's source statistics), the
+layer order learnt from one image, the deployed run decided once (``RunSummary.deployment``)
+and read by the drift reference and the audit, the deployed model's source-statistics copy
+made once (score, evaluation and audit), and each audited model run once over each domain's
+held-out images (drift reference, gap statistics, group metrics and label-free estimates
+share one pass). Counted by spies on the session's end-to-end run (tests/conftest.py: e2e,
+recorded_run); each count failed on the code before the change."""
 
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 
 import pytest
@@ -63,6 +66,35 @@ def test_held_out_target_features_of_the_deployed_model_are_extracted_once(e2e):
     same = [1 for data, model in calls["features"] if data is domains.target_eval and model is deployed]
     assert len(same) == 1, len(same)
     assert (summary.run_dir / "drift_reference.npz").is_file()
+
+
+@pytest.mark.slow
+def test_the_deployment_is_decided_once_and_read_by_everyone(e2e):
+    from diagnostics.drift import REFERENCE_FILE, load_reference
+
+    summary, calls = e2e.summary, e2e.calls
+    assert len(calls["decided"]) == 1, len(calls["decided"])  # was: twice (drift reference, audit)
+    hist = summary.runs["hist"]  # method.audit_run
+    dep = summary.deployment
+    assert dep.run == "hist" and dep.stage is hist and dep.batchnorm == "target"
+    assert dep.on_source is hist.on_source is not None  # the copy its evaluation made
+    ref = load_reference(summary.run_dir / REFERENCE_FILE)
+    assert ref.meta["run"] == "hist" and ref.meta["batchnorm_statistics"] == "target"
+    assert ref.meta["model"] == "methods/hist/model.pt"
+    audit = json.loads((summary.run_dir / "audit.json").read_text())
+    assert audit["after"]["name"] == "adapted (hist)"
+    rows = {r["model"]: r for r in audit["methods_table"]}
+    assert "audited" in rows["hist"]["audit"] and "audited" not in (rows["adabn"].get("audit") or "")
+
+
+@pytest.mark.slow
+def test_each_audited_model_runs_over_the_held_out_target_once(e2e):
+    # features, predictions and group metrics of the source and the deployed model on the
+    # held-out target images: one pass each (was: a second one for the group metrics)
+    summary, domains, calls = e2e.summary, e2e.domains, e2e.calls
+    passes = Counter((id(data), id(model)) for data, model in calls["features"] + calls["predict"])
+    for stage in (summary.source, summary.runs["hist"]):
+        assert passes[(id(domains.target_eval), id(stage.model))] == 1, stage.name
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def test_the_pick_follows_the_label_free_score_not_the_oracle(sampler, tmp_path,
                                                                           {"epoch": 1, "im": im}]},
                                 metrics={"target_test": {"accuracy": 1 / (1 + 1000 * lr)},
                                          "source_test": {"accuracy": 0.9}})
-        return SimpleNamespace(runs={"hist": stage})
+        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(run="hist"))
 
     monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
     recipe, sweep = _files(tmp_path)
@@ -243,7 +243,7 @@ def test_a_source_free_trial_records_no_source_accuracy(tmp_path, monkeypatch):
     def fake_run(recipe, **kwargs):
         stage = SimpleNamespace(selection={"selected_epoch": 0, "epochs": [{"epoch": 0, "im": 0.5}]},
                                 metrics={"target_test": {"accuracy": 0.7}, "source_test": None})
-        return SimpleNamespace(runs={"hist": stage})
+        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(run="hist"))
 
     monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
     recipe, sweep = _files(tmp_path)
@@ -252,3 +252,32 @@ def test_a_source_free_trial_records_no_source_accuracy(tmp_path, monkeypatch):
     rows = [r for r in result.rows if r["state"] == "complete"]
     assert len(rows) == 2 and all(r["score"] == 0.5 for r in rows)
     assert all(r.get("source_acc") is None for r in rows)
+
+
+def test_a_trial_scores_the_run_it_deploys(tmp_path, monkeypatch):
+    """Without ``run:`` in SWEEP.yaml a trial is scored by the run its deployment decision
+    picked (RunSummary.deployment: here the label-free first, not the recipe's last run),
+    and the table says which."""
+    from types import SimpleNamespace
+
+    import domaingap.sweep as sweep_mod
+
+    def fake_run(recipe, **kwargs):
+        lr = recipe.method.runs[0].lr
+        stage = lambda im: SimpleNamespace(selection={"selected_epoch": 0, "epochs": [{"epoch": 0, "im": im}]},  # noqa: E731
+                                           metrics={"target_test": None, "source_test": None})
+        # the first run wins the label-free ranking at the small lr, the last one at the large
+        first_wins = lr < 0.005
+        runs = {"hist": stage(0.9 if first_wins else 0.1), "plain": stage(0.2 if first_wins else 0.8)}
+        return SimpleNamespace(runs=runs, deployment=SimpleNamespace(run="hist" if first_wins else "plain"))
+
+    monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
+    recipe, sweep = _files(tmp_path)
+    recipe.write_text(recipe.read_text().replace(
+        "adabn: true, epochs: 1}", "adabn: true, epochs: 1}\n    - {name: plain, objective: source_only, epochs: 1}"))
+    sweep.write_text("sampler: grid\nparams:\n  method.runs.0.lr: [0.001, 0.01]\n")
+    result = run_sweep(recipe, sweep, say=lambda msg: None)
+    rows = {r["method.runs.0.lr"]: r for r in result.rows if r["state"] == "complete"}
+    assert [rows[0.001]["score"], rows[0.01]["score"]] == [0.9, 0.8]
+    assert [rows[0.001]["run"], rows[0.01]["run"]] == ["hist", "plain"]
+    assert result.run is None and "| run |" in (result.sweep_dir / "trials.md").read_text()
