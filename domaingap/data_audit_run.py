@@ -21,7 +21,7 @@ from adapt.errors import UserError
 from adapt.progress import reporter
 from diagnostics.data_audit import require_data_extra
 from diagnostics.data_audit.balance import class_balance, group_representation
-from diagnostics.data_audit.duplicates import MAX_HASH_DISTANCE, MAX_RMSE, MAX_SHIFT, SIDE, find_duplicates
+from diagnostics.data_audit.duplicates import BLUR, MAX_HASH_DISTANCE, MAX_RMSE, MAX_SHIFT, SIDE, find_duplicates
 from diagnostics.data_audit.findings import data_findings
 from diagnostics.data_audit.label_issues import find_label_issues
 
@@ -79,7 +79,7 @@ def audit_data(domains: Sequence[DomainDataset], splits: Sequence[dict[str, np.n
     pairs = find_duplicates(stack)
     section["duplicates"] = {
         "settings": {"max_hash_distance": MAX_HASH_DISTANCE, "max_rmse": MAX_RMSE, "max_shift": MAX_SHIFT,
-                     "side": SIDE, "images": len(stack)},
+                     "blur_sigma": BLUR, "side": SIDE, "images": len(stack)},
         "pairs": [{**p.to_dict(), "a": records[p.i], "b": records[p.j], "where": _where(records[p.i], records[p.j])}
                   for p in pairs]}
     section["label_issues"] = {}

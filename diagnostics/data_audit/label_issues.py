@@ -49,6 +49,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, folds
                               seed: int = 0) -> np.ndarray:
     """[N, K] probabilities of each sample from a model fitted on the other folds
     (stratified, seeded); K = labels.max() + 1."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.decomposition import PCA
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -58,7 +59,8 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, folds
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     dim = min(PCA_DIM, x.shape[1], int(len(x) * (folds - 1) / folds) - 1)
     model = make_pipeline(StandardScaler(), PCA(max(1, dim), random_state=seed),
-                          SVC(C=1.0, probability=True, random_state=seed))
+                          # Platt scaling fitted on internal folds (what SVC(probability=True) did)
+                          CalibratedClassifierCV(SVC(C=1.0, random_state=seed), method="sigmoid", ensemble=False))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     probs = cross_val_predict(model, x, labels, cv=cv, method="predict_proba")
     full = np.zeros((len(x), int(labels.max()) + 1))

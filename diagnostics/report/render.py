@@ -444,9 +444,9 @@ def _env() -> jinja2.Environment:
     )
 
 
-def render_template(name: str, **context: Any) -> str:
-    """One of the report's templates (``templates/NAME``) filled with ``context``."""
-    return _env().get_template(name).render(**context)
+def render_template(template: str, **context: Any) -> str:
+    """One of the report's templates (``templates/TEMPLATE``) filled with ``context``."""
+    return _env().get_template(template).render(**context)
 
 
 def render_html(audit: Audit | Mapping) -> str:
