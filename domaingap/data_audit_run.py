@@ -21,7 +21,7 @@ from adapt.errors import UserError
 from adapt.progress import reporter
 from diagnostics.data_audit import require_data_extra
 from diagnostics.data_audit.balance import class_balance, group_representation
-from diagnostics.data_audit.duplicates import BLUR, MAX_HASH_DISTANCE, MAX_RMSE, MAX_SHIFT, SIDE, find_duplicates
+from diagnostics.data_audit.duplicates import BLUR, MAX_HASH_DISTANCE, MAX_RELATIVE_RMSE, MAX_SHIFT, SIDE, find_duplicates
 from diagnostics.data_audit.findings import data_findings
 from diagnostics.data_audit.label_issues import find_label_issues
 
@@ -78,7 +78,7 @@ def audit_data(domains: Sequence[DomainDataset], splits: Sequence[dict[str, np.n
     say(f"data audit: duplicates among {len(stack)} images")
     pairs = find_duplicates(stack)
     section["duplicates"] = {
-        "settings": {"max_hash_distance": MAX_HASH_DISTANCE, "max_rmse": MAX_RMSE, "max_shift": MAX_SHIFT,
+        "settings": {"max_hash_distance": MAX_HASH_DISTANCE, "max_relative_rmse": MAX_RELATIVE_RMSE, "max_shift": MAX_SHIFT,
                      "blur_sigma": BLUR, "side": SIDE, "images": len(stack)},
         "pairs": [{**p.to_dict(), "a": records[p.i], "b": records[p.j], "where": _where(records[p.i], records[p.j])}
                   for p in pairs]}
@@ -127,6 +127,20 @@ def _label_issues(d: DomainDataset, images: np.ndarray, known: np.ndarray, recor
     out["issues"] = [{**records[int(known[it["index"]])], "given": d.classes[it["given"]],
                       "suggested": d.classes[it["suggested"]], "quality": it["quality"]} for it in out["issues"]]
     return {**out, "model": what, "n_labelled": int(len(known))}
+
+
+def run_data_section(domains, seed: int, progress: bool = True) -> dict[str, Any]:
+    """The "Data" section of an adapt-run audit: every image of both domains (a
+    :class:`domaingap.runs.Domains`) with the run's own splits; label issues from the
+    pixel model (the data as it is, before any model)."""
+    full = [d for d in (domains.source, domains.target) if d is not None]
+    parts = [domains.source_split, domains.target_split] if domains.source is not None else [domains.target_split]
+    splits = []
+    for d, part in zip(full, parts):
+        where = {i: k for k, sub in part.items() for i in sub.ids}
+        names = np.array([where.get(i, "unused") for i in d.ids])
+        splits.append({k: np.flatnonzero(names == k) for k in dict.fromkeys(names.tolist())})
+    return audit_data(full, splits, seed=seed, progress=progress)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -6,14 +6,17 @@ Two stages. (1) Candidates by perceptual hash: ``imagehash.phash`` (DCT hash, 64
 of every image; pairs within ``max_hash_distance`` bits are candidates. (2) Each
 candidate is confirmed on the pixels: both images at ``side`` x ``side``, smoothed by a
 Gaussian of ``blur`` pixels (JPEG blocks and sub-pixel shifts then cost little) and with
-their own mean removed, the root-mean-square difference in 8-bit grey levels, minimised over
-shifts of up to ``max_shift`` pixels (a crop of one image against shifted windows of the
-other). A pair is a near duplicate when that aligned RMSE is at most ``max_rmse``;
-an exact duplicate when the decoded pixels are identical. The pixel check is what
+their own mean removed, the root-mean-square difference, minimised over shifts of up to
+``max_shift`` pixels (a crop of one image against shifted windows of the other), relative
+to the images' contrast (the geometric mean of their standard deviations, so a dim,
+low-contrast domain is held to the same bar as a bright one). A pair is a near duplicate
+when that relative aligned RMSE is at most ``max_relative_rmse``; an exact duplicate when
+the decoded pixels are identical. The pixel check is what
 keeps look-alike images apart: on the phantom, where every chest shares one anatomy,
 the hash alone cannot tell two patients from one re-encoded image (the hash distances
-overlap), while the aligned RMSE of distinct images stays above ~7.5 grey levels and
-that of planted copies (resized, re-encoded, shifted) below ~5 (docs/data_audit.md).
+overlap), while the relative aligned RMSE of distinct images stays above 0.14 and that of
+planted copies (resized, re-encoded, shifted) below 0.10, on both sites
+(docs/data_audit.md).
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from adapt.errors import UserError
 
 #: pairs within this many of the 64 phash bits are candidates
 MAX_HASH_DISTANCE = 16
-#: a candidate is a near duplicate when its aligned RMSE (grey levels of 255) is at most this
-MAX_RMSE = 6.0
+#: a candidate is a near duplicate when its aligned RMSE over the images' contrast is at most this
+MAX_RELATIVE_RMSE = 0.12
 #: the Gaussian smoothing (sigma, pixels at ``SIDE``) applied before the comparison
 BLUR = 1.0
 #: the largest shift (pixels at ``SIDE``) the alignment tries
@@ -45,11 +48,12 @@ class DuplicatePair:
     j: int
     kind: str  # "exact" or "near"
     hash_distance: int
-    rmse: float
+    rmse: float  # aligned RMSE, grey levels of 255
+    relative_rmse: float  # rmse / the images' contrast (geometric mean of their standard deviations)
 
     def to_dict(self) -> dict:
         return {"i": self.i, "j": self.j, "kind": self.kind, "hash_distance": self.hash_distance,
-                "rmse": round(self.rmse, 3)}
+                "rmse": round(self.rmse, 3), "relative_rmse": round(self.relative_rmse, 4)}
 
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
@@ -61,7 +65,7 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
 
 
 def find_duplicates(images: np.ndarray, *, max_hash_distance: int = MAX_HASH_DISTANCE,
-                    max_rmse: float = MAX_RMSE, max_shift: int = MAX_SHIFT, side: int = SIDE,
+                    max_relative_rmse: float = MAX_RELATIVE_RMSE, max_shift: int = MAX_SHIFT, side: int = SIDE,
                     blur: float = BLUR, block: int = 256) -> list[DuplicatePair]:
     """Every exact or near-duplicate pair (i < j) of uint8 grey images [N, H, W].
 
@@ -89,6 +93,7 @@ def find_duplicates(images: np.ndarray, *, max_hash_distance: int = MAX_HASH_DIS
     windows = [_flat_centred(x[:, m + dy:m + dy + c, m + dx:m + dx + c])
                for dy in range(-m, m + 1) for dx in range(-m, m + 1)]
     sq_c = (centre * centre).sum(1)
+    contrast = (sq_c / centre.shape[1]).sqrt().clamp_min(1.0)  # grey levels; 1: a flat image
     sq_w = [(w * w).sum(1) for w in windows]
     hb = torch.from_numpy(bits)
     pairs: list[DuplicatePair] = []
@@ -104,12 +109,14 @@ def find_duplicates(images: np.ndarray, *, max_hash_distance: int = MAX_HASH_DIS
             d = sw[rows, None] + sq_c[None, :] - 2 * w[rows] @ centre.T
             best = torch.minimum(best, d)
         rmse = (best.clamp_min(0) / centre.shape[1]).sqrt()
-        ii, jj = torch.nonzero((hd <= max_hash_distance) & (rmse <= max_rmse), as_tuple=True)
+        rel = rmse / (contrast[rows, None] * contrast[None, :]).sqrt()
+        ii, jj = torch.nonzero((hd <= max_hash_distance) & (rel <= max_relative_rmse), as_tuple=True)
         for a, b in zip((ii + start).tolist(), jj.tolist()):
             if a < b:  # identical pixels have distance 0 and RMSE 0: always found here
                 exact = digests[a] == digests[b]
                 pairs.append(DuplicatePair(a, b, "exact" if exact else "near", int(hd[a - start, b]),
-                                           0.0 if exact else float(rmse[a - start, b])))
+                                           0.0 if exact else float(rmse[a - start, b]),
+                                           0.0 if exact else float(rel[a - start, b])))
     return sorted(pairs, key=lambda p: (p.i, p.j))
 
 

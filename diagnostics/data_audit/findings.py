@@ -82,7 +82,7 @@ def _duplicate_findings(dup: dict, image: Callable[[int], np.ndarray]) -> list[d
                 s = p[side]
                 thumbs.append({"image_png_b64": thumb_b64(image(s["k"])),
                                "caption": f"{s['domain']} · {s['split']} · {s['label']}",
-                               "title": f"{s['id']} ({p['kind']}, RMSE {p['rmse']:.1f})"})
+                               "title": f"{s['id']} ({p['kind']}, relative RMSE {p['relative_rmse']:.3f})"})
         what = "train/test leakage: " if leak else ""
         out.append(_finding(
             "fail" if leak else "warn", f"Duplicate images {where}",
