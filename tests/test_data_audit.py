@@ -62,9 +62,10 @@ def _near_copy(img: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
 
 
-def test_near_duplicates_across_train_and_test_are_all_found_and_nothing_else():
+@pytest.mark.parametrize("site, seed", [("A", 3), ("B", 0)])  # B: dimmer, blurred, noisier
+def test_near_duplicates_across_train_and_test_are_all_found_and_nothing_else(site, seed):
     n_clean, n_dup = 1000, 20
-    batch = make_phantom("A", n_clean + n_dup, seed=3, image_size=64)
+    batch = make_phantom(site, n_clean + n_dup, seed=seed, image_size=64)
     labels = batch.labels.copy()
     parts = stratified_split(labels, SPLIT, seed=0)
     pixels = (batch.images[:, 0].numpy() * 255 + 0.5).astype(np.uint8)
@@ -119,6 +120,20 @@ def test_the_run_audit_shows_a_data_section():
     audit.data = section
     html = render_html(json.loads(audit.to_json()))  # survives the JSON round trip (diagnose audit)
     assert 'id="data"' in html and "Class balance" in html
+
+
+def test_the_run_audit_data_section_uses_the_runs_splits():
+    from adapt.recipe import Recipe
+    from domaingap.data_audit_run import run_data_section
+    from domaingap.runs import load_domains
+
+    recipe = Recipe.model_validate({"data": {"source": {"kind": "phantom-cxr", "site": "A", "n": 60},
+                                             "target": {"kind": "phantom-cxr", "site": "B", "n": 60},
+                                             "image_size": 32}, "diagnostics": {"data_audit": True}})
+    domains = load_domains(recipe)
+    section = run_data_section(domains, recipe.seed, progress=False)
+    split = section["domains"][1]["splits"]
+    assert {k: v["n"] for k, v in split.items()} == {k: len(v) for k, v in domains.target_split.items()}
 
 
 def test_bad_input_is_one_line_and_exit_2(written, tmp_path, capsys):
