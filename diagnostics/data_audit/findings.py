@@ -19,6 +19,8 @@ from diagnostics.audit.wording import percent
 
 #: thumbnails per finding in the gallery
 GALLERY = 12
+#: below this agreement of the out-of-fold model with the given labels, flags are less reliable
+WEAK_AGREEMENT = 0.9
 
 
 def thumb_b64(image: np.ndarray) -> str:
@@ -98,9 +100,12 @@ def _label_finding(dom: str, res: dict, image: Callable[[int], np.ndarray]) -> d
     thumbs = [{"image_png_b64": thumb_b64(image(it["k"])), "caption": f"{it['given']} → {it['suggested']}?",
                "title": f"{it['id']} ({it['split']}, label quality {it['quality']:.2f})"} for it in issues[:GALLERY]]
     share = len(issues) / n if n else 0.0
-    level = "fail" if share >= 0.05 else ("warn" if issues else "ok")
-    return _finding(level, f"Likely label errors in {dom}",
+    agreement = res.get("oof_agreement")
+    # evidence to look at, not proof: a warning at most; a weak out-of-fold model flags more
+    weak = "" if agreement is None or agreement >= WEAK_AGREEMENT else (
+        f"; the out-of-fold model agrees with only {percent(agreement)} of the labels, so expect false flags")
+    return _finding("warn" if issues else "ok", f"Likely label errors in {dom}",
                     f"{len(issues)} of {n} labelled images ({percent(share)}) look mislabelled to confident "
-                    f"learning on out-of-fold probabilities ({res.get('model')})",
+                    f"learning on out-of-fold probabilities ({res.get('model')}){weak}",
                     {"flagged": len(issues), "labelled": n, "out_of_fold_agreement": res.get("oof_agreement"),
                      "folds": res.get("folds"), "filter": res.get("filter_by")}, thumbs)
