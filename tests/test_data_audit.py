@@ -112,6 +112,16 @@ def test_cli_writes_json_and_a_self_contained_html_with_thumbnails(written, caps
     assert "http://" not in html and "https://" not in html
 
 
+def test_with_a_model_label_issues_use_its_features(tmp_path, capsys):
+    ckpt = tmp_path / "phantom.pt"
+    save_checkpoint(ckpt, build_model("small_cnn", 2, 1), classes=["normal", "opacity"], image_size=32)
+    out = tmp_path / "d.json"
+    code = main(["data", "phantom-cxr:A:60", "--model", str(ckpt), "--json", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert str(ckpt) in doc["label_issues"]["phantom-cxr:A"]["model"]
+
+
 def test_the_run_audit_shows_a_data_section():
     batch = make_phantom("A", 40, seed=0, image_size=32)
     ds = _domain(batch.images, batch.labels)
