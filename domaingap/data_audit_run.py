@@ -22,7 +22,7 @@ from adapt.progress import reporter
 from diagnostics.data_audit import require_data_extra
 from diagnostics.data_audit.balance import class_balance, group_representation
 from diagnostics.data_audit.duplicates import BLUR, MAX_HASH_DISTANCE, MAX_RELATIVE_RMSE, MAX_SHIFT, SIDE, find_duplicates
-from diagnostics.data_audit.findings import data_findings
+from diagnostics.data_audit.findings import data_findings, pair_location
 from diagnostics.data_audit.label_issues import find_label_issues
 
 #: pixel features of the out-of-fold model without --model: images averaged down to this side
@@ -80,8 +80,8 @@ def audit_data(domains: Sequence[DomainDataset], splits: Sequence[dict[str, np.n
     section["duplicates"] = {
         "settings": {"max_hash_distance": MAX_HASH_DISTANCE, "max_relative_rmse": MAX_RELATIVE_RMSE, "max_shift": MAX_SHIFT,
                      "blur_sigma": BLUR, "side": SIDE, "images": len(stack)},
-        "pairs": [{**p.to_dict(), "a": records[p.i], "b": records[p.j], "where": _where(records[p.i], records[p.j])}
-                  for p in pairs]}
+        "pairs": [{**p.to_dict(), "a": records[p.i], "b": records[p.j],
+                   "where": pair_location(records[p.i], records[p.j])} for p in pairs]}
     section["label_issues"] = {}
     offset = 0
     for d, im in zip(domains, images):
@@ -102,12 +102,6 @@ def _resized(images: np.ndarray, side: int) -> np.ndarray:
     x = torch.nn.functional.interpolate(torch.from_numpy(images).float()[:, None], size=(side, side),
                                         mode="bilinear", align_corners=False)
     return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _where(a: dict, b: dict) -> str:
-    if a["domain"] != b["domain"]:
-        return "across domains"
-    return "within a split" if a["split"] == b["split"] else "across splits"
 
 
 def _label_issues(d: DomainDataset, images: np.ndarray, known: np.ndarray, records: list[dict],

@@ -60,7 +60,8 @@ def _finding(level: str, title: str, summary: str, evidence: dict, thumbs: list 
     return {"level": level, "title": title, "summary": summary, "evidence": evidence, "thumbs": thumbs or []}
 
 
-def _where(a: dict, b: dict) -> str:
+def pair_location(a: dict, b: dict) -> str:
+    """Where a duplicate pair lies: across domains, across splits, or within a split."""
     if a["domain"] != b["domain"]:
         return "across domains"
     if a["split"] == b["split"]:
@@ -79,12 +80,12 @@ def _duplicate_findings(dup: dict, image: Callable[[int], np.ndarray]) -> list[d
         exact = sum(p["kind"] == "exact" for p in ps)
         conflicts = sum(p["a"]["label"] != p["b"]["label"] for p in ps)
         thumbs = []
-        for p in ps[:GALLERY // 2]:
+        for n, p in enumerate(ps[:GALLERY // 2], start=1):
             for side in ("a", "b"):
                 s = p[side]
                 thumbs.append({"image_png_b64": thumb_b64(image(s["k"])),
-                               "caption": f"{s['domain']} · {s['split']} · {s['label']}",
-                               "title": f"{s['id']} ({p['kind']}, relative RMSE {p['relative_rmse']:.3f})"})
+                               "caption": f"{n}{side}: {s['split']} · {s['label']}",
+                               "title": f"{s['domain']}: {s['id']} ({p['kind']}, relative RMSE {p['relative_rmse']:.3f})"})
         what = "train/test leakage: " if leak else ""
         out.append(_finding(
             "fail" if leak else "warn", f"Duplicate images {where}",
