@@ -122,6 +122,16 @@ def test_with_a_model_label_issues_use_its_features(tmp_path, capsys):
     assert str(ckpt) in doc["label_issues"]["phantom-cxr:A"]["model"]
 
 
+def test_an_unlabelled_copy_is_no_label_conflict():
+    batch = make_phantom("A", 20, seed=0, image_size=32)
+    labelled = _domain(batch.images, batch.labels, "labelled")
+    unlabelled = _domain(batch.images[:5], np.full(5, -1), "unlabelled")
+    section = audit_data([labelled, unlabelled], [{"all": np.arange(20)}, {"all": np.arange(5)}], progress=False)
+    finding = next(f for f in section["findings"] if f["title"] == "Duplicate images across domains")
+    assert finding["evidence"]["pairs"] == 5 and finding["evidence"]["exact"] == 5
+    assert finding["evidence"]["label_conflicts"] == 0
+
+
 def test_the_run_audit_shows_a_data_section():
     batch = make_phantom("A", 40, seed=0, image_size=32)
     ds = _domain(batch.images, batch.labels)

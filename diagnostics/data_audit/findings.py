@@ -78,7 +78,8 @@ def _duplicate_findings(dup: dict, image: Callable[[int], np.ndarray]) -> list[d
     for where, ps in groups.items():
         leak = where == "across splits" and any("train" in (p["a"]["split"], p["b"]["split"]) for p in ps)
         exact = sum(p["kind"] == "exact" for p in ps)
-        conflicts = sum(p["a"]["label"] != p["b"]["label"] for p in ps)
+        conflicts = sum(None not in (p["a"]["label"], p["b"]["label"]) and p["a"]["label"] != p["b"]["label"]
+                        for p in ps)  # both labelled, differently
         thumbs = []
         for n, p in enumerate(ps[:GALLERY // 2], start=1):
             for side in ("a", "b"):
