@@ -212,6 +212,7 @@ class DiagnosticsConfig(RecipeSection):
     #: Integrated Gradients path steps (the cost is samples x steps forward+backward passes)
     attribution_steps: int = Field(12, ge=2, le=1000)
     umap: bool = True
+    data_audit: bool = False  # the audit's "Data" section (balance, duplicates, label errors): docs/data_audit.md
 
 
 class OutputConfig(RecipeSection):

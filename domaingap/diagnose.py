@@ -2,6 +2,7 @@
 
     diagnose gap --source S --target T [--model CKPT] [--features model|pixels|NAME]
                  [--json OUT] [--html OUT] [--fail-on 'mmd_p<0.01'] ...
+    diagnose data DOMAIN [DOMAIN ...] [--model CKPT] [--json OUT] [--html OUT]
     diagnose phantom OUT [--site A|B] [--n N] [--seed S] [--image-size N]
     diagnose audit RUN_DIR
     diagnose export MODEL.pt OUT.onnx
@@ -80,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
+    da = sub.add_parser("data", help="audit the images: balance, groups, duplicates, likely label errors",
+                        description="Class balance per domain and split, group representation, exact and near-"
+                        "duplicate images (train/test leakage) and likely label errors (cleanlab on out-of-fold "
+                        "probabilities). Needs: pip install 'domaingap[data]'. See docs/data_audit.md.")
+    da.add_argument("domains", nargs="+", metavar="DOMAIN", help="folder, CSV manifest or phantom-cxr:A[:N]")
+    da.add_argument("--model", metavar="CKPT", help="score label issues on this checkpoint's features")
+    da.add_argument("--split", default="0.7,0.15,0.15", metavar="TRAIN,VAL,TEST|none",
+                    help="split each domain as adapt-run does (0.7,0.15,0.15; domain i with seed + i), or none")
+    da.add_argument("--json", metavar="OUT", help="write every finding and pair as JSON")
+    da.add_argument("--html", metavar="OUT", help="write a self-contained HTML page with thumbnails (+ its JSON)")
+    da.add_argument("--seed", type=SEED, default=0, help="seed of splits and cross-validation (0)")
+    da.add_argument("--image-size", type=IMAGE_SIZE, default=64, metavar="N", help="image side (the model's, else 64)")
+    da.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="device (auto)")
+    da.add_argument("--quiet", action="store_true", help="no progress notes")
+
     ph = sub.add_parser("phantom", help="write the built-in phantom chest X-rays as PNGs + manifest.csv",
                         description="Write phantom-cxr images as OUT/<class>/<site>_<i>.png and OUT/manifest.csv "
                         "(the same images phantom-cxr:SITE:N gives at that seed and size).")
@@ -142,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "gap":
             return cmd_gap(args)
+        if args.command == "data":
+            from domaingap.data_audit_run import run_data_command
+
+            for option in ("json", "html"):
+                _check_output_file(f"--{option}", getattr(args, option))
+            return run_data_command(args)
         if args.command == "phantom":
             return cmd_phantom(args)
         if args.command == "audit":

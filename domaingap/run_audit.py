@@ -331,6 +331,10 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         audit.verdicts.insert(0, source_free_verdict())
     if domains.target_missing:
         audit.verdicts.insert(0, partial_target_verdict(domains.target_missing))
+    if cfg.data_audit:  # opt-in: it reads every image of both domains (docs/data_audit.md)
+        from domaingap.data_audit_run import run_data_section
+
+        audit.data = run_data_section(domains, recipe.seed, progress)
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html

@@ -57,6 +57,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("domaingap.comparison", 2, "orchestration"),  # the comparison table of a finished run
     ("domaingap.run_folder", 2, "orchestration"),
     ("domaingap.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
+    ("domaingap.data_audit_run", 2, "orchestration"),  # diagnose data; the audit's Data section
     ("domaingap.run_audit", 3, "orchestration"),
     ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("domaingap.pipeline", 4, "orchestration"),

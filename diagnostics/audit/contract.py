@@ -196,6 +196,8 @@ class Audit:
     verdicts: list = field(default_factory=list)
     #: the AuditThresholds the verdicts were judged with (as a dict)
     thresholds: dict = field(default_factory=dict)
+    #: the data audit (diagnostics.data_audit; recipe diagnostics.data_audit), {} when not run
+    data: dict = field(default_factory=dict)
 
     @property
     def overall(self) -> Verdict:
@@ -211,6 +213,7 @@ class Audit:
             "after": None if self.after is None else self.after.to_dict(),
             "methods_table": to_jsonable(self.methods_table) or [],
             "thresholds": to_jsonable(self.thresholds) or {},
+            **({"data": to_jsonable(self.data)} if self.data else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -230,6 +233,7 @@ class Audit:
             methods_table=[dict(r) for r in (d.get("methods_table") or [])],
             verdicts=[Verdict.from_dict(v) for v in (d.get("verdicts") or [])],
             thresholds=dict(d.get("thresholds") or {}),
+            data=dict(d.get("data") or {}),
         )
 
 

@@ -412,7 +412,14 @@ def build_view(audit: Audit | Mapping) -> dict:
         "spurious": _spurious_section(a),
         "groups": _groups_section(a),
         "methods": _methods_section(a),
+        "data": _data_section(a),
     }
+
+
+def _data_section(a: Audit) -> dict | None:
+    from diagnostics.data_audit.view import data_view  # late: the data audit's view imports the formatting here
+
+    return data_view(a.data)
 
 
 def _coerce(audit: Audit | Mapping) -> Audit:
@@ -436,6 +443,11 @@ def template_environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+
+
+def render_template(template: str, **context: Any) -> str:
+    """One of the report's templates (``templates/TEMPLATE``) filled with ``context``."""
+    return _env().get_template(template).render(**context)
 
 
 def render_html(audit: Audit | Mapping) -> str:
