@@ -107,16 +107,23 @@ def attach_fairness(objective: Any, cfg: FairnessConfig, train_data: Any, n_clas
     if attr is None:
         raise UserError(f"{key}: the objective {getattr(objective, 'name', objective)!r} trains without "
                         "labelled source images; a fairness objective needs them")
-    groups = group_values(train_data, cfg.group, f"{key}.group")
-    counts = {v: groups.count(v) for v in set(groups)}
-    if len(counts) < 2:
-        raise UserError(f"{key}.group: column {cfg.group!r} has one value ({next(iter(counts))!r}) in "
-                        f"{train_data.name}; a fairness objective needs at least two groups")
-    thin = sorted(v for v, k in counts.items() if k < 2)
-    if thin:
-        raise UserError(f"{key}.group: group {thin[0]!r} of column {cfg.group!r} has "
-                        f"{counts[thin[0]]} training image in {train_data.name} (at least 2 are needed)")
+    groups = check_groups(train_data, cfg.group, f"{key}.group")
     smoothing = float(getattr(getattr(objective, attr), "label_smoothing", 0.0))
     loss = FairnessLoss(cfg, groups, train_data.labels, n_classes, smoothing)
     setattr(objective, attr, loss)
     return loss
+
+
+def check_groups(train_data: Any, column: str, key: str) -> list[str]:
+    """The group values of ``train_data``'s column, or a UserError naming ``key``: no such
+    column, one group only, or a group of a single image (no per-group loss or rate)."""
+    groups = group_values(train_data, column, key)
+    counts = {v: groups.count(v) for v in set(groups)}
+    if len(counts) < 2:
+        raise UserError(f"{key}: column {column!r} has one value ({next(iter(counts))!r}) in "
+                        f"{train_data.name}; a fairness objective needs at least two groups")
+    thin = min(counts, key=lambda v: (counts[v], v))
+    if counts[thin] < 2:
+        raise UserError(f"{key}: group {thin!r} of column {column!r} has one training image in "
+                        f"{train_data.name} (at least 2 are needed)")
+    return groups
