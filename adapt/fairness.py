@@ -76,7 +76,7 @@ class FairnessLoss:
             gap = parity_gap(probs, group)
         else:
             gap = torch.stack([parity_gap(probs[ys == c], group[ys == c]) for c in ys.unique()]).max()
-        return ce.mean() + self.cfg.weight * gap
+        return ce.mean() + self.cfg.penalty_weight * gap
 
     def _group_dro(self, ce: Tensor, cell: Tensor) -> Tensor:
         counts = torch.bincount(cell, minlength=self.n_cells).to(ce.dtype)

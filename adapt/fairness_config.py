@@ -29,16 +29,20 @@ class FairnessConfig(RecipeSection):
     objective: FairnessObjectiveName
     #: the domain's group column (a CSV group column; the phantom's ``scanner`` with ``minority``)
     group: str = Field(min_length=1)
-    #: the penalty's weight (equalized_odds / demographic_parity only)
-    weight: float = Field(1.0, ge=0, le=1000)
+    #: the penalty's weight (equalized_odds / demographic_parity only; default 1)
+    weight: float | None = Field(None, ge=0, le=1000)
     #: group DRO's step size eta for the group weights (group_dro only)
     step_size: float = Field(0.01, gt=0, le=10)
 
     @model_validator(mode="after")
     def _weight_for_penalties(self) -> FairnessConfig:
-        if self.objective == "group_dro" and "weight" in self.model_fields_set:
+        if self.objective == "group_dro" and self.weight is not None:
             raise ValueError("weight is not used by group_dro (its knob is step_size)")
         return self
+
+    @property
+    def penalty_weight(self) -> float:
+        return 1.0 if self.weight is None else self.weight
 
 
 class GuardConfig(RecipeSection):
