@@ -60,6 +60,10 @@ class FairnessLoss:
         if state and "q" in state and len(state["q"]) == self.n_cells:
             self.q = torch.tensor(state["q"], dtype=torch.float64)
 
+    def start(self, state: dict[str, Any], *_: Any) -> None:
+        """At the start of :func:`adapt.train.fit`: q from the loop state of a resumed run."""
+        self.load_state_dict(state.get("fairness"))
+
     def cell_name(self, cell: int, classes: Sequence[str]) -> str:
         return f"{self.values[cell // self.n_classes]} / {classes[cell % self.n_classes]}"
 

@@ -5,7 +5,9 @@ epoch's score the guard measures its metric on the validation images (with the
 validation groups): ``source_val_accuracy`` (group "all"), ``worst_group_accuracy``
 (the smallest accuracy over the (group value x class) cells) or ``eo_difference``
 (fairlearn's equalized-odds difference between the groups; lower is better). The
-reference is the best value of the epochs so far; its weights are kept in ``guard.pt``.
+reference is the best value so far, the weights the fit started from ("epoch 0") included
+— an adaptation run must not end worse than the source model it began with; the
+reference's weights are kept in ``guard.pt``.
 
 Noise-aware comparison: the same model measured on a few hundred images moves by
 several points from epoch to epoch (a cell of 90 images at 95 % has a binomial standard
@@ -79,14 +81,23 @@ class Guard:
         smallest = min(rep.per_group, key=lambda k: rep.per_group[k]["n"])
         return {"value": eo, "goodness": -eo, "group": smallest, "n": rep.per_group[smallest]["n"]}
 
+    def start(self, state: dict[str, Any], trainable: nn.Module, model: nn.Module, is_main: bool) -> None:
+        """At the start of :func:`adapt.train.fit`: on a fresh start, the weights it starts
+        from are the first reference ("epoch 0": for an adaptation run, the source model —
+        a run must not end worse than it began); a resumed run keeps its state."""
+        if "guard" in state:
+            return
+        now = self.measure(model)
+        state["guard"] = {"metric": self.cfg.metric, "reference": {**now, "epoch": 0}, "tripped": None}
+        if is_main:
+            atomic_torch_save(self.path, {"trainable": trainable.state_dict(), "epoch": -1})
+
     def after_epoch(self, trainable: nn.Module, model: nn.Module, epoch: int, state: dict[str, Any],
                     record: dict[str, Any], score: float, is_main: bool, desc: str,
                     say: Callable[[str], None]) -> float:
         """Measure, keep the reference, trip; returns the score the selection should see
         (-inf for a tripped epoch). Updates ``state['guard']`` (saved in ``last.pt``)."""
-        g = state.setdefault("guard", {"metric": self.cfg.metric, "reference": None, "tripped": None})
-        if epoch == 0 and is_main:
-            self.path.unlink(missing_ok=True)  # a fresh start: no stale reference
+        g = state["guard"]
         now = self.measure(model)
         record[f"guard_{self.cfg.metric}"] = now["value"]
         ref = g["reference"]
@@ -109,7 +120,9 @@ class Guard:
             f"{self.cfg.z:g} SE ({threshold:.3f}); "
             + (f"rolling back to epoch {ref['epoch']}" if self.cfg.action == "rollback" else "stopping"))
         if self.cfg.action == "rollback":
-            state.update(best_epoch=ref["epoch"] - 1, best_score=state["history"][ref["epoch"] - 1]["score"])
+            # the reference's score (-inf for the starting weights, which scored nothing)
+            best = state["history"][ref["epoch"] - 1]["score"] if ref["epoch"] > 0 else -math.inf
+            state.update(best_epoch=ref["epoch"] - 1, best_score=best)
             if is_main:
                 shutil.copyfile(self.path, self.path.with_name("best.pt.tmp"))
                 self.path.with_name("best.pt.tmp").replace(self.path.with_name("best.pt"))

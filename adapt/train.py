@@ -179,8 +179,8 @@ def fit(
                   seed=seed, num_workers=num_workers, desc=desc, show_bar=progress and ctx.is_main)
     loop.recipe_fingerprint, loop.t0 = recipe_fingerprint, t0
     state = _resume_or_start(loop, resume, say)
-    if fairness is not None:  # group DRO's weights q: carried in last.pt
-        fairness.load_state_dict(state.get("fairness"))
+    for part in (p for p in (fairness, guard) if p is not None):  # their state is carried in last.pt
+        part.start(state, loop.trainable, model, ctx.is_main)
     earlier = float(state.get("seconds", 0.0))
 
     if state["epoch"] + 1 < loop.epochs and not state.get("stopped_early", _out_of_patience(state, cfg)):
