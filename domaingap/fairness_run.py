@@ -72,11 +72,10 @@ def fit_safeguards(recipe: Recipe, domains: Domains, objective: Any, train_data:
     return out
 
 
-def group_metrics_section(model: nn.Module, domains: Domains, recipe: Recipe, device: torch.device,
+def group_metrics_section(model: nn.Module, domains: Domains, column: str | None, device: torch.device,
                           on_source: nn.Module | None = None) -> dict[str, Any] | None:
     """fairlearn's per-group report on the source and (labelled) target test splits, for
-    the recipe's group column; None when the recipe names none or a domain lacks it."""
-    column = group_column(recipe)
+    the group ``column`` (:func:`group_column`: the recipe's); None without one."""
     if column is None:
         return None
     out: dict[str, Any] = {"column": column}

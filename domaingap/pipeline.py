@@ -39,7 +39,7 @@ from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
 from domaingap.comparison import comparison_table, format_table, stage_line
-from domaingap.fairness_run import check_fairness_inputs, fit_safeguards, group_metrics_section
+from domaingap.fairness_run import check_fairness_inputs, fit_safeguards, group_column, group_metrics_section
 from domaingap.run_folder import check_run_inputs, run_session
 from domaingap.runs import (
     Domains,
@@ -97,7 +97,7 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
         if "val" in domains.source_split:
             out["source_val"] = ev(on_source, domains.source_split["val"])
     out["target_test"] = ev(model, domains.target_split["test"]) if domains.target.has_labels else None
-    groups = group_metrics_section(model, domains, recipe, device, on_source)  # train.fairness / train.guard
+    groups = group_metrics_section(model, domains, group_column(recipe), device, on_source)  # train.fairness / train.guard
     return out if groups is None else {**out, "groups": groups}
 
 

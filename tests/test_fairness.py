@@ -218,3 +218,18 @@ def test_bad_fairness_inputs_are_one_line_and_exit_2(csv_domain, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(culprit, err[0]), err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_quickstart_with_a_guard_does_not_trip(tmp_path):
+    """recipes/xray_to_xray.yaml with a guard at max_drop 0.02 on the worst (site x class)
+    cell: epoch-to-epoch noise and DANN's small cost on site A stay within max_drop + 2 SE,
+    so neither the source stage nor the DANN run is stopped (the guard's record is there)."""
+    guard = "train.guard={metric: worst_group_accuracy, group: site, max_drop: 0.02, action: rollback}"
+    recipe = load_recipe("recipes/xray_to_xray.yaml", [guard, f"output.dir={tmp_path}", "train.device=cpu"])
+    run_recipe(recipe, progress=False, diagnostics=False)
+    metrics = json.loads((tmp_path / "xray_to_xray" / "metrics.json").read_text())
+    fits = {"source": metrics["source"]["fit"], **{k: v["fit"] for k, v in metrics["runs"].items() if v["fit"]}}
+    assert set(fits) == {"source", "dann+hist"}
+    for name, fit in fits.items():
+        assert fit["guard"]["metric"] == "worst_group_accuracy", name
+        assert fit["guard"]["tripped"] is None, (name, fit["guard"])
