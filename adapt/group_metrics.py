@@ -21,7 +21,8 @@ from adapt.errors import UserError
 FAIRNESS_EXTRA = "pip install 'domaingap[fairness]'"
 
 
-def _fairlearn_metrics():
+def fairlearn_metrics():
+    """fairlearn.metrics, or a UserError naming the optional extra."""
     try:
         import fairlearn.metrics as fm  # optional extra: imported on first use
     except ImportError:
@@ -57,7 +58,7 @@ def group_report(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], c
                  column: str) -> GroupReport:
     """The :class:`GroupReport` of predictions ``preds`` [N] for true ``labels`` [N]
     (class indices) over the per-sample group values ``groups`` [N] of ``column``."""
-    fm = _fairlearn_metrics()
+    fm = fairlearn_metrics()
     from sklearn.metrics import accuracy_score
 
     y, p = np.asarray(labels), np.asarray(preds)

@@ -14,7 +14,7 @@ from torch import nn
 from adapt.errors import UserError
 from adapt.evaluate import predict
 from adapt.fairness import attach_fairness, check_groups
-from adapt.group_metrics import group_report, group_values
+from adapt.group_metrics import fairlearn_metrics, group_report, group_values
 from adapt.guard import Guard
 from adapt.recipe import Recipe
 from domaingap.runs import Domains, adabn_on
@@ -35,6 +35,7 @@ def check_fairness_inputs(recipe: Recipe, domains: Domains) -> None:
     fair, guard = recipe.train.fairness, recipe.train.guard
     if fair is None and guard is None:
         return
+    fairlearn_metrics()  # the optional extra, before anything trains
     if not domains.has_source:
         raise UserError(f"train.{'fairness' if fair else 'guard'}: needs labelled source images (data.source)")
     if fair is not None:

@@ -155,7 +155,9 @@ def test_guard_rolls_back_a_run_built_to_degrade(tmp_path):
     path = write_recipe(tmp_path, "hurt", {
         "train": {**TINY["train"], "guard": guard},
         "method": {"runs": [{"name": "hurt", "objective": "dann", "dann": {"weight": 30.0}, "lr": 0.3,
-                             "epochs": 3}]}})
+                             "epochs": 3}], "audit_run": "hurt"},
+        "diagnostics": {"enabled": True, "permutations": 20, "max_samples": 40, "attribution": False,
+                        "umap": False}})
     summary = run_recipe(load_recipe(path), progress=False)
     metrics = json.loads((tmp_path / "hurt" / "metrics.json").read_text())
     tripped = metrics["runs"]["hurt"]["fit"]["guard"]["tripped"]
@@ -170,6 +172,12 @@ def test_guard_rolls_back_a_run_built_to_degrade(tmp_path):
     # the source stage (a fresh model: epoch 0 is a random one) was not stopped
     assert metrics["source"]["fit"]["guard"]["tripped"] is None
     assert metrics["source"]["metrics"]["groups"]["column"] == "scanner"
+    # the audit shows the guard's record and the per-group metrics
+    audit = json.loads((tmp_path / "hurt" / "audit.json").read_text())
+    assert audit["after"]["metrics"]["guard"]["tripped"] == tripped
+    assert audit["after"]["metrics"]["groups"]["target_test"]["worst_cell"]
+    html = (tmp_path / "hurt" / "audit.html").read_text()
+    assert "Fairness and guard" in html and f"tripped at epoch 1 on group {tripped['group']}" in html
 
 
 def test_group_dro_with_a_guard_resumes_exactly(tmp_path, monkeypatch):
@@ -233,3 +241,14 @@ def test_the_quickstart_with_a_guard_does_not_trip(tmp_path):
     for name, fit in fits.items():
         assert fit["guard"]["metric"] == "worst_group_accuracy", name
         assert fit["guard"]["tripped"] is None, (name, fit["guard"])
+
+
+def test_without_fairlearn_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fairlearn.metrics", None)  # import fails
+    path = write_recipe(tmp_path, "nofl", {"train": {**TINY["train"],
+                                                     "fairness": {"objective": "group_dro", "group": "scanner"}}})
+    assert adapt_main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "domaingap[fairness]" in err[0]
