@@ -228,6 +228,7 @@ def test_bad_fairness_inputs_are_one_line_and_exit_2(csv_domain, tmp_path, capsy
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.timeout(3600)  # the whole quickstart (without its audit): minutes on a busy CPU
 def test_the_quickstart_with_a_guard_does_not_trip(tmp_path):
     """recipes/xray_to_xray.yaml with a guard at max_drop 0.02 on the worst (site x class)
     cell: epoch-to-epoch noise and DANN's small cost on site A stay within max_drop + 2 SE,
