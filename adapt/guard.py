@@ -24,7 +24,7 @@ proportions within a group). ``z`` defaults to 2.
 
 When it trips: ``rollback`` ends training with the reference epoch's weights (written
 to ``best.pt``); ``stop`` ends training and keeps the usual selection among the epochs
-before the trip. Either way the tripped epoch cannot be selected, the loop state says
+before the trip (the starting weights when it trips at the first epoch). Either way the tripped epoch cannot be selected, the loop state says
 so (a resumed run does not continue past it), and the record — metric, group, epoch,
 values, threshold — is in ``FitResult.guard`` (metrics.json) and the audit.
 """
@@ -119,7 +119,7 @@ class Guard:
             f"(epoch {ref['epoch']}) to {now['value']:.3f}, beyond max_drop {self.cfg.max_drop:g} + "
             f"{self.cfg.z:g} SE ({threshold:.3f}); "
             + (f"rolling back to epoch {ref['epoch']}" if self.cfg.action == "rollback" else "stopping"))
-        if self.cfg.action == "rollback":
+        if self.cfg.action == "rollback" or state["best_epoch"] < 0:  # stop with no epoch before: the start
             # the reference's score (-inf for the starting weights, which scored nothing)
             best = state["history"][ref["epoch"] - 1]["score"] if ref["epoch"] > 0 else -math.inf
             state.update(best_epoch=ref["epoch"] - 1, best_score=best)

@@ -253,3 +253,40 @@ def test_without_fairlearn_the_error_names_the_extra(tmp_path, capsys, monkeypat
     assert adapt_main([str(path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "domaingap[fairness]" in err[0]
+
+
+@pytest.mark.parametrize("action", ["rollback", "stop"])
+def test_guard_trips_only_beyond_noise_and_acts(tmp_path, action):
+    """Scripted measurements on 100 images: 0.90 (start), 0.92, 0.89 (a 3-point dip: within
+    0.02 + 2 SE = 0.104), then 0.70 (trips). rollback: best.pt holds the reference epoch's
+    weights; stop: the selection keeps its best epoch; the tripped epoch scores -inf."""
+    from adapt.fairness_config import GuardConfig
+    from adapt.guard import Guard
+
+    guard = Guard(GuardConfig(metric="source_val_accuracy", action=action), [0] * 100, None, ["a", "b"], "cpu",
+                  tmp_path)
+    values = iter([0.90, 0.92, 0.89, 0.70])
+    guard.measure = lambda model: (lambda v: {"value": v, "goodness": v, "group": "all", "n": 100})(next(values))
+    net = torch.nn.Linear(2, 2)
+    state = {"history": [], "best_epoch": -1}
+    guard.start(state, net, net, True)
+    said = []
+    for epoch in range(3):
+        with torch.no_grad():
+            net.weight.fill_(epoch + 1.0)
+        record = {"epoch": epoch + 1, "score": float(epoch)}
+        score = guard.after_epoch(net, net, epoch, state, record, float(epoch), True, "t", said.append)
+        state["history"].append(record)
+        if epoch < 2:
+            assert score == float(epoch) and state["guard"]["tripped"] is None
+            state["best_epoch"] = epoch
+    assert score == -math.inf
+    trip = state["guard"]["tripped"]
+    assert trip["epoch"] == 3 and trip["reference_epoch"] == 1 and trip["group"] == "all"
+    assert trip["drop"] == pytest.approx(0.22) and trip["threshold"] == pytest.approx(drop_threshold(0.02, 2, 0.92, 100)[0])
+    assert len(said) == 1 and "epoch 3" in said[0]
+    if action == "rollback":
+        best = torch.load(tmp_path / "best.pt", weights_only=True)["trainable"]
+        assert torch.equal(best["weight"], torch.full((2, 2), 1.0)) and state["best_epoch"] == 0
+    else:
+        assert not (tmp_path / "best.pt").exists() and state["best_epoch"] == 1
