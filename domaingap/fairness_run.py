@@ -89,22 +89,3 @@ def group_metrics_section(model: nn.Module, domains: Domains, column: str | None
         out[key] = group_report(pred["labels"], pred["probs"].argmax(1), ds.groups[column], domains.classes,
                                 column).to_dict()
     return out
-
-
-def worst_group_score(recipe: Recipe, domains: Domains, device: torch.device):
-    """With ``train.fairness``, the source stage's epoch score: the worst (group x class)
-    cell accuracy on the source validation split — the selection of Sagawa et al. (group
-    DRO is judged by its worst group; average accuracy favours the epochs that lean on the
-    spurious cue). None without ``train.fairness``."""
-    fair = recipe.train.fairness
-    val = domains.source_split.get("val")
-    if fair is None or val is None or not len(val):
-        return None
-    groups = group_values(val, fair.group, "train.fairness.group")
-
-    def score_fn(m: nn.Module) -> tuple[float, dict[str, float]]:
-        out = predict(m, val, device)
-        rep = group_report(out["labels"], out["probs"].argmax(1), groups, domains.classes, fair.group)
-        acc = float((out["probs"].argmax(1) == out["labels"]).mean())
-        return rep.worst_group_accuracy, {"val_accuracy": acc, "val_worst_group_accuracy": rep.worst_group_accuracy}
-    return score_fn

@@ -39,8 +39,7 @@ from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
 from domaingap.comparison import comparison_table, format_table, stage_line
-from domaingap.fairness_run import (check_fairness_inputs, fit_safeguards, group_column, group_metrics_section,
-                                    worst_group_score)
+from domaingap.fairness_run import check_fairness_inputs, fit_safeguards, group_column, group_metrics_section
 from domaingap.run_folder import check_run_inputs, run_session
 from domaingap.runs import (
     Domains,
@@ -138,7 +137,6 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
         def score_fn(m: nn.Module) -> tuple[float, dict[str, float]]:
             acc = evaluate(m, val, domains.classes, device)["accuracy"]
             return acc, {"val_accuracy": acc}
-        score_fn = worst_group_score(recipe, domains, device) or score_fn  # train.fairness: Sagawa's selection
     objective = SourceOnly(recipe.train.label_smoothing)
     result = fit(
         model, objective, train_ds,
