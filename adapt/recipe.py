@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from adapt.data.spec import RUN_NAME, DomainSpec
 from adapt.errors import UserError
+from adapt.fairness_config import FairnessConfig, GuardConfig
 from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
     ADVERSARIAL_OBJECTIVES,
     SOURCE_FREE_OBJECTIVES,
@@ -195,6 +196,8 @@ class TrainConfig(RecipeSection):
     precise_bn: bool = True
     #: CPU threads for torch (None = torch's default)
     threads: int | None = Field(None, ge=1, le=1024)
+    fairness: FairnessConfig | None = None  # docs/fairness.md
+    guard: GuardConfig | None = None
 
 
 class DiagnosticsConfig(RecipeSection):

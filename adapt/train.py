@@ -60,6 +60,7 @@ class FitResult:
     seconds: float = 0.0
     #: of which spent before this process resumed the run
     earlier_seconds: float = 0.0
+    guard: dict[str, Any] | None = None  # adapt.guard: its reference and trip, if any
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +94,7 @@ class MethodParts:
     penalties: Sequence[Penalty] = ()
     #: the recipe's ``data.augment`` transform of the labelled batch (not a method part)
     augment: Callable[..., torch.Tensor] | None = None
+    fairness: Any = None  # adapt.fairness.FairnessLoss: told each step's batch indices
 
     def uses_target(self) -> bool:
         """Whether any part declared it needs an unlabelled target batch every step."""
@@ -152,6 +154,7 @@ def fit(
     num_workers: int = 0,
     recipe_fingerprint: dict[str, Any] | None = None,
     augment: Callable[..., torch.Tensor] | None = None,
+    fairness: Any = None, guard: Any = None,
 ) -> FitResult:
     """Train ``model`` with ``objective``; return a :class:`FitResult`.
 
@@ -167,7 +170,7 @@ def fit(
     resuming from a ``last.pt`` with another one is a UserError naming the changed keys.
     """
     t0 = time.perf_counter()
-    parts = MethodParts(objective, style, feature_style, penalties, augment)
+    parts = MethodParts(objective, style, feature_style, penalties, augment, fairness)
     if parts.uses_target() and target_train is None:
         raise ValueError(f"{desc}: a method part uses target batches but no target_train was given")
     say = reporter(progress and ctx.is_main)
@@ -176,6 +179,8 @@ def fit(
                   seed=seed, num_workers=num_workers, desc=desc, show_bar=progress and ctx.is_main)
     loop.recipe_fingerprint, loop.t0 = recipe_fingerprint, t0
     state = _resume_or_start(loop, resume, say)
+    for part in (p for p in (fairness, guard) if p is not None):  # their state is carried in last.pt
+        part.start(state, loop.trainable, model, ctx.is_main)
     earlier = float(state.get("seconds", 0.0))
 
     if state["epoch"] + 1 < loop.epochs and not state.get("stopped_early", _out_of_patience(state, cfg)):
@@ -187,12 +192,16 @@ def fit(
                 _precise_bn(model, source_train, seed, loop.device)
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": _head_lr(loop.optimizer), **logs}
             score = _score_epoch(loop, score_fn, epoch, record)
+            if guard is not None:  # adapt.guard: may trip (rollback or stop)
+                score = guard.after_epoch(loop.trainable, model, epoch, state, record, score, ctx.is_main, desc, say)
+            state["fairness"] = fairness.state_dict() if fairness is not None else None
             improved = _select_and_checkpoint(loop, state, epoch, score, record)
             say(_epoch_line(desc, epoch, loop.epochs, record, improved))
             dist_utils.barrier(ctx)
             if state["stopped_early"]:
-                say(f"{desc}: no improvement for {cfg.patience} epochs; "
-                    f"stopping and rolling back to epoch {state['best_epoch'] + 1}")
+                if not (state.get("guard") or {}).get("tripped"):  # the guard has said why
+                    say(f"{desc}: no improvement for {cfg.patience} epochs; "
+                        f"stopping and rolling back to epoch {state['best_epoch'] + 1}")
                 break
 
     _restore_best(loop.trainable, loop.best_path, loop.device)
@@ -296,6 +305,8 @@ def train_one_epoch(
     bar = progress_bar(loader, enabled=loop.show_bar, desc=f"{loop.desc} {epoch + 1}/{loop.epochs}", leave=False,
                        dynamic_ncols=True)
     for step, (xs, ys) in enumerate(bar):
+        if parts.fairness is not None:
+            parts.fairness.set_batch(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
         p = (epoch * loop.steps_per_epoch + step) / loop.total_steps
         for g, lr0 in zip(loop.optimizer.param_groups, loop.initial_lrs):
             g["lr"] = lr0 * lr_factor(loop.schedule, p)
@@ -398,7 +409,8 @@ def _select_and_checkpoint(loop: _Loop, state: dict[str, Any], epoch: int, score
     # time and the early stop are part of the state, so that a resumed run reports them
     state["seconds"] = float(state.get("seconds", 0.0)) + time.perf_counter() - loop.t0
     loop.t0 = time.perf_counter()
-    state["stopped_early"] = _out_of_patience(state, loop.cfg) and epoch + 1 < loop.epochs
+    state["stopped_early"] = (_out_of_patience(state, loop.cfg) or bool((state.get("guard") or {}).get("tripped"))
+                              ) and epoch + 1 < loop.epochs
     if loop.ctx.is_main:
         if improved:
             atomic_torch_save(loop.best_path, {"trainable": loop.trainable.state_dict(), "epoch": epoch,
@@ -484,4 +496,5 @@ def _result(state: dict[str, Any], best_path: Path, seconds: float, earlier: flo
         best_checkpoint=best_path.name if best_path.exists() else None,
         seconds=seconds,
         earlier_seconds=earlier,
+        guard=state.get("guard"),
     )

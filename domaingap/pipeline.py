@@ -39,6 +39,7 @@ from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe
 from domaingap.comparison import comparison_table, format_table, stage_line
+from domaingap.fairness_run import check_fairness_inputs, fit_safeguards, group_column, group_metrics_section
 from domaingap.run_folder import check_run_inputs, run_session
 from domaingap.runs import (
     Domains,
@@ -96,7 +97,8 @@ def _evaluate_all(model: nn.Module, domains: Domains, device: torch.device, reci
         if "val" in domains.source_split:
             out["source_val"] = ev(on_source, domains.source_split["val"])
     out["target_test"] = ev(model, domains.target_split["test"]) if domains.target.has_labels else None
-    return out
+    groups = group_metrics_section(model, domains, group_column(recipe), device, on_source)  # train.fairness / train.guard
+    return out if groups is None else {**out, "groups": groups}
 
 
 def _outcome(name: str, model: nn.Module, domains: Domains, device: torch.device, recipe: Recipe,
@@ -135,12 +137,14 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
         def score_fn(m: nn.Module) -> tuple[float, dict[str, float]]:
             acc = evaluate(m, val, domains.classes, device)["accuracy"]
             return acc, {"val_accuracy": acc}
+    objective = SourceOnly(recipe.train.label_smoothing)
     result = fit(
-        model, SourceOnly(recipe.train.label_smoothing), train_ds,
+        model, objective, train_ds,
         cfg=recipe.train, out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
         strategy=recipe.strategy, sample_weights=weights, resume=resume, desc="source",
         ctx=ctx, progress=progress, num_workers=recipe.data.num_workers, augment=source_augment(recipe),
         recipe_fingerprint=fingerprint(stage_fields(recipe, SOURCE)),
+        **fit_safeguards(recipe, domains, objective, train_ds, device, stage_dir),
     )
     seconds = time.perf_counter() - t0 + result.earlier_seconds
     if ctx.is_main:
@@ -245,6 +249,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             # on labelled target ones
             augment=source_augment(recipe) if trains_on_source else None,
             recipe_fingerprint=fingerprint(stage_fields(recipe, stage)),
+            **fit_safeguards(recipe, domains, parts.objective, parts.train_data, device, stage_dir,
+                             uses_per_domain_bn(run_cfg)),
         )
         fit_info = result.to_dict()
         earlier = result.earlier_seconds  # the time of an interrupted earlier part counts too
@@ -314,6 +320,7 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
     domains = load_domains(recipe)
     loaded = load_source_checkpoint(recipe, domains) if recipe.model.source_checkpoint else None
     check_run_inputs(run_dir, recipe, domains)
+    check_fairness_inputs(recipe, domains)
     with run_session(run_dir, recipe, resume=resume, overwrite=overwrite, main=ctx.is_main) as out_dir:
         barrier(ctx)  # every rank has looked at the folder before the main rank writes into it
         summary = _run_stages(recipe, out_dir, domains, loaded, device, resume=resume, ctx=ctx, progress=progress,

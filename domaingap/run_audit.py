@@ -226,7 +226,9 @@ def measure_stage(
 
     stage = StageResult(
         name=name,
-        metrics={"source_test": metrics.get("source_test"), "target_test": metrics.get("target_test")},
+        metrics={"source_test": metrics.get("source_test"), "target_test": metrics.get("target_test"),
+                 # train.fairness / train.guard: fairlearn's group report and the guard's record
+                 **{k: metrics[k] for k in ("groups", "guard") if metrics.get(k)}},
         label_free={"im_score": label_free["im"], "snd": label_free["snd"]},
         gap={} if gap is None else {**gap.to_dict(), "seconds": {k: round(v, 2) for k, v in timings.items()}},
         collapse=collapse,
@@ -291,7 +293,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         refs: dict[str, list[int]] = {}
         for (name, st, sm), (fs, ft) in zip(stages, feats):
             say(f"audit: diagnosing the {name} model")
-            stage, raw = measure_stage(name, st.model, st.metrics, fs, ft, reference_boxes=refs or None,
+            stage, raw = measure_stage(name, st.model, {**st.metrics, "guard": (st.fit or {}).get("guard")}, fs, ft,
+                                       reference_boxes=refs or None,
                                        source_model=sm, **common)
             if not refs:  # the after-model is tested on the before-model's suspect regions
                 for dom in ("source", "target"):

@@ -35,6 +35,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.recipe", 0, "base"),
     ("adapt.fingerprint", 0, "base"),
     ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
+    ("adapt.fairness_config", 0, "base"),  # the recipe's train.fairness / train.guard sections
+    ("adapt.group_metrics", 0, "base"),  # per-group metrics by fairlearn (optional extra)
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
@@ -49,6 +51,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.selection", 1, "training"),
     ("adapt.mixval", 1, "training"),
     ("adapt.distributed", 1, "training"),
+    ("adapt.fairness", 1, "training"),  # group DRO, parity penalties in the loop
+    ("adapt.guard", 1, "training"),  # the per-epoch guard: rollback or stop
     # 1. measurement: statistics, features, attribution, audit, report
     ("diagnostics", 1, "measurement"),
     # 2.-6. orchestration: everything under domaingap/
@@ -58,6 +62,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("domaingap.run_folder", 2, "orchestration"),
     ("domaingap.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
     ("domaingap.data_audit_run", 2, "orchestration"),  # diagnose data; the audit's Data section
+    ("domaingap.fairness_run", 2, "orchestration"),  # train.fairness / train.guard in a run
     ("domaingap.run_audit", 3, "orchestration"),
     ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("domaingap.pipeline", 4, "orchestration"),

@@ -423,7 +423,7 @@ def _natural_key(name: str):
 def _load_phantom(
     spec: DomainSpec, image_size: int, channels: int, seed: int, classes: list[str] | None
 ) -> DomainDataset:
-    batch = make_phantom(spec.site, spec.n, seed=seed, image_size=image_size)
+    batch = make_phantom(spec.site, spec.n, seed=seed, image_size=image_size, minority=spec.minority)
     class_list = list(classes) if classes is not None else list(CLASSES)
     missing = [c for c in CLASSES if c not in class_list]
     if missing:
@@ -440,7 +440,7 @@ def _load_phantom(
         image_size=image_size,
         images=batch.images,
         masks=batch.roi_masks,
-        groups={"site": [spec.site] * len(labels)},
+        groups={"site": [spec.site] * len(labels), **({"scanner": batch.scanners} if batch.scanners else {})},
         marker_boxes=batch.marker_boxes,
         lesion_boxes=batch.lesion_boxes,
     )

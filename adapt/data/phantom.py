@@ -34,6 +34,18 @@ labels so well that the lesion's gradient starves: in 2 of 4 seeds the model sto
 early as a pure marker detector (50% on site B, nothing to adapt). At 93%/7% with a
 fixed corner the model learns the lesion *and* leans on the marker for the lesions
 it is unsure of (painting the marker out costs it 10–30 points on site A).
+
+**Planted group** (optional, ``minority`` > 0; docs/fairness.md): every image gains a
+``scanner`` group, ``fixed`` or ``portable``. Portable films have their own appearance —
+brighter, flatter and blurrier (PORTABLE_STYLE, applied after the site's curve) — and,
+as in intensive care, are taken mostly of sick patients: an opacity image is portable
+and a normal one fixed, except for a share ``minority`` of each class, drawn at random
+(the Waterbirds construction of Sagawa et al., ICLR 2020). The scanner is then a
+spurious cue for the label at both sites, and the two (scanner x class) groups that
+contradict it — portable films of normal patients, fixed films with an opacity — are
+the minority that plain training gets wrong. The draws come from their own random
+stream: with ``minority`` = 0 (the default) nothing changes, and with it the fixed-scanner
+images keep their pixels.
 """
 
 from __future__ import annotations
@@ -65,6 +77,8 @@ MARKER_LEVEL = (0.9, 1.0)
 #: the 5×7 glyph with its jitter stays within 6×8 pixels at 64 px, so one 8×8 window
 #: (the audit's hot-region size, side/8) can cover — and hide — it on every image
 MARKER_OFFSET = (2, 4)
+#: the portable scanner's look on top of the site's: y -> offset + contrast * y, blur (σ px at 64 px)
+PORTABLE_STYLE = {"offset": 0.15, "contrast": 0.85, "blur": 0.5}
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,8 @@ class PhantomBatch:
     lung_masks: torch.Tensor
     site: str = "A"
     roi_masks: torch.Tensor | None = None
+    #: the planted ``scanner`` group per image ("fixed" / "portable"); None without ``minority``
+    scanners: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -134,19 +150,23 @@ def make_phantom(
     *,
     marker_rates: tuple[float, float] | None = None,
     style: SiteStyle | None = None,
+    minority: float = 0.0,
 ) -> PhantomBatch:
     """Generate n phantom chest X-rays of ``site`` ("A" or "B"), balanced classes.
 
     Deterministic: the same (site, n, seed, image_size) gives identical images.
     ``marker_rates`` overrides the site's (P(marker | normal), P(marker | opacity));
     (0, 0) gives the same images with the marker painted out. ``style`` replaces the
-    whole site style (for experiments).
+    whole site style (for experiments). ``minority`` > 0 plants the ``scanner`` group
+    (see the module docstring).
     """
     site = str(site).upper()
     if site not in SITES:
         raise UserError(f"phantom-cxr: site must be A or B, got {site!r}")
     if n < 1:
         raise UserError(f"phantom-cxr: n must be positive, got {n}")
+    if not 0.0 <= minority < 0.5:
+        raise UserError(f"phantom-cxr: minority must be in [0, 0.5), got {minority}")
     if image_size < 16:
         raise UserError(f"phantom-cxr: image_size must be at least 16, got {image_size}")
     st = style if style is not None else SITES[site]
@@ -168,12 +188,24 @@ def make_phantom(
     # the collimator's shadow is part of the exposure: blurred and noisy like the rest
     _collimate(rng_acq, y, st.collimation, S)
     y = _gaussian_blur(y, st.blur * S / 64.0)
+    scanners = _portable_films(y, labels, minority, seed, site, S) if minority > 0 else None
     marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, st.marker_corner, S)
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
     images = torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32)[:, None])
     lung_masks = torch.from_numpy((lung_visible > 0.5).astype(np.float32))
     roi_masks = torch.from_numpy(((body > 0.5) | (lung_visible > 0.5) | (heart > 0.5)).astype(np.float32))
-    return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site, roi_masks)
+    return PhantomBatch(images, labels, marker_boxes, lesion_boxes, lung_masks, site, roi_masks, scanners)
+
+
+def _portable_films(y: np.ndarray, labels: np.ndarray, minority: float, seed: int, site: str,
+                    S: int) -> list[str]:
+    """Draw the planted scanner per image (portable for opacity, fixed for normal, except
+    for a share ``minority`` of each class) and give portable films their look (in place)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), ord(site), 0x5CA]))
+    portable = (labels == 1) ^ (rng.random(len(labels)) < minority)
+    st = PORTABLE_STYLE
+    y[portable] = _gaussian_blur(st["offset"] + st["contrast"] * y[portable], st["blur"] * S / 64.0)
+    return ["portable" if p else "fixed" for p in portable]
 
 
 def write_phantom(root: str | Path, site: str, n: int, seed: int = 0, image_size: int = 64) -> Path:

@@ -72,6 +72,8 @@ class DomainSpec(BaseModel):
     group_columns: list[str] = Field(default_factory=list)
     mask_column: str | None = None
     labeled: bool = True
+    #: phantom-cxr only: > 0 plants the ``scanner`` group (adapt/data/phantom.py, docs/fairness.md)
+    minority: float = Field(0.0, ge=0, lt=0.5)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -85,6 +87,8 @@ class DomainSpec(BaseModel):
                 raise ValueError("phantom-cxr needs site 'A' or 'B'")
         elif self.path is None:
             raise ValueError(f"kind {self.kind!r} needs a path")
+        if self.minority and self.kind != "phantom-cxr":
+            raise ValueError("minority plants a group in the phantom only (kind phantom-cxr)")
         return self
 
     def describe(self) -> str:

@@ -20,6 +20,7 @@ from adapt.io import atomic_write_text
 from diagnostics.audit import (Audit, StageResult, Verdict, collapse_level, compute_verdicts, finding_level, number,
                                overall_verdict, p_phrase, section)
 from diagnostics.report import figures
+from diagnostics.report.fairness_view import fairness_section
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
                                           scalar_facts)
 
@@ -411,6 +412,7 @@ def build_view(audit: Audit | Mapping) -> dict:
         "embeddings": _embedding_section(a),
         "spurious": _spurious_section(a),
         "groups": _groups_section(a),
+        "fairness": fairness_section(_stages(a)),
         "methods": _methods_section(a),
         "data": _data_section(a),
     }
