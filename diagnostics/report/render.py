@@ -449,7 +449,7 @@ def template_environment() -> jinja2.Environment:
 
 def render_template(template: str, **context: Any) -> str:
     """One of the report's templates (``templates/TEMPLATE``) filled with ``context``."""
-    return _env().get_template(template).render(**context)
+    return template_environment().get_template(template).render(**context)
 
 
 def render_html(audit: Audit | Mapping) -> str:
