@@ -72,6 +72,16 @@ class DomainSpec(BaseModel):
     group_columns: list[str] = Field(default_factory=list)
     mask_column: str | None = None
     labeled: bool = True
+    #: the target only: keep k labelled images per class of its training split, the rest
+    #: unlabelled (few target labels; adapt/data/few_labels.py); None = every label or none
+    labeled_per_class: int | None = Field(default=None, ge=1, le=10_000_000)
+
+    @field_validator("labeled_per_class")
+    @classmethod
+    def _needs_labels(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("labeled") is False:
+            raise ValueError("k labelled images per class need a labelled target (labeled is false)")
+        return value
 
     @field_validator("*", mode="before")
     @classmethod
