@@ -6,14 +6,11 @@ Kept out of :mod:`adapt.recipe` (one concept per file); the recipe imports both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pydantic import Field
 
 from adapt.method_options import RecipeSection
-
-if TYPE_CHECKING:  # pragma: no cover
-    from adapt.recipe import Recipe
 
 #: objectives that train on the k labelled target images
 FEW_LABEL_OBJECTIVES = ("mme", "finetune")
@@ -29,8 +26,9 @@ class MMEConfig(RecipeSection):
     temperature: float = Field(0.05, gt=0, le=10)
 
 
-def check_few_labels(recipe: Recipe) -> None:
-    """ValueError (a one-line message naming the key) when a run or the selector needs the
+def check_few_labels(recipe: Any) -> None:
+    """For an :class:`adapt.recipe.Recipe` (not imported: the recipe imports this module):
+    ValueError (a one-line message naming the key) when a run or the selector needs the
     k labelled target images and ``data.target.labeled_per_class`` is not set, or when the
     source sets it (only the target has a few labels)."""
     source = recipe.data.source

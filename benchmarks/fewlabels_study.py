@@ -15,7 +15,8 @@ recipe's ``method.selection``), at the oracle epoch (best by target-test labels,
 only) and at the epoch the ``few_labels`` selector would pick (accuracy on the k labelled
 images: computed from the same per-epoch logs, no extra run), and source-test accuracy;
 then the issue's expectation as [PASS]/[FAIL] lines: MME at k = 3 beats fine-tuning on the
-k images and the label-free method. Results go to ``<out>/<dataset>/results.json``.
+k images and the label-free method. Results go to ``<out>/<dataset>/seed<s>/results.json``;
+``--table`` prints the table from them without training (run one process a seed, then it).
 """
 
 from __future__ import annotations
@@ -125,19 +126,25 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/fewlabels")
     ap.add_argument("--resume", action="store_true", help="load the stages finished in --out")
+    ap.add_argument("--table", action="store_true", help="train nothing: print the table from the results "
+                    "written by earlier runs (several processes may run one seed each, then one prints)")
     args = ap.parse_args()
     out = Path(args.out)
     checks = []
     for dataset in args.datasets:
         t0 = time.perf_counter()
-        path = out / dataset / "results.json"
-        results: dict[str, dict[str, dict]] = json.loads(path.read_text()) if path.is_file() else {}
+        results: dict[str, dict[str, dict]] = {str(k): {} for k in args.ks}
         for seed in args.seeds:
+            path = out / dataset / f"seed{seed}" / "results.json"  # one file a seed: processes never share one
+            done: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
             for k in args.ks:
-                results.setdefault(str(k), {})[str(seed)] = run_one(dataset, seed, k, args.ks[0], out, args.resume)
-                atomic_write_json(path, results)
+                if not args.table:
+                    done[str(k)] = run_one(dataset, seed, k, args.ks[0], out, args.resume)
+                    atomic_write_json(path, done)
+                if str(k) in done:
+                    results[str(k)][str(seed)] = done[str(k)]
         print(f"{dataset}: {time.perf_counter() - t0:.0f} s in all")
-        checks += print_table(dataset, results, args.ks, args.seeds)
+        checks += print_table(dataset, results, args.ks, [s for s in args.seeds if str(s) in results[str(args.ks[0])]])
     print("\nchecks:")
     for text, ok in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {text}")

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.recipe", 0, "base"),
     ("adapt.fingerprint", 0, "base"),
     ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
+    ("adapt.few_labels_options", 0, "base"),  # MME's section, the few-target-labels recipe checks
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
