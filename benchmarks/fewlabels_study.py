@@ -86,6 +86,10 @@ def _pm(v: list[float | None]) -> str:
     return f"{100 * np.mean(v):.1f} ± {100 * sd:.1f}"
 
 
+def _n(v: list[float | None]) -> int:
+    return sum(x is not None for x in v)
+
+
 def _mean(v: list[float | None]) -> float:
     v = [x for x in v if x is not None]
     return float(np.mean(v)) if v else float("nan")
@@ -97,16 +101,16 @@ def print_table(dataset: str, results: dict[str, dict[str, dict[str, dict]]], ks
         return [results[str(k)][str(s)].get(method, {}).get(key) for s in seeds if str(s) in results[str(k)]]
 
     print(f"\n{dataset}, seeds {seeds} (accuracy %, mean ± sd over seeds)\n")
-    print("| method | k | target % (IM pick) | target % (oracle epoch) | target % (few-labels pick) | source % |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| method | k | seeds | target % (IM pick) | target % (oracle epoch) | target % (few-labels pick) | source % |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     first = str(ks[0])
     label_free = [m for m in results[first][str(seeds[0])] if m not in FEW_LABEL_RUNS]
     for m in label_free:
-        print(f"| {m} | 0 | {_pm(col(ks[0], m, 'target'))} | {_pm(col(ks[0], m, 'oracle'))} | — | "
+        print(f"| {m} | 0 | {_n(col(ks[0], m, 'target'))} | {_pm(col(ks[0], m, 'target'))} | {_pm(col(ks[0], m, 'oracle'))} | — | "
               f"{_pm(col(ks[0], m, 'source'))} |")
     for k in ks:
         for m in FEW_LABEL_RUNS:
-            print(f"| {m} | {k} | {_pm(col(k, m, 'target'))} | {_pm(col(k, m, 'oracle'))} | "
+            print(f"| {m} | {k} | {_n(col(k, m, 'target'))} | {_pm(col(k, m, 'target'))} | {_pm(col(k, m, 'oracle'))} | "
                   f"{_pm(col(k, m, 'few_labels_pick'))} | {_pm(col(k, m, 'source'))} |")
     checks = []
     if 3 in ks:
