@@ -33,6 +33,7 @@ from adapt.method_options import (  # noqa: F401 - re-exported: part of the reci
     RecipeSection,
     SHOTConfig,
 )
+from adapt.few_labels_options import MMEConfig, check_few_labels
 from adapt.models import ARCHS
 from adapt.selectors import Selector
 
@@ -71,9 +72,6 @@ class DataConfig(RecipeSection):
     balanced_sampler: bool = False
     #: skip (and count) unreadable images instead of stopping with an error
     skip_unreadable: bool = False
-    #: K labelled target images per class, taken from the target training split, for
-    #: fine-tuning methods and the from-scratch target baseline (0 = unsupervised)
-    target_labeled: int = Field(0, ge=0, le=10_000_000)
     #: all: the target's labels must cover every source class (a class missing from a
     #: labelled target is an error); subset: the target may lack some classes (its
     #: per-class metrics then leave them out, and data.json lists them)
@@ -106,10 +104,10 @@ class AdaptRunConfig(RecipeSection):
 
     name: str = Field(..., min_length=1, pattern=RUN_NAME)
     #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
-    #: (statistic alignment), shot / tent (source-free, target images only) or finetune
-    #: (supervised on the data.target_labeled images); options under the objective's key
+    #: (statistic alignment), shot / tent (source-free, target images only), finetune or mme
+    #: (the data.target.labeled_per_class images); options under the objective's key
     objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
-                       "finetune"] = "none"
+                       "finetune", "mme"] = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -124,6 +122,7 @@ class AdaptRunConfig(RecipeSection):
     coral: CORALConfig = Field(default_factory=CORALConfig)
     dan: DANConfig = Field(default_factory=DANConfig)
     shot: SHOTConfig = Field(default_factory=SHOTConfig)
+    mme: MMEConfig = Field(default_factory=MMEConfig)
     ewc: EWCConfig | None = None
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
@@ -153,13 +152,13 @@ class MethodConfig(RecipeSection):
     runs: list[AdaptRunConfig] = Field(
         default_factory=lambda: [AdaptRunConfig(name="adabn", adabn=True, epochs=0)]
     )
-    #: label-free checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last
-    #: (dev, source_val, atc, doc and cot need labelled source images; see docs/labelfree.md)
+    #: checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last (label-free;
+    #: dev, source_val, atc, doc, cot need labelled source images; docs/labelfree.md) | few_labels
     selection: Selector = "im"
     #: the run the audit compares against the source model (default: the run the
     #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None
-    #: also train from scratch on the labelled target images (needs data.target_labeled)
+    #: also train from scratch on the labelled target images (data.target.labeled_per_class)
     target_scratch: bool = False
 
     @model_validator(mode="after")
@@ -250,6 +249,11 @@ class Recipe(RecipeSection):
         if self.method.selection in ("source_val", "atc", "doc", "cot") and self.data.split.val == 0:
             raise ValueError(f"method.selection: {self.method.selection} needs a source validation split "
                              "(data.split.val is 0; choose im, snd or last, or set data.split.val)")
+        return self
+
+    @model_validator(mode="after")
+    def _few_labels(self) -> Recipe:
+        check_few_labels(self)
         return self
 
     @model_validator(mode="after")

@@ -147,6 +147,7 @@ def make_score_fn(
     batch_size: int = 256,
     source_train: Dataset | None = None,
     seed: int = 0,
+    few_labels: Dataset | None = None,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
     the one ``selector`` names. ``prepare`` turns the training model into the model that
@@ -162,13 +163,19 @@ def make_score_fn(
 
     ``oracle``: labelled target images (the target test split) whose accuracy is logged
     per epoch as ``oracle_target_accuracy`` — for reporting the selection regret only;
-    it never enters the score."""
+    it never enters the score.
+
+    ``few_labels``: the k labelled target images per class (``data.target.labeled_per_class``);
+    their accuracy is logged as ``few_labels_accuracy`` and selects with ``few_labels`` — not
+    label-free, and biased upwards for runs that train on the same images (docs/fewlabels.md)."""
     if selector not in SELECTORS:
         raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
     has_val = source_val is not None and len(source_val) > 0
     has_dev = has_val and source_train is not None and len(source_train) > 0
     if selector in ("source_val", "atc", "doc", "cot") and not has_val:
         raise UserError(f"method.selection: {selector!r} needs labelled source validation images (this run has none)")
+    if selector == "few_labels" and (few_labels is None or len(few_labels) == 0):
+        raise UserError("method.selection: 'few_labels' needs data.target.labeled_per_class (this run has none)")
     if selector == "dev" and not has_dev:
         raise UserError("method.selection: 'dev' needs labelled source images (source train and validation); "
                         "this run has none — use im or snd")
@@ -191,13 +198,18 @@ def make_score_fn(
                 logs["dev"] = _dev_score(on_source, t_out, out)
         if selector == "mixval":
             logs["mixval"] = mixval_score(candidate, target, device, batch_size, seed=seed)
+        if few_labels is not None and len(few_labels):
+            logs["few_labels_accuracy"] = _accuracy(candidate, few_labels)
         if oracle is not None and len(oracle):
-            out = predict(candidate, oracle, device, batch_size)
-            acc = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)["accuracy"]
-            logs["oracle_target_accuracy"] = acc if acc is not None else float("nan")
+            logs["oracle_target_accuracy"] = _accuracy(candidate, oracle)
         if selector == "last":
             return None, logs  # no selection: the loop takes the last epoch
         return logs[SELECTOR_KEYS[selector]], logs
+
+    def _accuracy(candidate: nn.Module, data: Dataset) -> float:
+        out = predict(candidate, data, device, batch_size)
+        acc = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)["accuracy"]
+        return acc if acc is not None else float("nan")
 
     def _dev_score(on_source: nn.Module, t_out: dict[str, np.ndarray], val_out: dict[str, np.ndarray]) -> float:
         """−R_DEV: the source-validation cross-entropy weighted towards the target."""
@@ -232,8 +244,8 @@ def selection_summary(history: list[dict[str, Any]], selector: str, best_epoch: 
     ``picks`` maps each selector with scores to the epoch it would have chosen;
     ``selectors_agree`` says whether all picked the same epoch (``last`` aside, which
     always picks the final one)."""
-    keys = ("im", "snd", "dev", "source_val_accuracy", "mixval", "atc", "doc", "cot", "oracle_target_accuracy",
-            "score")
+    keys = ("im", "snd", "dev", "source_val_accuracy", "mixval", "atc", "doc", "cot", "few_labels_accuracy",
+            "oracle_target_accuracy", "score")
     epochs = [{"epoch": h["epoch"], **{k: h[k] for k in keys if k in h}} for h in history]
     picks = selector_picks(epochs)
     chosen = {p["epoch"] for name, p in picks.items() if name != "last"}

@@ -11,13 +11,15 @@ from __future__ import annotations
 from typing import Any, Literal, Mapping, get_args
 
 #: a recipe's ``method.selection``
-Selector = Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last"]
+Selector = Literal["im", "snd", "dev", "source_val", "mixval", "atc", "doc", "cot", "last", "few_labels"]
 SELECTORS: tuple[str, ...] = get_args(Selector)
 
 #: selector → the key of its score in an epoch's log (``selection.json``'s epoch records);
 #: ``last`` has no score: it maximises the epoch number
 SELECTOR_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",
-                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch"}
+                 "atc": "atc", "doc": "doc", "cot": "cot", "last": "epoch",
+                 # not label-free: accuracy on the data.target.labeled_per_class images (docs/fewlabels.md)
+                 "few_labels": "few_labels_accuracy"}
 
 
 def run_score_key(selector: str) -> str:

@@ -224,7 +224,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     oracle = domains.target_split["test"] if domains.target.has_labels else None
     score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
                     source_train=source_train, class_names=domains.classes,
-                    device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle)
+                    device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle,
+                    few_labels=domains.target_labeled)
     trains_on_source = domains.has_source and parts.train_data is source_train
     fit_source_prepare = source_prepare
     if source_prepare is not None and trains_on_source and recipe.train.precise_bn:
@@ -358,7 +359,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
         say(stage_line(run_cfg.name, stage.metrics))
     if recipe.method.target_scratch:
         if domains.target_labeled is None:
-            raise UserError("method.target_scratch: needs labelled target images (set data.target_labeled: K)")
+            raise UserError("method.target_scratch: needs labelled target images (set data.target.labeled_per_class: k)")
         summary.baselines["target_scratch"] = target_scratch(recipe, domains, device, run_dir, resume, ctx,
                                                              progress)
         say(stage_line("target-scratch", summary.baselines["target_scratch"].metrics))

@@ -22,10 +22,10 @@ from adapt.data import (
     DomainDataset,
     check_same_classes,
     check_trainable_classes,
-    labeled_per_class,
     load_domain,
     stratified_split,
 )
+from adapt.data.few_labels import split_few_labels
 from adapt.errors import UserError
 from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
@@ -170,12 +170,7 @@ def load_domains(recipe: Recipe) -> Domains:
     t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
     source_split = {k: source.subset(v) for k, v in s_idx.items()}
     target_split = {k: target.subset(v) for k, v in t_idx.items()}
-    labeled = None
-    if d.target_labeled > 0:
-        if not target.has_labels:
-            raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
-        tr = target_split["train"]
-        labeled = tr.subset(labeled_per_class(tr.labels, d.target_labeled, seed=recipe.seed))
+    labeled = _few_labels(recipe, target_split)
     held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
     return Domains(source, target, source_split, target_split, labeled,
                    source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx),
@@ -193,14 +188,19 @@ def _load_target_only(recipe: Recipe, fractions: dict[str, float], common: dict[
     target = load_domain(recipe.data.target, seed=recipe.seed, classes=list(classes), **common)
     t_idx = stratified_split(target.labels, fractions, seed=recipe.seed + 1)
     target_split = {k: target.subset(v) for k, v in t_idx.items()}
-    labeled = None
-    if recipe.data.target_labeled > 0:
-        if not target.has_labels:
-            raise UserError("data.target_labeled: needs target labels, but the target domain is unlabelled")
-        tr = target_split["train"]
-        labeled = tr.subset(labeled_per_class(tr.labels, recipe.data.target_labeled, seed=recipe.seed))
+    labeled = _few_labels(recipe, target_split)
     held_out = target.subset(np.concatenate([t_idx[k] for k in ("val", "test") if k in t_idx]))
     return Domains(None, target, {}, target_split, labeled, source_eval=None, target_eval=held_out)
+
+
+def _few_labels(recipe: Recipe, target_split: dict[str, DomainDataset]) -> DomainDataset | None:
+    """With ``data.target.labeled_per_class: k``: the k labelled images per class, taken out
+    of ``target_split["train"]``, which keeps the unlabelled rest (in place)."""
+    k = recipe.data.target.labeled_per_class
+    if k is None:
+        return None
+    labeled, target_split["train"] = split_few_labels(target_split["train"], k, seed=recipe.seed)
+    return labeled
 
 
 def run_epochs(run_cfg: AdaptRunConfig, recipe: Recipe) -> int:

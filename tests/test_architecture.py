@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
     ("adapt.fairness_config", 0, "base"),  # the recipe's train.fairness / train.guard sections
     ("adapt.group_metrics", 0, "base"),  # per-group metrics by fairlearn (optional extra)
+    ("adapt.few_labels_options", 0, "base"),  # MME's section, the few-target-labels recipe checks
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),

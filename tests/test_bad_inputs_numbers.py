@@ -76,7 +76,8 @@ RECIPE_CASES: dict[str, tuple[dict | str, str]] = {
     "attribution_steps_huge": ({"diagnostics": {"attribution_steps": 10**9}}, "diagnostics.attribution_steps"),
     "dann_hidden_huge": ({"method": {"runs": [{"name": "a", "objective": "dann", "dann": {"hidden": 10**9}}]}},
                          "method.runs.0.dann.hidden: must be less than or equal to 65536"),
-    "target_labeled_huge": ({"data": {"target_labeled": 10**12}}, "data.target_labeled: must be less"),
+    "labeled_per_class_huge": ({"data": {"target": {"kind": "phantom-cxr", "site": "B", "labeled_per_class": 10**12}}},
+                               "data.target.labeled_per_class: must be less"),
 }
 
 

@@ -159,13 +159,14 @@ def test_drift_detector_needs_probabilities_and_names_the_argument():
 
 
 def test_adapt_methods_are_the_recipe_objectives():
-    """adapt_model takes every recipe objective that needs no labelled target images."""
+    """adapt_model takes every recipe objective that needs no labelled target images
+    (finetune and mme train on data.target.labeled_per_class images)."""
     from typing import get_args
 
     from adapt.recipe import AdaptRunConfig
 
     objectives = set(get_args(AdaptRunConfig.model_fields["objective"].annotation))
-    assert set(adapt.METHODS) == (objectives - {"none", "finetune"}) | {"adabn"}
+    assert set(adapt.METHODS) == (objectives - {"none", "finetune", "mme"}) | {"adabn"}
 
 
 def test_adapt_model_adabn_moves_only_batchnorm_statistics(model):

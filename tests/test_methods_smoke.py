@@ -95,8 +95,10 @@ def test_source_augmentation_never_touches_shot_or_finetune_batches(smoke):
     runs = [{"name": "shot", "objective": "shot", "epochs": 1}, {"name": "ft", "objective": "finetune", "epochs": 1}]
     weights = []
     for augment in ([], ["invert", "colour"]):
-        raw = _recipe(root, True, runs, selection="im", source_checkpoint=str(ckpt)).model_dump(mode="json", by_alias=True)
-        raw["data"].update(augment=augment, target_labeled=5)
+        raw = _recipe(root, True, [], selection="im", source_checkpoint=str(ckpt)).model_dump(mode="json", by_alias=True)
+        raw["data"]["augment"] = augment
+        raw["data"]["target"]["labeled_per_class"] = 5
+        raw["method"]["runs"] = runs
         raw["output"]["name"] = f"aug{len(augment)}"
         summary = run_recipe(validate_recipe(raw), progress=False)
         weights.append({n: summary.runs[n].model.state_dict() for n in ("shot", "ft")})

@@ -105,7 +105,8 @@ def test_override_errors(tmp_path):
 
 
 def test_resolved_recipe_round_trips(tmp_path):
-    p = write(tmp_path, "name: t\nmethod:\n  runs:\n    - {name: e, objective: finetune, ewc: {lambda: 5}}\n")
+    p = write(tmp_path, "name: t\ndata:\n  target: {kind: phantom-cxr, site: B, labeled_per_class: 3}\n"
+              "method:\n  runs:\n    - {name: e, objective: finetune, ewc: {lambda: 5}}\n")
     r = load_recipe(p)
     again = write(tmp_path, r.to_yaml(), "again.yaml")
     r2 = load_recipe(again)

@@ -74,6 +74,16 @@ class DomainSpec(BaseModel):
     labeled: bool = True
     #: phantom-cxr only: > 0 plants the ``scanner`` group (adapt/data/phantom.py, docs/fairness.md)
     minority: float = Field(0.0, ge=0, lt=0.5)
+    #: the target only: keep k labelled images per class of its training split, the rest
+    #: unlabelled (few target labels; adapt/data/few_labels.py); None = every label or none
+    labeled_per_class: int | None = Field(default=None, ge=1, le=10_000_000)
+
+    @field_validator("labeled_per_class")
+    @classmethod
+    def _needs_labels(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("labeled") is False:
+            raise ValueError("k labelled images per class need a labelled target (labeled is false)")
+        return value
 
     @field_validator("*", mode="before")
     @classmethod

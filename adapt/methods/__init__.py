@@ -1,7 +1,7 @@
 """Adaptation methods, one file each, and the assembly of a recipe run's pieces.
 
 A run in ``method.runs`` names an objective (``source_only``, ``dann``, ``cdan``, ``mcc``,
-``coral``, ``dan``, ``shot``, ``tent``, ``finetune``), an image style (``fda``,
+``coral``, ``dan``, ``shot``, ``tent``, ``finetune``, ``mme``), an image style (``fda``,
 ``histogram``), MixStyle, AdaBN and EWC; :func:`build_run_components` turns that into the
 objects the one training loop takes. SHOT and TENT are source-free: their "labelled"
 batches are target images (SHOT's carry its pseudo-labels), and no source image is read.
@@ -25,6 +25,7 @@ from adapt.methods.dan import DAN
 from adapt.methods.dann import DANN
 from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 from adapt.methods.mcc import MCC
+from adapt.methods.mme import MME
 from adapt.methods.shot import SHOT
 from adapt.methods.source_only import SourceOnly
 from adapt.methods.style import FDA, HistogramMatching, MixStyle
@@ -37,7 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
 def objective_batchnorm(objective: str) -> str:
     """The BatchNorm convention (``adapt.methods.base``) of the recipe objective named
     ``objective``: its class's ``batchnorm`` attribute; ``"source"`` for the others."""
-    classes = {"dann": DANN, "cdan": CDAN, "mcc": MCC, "coral": DeepCORAL, "dan": DAN, "shot": SHOT, "tent": TENT}
+    classes = {"dann": DANN, "cdan": CDAN, "mcc": MCC, "coral": DeepCORAL, "dan": DAN, "shot": SHOT, "tent": TENT,
+               "mme": MME}
     return batchnorm_convention(classes.get(objective))
 
 
@@ -68,7 +70,7 @@ def build_run_components(
 
     ``source_train``: labelled source training images (with ``.images(idx)`` and
     ``.labels``), None in a source-free recipe (SHOT, TENT); ``target_train``: the unlabelled target training images;
-    ``target_labeled``: the few labelled target images (``finetune``), or None.
+    ``target_labeled``: the few labelled target images (``finetune``, ``mme``), or None.
     EWC's Fisher is computed here, on the source training images, from ``model`` (still
     the source model's weights), and saved to ``out_dir/fisher.pt``.
     """
@@ -92,12 +94,16 @@ def build_run_components(
     elif run.objective == "tent":
         objective = TENT()
         train_data = target_train  # unlabelled: TENT ignores the labels
-    elif run.objective == "finetune":
+    elif run.objective in ("finetune", "mme"):
         if target_labeled is None:
-            raise UserError(f"method.runs.{run.name}: objective 'finetune' needs labelled target images "
-                            "(set data.target_labeled: K)")
-        objective = SourceOnly(recipe.train.label_smoothing)
-        train_data = target_labeled
+            raise UserError(f"method.runs.{run.name}: objective '{run.objective}' needs labelled target images "
+                            "(set data.target.labeled_per_class: k)")
+        if run.objective == "mme":  # source batches from the loop, labelled target ones kept by MME
+            objective = MME.for_model(model, target_labeled, lam=run.mme.lam, temperature=run.mme.temperature,
+                                      label_smoothing=smoothing, seed=recipe.seed)
+        else:
+            objective = SourceOnly(smoothing)
+            train_data = target_labeled
     else:  # pragma: no cover - the schema forbids it
         raise UserError(f"method.runs.{run.name}: unknown objective {run.objective!r}")
 

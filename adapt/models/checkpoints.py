@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from adapt.errors import UserError
 from adapt.io import atomic_torch_save, to_jsonable, torch_load
+from adapt.models.cosine_head import head_from_spec, head_spec
 from adapt.models.factory import ARCHS, build_model
 from adapt.models.modules import Classifier, unwrap_model
 from adapt.models.weights import describe_target
@@ -43,6 +44,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta: Any) -> N
         "in_channels": model.in_channels,
         "feature_dim": model.feature_dim,
         "normalize": {"mean": mean, "std": std},
+        "head": head_spec(model.head),  # None: nn.Linear; MME's cosine classifier otherwise
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         # plain JSON types, which ``torch.load(weights_only=True)`` accepts; anything
         # else is a TypeError naming the key
@@ -63,6 +65,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple
     ckpt = torch_load(path, "checkpoint", map_location=map_location)
     arch, num_classes, in_channels, meta = check_header(path, ckpt)
     model = build_model(arch, num_classes, in_channels)
+    model.head = head_from_spec(ckpt.get("head"), model.head, str(path))
     target = model.state_dict()
     state_dict = ckpt["state_dict"]
     if not isinstance(state_dict, dict):
