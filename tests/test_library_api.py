@@ -91,7 +91,7 @@ def test_domain_gap_is_reproducible_with_a_seed_and_accepts_tensors():
     (np.zeros((10, 2)), torch.rand(10, 1, 8, 8), "^source, target: one is a feature array"),
     (np.zeros((10, 2, 3)), np.zeros((10, 2)), r"^source: expected features \[N, D\] or images"),
     (torch.rand(10, 1, 8, 8) * 2, torch.rand(10, 1, 8, 8), r"^source: image values must be finite and lie in \[0, 1\]"),
-    ("phantom-cxr:C", np.zeros((10, 2)), "phantom site must be A or B"),
+    ("phantom-cxr:D", np.zeros((10, 2)), "phantom site must be A, B or C"),
 ])
 def test_domain_gap_errors_name_the_argument(source, target, message):
     with pytest.raises(UserError, match=message):
