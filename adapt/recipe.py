@@ -33,8 +33,8 @@ from adapt.method_options import (  # noqa: F401 - re-exported: part of the reci
     SHOTConfig,
 )
 from adapt.models import ARCHS
+from adapt.multisource_options import M3SDAConfig, SourceList, SourceWeights, check_multisource, resolve_sources
 from adapt.selectors import Selector
-
 
 
 class SplitConfig(RecipeSection):
@@ -57,6 +57,9 @@ class DataConfig(RecipeSection):
     #: model.source_checkpoint is set): no source image is loaded — SHOT/TENT only
     source: DomainSpec | None = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
     target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
+    #: two or more named labelled sources instead of data.source (adapt/multisource_options.py)
+    sources: SourceList | None = None
+    _sources = model_validator(mode="after")(resolve_sources)
     #: images are resized to image_size x image_size
     image_size: int = Field(64, ge=16, le=1024)
     #: 1 keeps grayscale X-rays single-channel (colour images become luma); 3 keeps colour
@@ -108,7 +111,7 @@ class AdaptRunConfig(RecipeSection):
     #: (statistic alignment), shot / tent (source-free, target images only) or finetune
     #: (supervised on the data.target_labeled images); options under the objective's key
     objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
-                       "finetune"] = "none"
+                       "finetune", "msdann", "m3sda"] = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -124,6 +127,8 @@ class AdaptRunConfig(RecipeSection):
     dan: DANConfig = Field(default_factory=DANConfig)
     shot: SHOTConfig = Field(default_factory=SHOTConfig)
     ewc: EWCConfig | None = None
+    m3sda: M3SDAConfig = Field(default_factory=M3SDAConfig)
+    source_weights: SourceWeights = "uniform"
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
     lr: float | None = Field(None, gt=0)
@@ -160,6 +165,7 @@ class MethodConfig(RecipeSection):
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (needs data.target_labeled)
     target_scratch: bool = False
+    leave_one_source_out: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
@@ -256,7 +262,7 @@ class Recipe(RecipeSection):
         if ("source" not in self.data.model_fields_set and all_free and self.model.source_checkpoint
                 and any(r.objective in SOURCE_FREE_OBJECTIVES for r in self.method.runs)):
             self.data.source = None
-        if self.data.source is None:
+        if self.data.source is None and not self.data.sources:
             if not self.model.source_checkpoint:
                 raise ValueError("data.source: without source images, model.source_checkpoint must give the "
                                  "source model")
@@ -268,6 +274,8 @@ class Recipe(RecipeSection):
                 raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
                                  "(data.source is none); use im or snd")
         return self
+
+    _multisource = model_validator(mode="after")(check_multisource)
 
     @property
     def run_dir(self) -> Path:
@@ -483,7 +491,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             return str(base / q)
         return str(q)
 
-    for spec in (recipe.data.source, recipe.data.target):
+    for spec in (recipe.data.source, recipe.data.target, *(recipe.data.sources or [])):
         if spec is not None and spec.path is not None:
             spec.path = fix(spec.path)
     if recipe.model.weights not in (None, "imagenet"):
