@@ -116,7 +116,7 @@ def load_domains(recipe: Recipe) -> Domains:
     common = dict(image_size=d.image_size, channels=d.channels, skip_unreadable=d.skip_unreadable)
     fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
     fractions = {k: v for k, v in fractions.items() if v > 0}
-    if d.source is None:  # source-free: not one source image is read
+    if d.source is None and not d.sources:  # source-free: not one source image is read
         return _load_target_only(recipe, fractions, common)
     if d.sources:  # two or more labelled sources: their union, tagged (adapt/data/sources.py)
         source = load_sources(d.sources, seed=recipe.seed, **common)
