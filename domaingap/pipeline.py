@@ -58,6 +58,7 @@ from diagnostics.drift import MIN_BATCH, save_run_reference
 from diagnostics.features import extract_features
 from diagnostics.ranking import recommended_run
 from domaingap.run_audit import audit_run
+from domaingap.source_contribution import leave_one_source_out
 from domaingap.source_weights import measure_sources, sample_weights
 
 
@@ -360,6 +361,10 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
                                                              progress)
         say(stage_line("target-scratch", summary.baselines["target_scratch"].metrics))
 
+    if sources is not None and recipe.method.leave_one_source_out:
+        say("sources: leave-one-source-out source models (label-free contribution of each source)")
+        sources["leave_one_out"] = leave_one_source_out(source.model, recipe, domains, device, progress)
+    summary.sources = sources
     summary.table = comparison_table(summary)
     if ctx.is_main:
         deployment = deployment_outputs(summary, recipe, domains, device, say)

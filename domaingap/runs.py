@@ -70,7 +70,8 @@ class Domains:
         return {
             "classes": self.classes,
             "source": None if self.source is None else {
-                "name": self.source.name, "sources": self.source_names, **{k: info(v) for k, v in self.source_split.items()},
+                "name": self.source.name, "sources": self.source_names,
+                **{k: info(v) for k, v in self.source_split.items()},
                 "skipped": self.source.skipped},
             "target": {"name": self.target.name, "labels_known": self.target.has_labels,
                        "missing_classes": self.target_missing,
@@ -108,6 +109,8 @@ class RunSummary:
     #: once for the drift reference and reused by the audit
     target_eval_features: dict[str, Any] = field(default_factory=dict)
     audit_path: Path | None = None
+    #: several sources: gaps, weights, contributions (domaingap/source_weights.py, source_contribution.py)
+    sources: dict[str, Any] | None = None
 
 
 def load_domains(recipe: Recipe) -> Domains:

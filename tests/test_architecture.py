@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.recipe", 0, "base"),
     ("adapt.fingerprint", 0, "base"),
     ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
+    ("adapt.multisource_options", 0, "base"),  # the recipe's multi-source keys
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
@@ -57,6 +58,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("domaingap.comparison", 2, "orchestration"),  # the comparison table of a finished run
     ("domaingap.run_folder", 2, "orchestration"),
     ("domaingap.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
+    ("domaingap.source_weights", 2, "orchestration"),  # each source's gap to the target, its weight
+    ("domaingap.source_contribution", 2, "orchestration"),  # leave one source out, label-free
     ("domaingap.run_audit", 3, "orchestration"),
     ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("domaingap.pipeline", 4, "orchestration"),

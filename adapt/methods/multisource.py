@@ -14,7 +14,8 @@ mixture like the target's. λ follows DANN's ramp (``adapt.methods.dann.grl_lamb
 **M3SDA moment matching** (``objective: m3sda``; Peng et al., ICCV 2019, "Moment Matching
 for Multi-Source Domain Adaptation", eq. 1): for moment orders r = 1..R (the paper: 2),
 
-    MD² = Σ_r [ 1/k Σ_i ‖E f_{S_i}^r − E f_T^r‖₂ + C(k,2)⁻¹ Σ_{i<j} ‖E f_{S_i}^r − E f_{S_j}^r‖₂ ]
+    MD² = Σ_r [ 1/k Σ_i ‖E f_{S_i}^r − E f_T^r‖₂
+                + C(k,2)⁻¹ Σ_{i<j} ‖E f_{S_i}^r − E f_{S_j}^r‖₂ ]
 
 (element-wise powers, batch means), added to the source CE with ``weight``. Only the
 moment-matching part: one shared classifier, not the paper's k classifiers and their

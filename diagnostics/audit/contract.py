@@ -69,6 +69,8 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
                      label_free_rank, oracle_rank, audit ("★ recommended, audited"),
                      target_acc_estimated ("estimated 46 % ± 8 (agreement)", labels unknown), ...}],
     verdicts: [Verdict]
+    sources: several labelled sources only (else None): {names, statistic, images, mmd2,
+             weights, leave_one_out} — see diagnostics/audit/sources_policy.py
 
 ``Verdict(name, level in {"ok", "warn", "fail"}, title, summary, evidence)``: ``summary``
 is one plain sentence with the numbers; ``evidence`` maps a figure's name to its value
@@ -196,6 +198,8 @@ class Audit:
     verdicts: list = field(default_factory=list)
     #: the AuditThresholds the verdicts were judged with (as a dict)
     thresholds: dict = field(default_factory=dict)
+    #: several labelled sources: each one's gap, weight and contribution (sources_policy.py)
+    sources: dict | None = None
 
     @property
     def overall(self) -> Verdict:
@@ -211,6 +215,7 @@ class Audit:
             "after": None if self.after is None else self.after.to_dict(),
             "methods_table": to_jsonable(self.methods_table) or [],
             "thresholds": to_jsonable(self.thresholds) or {},
+            "sources": to_jsonable(self.sources),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -230,6 +235,7 @@ class Audit:
             methods_table=[dict(r) for r in (d.get("methods_table") or [])],
             verdicts=[Verdict.from_dict(v) for v in (d.get("verdicts") or [])],
             thresholds=dict(d.get("thresholds") or {}),
+            sources=dict(d["sources"]) if d.get("sources") else None,
         )
 
 
