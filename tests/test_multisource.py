@@ -242,3 +242,19 @@ def test_sources_verdict_names_a_source_that_hurts():
     rec["leave_one_out"]["contribution"]["C"] = 0.01
     assert sources_verdict(rec, AuditThresholds()).level == "ok"
     assert sources_verdict({"names": ["A"]}, AuditThresholds()) is None
+
+
+def test_a_run_folder_inside_a_source_folder_is_refused(tmp_path, capsys):
+    a = image_folder(tmp_path / "a", {"cat": 6, "dog": 6})
+    c = image_folder(tmp_path / "c", {"cat": 6, "dog": 6}, seed=2)
+    b = image_folder(tmp_path / "b", {"cat": 6, "dog": 6}, seed=1)
+    path = recipe_file(tmp_path, {"sources": [{"name": "a", "kind": "imagefolder", "path": str(a)},
+                                              {"name": "c", "kind": "imagefolder", "path": str(c)}],
+                                  "target": {"kind": "imagefolder", "path": str(b)}})
+    raw = yaml.safe_load(path.read_text())
+    raw["output"] = {"dir": str(c), "name": "run"}
+    path.write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in c.rglob("*"))
+    code, _, err, _ = invoke("adapt", [str(path), "--quiet"], capsys)
+    assert code == 2 and "data.sources" in err, err
+    assert sorted(p.name for p in c.rglob("*")) == before
