@@ -25,6 +25,7 @@ single-source user could get) by >= 3 points. Target labels are used only to rep
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,8 @@ def _variants(recipe_path: str, seed: int, out: Path, overrides: list[str]) -> d
 def main() -> int:
     ap = study.study_arguments(__doc__, "", "runs/multisource")
     ap.add_argument("--case", default="phantom", choices=sorted(RECIPES))
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: read the finished runs' metrics.json under --out (seeds run apart)")
     args = ap.parse_args()
     recipe_path = args.recipe or RECIPES[args.case]
     out = Path(args.out)
@@ -98,11 +101,17 @@ def main() -> int:
     rows: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:
         overrides = list(args.overrides)
-        if args.case == "digits":
+        if args.case == "digits" and not args.collect:
             paths = build_digits(seed, out)
             overrides += [f"data.sources.0.path={paths['grey']}", f"data.sources.1.path={paths['scanner']}",
                           f"data.target.path={paths['target']}"]
         for prefix, recipe in _variants(recipe_path, seed, out / args.case, overrides).items():
+            if args.collect:
+                done = recipe.run_dir / "metrics.json"
+                table = json.loads(done.read_text())["comparison"] if done.is_file() else []
+                for r in table:
+                    rows.setdefault(f"{prefix}: {r['model']}", {})[seed] = r
+                continue
             t = time.perf_counter()
             summary = run_recipe(recipe, progress=False, diagnostics=False, resume=args.resume,
                                  overwrite=not args.resume)
@@ -117,6 +126,9 @@ def main() -> int:
     single = {k: v for k, v in stats.items() if " only: " in k}
     union = {k: v for k, v in stats.items() if " only: " not in k and not k.endswith(multi_names)}
     multi = {k: v for k, v in stats.items() if k.endswith(multi_names)}
+    if not (single and multi):
+        print("\nincomplete: no finished single-source or multi-source rows yet")
+        return 1
     best = lambda d: max(d.values(), key=lambda s: s.target_mean)  # noqa: E731
     b_single, b_union, b_multi = best(single), best(union), best(multi)
     print(f"\nbetter single source: {b_single.name} {100 * b_single.target_mean:.1f}; naive union: "
