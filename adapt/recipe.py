@@ -35,8 +35,9 @@ from adapt.method_options import (  # noqa: F401 - re-exported: part of the reci
 )
 from adapt.few_labels_options import MMEConfig, check_few_labels
 from adapt.models import ARCHS
+from adapt.multisource_options import M3SDAConfig, SourceList, SourceWeights, check_multisource, resolve_sources
+from adapt.recipe_text import apply_override, parse_yaml
 from adapt.selectors import Selector
-
 
 
 class SplitConfig(RecipeSection):
@@ -59,6 +60,9 @@ class DataConfig(RecipeSection):
     #: model.source_checkpoint is set): no source image is loaded — SHOT/TENT only
     source: DomainSpec | None = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="A"))
     target: DomainSpec = Field(default_factory=lambda: DomainSpec(kind="phantom-cxr", site="B"))
+    #: two or more named labelled sources instead of data.source (adapt/multisource_options.py)
+    sources: SourceList | None = None
+    _sources = model_validator(mode="after")(resolve_sources)
     #: images are resized to image_size x image_size
     image_size: int = Field(64, ge=16, le=1024)
     #: 1 keeps grayscale X-rays single-channel (colour images become luma); 3 keeps colour
@@ -107,7 +111,7 @@ class AdaptRunConfig(RecipeSection):
     #: (statistic alignment), shot / tent (source-free, target images only), finetune or mme
     #: (the data.target.labeled_per_class images); options under the objective's key
     objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
-                       "finetune", "mme"] = "none"
+                       "finetune", "mme", "msdann", "m3sda"] = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -124,6 +128,8 @@ class AdaptRunConfig(RecipeSection):
     shot: SHOTConfig = Field(default_factory=SHOTConfig)
     mme: MMEConfig = Field(default_factory=MMEConfig)
     ewc: EWCConfig | None = None
+    m3sda: M3SDAConfig = Field(default_factory=M3SDAConfig)
+    source_weights: SourceWeights = "uniform"
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
     lr: float | None = Field(None, gt=0)
@@ -160,6 +166,7 @@ class MethodConfig(RecipeSection):
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (data.target.labeled_per_class)
     target_scratch: bool = False
+    leave_one_source_out: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
@@ -264,7 +271,7 @@ class Recipe(RecipeSection):
         if ("source" not in self.data.model_fields_set and all_free and self.model.source_checkpoint
                 and any(r.objective in SOURCE_FREE_OBJECTIVES for r in self.method.runs)):
             self.data.source = None
-        if self.data.source is None:
+        if self.data.source is None and not self.data.sources:
             if not self.model.source_checkpoint:
                 raise ValueError("data.source: without source images, model.source_checkpoint must give the "
                                  "source model")
@@ -276,6 +283,8 @@ class Recipe(RecipeSection):
                 raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
                                  "(data.source is none); use im or snd")
         return self
+
+    _multisource = model_validator(mode="after")(check_multisource)
 
     @property
     def run_dir(self) -> Path:
@@ -314,109 +323,6 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     recipe = validate_recipe(raw, label)
     _resolve_paths(recipe, path.parent)
     return recipe
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int, first_line: int):
-        super().__init__(f"duplicate key {key!r}")
-        self.key, self.line, self.first_line = key, line, first_line
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key repeated in one mapping is an error
-    (PyYAML keeps the last value silently, so ``lr`` written twice hides the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(key, line, seen[key])
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that rejects duplicate mapping keys (raises a ``yaml.YAMLError``)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
-
-
-def parse_yaml(text: str, label: str) -> dict[str, Any]:
-    try:
-        raw = safe_load_unique(text)
-    except _DuplicateKey as e:
-        raise UserError(f"{label}: duplicate key {e.key!r} at line {e.line} (first at line {e.first_line}); "
-                        "YAML would keep only the last value") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{label}: YAML syntax error{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{label}: a recipe must be a mapping of sections (got {type(raw).__name__})")
-    return raw
-
-
-def apply_override(raw: dict[str, Any], item: str, label: str = "override") -> None:
-    """Set ``a.b.c=value`` in the nested dict ``raw``; the value is parsed as YAML
-    (so ``3`` is an int, ``1e-3`` a float, ``true`` a bool, ``[a, b]`` a list).
-    Integer path parts index lists (``method.runs.0.epochs=2``)."""
-    if "=" not in item:
-        raise UserError(f"override '{item}': expected key.path=value")
-    key, _, value_text = item.partition("=")
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise UserError(f"override '{item}': empty key path")
-    try:
-        value = safe_load_unique(value_text) if value_text.strip() else None
-    except _DuplicateKey as e:
-        raise UserError(f"override '{item}': duplicate key {e.key!r}") from None
-    except yaml.YAMLError:
-        value = value_text
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            node = node[_list_index(node, part, item, where)]
-            continue
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = {}
-            node[part] = nxt
-        elif not isinstance(nxt, (dict, list)):
-            raise UserError(f"override '{item}': {where} is a value, not a section")
-        node = nxt
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, item, key)] = value
-    else:
-        node[last] = value
-
-
-def _list_index(node: list, part: str, item: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise UserError(f"override '{item}': {where}: no list item {part} (the list has {len(node)})")
-    return int(part)
-
-
-def _looks_like_float(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return any(c in s.lower() for c in "e.") and not s.lower() in ("inf", "nan")
 
 
 def validate_recipe(raw: dict[str, Any], label: str = "recipe") -> Recipe:
@@ -491,7 +397,7 @@ def _resolve_paths(recipe: Recipe, base: Path) -> None:
             return str(base / q)
         return str(q)
 
-    for spec in (recipe.data.source, recipe.data.target):
+    for spec in (recipe.data.source, recipe.data.target, *(recipe.data.sources or [])):
         if spec is not None and spec.path is not None:
             spec.path = fix(spec.path)
     if recipe.model.weights not in (None, "imagenet"):

@@ -3,7 +3,7 @@
     diagnose gap --source S --target T [--model CKPT] [--features model|pixels|NAME]
                  [--json OUT] [--html OUT] [--fail-on 'mmd_p<0.01'] ...
     diagnose data DOMAIN [DOMAIN ...] [--model CKPT] [--json OUT] [--html OUT]
-    diagnose phantom OUT [--site A|B] [--n N] [--seed S] [--image-size N]
+    diagnose phantom OUT [--site A|B|C] [--n N] [--seed S] [--image-size N]
     diagnose audit RUN_DIR
     diagnose export MODEL.pt OUT.onnx
     diagnose drift RUN_DIR --batch DOMAIN [--fail-on drift] [--json OUT]
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write phantom-cxr images as OUT/<class>/<site>_<i>.png and OUT/manifest.csv "
                         "(the same images phantom-cxr:SITE:N gives at that seed and size).")
     ph.add_argument("out", metavar="OUT", help="output folder")
-    ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B"], help="site (A)")
+    ph.add_argument("--site", default="A", type=str.upper, choices=["A", "B", "C"], help="site (A)")
     ph.add_argument("--n", type=int_in(1, MAX_PHANTOM_IMAGES), default=1200,
                     help="number of images, balanced classes (1200)")
     ph.add_argument("--seed", type=SEED, default=0, help="seed (0)")

@@ -20,7 +20,8 @@ from torch import nn
 from adapt.errors import UserError
 from adapt.models import load_checkpoint
 from domaingap.pipeline import run_recipe
-from adapt.recipe import Recipe, apply_override, load_recipe, parse_yaml, validate_recipe
+from adapt.recipe import Recipe, load_recipe, validate_recipe
+from adapt.recipe_text import apply_override, parse_yaml
 
 __all__ = ["RunResult", "load_run", "run"]
 

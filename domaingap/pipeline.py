@@ -59,6 +59,8 @@ from adapt.selection import make_score_fn, selection_summary
 from adapt.train import FitResult, fit, precise_bn_covers
 from diagnostics.drift import MIN_BATCH, save_run_reference
 from domaingap.run_audit import audit_run
+from domaingap.source_contribution import leave_one_source_out
+from domaingap.source_weights import measure_sources, sample_weights
 
 
 # --------------------------------------------------------------------------- stages
@@ -195,7 +197,7 @@ def _check_checkpoint_fits(path: str, meta: dict[str, Any], model: nn.Module, do
 
 def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, domains: Domains,
               device: torch.device, run_dir: Path, resume: bool, ctx: DistContext,
-              progress: bool) -> StageOutcome:
+              progress: bool, sources: dict[str, Any] | None = None) -> StageOutcome:
     """Stage 3: one adaptation run from the source model's weights."""
     stage = f"methods/{run_cfg.name}"
     stage_dir = run_dir / stage
@@ -226,7 +228,9 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     source_train=source_train, class_names=domains.classes,
                     device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle,
                     few_labels=domains.target_labeled)
-    trains_on_source = domains.has_source and parts.train_data is source_train
+    trains_on_source = domains.has_source and getattr(parts.train_data, "base", parts.train_data) is source_train
+    weights = (sample_weights(parts.train_data, sources["names"], sources["weights"])
+               if run_cfg.source_weights == "similarity" and trains_on_source else None)
     fit_source_prepare = source_prepare
     if source_prepare is not None and trains_on_source and recipe.train.precise_bn:
         # the epoch's precise-BN pass has just set the source statistics this would
@@ -242,7 +246,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
             model, parts.objective, parts.train_data,
             cfg=run_train_config(run_cfg, recipe), out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
             target_train=parts.target_data, style=parts.style, feature_style=parts.feature_style,
-            penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr,
+            penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr, sample_weights=weights,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,
             num_workers=recipe.data.num_workers,
             # data.augment is for source batches: SHOT/TENT train on target images (whose
@@ -353,8 +357,10 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
     source = train_source(recipe, domains, device, run_dir, resume, ctx, progress, loaded)
     summary = RunSummary(run_dir=run_dir, source=source)
     say(stage_line("source-only", source.metrics))
+    # several sources: each one's gap to the target and its similarity weight (domaingap/source_weights.py)
+    sources = measure_sources(source.model, domains, device, recipe.seed) if domains.source_names else None
     for run_cfg in recipe.method.runs:
-        stage = adapt_run(run_cfg, source, recipe, domains, device, run_dir, resume, ctx, progress)
+        stage = adapt_run(run_cfg, source, recipe, domains, device, run_dir, resume, ctx, progress, sources)
         summary.runs[run_cfg.name] = stage
         say(stage_line(run_cfg.name, stage.metrics))
     if recipe.method.target_scratch:
@@ -364,6 +370,10 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
                                                              progress)
         say(stage_line("target-scratch", summary.baselines["target_scratch"].metrics))
 
+    if sources is not None and recipe.method.leave_one_source_out:
+        say("sources: leave-one-source-out source models (label-free contribution of each source)")
+        sources["leave_one_out"] = leave_one_source_out(source.model, recipe, domains, device, progress)
+    summary.sources = sources
     summary.table = comparison_table(summary)
     if ctx.is_main:  # everything below runs on the main rank alone
         summary.deployment = decide_deployment(summary, recipe, domains, device)
@@ -378,6 +388,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
             "baselines": {k: {"metrics": v.metrics, "fit": v.fit} for k, v in summary.baselines.items()},
             "comparison": summary.table,
             "deployment": deployment,
+            "sources": sources,
             "environment": environment_info(device),
             "seconds": round(time.perf_counter() - t0, 1),
         }

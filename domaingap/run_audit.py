@@ -328,7 +328,7 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         before, after, classes=domains.classes,
         run={"name": recipe.name, "recipe_text": recipe.to_yaml(), "seed": recipe.seed,
              "device": env["device"], "versions": env["versions"]},
-        methods_table=methods_rows(summary.table, ranking, after_name, recipe, estimates),
+        methods_table=methods_rows(summary.table, ranking, after_name, recipe, estimates), sources=summary.sources,
     )
     if not has_source:
         audit.verdicts.insert(0, source_free_verdict())

@@ -38,6 +38,9 @@ def check_run_inputs(run_dir: Path, recipe: Recipe, domains: Any) -> None:
                           ("data.target", recipe.data.target, domains.target)):
         if spec is not None:
             inputs[key] = [p for p in (spec.path, *(ds.input_files() if ds is not None else [])) if p]
+    if recipe.data.sources:  # several sources: their folders and the union's files
+        listed = (*(s.path for s in recipe.data.sources), *domains.source.input_files())
+        inputs["data.sources"] = [p for p in listed if p]
     check_output_folder("the run folder", run_dir, inputs)
 
 

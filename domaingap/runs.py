@@ -26,6 +26,7 @@ from adapt.data import (
     stratified_split,
 )
 from adapt.data.few_labels import split_few_labels
+from adapt.data.sources import load_sources
 from adapt.errors import UserError
 from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
@@ -53,6 +54,8 @@ class Domains:
     target_eval: DomainDataset | None = None
     #: classes a labelled target has no images of (only with data.target_classes: subset)
     target_missing: list[str] = field(default_factory=list)
+    #: the named sources of a multi-source recipe (``source`` is their union), else empty
+    source_names: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -70,7 +73,8 @@ class Domains:
         return {
             "classes": self.classes,
             "source": None if self.source is None else {
-                "name": self.source.name, **{k: info(v) for k, v in self.source_split.items()},
+                "name": self.source.name, "sources": self.source_names,
+                **{k: info(v) for k, v in self.source_split.items()},
                 "skipped": self.source.skipped},
             "target": {"name": self.target.name, "labels_known": self.target.has_labels,
                        "missing_classes": self.target_missing,
@@ -113,6 +117,8 @@ class RunSummary:
     #: what the run deploys, decided once when every stage is done (:func:`decide_deployment`)
     deployment: Deployment | None = None
     audit_path: Path | None = None
+    #: several sources: gaps, weights, contributions (domaingap/source_weights.py, source_contribution.py)
+    sources: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,11 +162,14 @@ def load_domains(recipe: Recipe) -> Domains:
     common = dict(image_size=d.image_size, channels=d.channels, skip_unreadable=d.skip_unreadable)
     fractions = {"train": d.split.train, "val": d.split.val, "test": d.split.test}
     fractions = {k: v for k, v in fractions.items() if v > 0}
-    if d.source is None:  # source-free: not one source image is read
+    if d.source is None and not d.sources:  # source-free: not one source image is read
         return _load_target_only(recipe, fractions, common)
-    source = load_domain(d.source, seed=recipe.seed, **common)
-    if not source.has_labels:
-        raise UserError(f"data.source ({d.source.describe()}): the source domain needs labels")
+    if d.sources:  # two or more labelled sources: their union, tagged (adapt/data/sources.py)
+        source = load_sources(d.sources, seed=recipe.seed, **common)
+    else:
+        source = load_domain(d.source, seed=recipe.seed, **common)
+        if not source.has_labels:
+            raise UserError(f"data.source ({d.source.describe()}): the source domain needs labels")
     target = load_domain(d.target, seed=recipe.seed, classes=source.classes, **common)
     if target.has_labels:
         check_same_classes(source, target)
@@ -174,7 +183,7 @@ def load_domains(recipe: Recipe) -> Domains:
     held_out = lambda ds, idx: ds.subset(np.concatenate([idx[k] for k in ("val", "test") if k in idx]))  # noqa: E731
     return Domains(source, target, source_split, target_split, labeled,
                    source_eval=held_out(source, s_idx), target_eval=held_out(target, t_idx),
-                   target_missing=target_missing)
+                   target_missing=target_missing, source_names=[s.name for s in d.sources or []])
 
 
 def _load_target_only(recipe: Recipe, fractions: dict[str, float], common: dict[str, Any]) -> Domains:

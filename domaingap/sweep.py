@@ -66,7 +66,8 @@ from adapt.io import atomic_write_json, atomic_write_text
 from domaingap.pipeline import run_recipe
 from domaingap.sweep_storage import (default_storage_url, open_storage, resolve_storage_url, retry_callback,
                                      shown)
-from adapt.recipe import Recipe, format_validation_error, load_recipe, parse_yaml
+from adapt.recipe import Recipe, format_validation_error, load_recipe
+from adapt.recipe_text import parse_yaml
 from adapt.selectors import SELECTOR_KEYS, chosen_epoch
 
 __all__ = ["SweepSpec", "ParamRange", "SweepResult", "load_sweep", "run_sweep", "trial_overrides"]

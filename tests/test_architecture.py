@@ -33,11 +33,13 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.device", 0, "base"),
     ("adapt.progress", 0, "base"),
     ("adapt.recipe", 0, "base"),
+    ("adapt.recipe_text", 0, "base"),  # YAML that refuses a repeated key; key.path=value overrides
     ("adapt.fingerprint", 0, "base"),
     ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
     ("adapt.fairness_config", 0, "base"),  # the recipe's train.fairness / train.guard sections
     ("adapt.group_metrics", 0, "base"),  # per-group metrics by fairlearn (optional extra)
     ("adapt.few_labels_options", 0, "base"),  # MME's section, the few-target-labels recipe checks
+    ("adapt.multisource_options", 0, "base"),  # the recipe's multi-source keys
     ("adapt.data", 0, "base"),
     ("adapt.models", 0, "base"),
     ("adapt.evaluate", 0, "base"),
@@ -64,6 +66,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("domaingap.own_model", 2, "orchestration"),  # adapt_model: one method run on a user's nn.Module
     ("domaingap.data_audit_run", 2, "orchestration"),  # diagnose data; the audit's Data section
     ("domaingap.fairness_run", 2, "orchestration"),  # train.fairness / train.guard in a run
+    ("domaingap.source_weights", 2, "orchestration"),  # each source's gap to the target, its weight
+    ("domaingap.source_contribution", 2, "orchestration"),  # leave one source out, label-free
     ("domaingap.run_audit", 3, "orchestration"),
     ("domaingap.model_audit", 3, "orchestration"),  # audit_models: two models, two domains
     ("domaingap.pipeline", 4, "orchestration"),

@@ -801,7 +801,7 @@ def test_written_files_are_readable_under_the_users_umask(tmp_path):
 
 def test_duplicate_keys_in_an_override_value_are_an_error():
     from adapt.errors import UserError
-    from adapt.recipe import apply_override
+    from adapt.recipe_text import apply_override
 
     with pytest.raises(UserError, match="duplicate key 'name'"):
         apply_override({}, "method.runs=[{name: a, name: b}]")

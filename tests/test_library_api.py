@@ -91,7 +91,7 @@ def test_domain_gap_is_reproducible_with_a_seed_and_accepts_tensors():
     (np.zeros((10, 2)), torch.rand(10, 1, 8, 8), "^source, target: one is a feature array"),
     (np.zeros((10, 2, 3)), np.zeros((10, 2)), r"^source: expected features \[N, D\] or images"),
     (torch.rand(10, 1, 8, 8) * 2, torch.rand(10, 1, 8, 8), r"^source: image values must be finite and lie in \[0, 1\]"),
-    ("phantom-cxr:C", np.zeros((10, 2)), "phantom site must be A or B"),
+    ("phantom-cxr:D", np.zeros((10, 2)), "phantom site must be A, B or C"),
 ])
 def test_domain_gap_errors_name_the_argument(source, target, message):
     with pytest.raises(UserError, match=message):
@@ -159,14 +159,16 @@ def test_drift_detector_needs_probabilities_and_names_the_argument():
 
 
 def test_adapt_methods_are_the_recipe_objectives():
-    """adapt_model takes every recipe objective that needs no labelled target images
-    (finetune and mme train on data.target.labeled_per_class images)."""
+    """adapt_model takes every recipe objective that needs no labelled target images and
+    one source (finetune and mme train on data.target.labeled_per_class images; msdann and
+    m3sda need several sources: recipes only)."""
     from typing import get_args
 
+    from adapt.multisource_options import MULTI_SOURCE_OBJECTIVES
     from adapt.recipe import AdaptRunConfig
 
     objectives = set(get_args(AdaptRunConfig.model_fields["objective"].annotation))
-    assert set(adapt.METHODS) == (objectives - {"none", "finetune", "mme"}) | {"adabn"}
+    assert set(adapt.METHODS) == (objectives - {"none", "finetune", "mme", *MULTI_SOURCE_OBJECTIVES}) | {"adabn"}
 
 
 def test_adapt_model_adabn_moves_only_batchnorm_statistics(model):

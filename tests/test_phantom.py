@@ -132,7 +132,7 @@ def test_site_b_has_another_intensity_curve(site_a, site_b):
 
 def test_bad_site_is_a_user_error():
     with pytest.raises(UserError, match="site"):
-        make_phantom("C", 10)
+        make_phantom("D", 10)
 
 
 def test_load_domain_phantom(site_a):

@@ -11,7 +11,8 @@ import yaml
 
 from domaingap.adapt_run import main
 from adapt.errors import UserError
-from adapt.recipe import apply_override, load_recipe
+from adapt.recipe import load_recipe
+from adapt.recipe_text import apply_override
 
 REPO = Path(__file__).resolve().parents[1]
 

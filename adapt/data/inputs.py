@@ -79,7 +79,7 @@ def as_domain(
     shape = getattr(data, "shape", None)
     what = f"an array of shape {tuple(shape)}" if shape is not None else f"a {type(data).__name__}"
     raise UserError(f"{argument}: expected images [N, C, H, W], a DomainDataset, a folder, a CSV manifest "
-                    f"or 'phantom-cxr:A|B[:N]'; got {what}")
+                    f"or 'phantom-cxr:A|B|C[:N]'; got {what}")
 
 
 def _tensor_domain(data: Any, argument: str, labels: Any, classes: Sequence[str] | None) -> DomainDataset:

@@ -1,4 +1,4 @@
-"""``phantom-cxr``: deterministic synthetic chest radiographs from two "hospitals".
+"""``phantom-cxr``: deterministic synthetic chest radiographs from three "hospitals".
 
 Every image is drawn in two stages, both vectorised over the whole batch:
 
@@ -14,9 +14,13 @@ Every image is drawn in two stages, both vectorised over the whole batch:
    laterality marker (a bright block-letter "L") into its top-right corner — always
    the same corner, give or take a pixel, as a site's radiographers do — and its
    presence correlates with the label (93% of opacity, 7% of normal images): the
-   planted shortcut the diagnostics must find. Site B has no marker.
+   planted shortcut the diagnostics must find. Site B has no marker. Site C (a third
+   acquisition, the second labelled hospital of the multi-source case, docs/multisource.md)
+   has its own curve (gamma 1.3: darker mid-tones), a little blur, more noise, narrow
+   collimation, and an "R" marker in the top-left corner that correlates only weakly
+   with the label (30% of normal, 70% of opacity images).
 
-The anatomy of site A and site B images comes from different random streams (they
+The anatomy of site A, B and C images comes from different random streams (they
 are different patients); the marker draws come from their own stream, so changing
 the marker rates (e.g. to zero, to "paint the marker out") leaves every other pixel
 of every image unchanged.
@@ -111,6 +115,10 @@ SITES: dict[str, SiteStyle] = {
     # tuned with benchmarks/phantom_probe.py: more noise than this (0.03) made histogram
     # matching unreliable (the inverse curve amplifies it 3× past what site A trains on)
     "B": SiteStyle(gamma=0.7, contrast=0.8, offset=0.1, blur=0.8, noise=0.02, collimation=(0.0, 0.03)),
+    # a third acquisition for the multi-source case (docs/multisource.md); its own random
+    # streams (seeded by the site letter), so sites A and B are unchanged by its existence
+    "C": SiteStyle(gamma=1.3, contrast=0.9, offset=0.05, blur=0.5, noise=0.03, collimation=(0.0, 0.02),
+                  marker_rates=(0.3, 0.7), marker_corner="left"),
 }
 
 
@@ -152,7 +160,7 @@ def make_phantom(
     style: SiteStyle | None = None,
     minority: float = 0.0,
 ) -> PhantomBatch:
-    """Generate n phantom chest X-rays of ``site`` ("A" or "B"), balanced classes.
+    """Generate n phantom chest X-rays of ``site`` ("A", "B" or "C"), balanced classes.
 
     Deterministic: the same (site, n, seed, image_size) gives identical images.
     ``marker_rates`` overrides the site's (P(marker | normal), P(marker | opacity));
@@ -162,7 +170,7 @@ def make_phantom(
     """
     site = str(site).upper()
     if site not in SITES:
-        raise UserError(f"phantom-cxr: site must be A or B, got {site!r}")
+        raise UserError(f"phantom-cxr: site must be one of {', '.join(SITES)}, got {site!r}")
     if n < 1:
         raise UserError(f"phantom-cxr: n must be positive, got {n}")
     if not 0.0 <= minority < 0.5:

@@ -6,7 +6,7 @@ A domain is one of
 * ``csv`` — a manifest with ``path,label`` (+ optional group / mask columns), paths
   relative to the CSV file;
 * ``dicom`` — a CSV manifest whose paths are DICOM files;
-* ``phantom-cxr`` — the built-in synthetic chest X-rays of site ``A`` or ``B``.
+* ``phantom-cxr`` — the built-in synthetic chest X-rays of site ``A``, ``B`` or ``C``.
 
 ``parse_domain_arg`` turns the short form used on command lines
 (``phantom-cxr:A``, ``phantom-cxr:B:600``, ``path/to/folder``, ``manifest.csv``)
@@ -65,7 +65,7 @@ class DomainSpec(BaseModel):
 
     kind: DomainKind
     path: str | None = None
-    site: Literal["A", "B"] | None = None
+    site: Literal["A", "B", "C"] | None = None
     n: int = Field(default=1200, ge=2, le=MAX_PHANTOM_IMAGES)
     path_column: str = "path"
     label_column: str = "label"
@@ -94,7 +94,7 @@ class DomainSpec(BaseModel):
     def _check_kind_fields(self) -> DomainSpec:
         if self.kind == "phantom-cxr":
             if self.site is None:
-                raise ValueError("phantom-cxr needs site 'A' or 'B'")
+                raise ValueError("phantom-cxr needs site 'A', 'B' or 'C'")
         elif self.path is None:
             raise ValueError(f"kind {self.kind!r} needs a path")
         if self.minority and self.kind != "phantom-cxr":
@@ -129,7 +129,7 @@ def parse_domain_arg(text: str) -> DomainSpec:
     if path.exists():
         raise UserError(f"{text}: a domain is a folder of class sub-folders or a .csv manifest")
     raise UserError(
-        f"{text}: no such folder or CSV (expected a folder, a .csv manifest, or phantom-cxr:A|B[:N])"
+        f"{text}: no such folder or CSV (expected a folder, a .csv manifest, or phantom-cxr:A|B|C[:N])"
     )
 
 
@@ -138,8 +138,8 @@ def _parse_phantom(text: str) -> DomainSpec:
     if parts[0].lower() != "phantom-cxr" or len(parts) not in (2, 3):
         raise UserError(f"{text}: expected phantom-cxr:A, phantom-cxr:B or phantom-cxr:<site>:<n>")
     site = parts[1].upper()
-    if site not in ("A", "B"):
-        raise UserError(f"{text}: phantom site must be A or B, got {parts[1]!r}")
+    if site not in ("A", "B", "C"):
+        raise UserError(f"{text}: phantom site must be A, B or C, got {parts[1]!r}")
     fields: dict = {"kind": "phantom-cxr", "site": site}
     if len(parts) == 3:
         try:

@@ -26,6 +26,7 @@ from adapt.methods.dann import DANN
 from adapt.methods.ewc import EWC, L2SP, anchor_params, fisher_diagonal, save_fisher
 from adapt.methods.mcc import MCC
 from adapt.methods.mme import MME
+from adapt.methods.multisource import M3SDA, MultiSourceDANN, build_multisource
 from adapt.methods.shot import SHOT
 from adapt.methods.source_only import SourceOnly
 from adapt.methods.style import FDA, HistogramMatching, MixStyle
@@ -39,7 +40,7 @@ def objective_batchnorm(objective: str) -> str:
     """The BatchNorm convention (``adapt.methods.base``) of the recipe objective named
     ``objective``: its class's ``batchnorm`` attribute; ``"source"`` for the others."""
     classes = {"dann": DANN, "cdan": CDAN, "mcc": MCC, "coral": DeepCORAL, "dan": DAN, "shot": SHOT, "tent": TENT,
-               "mme": MME}
+               "mme": MME, "msdann": MultiSourceDANN, "m3sda": M3SDA}
     return batchnorm_convention(classes.get(objective))
 
 
@@ -86,6 +87,9 @@ def build_run_components(
                                    depth=run.dann.depth, label_smoothing=recipe.train.label_smoothing)
     elif run.objective in ("cdan", "mcc", "coral", "dan"):
         objective = _alignment_objective(run, model, smoothing, recipe.seed)
+    elif run.objective in ("msdann", "m3sda"):  # two or more sources (adapt/methods/multisource.py)
+        objective, train_data = build_multisource(run, model, source_train, [s.name for s in recipe.data.sources],
+                                                  smoothing)
     elif run.objective == "shot":
         # no label smoothing on pseudo-labels (the paper smooths the source training only)
         objective = SHOT(target_train, pseudo_label_weight=run.shot.pseudo_label_weight,

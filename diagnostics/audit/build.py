@@ -10,6 +10,7 @@ from diagnostics.audit.collapse_policy import collapse_verdict
 from diagnostics.audit.contract import Audit, RunInfo, StageResult
 from diagnostics.audit.gap_policy import gap_verdict
 from adapt.io import to_jsonable
+from diagnostics.audit.sources_policy import sources_verdict
 from diagnostics.audit.spurious_policy import spurious_verdict
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
@@ -23,11 +24,13 @@ def compute_verdicts(
     after: StageResult | Mapping | None = None,
     *,
     thresholds: AuditThresholds = AuditThresholds(),
+    sources: Mapping | None = None,
 ) -> list[Verdict]:
     """All verdicts the available results support, most important first.
 
     Order: negative transfer (or, with one model, the accuracy gap), usability (only when
-    the model is still near chance), class collapse, spurious features, domain gap.
+    the model is still near chance), class collapse, spurious features, domain gap, and
+    with several sources (``sources``, the contract's section) whether each one helps.
     Sections that were not measured give no verdict.
     """
     b = StageResult.from_dict(before)
@@ -43,6 +46,7 @@ def compute_verdicts(
     out.append(collapse_verdict(b, a))
     out.append(spurious_verdict(b, a, thresholds))
     out.append(gap_verdict(b, a, thresholds))
+    out.append(sources_verdict(sources, thresholds))
     return [v for v in out if v is not None]
 
 
@@ -54,6 +58,7 @@ def build_audit(
     run: RunInfo | Mapping | None = None,
     methods_table: Iterable[Mapping] | None = None,
     thresholds: AuditThresholds = AuditThresholds(),
+    sources: Mapping | None = None,
 ) -> Audit:
     """Assemble an :class:`Audit` and compute its verdicts.
 
@@ -75,6 +80,7 @@ def build_audit(
         classes=[str(c) for c in classes],
         run=info,
         methods_table=[dict(to_jsonable(r)) for r in (methods_table or [])],
-        verdicts=compute_verdicts(b, a, thresholds=thresholds),
+        verdicts=compute_verdicts(b, a, thresholds=thresholds, sources=sources),
         thresholds=dataclasses.asdict(thresholds),
+        sources=dict(to_jsonable(sources)) if sources else None,
     )

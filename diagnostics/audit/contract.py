@@ -69,6 +69,8 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
                      label_free_rank, oracle_rank, audit ("★ recommended, audited"),
                      target_acc_estimated ("estimated 46 % ± 8 (agreement)", labels unknown), ...}],
     verdicts: [Verdict]
+    sources: several labelled sources only (else None): {names, statistic, images, mmd2,
+             weights, leave_one_out} — see diagnostics/audit/sources_policy.py
 
 ``Verdict(name, level in {"ok", "warn", "fail"}, title, summary, evidence)``: ``summary``
 is one plain sentence with the numbers; ``evidence`` maps a figure's name to its value
@@ -198,6 +200,8 @@ class Audit:
     thresholds: dict = field(default_factory=dict)
     #: the data audit (diagnostics.data_audit; recipe diagnostics.data_audit), {} when not run
     data: dict = field(default_factory=dict)
+    #: several labelled sources: each one's gap, weight and contribution (sources_policy.py)
+    sources: dict | None = None
 
     @property
     def overall(self) -> Verdict:
@@ -214,6 +218,7 @@ class Audit:
             "methods_table": to_jsonable(self.methods_table) or [],
             "thresholds": to_jsonable(self.thresholds) or {},
             **({"data": to_jsonable(self.data)} if self.data else {}),
+            "sources": to_jsonable(self.sources),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -234,6 +239,7 @@ class Audit:
             verdicts=[Verdict.from_dict(v) for v in (d.get("verdicts") or [])],
             thresholds=dict(d.get("thresholds") or {}),
             data=dict(d.get("data") or {}),
+            sources=dict(d["sources"]) if d.get("sources") else None,
         )
 
 

@@ -32,3 +32,6 @@ class AuditThresholds:
     #: a model whose chance-corrected target accuracy (accuracy − chance)/(1 − chance) is
     #: below this is "still unusable on the target" (see diagnostics.chance)
     chance_margin: float = 0.25
+    #: several sources: one whose removal raises the label-free target estimate by more
+    #: than this seems to hurt (diagnostics/audit/sources_policy.py)
+    source_hurts: float = 0.02
