@@ -38,7 +38,7 @@ OPTION_CASES: dict[str, tuple[str, list[str], str]] = {
     "phantom_image_size_huge": ("diagnose", ["phantom", "OUT", "--image-size", "100000"],
                                 "--image-size: must be at most 1024"),
     "phantom_n_huge": ("diagnose", ["phantom", "OUT", "--n", "1000000000000"], "--n: must be at most 100000"),
-    "phantom_site_unknown": ("diagnose", ["phantom", "OUT", "--site", "C"], "--site: invalid choice: 'C'"),
+    "phantom_site_unknown": ("diagnose", ["phantom", "OUT", "--site", "D"], "--site: invalid choice: 'D'"),
     "export_check_images_huge": ("diagnose", ["export", "MODEL", "OUT.onnx", "--check-images", "1000000000"],
                                  "--check-images: must be at most 4096"),
     "export_tolerance_nan": ("diagnose", ["export", "MODEL", "OUT.onnx", "--tolerance", "nan"],

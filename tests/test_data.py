@@ -99,7 +99,7 @@ def test_parse_domain_arg_forms(tmp_path):
     assert parse_domain_arg(str(dcm_csv)).kind == "dicom"
 
 
-@pytest.mark.parametrize("bad", ["phantom-cxr:C", "phantom-cxr:A:many", "phantom-cxr:A:1"])
+@pytest.mark.parametrize("bad", ["phantom-cxr:D", "phantom-cxr:A:many", "phantom-cxr:A:1"])
 def test_parse_domain_arg_rejects_bad_phantom(bad):
     with pytest.raises(UserError) as err:
         parse_domain_arg(bad)

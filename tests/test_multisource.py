@@ -86,7 +86,7 @@ def test_one_source_in_the_list_is_the_single_source_case():
     both = validate_recipe({"data": {"sources": [A, C]}})
     assert both.data.source is None and [s.name for s in both.data.sources] == ["A", "C"]
     # the resolved recipe validates again (overrides go through a dump)
-    assert validate_recipe(both.model_dump(mode="json")).data.sources == both.data.sources
+    assert validate_recipe(both.model_dump(mode="json", by_alias=True)).data.sources == both.data.sources
 
 
 # ------------------------------------------------------------------------------- phantom site C
