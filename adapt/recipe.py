@@ -332,6 +332,10 @@ def validate_recipe(raw: dict[str, Any], label: str = "recipe") -> Recipe:
         raise UserError(f"{label}: {format_validation_error(e, raw)}") from None
 
 
+#: keys an earlier version read, and what replaced them: named in the error, not guessed at
+RENAMED_KEYS = {"data.target_labeled": "data.target.labeled_per_class (k labelled target images per class)"}
+
+
 def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
     """The first validation problem as ``key.path: problem (got value)``."""
     first = err.errors(include_url=False)[0]
@@ -346,6 +350,9 @@ def format_validation_error(err: ValidationError, raw: dict[str, Any]) -> str:
             f" (allowed: {', '.join(allowed)})" if allowed else ""
         )
         prefix = f"{'.'.join(parent)}: " if parent else ""
+        renamed = RENAMED_KEYS.get(".".join(loc))
+        if renamed:
+            suggestion = f" (an earlier version's key: it is now {renamed})"
         return f"{prefix}unknown key '{bad}'{suggestion}"
     msg = first["msg"]
     for old, new in (("Input should be", "must be"), ("Value error, ", ""), ("Field required", "is required")):

@@ -52,6 +52,14 @@ def test_unknown_nested_key(tmp_path):
     assert message(p) == f"{p}: train: unknown key 'epoch' (did you mean 'epochs'?)"
 
 
+def test_a_key_an_earlier_version_read_names_its_replacement(tmp_path):
+    """data.target_labeled became data.target.labeled_per_class: a recipe written for the
+    earlier version is told the new key, not offered the unrelated 'target'."""
+    p = write(tmp_path, "data:\n  target_labeled: 3\n")
+    assert message(p) == (f"{p}: data: unknown key 'target_labeled' (an earlier version's key: it is now "
+                          "data.target.labeled_per_class (k labelled target images per class))")
+
+
 def test_unknown_key_inside_a_list_item(tmp_path):
     p = write(tmp_path, "method:\n  runs:\n    - name: a\n      objektive: dann\n")
     assert message(p) == f"{p}: method.runs.0: unknown key 'objektive' (did you mean 'objective'?)"
