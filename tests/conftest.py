@@ -28,12 +28,13 @@ def pytest_configure(config):
             os.environ.setdefault(var, str(share))  # subprocesses (CLI tests) inherit it
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = "e2e" if "e2e" in getattr(item, "fixturenames", ()) else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item):
+    # marked as each test is collected, before any pytest_collection_modifyitems runs: xdist
+    # turns the markers into group ids in its own, whatever order the hooks are called in
+    if item.get_closest_marker("xdist_group"):
+        return
+    group = "e2e" if "e2e" in getattr(item, "fixturenames", ()) else item.path.name
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")
