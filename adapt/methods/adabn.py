@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -281,3 +282,10 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
         for m, mode in modes.items():
             m.train(mode)
     return seen
+
+def _nothing(ctx: BuildContext):
+    """objective none: nothing trains (the run is AdaBN alone with ``adabn: true``, or the source model)."""
+    return None, ctx.source_train
+
+
+register(ObjectiveSpec("none", _nothing))
