@@ -1,16 +1,15 @@
 """The objective registry (adapt/method_registry.py): an objective is one file and one
 registration, and nothing else in the project names it.
 
-The end-to-end test writes a toy objective into a temporary folder — its own file, its
+The end-to-end test writes a toy objective into a temporary folder — its own file with its
 registration, and an entry point naming it (the plugin hook, ``domaingap.objectives``) —
-and runs ``adapt-run`` on a recipe that uses it, with no other file of the project touched.
+and runs ``adapt-run`` (its ``main``) on a recipe that uses it, with no other file of the
+project touched.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -68,7 +67,7 @@ data:
   source: {kind: phantom-cxr, site: A, n: 48}
   target: {kind: phantom-cxr, site: B, n: 48}
   image_size: 32
-train: {epochs: 1, batch_size: 16, device: cpu, threads: 1, patience: null, precise_bn: false}
+train: {epochs: 1, batch_size: 16, device: cpu, patience: null, precise_bn: false}
 method:
   selection: im
   runs:
@@ -89,15 +88,23 @@ def _plugin(folder: Path) -> Path:
     return folder
 
 
-def test_a_new_objective_is_one_file_and_one_registration(tmp_path):
-    plugins = _plugin(tmp_path / "plugins")
+@pytest.fixture
+def toy_plugin(tmp_path, monkeypatch):
+    """The toy objective installed as a plugin (on sys.path, found through its entry point)
+    in a registry that forgets it again after the test."""
+    monkeypatch.syspath_prepend(str(_plugin(tmp_path / "plugins")))
+    monkeypatch.setattr(method_registry, "_SPECS", dict(method_registry.objectives()))
+    monkeypatch.setattr(method_registry, "_loaded", False)  # the next lookup looks for plugins again
+    yield
+    sys.modules.pop("toy_objective", None)
+
+
+def test_a_new_objective_is_one_file_and_one_registration(tmp_path, toy_plugin, capsys):
+    from domaingap.adapt_run import main
+
     recipe = tmp_path / "toy.yaml"
     recipe.write_text(RECIPE.replace("OUT", str(tmp_path / "runs")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(plugins), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main([str(recipe), "--quiet"]) == 0, capsys.readouterr().err
     run_dir = tmp_path / "runs" / "toy"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = metrics["runs"]["toy"]["fit"]["history"]
@@ -108,11 +115,10 @@ def test_a_new_objective_is_one_file_and_one_registration(tmp_path):
 
     # its section is validated like a built-in one: one error line naming the key, exit 2
     recipe.write_text(RECIPE.replace("OUT", str(tmp_path / "runs2")).replace("{weight: 0.5}", "{wieght: 0.5}"))
-    proc = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--quiet"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: {recipe}: method.runs.0.toy: unknown key 'wieght' "
-                                                    "(did you mean 'weight'?)")
+    capsys.readouterr()
+    assert main([str(recipe), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {recipe}: method.runs.0.toy: unknown key 'wieght' (did you mean 'weight'?)")
     assert not (tmp_path / "runs2").exists()
 
 
