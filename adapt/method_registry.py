@@ -46,6 +46,8 @@ BUILTIN_MODULES = (
 #: the entry-point group through which other packages add objectives
 ENTRY_POINT_GROUP = "domaingap.objectives"
 
+#: the BatchNorm statistics an objective trains and is deployed with (adapt/methods/base.py)
+BATCHNORM_CONVENTIONS = ("source", "per_domain")
 #: what a run's labelled batches are: source images, (unlabelled) target images — source-free —,
 #: or the k labelled target images per class (data.target.labeled_per_class)
 TrainsOn = Literal["source", "target", "labeled_target"]
@@ -124,8 +126,8 @@ class ObjectiveSpec:
     study: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.batchnorm not in ("source", "per_domain"):
-            raise ValueError(f"objective {self.name!r}: batchnorm must be 'source' or 'per_domain'")
+        if self.batchnorm not in BATCHNORM_CONVENTIONS:
+            raise ValueError(f"objective {self.name!r}: batchnorm must be one of {BATCHNORM_CONVENTIONS}")
         if self.trains_on == "labeled_target" and not self.needs_labeled_target:
             raise ValueError(f"objective {self.name!r}: trains on labelled target images, so needs_labeled_target")
 

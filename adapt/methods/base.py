@@ -44,8 +44,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-
-BATCHNORM_CONVENTIONS = ("source", "per_domain")
+from adapt.method_registry import BATCHNORM_CONVENTIONS
 
 
 def batchnorm_convention(objective: object | None) -> str:
