@@ -8,7 +8,7 @@ them by the registry.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -73,12 +73,16 @@ class ObjectiveOptions(RecipeSection):
         run._sections = {k: getattr(given, k) for k in types}
         return run
 
+    #: the run key the sections are dumped before (the end without one)
+    sections_before: ClassVar[str | None] = None
+
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
-        out = handler(self)
-        for key, section in self._sections.items():
-            out[key] = section.model_dump(mode=info.mode, by_alias=info.by_alias)
-        return out
+        own = handler(self)
+        sections = {k: s.model_dump(mode=info.mode, by_alias=info.by_alias) for k, s in self._sections.items()}
+        keys = list(own)
+        at = keys.index(self.sections_before) if self.sections_before in keys else len(keys)
+        return {**{k: own[k] for k in keys[:at]}, **sections, **{k: own[k] for k in keys[at:]}}
 
     def section(self, key: str) -> RecipeSection:
         """The options under the run key ``key`` (``run.section("dann").weight``)."""

@@ -114,7 +114,8 @@ class AdaptRunConfig(ObjectiveOptions):
     #: re-estimate BatchNorm statistics on target data (after training, and before
     #: each epoch's label-free score)
     adabn: bool = False
-    ewc: EWCConfig | None = None
+    ewc: EWCConfig | None = None  # the objectives' sections are dumped before it
+    sections_before = "ewc"
     source_weights: SourceWeights = "uniform"
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
