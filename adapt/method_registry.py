@@ -113,9 +113,8 @@ class ObjectiveSpec:
     trains_on: TrainsOn = "source"
     #: needs the k labelled target images (data.target.labeled_per_class)
     needs_labeled_target: bool = False
-    #: trains a domain discriminator through gradient reversal
-    adversarial: bool = False
-    #: the learning-rate schedule it trains with (train.schedule's values), None: train.schedule
+    #: the learning-rate schedule it trains with (train.schedule's values), None: train.schedule;
+    #: "dann" for the adversarial ones whose discriminator follows DANN's (dann, cdan)
     schedule: Literal["cosine", "dann", "constant"] | None = None
     #: its default epochs (None: train.epochs); TENT is one online pass
     epochs: int | None = None

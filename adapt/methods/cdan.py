@@ -176,5 +176,5 @@ def _cdan(ctx: BuildContext):
                           label_smoothing=ctx.label_smoothing, seed=ctx.seed), ctx.source_train
 
 
-register(ObjectiveSpec("cdan", _cdan, section=CDANConfig, batchnorm=CDAN.batchnorm, adversarial=True,
-                       schedule="dann", study=({}, {"name": "cdan+e", "cdan": {"entropy": True}})))
+register(ObjectiveSpec("cdan", _cdan, section=CDANConfig, batchnorm=CDAN.batchnorm, schedule="dann",
+                       study=({}, {"name": "cdan+e", "cdan": {"entropy": True}})))

@@ -215,5 +215,4 @@ def _dann(ctx: BuildContext):
                           label_smoothing=ctx.label_smoothing), ctx.source_train
 
 
-register(ObjectiveSpec("dann", _dann, section=DANNConfig, batchnorm=DANN.batchnorm, adversarial=True,
-                       schedule="dann"))
+register(ObjectiveSpec("dann", _dann, section=DANNConfig, batchnorm=DANN.batchnorm, schedule="dann"))

@@ -213,7 +213,7 @@ def _m3sda(ctx: BuildContext):
                  label_smoothing=ctx.label_smoothing), data
 
 
-# msdann reads dann's options (its weight, hidden, depth); it keeps train.schedule
+# msdann reads dann's options (its weight, hidden, depth); adversarial, but it keeps train.schedule
 register(ObjectiveSpec("msdann", _msdann, section=DANNConfig, section_key="dann", batchnorm=_MultiSource.batchnorm,
-                       adversarial=True, min_sources=2))
+                       min_sources=2))
 register(ObjectiveSpec("m3sda", _m3sda, section=M3SDAConfig, batchnorm=_MultiSource.batchnorm, min_sources=2))
