@@ -171,15 +171,15 @@ def _load() -> None:
     try:
         for module in BUILTIN_MODULES:
             importlib.import_module(module)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()
+            except Exception as e:  # a broken plugin names itself, never a traceback deep in the recipe
+                raise UserError(f"objective plugin {ep.name!r} ({ep.value}): cannot import it "
+                                f"({e.__class__.__name__}: {e})") from None
     except BaseException:
-        _loaded = False
+        _loaded = False  # the next lookup tries again (and says the same)
         raise
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # a broken plugin names itself, never a traceback deep in the recipe
-            raise UserError(f"objective plugin {ep.name!r} ({ep.value}): cannot import it "
-                            f"({e.__class__.__name__}: {e})") from None
 
 
 def objectives() -> dict[str, ObjectiveSpec]:

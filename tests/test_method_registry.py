@@ -77,24 +77,28 @@ output: {dir: OUT}
 """
 
 
-def _plugin(folder: Path) -> Path:
-    """The toy objective as an installed plugin: its module and an entry point naming it."""
+def _plugin(folder: Path, module: str = "toy_objective", source: str = TOY) -> Path:
+    """An objective as an installed plugin: its module and an entry point naming it."""
     folder.mkdir()
-    (folder / "toy_objective.py").write_text(textwrap.dedent(TOY))
-    info = folder / "toy_objective-0.1.dist-info"
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    info = folder / f"{module}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-objective\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{method_registry.ENTRY_POINT_GROUP}]\ntoy = toy_objective\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{method_registry.ENTRY_POINT_GROUP}]\ntoy = {module}\n")
     return folder
+
+
+def _install(folder: Path, monkeypatch) -> None:
+    """Plugins in ``folder`` (on sys.path, found through their entry points), in a registry
+    that forgets them again after the test."""
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(method_registry, "_SPECS", dict(method_registry.objectives()))
+    monkeypatch.setattr(method_registry, "_loaded", False)  # the next lookup looks for plugins again
 
 
 @pytest.fixture
 def toy_plugin(tmp_path, monkeypatch):
-    """The toy objective installed as a plugin (on sys.path, found through its entry point)
-    in a registry that forgets it again after the test."""
-    monkeypatch.syspath_prepend(str(_plugin(tmp_path / "plugins")))
-    monkeypatch.setattr(method_registry, "_SPECS", dict(method_registry.objectives()))
-    monkeypatch.setattr(method_registry, "_loaded", False)  # the next lookup looks for plugins again
+    _install(_plugin(tmp_path / "plugins"), monkeypatch)
     yield
     sys.modules.pop("toy_objective", None)
 
@@ -120,6 +124,19 @@ def test_a_new_objective_is_one_file_and_one_registration(tmp_path, toy_plugin, 
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: {recipe}: method.runs.0.toy: unknown key 'wieght' (did you mean 'weight'?)")
     assert not (tmp_path / "runs2").exists()
+
+
+def test_a_broken_plugin_is_one_error_line(tmp_path, monkeypatch, capsys):
+    from domaingap.adapt_run import main
+
+    _install(_plugin(tmp_path / "plugins", "broken_objective", "import no_such_module\n"), monkeypatch)
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(RECIPE.replace("OUT", str(tmp_path / "runs")))
+    assert main([str(recipe), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {recipe}: method.runs.0: objective plugin 'toy' (broken_objective): cannot import it "
+        "(ModuleNotFoundError: No module named 'no_such_module')")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_an_objective_nobody_registered_is_named(tmp_path):
