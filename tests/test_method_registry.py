@@ -198,3 +198,11 @@ def test_a_name_registered_twice_is_refused(monkeypatch):
     monkeypatch.setattr(method_registry, "_SPECS", dict(method_registry.objectives()))
     with pytest.raises(ValueError, match="'dann' is registered twice"):
         method_registry.register(method_registry.ObjectiveSpec("dann", lambda ctx: (None, None)))
+
+
+def test_every_file_that_registers_an_objective_is_listed():
+    """A registration in a file the registry does not import would count only after
+    something else imported that file: every one is in BUILTIN_MODULES."""
+    registering = {f"adapt.methods.{p.stem}" for p in (ROOT / "adapt" / "methods").glob("*.py")
+                   if "register(ObjectiveSpec(" in p.read_text(encoding="utf-8")}
+    assert registering == set(method_registry.BUILTIN_MODULES)
