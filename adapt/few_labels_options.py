@@ -1,29 +1,15 @@
-"""The recipe's few-target-labels parts: MME's options (``method.runs[].mme``) and the
-checks that tie ``data.target.labeled_per_class`` to the runs and the selector using it.
+"""The recipe's few-target-labels checks: they tie ``data.target.labeled_per_class`` to the
+runs (objectives registered with ``needs_labeled_target``: finetune, mme) and the selector
+using it.
 
-Kept out of :mod:`adapt.recipe` (one concept per file); the recipe imports both.
+Kept out of :mod:`adapt.recipe` (one concept per file); the recipe imports it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
-from adapt.method_options import RecipeSection
-
-#: objectives that train on the k labelled target images
-FEW_LABEL_OBJECTIVES = ("mme", "finetune")
-
-
-class MMEConfig(RecipeSection):
-    """MME (Saito et al., ICCV 2019, "Semi-supervised Domain Adaptation via Minimax
-    Entropy"); defaults are the paper's."""
-
-    #: λ: weight of the minimax entropy term on the unlabelled target images
-    lam: float = Field(0.1, ge=0, le=100, alias="lambda")
-    #: T of the cosine classifier: logits = cos(w_c, f) / T
-    temperature: float = Field(0.05, gt=0, le=10)
+from adapt.method_registry import objective
 
 
 def check_few_labels(recipe: Any) -> None:
@@ -38,7 +24,7 @@ def check_few_labels(recipe: Any) -> None:
     if recipe.data.target.labeled_per_class is not None:
         return
     for run in recipe.method.runs:
-        if run.objective in FEW_LABEL_OBJECTIVES:
+        if objective(run.objective).needs_labeled_target:
             raise ValueError(f"method.runs.{run.name}: objective '{run.objective}' needs labelled target images "
                              "(set data.target.labeled_per_class: k)")
     if recipe.method.selection == "few_labels":

@@ -1,15 +1,30 @@
-"""The recipe's per-method options: one section per adaptation method, each under the
-run's key of the same name (``dann:``, ``cdan:``, ``mcc:``, ``coral:``, ``dan:``, ``shot:``,
-``ewc:``), and the objective families the pipeline treats alike. Part of the recipe
-schema (:mod:`adapt.recipe` re-exports every name).
+"""A recipe run's method options: the section base (:class:`RecipeSection`), the objective
+and its options (:class:`ObjectiveOptions`) and the ``ewc:`` penalty's options.
+
+An objective's own options (``dann:``, ``cdan:``, ...) are declared in its own file under
+``adapt/methods/`` and registered with it (:mod:`adapt.method_registry`); a run validates
+them by the registry.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from adapt import method_registry
 from adapt.data.spec import reject_bool_for_number
 
 
@@ -25,63 +40,75 @@ class RecipeSection(BaseModel):
         return reject_bool_for_number(cls, value, info)
 
 
-class DANNConfig(RecipeSection):
-    #: maximum weight of the domain loss; the paper's ramp 2/(1+exp(-10p))-1 scales it
-    weight: float = Field(0.3, ge=0)
-    hidden: int = Field(256, ge=1, le=65536)
-    depth: int = Field(2, ge=1, le=8)
+class ObjectiveOptions(RecipeSection):
+    """A run's ``objective`` (a registered name) and the registered objectives' sections.
+
+    Every registered section is a key of the run, defaults filled whichever the objective
+    (so ``method.runs.0.mcc.weight=2`` overrides any run): they are split off before the
+    run's own keys are validated (an unknown key is named as in every section), then
+    validated by their models (errors keep the key path, ``method.runs.0.dann.weight``) and
+    dumped back in place.
+    """
+
+    _sections: dict[str, RecipeSection] = PrivateAttr(default_factory=dict)
+
+    @field_validator("objective", mode="before", check_fields=False)
+    @classmethod
+    def _registered(cls, v: Any) -> Any:
+        names = list(method_registry.objectives())
+        if v not in names:  # worded as pydantic words a Literal
+            quoted = [repr(n) for n in names]
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": f"{', '.join(quoted[:-1])} or {quoted[-1]}"})
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _split_sections(cls, data: Any, handler: Any) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        types = method_registry.sections()
+        run = handler({k: v for k, v in data.items() if k not in types})
+        given = _sections_model(tuple(types.items())).model_validate({k: data[k] for k in types if k in data})
+        run._sections = {k: getattr(given, k) for k in types}
+        return run
+
+    #: the run key the sections are dumped before (the end without one)
+    sections_before: ClassVar[str | None] = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        own = handler(self)
+        sections = {k: s.model_dump(mode=info.mode, by_alias=info.by_alias) for k, s in self._sections.items()}
+        keys = list(own)
+        at = keys.index(self.sections_before) if self.sections_before in keys else len(keys)
+        return {**{k: own[k] for k in keys[:at]}, **sections, **{k: own[k] for k in keys[at:]}}
+
+    def section(self, key: str) -> RecipeSection:
+        """The options under the run key ``key`` (``run.section("dann").weight``)."""
+        return self._sections[key]
+
+    @property
+    def spec(self) -> method_registry.ObjectiveSpec:
+        """The objective's registration."""
+        return method_registry.objective(self.objective)
+
+    @property
+    def options(self) -> RecipeSection | None:
+        """The objective's own options (None when it registered no section)."""
+        key = self.spec.options_key
+        return None if key is None else self._sections[key]
 
 
-class CDANConfig(RecipeSection):
-    #: maximum GRL coefficient (ramped as DANN's)
-    weight: float = Field(1.0, ge=0)
-    #: CDAN+E: weight each sample's domain loss by 1 + exp(-entropy of its prediction)
-    entropy: bool = False
-    #: output size of the randomised multilinear map, used when classes x features > max_multilinear_dim
-    randomized_dim: int = Field(1024, ge=1, le=65536)
-    max_multilinear_dim: int = Field(4096, ge=1, le=1 << 20)
-    hidden: int = Field(256, ge=1, le=65536)
-    depth: int = Field(2, ge=1, le=8)
+_SECTION_MODELS: dict[tuple, type[RecipeSection]] = {}
 
 
-class MCCConfig(RecipeSection):
-    #: mu, the weight of the class-confusion loss
-    weight: float = Field(1.0, ge=0)
-    #: softmax temperature of the target predictions (the paper's 2.5)
-    temperature: float = Field(2.5, gt=0)
-
-
-class CORALConfig(RecipeSection):
-    weight: float = Field(1.0, ge=0)
-    #: activations to align: pooled features and/or logits (the paper: the last layer)
-    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
-
-
-class DANConfig(RecipeSection):
-    weight: float = Field(1.0, ge=0)
-    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
-    #: Gaussian kernels at bandwidths median x 2^k, k = low ... high in steps of 1/2
-    kernel_low: int = Field(-8, ge=-20, le=20)
-    kernel_high: int = Field(8, ge=-20, le=20)
-
-    @model_validator(mode="after")
-    def _order(self) -> DANConfig:
-        if self.kernel_low > self.kernel_high:
-            raise ValueError(f"kernel_low ({self.kernel_low}) must be <= kernel_high ({self.kernel_high})")
-        return self
-
-
-class SHOTConfig(RecipeSection):
-    #: beta, the weight of the pseudo-label cross-entropy (the paper: 0.3; 0.1 on digits)
-    pseudo_label_weight: float = Field(0.3, ge=0)
-    #: weight of the diversity term H(mean prediction)
-    diversity_weight: float = Field(1.0, ge=0)
-
-
-#: objectives that train without source images (from model.source_checkpoint)
-SOURCE_FREE_OBJECTIVES = ("shot", "tent")
-#: objectives whose discriminator / alignment uses DANN's learning-rate schedule
-ADVERSARIAL_OBJECTIVES = ("dann", "cdan")
+def _sections_model(types: tuple[tuple[str, type[RecipeSection]], ...]) -> type[RecipeSection]:
+    """A model with one field per registered section (defaults filled), made once per registry state."""
+    if types not in _SECTION_MODELS:
+        _SECTION_MODELS[types] = create_model("RunSections", __base__=RecipeSection,
+                                              **{k: (t, Field(default_factory=t)) for k, t in types})
+    return _SECTION_MODELS[types]
 
 
 class EWCConfig(RecipeSection):

@@ -3,7 +3,8 @@
 * ``data.sources`` — a list of named source domains (:class:`~adapt.data.sources.SourceSpec`),
   names unique, at least one (one entry = the single-source case);
 * a run's ``objective: msdann`` (multi-domain DANN, the ``dann:`` section's options) or
-  ``objective: m3sda`` (moment matching, the ``m3sda:`` section), and
+  ``objective: m3sda`` (moment matching, the ``m3sda:`` section) — registered with
+  ``min_sources=2`` (adapt/methods/multisource.py) —, and
   ``source_weights: similarity`` (draw each source in proportion to its measured
   similarity to the target; any objective that trains on source images);
 * ``method.leave_one_source_out`` — the audit's per-source contribution.
@@ -15,13 +16,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator
 
 from adapt.data.sources import SourceSpec, resolve_sources  # noqa: F401 - re-exported for the recipe
-from adapt.method_options import RecipeSection
+from adapt.method_registry import objective
 
-#: objectives that need two or more sources (they align every source with the target)
-MULTI_SOURCE_OBJECTIVES = ("msdann", "m3sda")
 #: how the union's sources are drawn: uniform (every image alike) or by similarity to the target
 SourceWeights = Literal["uniform", "similarity"]
 
@@ -40,19 +39,12 @@ def _unique_names(sources: list[SourceSpec]) -> list[SourceSpec]:
 SourceList = Annotated[list[SourceSpec], AfterValidator(_unique_names)]
 
 
-class M3SDAConfig(RecipeSection):
-    #: weight of the moment-matching loss (first and second moments, every domain pair)
-    weight: float = Field(1.0, ge=0)
-    #: highest moment order matched (the paper: 2)
-    moments: int = Field(2, ge=1, le=4)
-
-
 def check_multisource(recipe: Any) -> Any:
     """Multi-source settings need two or more sources (a Recipe after-validator body)."""
     if recipe.data.sources:  # two or more (one entry became data.source)
         return recipe
     for r in recipe.method.runs:
-        if r.objective in MULTI_SOURCE_OBJECTIVES:
+        if objective(r.objective).min_sources > 1:
             raise ValueError(f"method.runs.{r.name}.objective: '{r.objective}' needs two or more labelled "
                              "sources (data.sources)")
         if r.source_weights != "uniform":

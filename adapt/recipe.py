@@ -18,24 +18,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from adapt import method_registry
 from adapt.data.spec import RUN_NAME, DomainSpec
 from adapt.errors import UserError
 from adapt.fairness_config import FairnessConfig, GuardConfig
-from adapt.method_options import (  # noqa: F401 - re-exported: part of the recipe schema
-    ADVERSARIAL_OBJECTIVES,
-    SOURCE_FREE_OBJECTIVES,
-    CDANConfig,
-    CORALConfig,
-    DANConfig,
-    DANNConfig,
-    EWCConfig,
-    MCCConfig,
-    RecipeSection,
-    SHOTConfig,
-)
-from adapt.few_labels_options import MMEConfig, check_few_labels
+from adapt.few_labels_options import check_few_labels
+from adapt.method_options import EWCConfig, ObjectiveOptions, RecipeSection
 from adapt.models import ARCHS
-from adapt.multisource_options import M3SDAConfig, SourceList, SourceWeights, check_multisource, resolve_sources
+from adapt.multisource_options import SourceList, SourceWeights, check_multisource, resolve_sources
 from adapt.recipe_text import apply_override, parse_yaml
 from adapt.selectors import Selector
 
@@ -103,15 +93,19 @@ class StrategyConfig(RecipeSection):
     backbone_lr_mult: float = Field(1.0, gt=0, le=10)
 
 
-class AdaptRunConfig(RecipeSection):
-    """One adaptation run, started from the source model's weights."""
+class AdaptRunConfig(ObjectiveOptions):
+    """One adaptation run, started from the source model's weights.
+
+    ``objective`` is one of the registered objectives (:mod:`adapt.method_registry`:
+    source_only, dann / cdan (adversarial), mcc, coral, dan (statistic alignment), shot / tent
+    (source-free), finetune / mme (the data.target.labeled_per_class images), msdann / m3sda
+    (several sources), ...); each objective's options sit under its key (``dann:``, ``mcc:``,
+    ...), validated by the section model it registered (:class:`~adapt.method_options.
+    ObjectiveOptions`: ``run.options``, ``run.section("dann")``).
+    """
 
     name: str = Field(..., min_length=1, pattern=RUN_NAME)
-    #: source_only (continue on source), dann / cdan (adversarial), mcc, coral, dan
-    #: (statistic alignment), shot / tent (source-free, target images only), finetune or mme
-    #: (the data.target.labeled_per_class images); options under the objective's key
-    objective: Literal["none", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent",
-                       "finetune", "mme", "msdann", "m3sda"] = "none"
+    objective: str = "none"
     #: image-level style alignment of source batches towards the target
     style: Literal["none", "fda", "histogram"] = "none"
     fda_beta: float = Field(0.05, ge=0, le=0.5)
@@ -120,25 +114,17 @@ class AdaptRunConfig(RecipeSection):
     #: re-estimate BatchNorm statistics on target data (after training, and before
     #: each epoch's label-free score)
     adabn: bool = False
-    dann: DANNConfig = Field(default_factory=DANNConfig)
-    cdan: CDANConfig = Field(default_factory=CDANConfig)
-    mcc: MCCConfig = Field(default_factory=MCCConfig)
-    coral: CORALConfig = Field(default_factory=CORALConfig)
-    dan: DANConfig = Field(default_factory=DANConfig)
-    shot: SHOTConfig = Field(default_factory=SHOTConfig)
-    mme: MMEConfig = Field(default_factory=MMEConfig)
-    ewc: EWCConfig | None = None
-    m3sda: M3SDAConfig = Field(default_factory=M3SDAConfig)
+    ewc: EWCConfig | None = None  # the objectives' sections are dumped before it
+    sections_before = "ewc"
     source_weights: SourceWeights = "uniform"
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
     lr: float | None = Field(None, gt=0)
-
     @model_validator(mode="after")
     def _check(self) -> AdaptRunConfig:
         if self.objective == "none" and self.epochs not in (None, 0):
             raise ValueError("objective 'none' trains nothing; set epochs: 0 or choose an objective")
-        if self.objective in SOURCE_FREE_OBJECTIVES:
+        if self.spec.source_free:
             uses_source = [k for k, on in (("style", self.style != "none"), ("mixstyle", self.mixstyle),
                                            ("ewc", self.ewc is not None)) if on]
             if uses_source:
@@ -149,7 +135,7 @@ class AdaptRunConfig(RecipeSection):
     @property
     def source_free(self) -> bool:
         """Trains (or adapts) without reading a source image."""
-        return self.objective in SOURCE_FREE_OBJECTIVES or (
+        return self.spec.source_free or (
             self.objective == "none" and self.style == "none" and not self.mixstyle)
 
 
@@ -269,7 +255,7 @@ class Recipe(RecipeSection):
         An omitted ``data.source`` means "none" exactly then (otherwise the phantom default)."""
         all_free = bool(self.method.runs) and all(r.source_free for r in self.method.runs)
         if ("source" not in self.data.model_fields_set and all_free and self.model.source_checkpoint
-                and any(r.objective in SOURCE_FREE_OBJECTIVES for r in self.method.runs)):
+                and any(r.spec.source_free for r in self.method.runs)):
             self.data.source = None
         if self.data.source is None and not self.data.sources:
             if not self.model.source_checkpoint:
@@ -277,7 +263,8 @@ class Recipe(RecipeSection):
                                  "source model")
             bad = [r.name for r in self.method.runs if not r.source_free]
             if bad:
-                raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only shot, tent and "
+                free = [n for n, o in method_registry.objectives().items() if o.source_free]
+                raise ValueError(f"data.source: runs {', '.join(bad)} need source images (only {', '.join(free)} and "
                                  "objective none without style/mixstyle adapt without them)")
             if self.method.selection in ("dev", "source_val", "atc", "doc", "cot"):
                 raise ValueError(f"method.selection: '{self.method.selection}' needs source images "
@@ -370,16 +357,20 @@ def _allowed_keys(parent: list[str]) -> list[str]:
     for part in parent:
         if part.isdigit():
             continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        model = _section_type(field.annotation)
+        annotation = _fields(model).get(part)
+        model = None if annotation is None else _section_type(annotation)
         if model is None:
             return []
-    names = []
-    for name, f in model.model_fields.items():
-        names.append(f.alias or name)
-    return names
+    return list(_fields(model))
+
+
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """A section's keys (aliases where set) and their types; a run's include the registered
+    objectives' sections."""
+    out = {f.alias or name: f.annotation for name, f in model.model_fields.items()}
+    if issubclass(model, ObjectiveOptions):
+        out.update(method_registry.sections())
+    return out
 
 
 def _section_type(annotation: Any) -> Any:

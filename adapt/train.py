@@ -36,7 +36,7 @@ from adapt.errors import UserError, exception_line
 from adapt.fingerprint import check_fingerprint
 from adapt.io import atomic_torch_save, torch_load
 from adapt.methods.adabn import adabn, batchnorm_layers
-from adapt.methods.base import EpochStart, FeatureStyle, ImageStyle, Objective, Penalty
+from adapt.methods.base import EpochStart, FeatureStyle, ImageStyle, MethodParts, Objective, Penalty
 from adapt.progress import progress_bar, reporter
 from adapt.recipe import StrategyConfig, TrainConfig
 from adapt.strategies import apply_strategy, freeze_bn_stats, param_groups
@@ -82,24 +82,6 @@ def lr_factor(schedule: str, progress: float) -> float:
     if schedule == "dann":
         return 1.0 / (1.0 + 10.0 * p) ** 0.75
     return 1.0
-
-
-@dataclass
-class MethodParts:
-    """What a method plugs into the loop (see :mod:`adapt.methods.base`)."""
-
-    objective: Objective
-    style: ImageStyle | None = None
-    feature_style: FeatureStyle | None = None
-    penalties: Sequence[Penalty] = ()
-    #: the recipe's ``data.augment`` transform of the labelled batch (not a method part)
-    augment: Callable[..., torch.Tensor] | None = None
-    fairness: Any = None  # adapt.fairness.FairnessLoss: told each step's batch indices
-
-    def uses_target(self) -> bool:
-        """Whether any part declared it needs an unlabelled target batch every step."""
-        parts = (self.objective, self.style, self.feature_style)
-        return any(p.uses_target for p in parts if p is not None)
 
 
 @dataclass
@@ -170,7 +152,7 @@ def fit(
     resuming from a ``last.pt`` with another one is a UserError naming the changed keys.
     """
     t0 = time.perf_counter()
-    parts = MethodParts(objective, style, feature_style, penalties, augment, fairness)
+    parts = MethodParts(objective, style, feature_style, penalties, augment=augment, fairness=fairness)
     if parts.uses_target() and target_train is None:
         raise ValueError(f"{desc}: a method part uses target batches but no target_train was given")
     say = reporter(progress and ctx.is_main)

@@ -36,12 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from digits_study import build_data  # noqa: E402  (benchmarks/digits_study.py)
 
 from adapt.io import atomic_write_json  # noqa: E402
+from adapt.method_registry import objectives  # noqa: E402
 from adapt.recipe import load_recipe, validate_recipe  # noqa: E402
 from domaingap.pipeline import run_recipe  # noqa: E402
 
 RECIPES = {"phantom": "recipes/fewlabels_phantom.yaml", "digits": "recipes/fewlabels_digits.yaml"}
-#: the runs that use the k labelled images (retrained for every k); the others run once a seed
-FEW_LABEL_RUNS = ("mme", "finetune")
+#: the runs that use the k labelled images (retrained for every k; the recipes name each run
+#: after its objective): the objectives registered with needs_labeled_target; the others run once a seed
+FEW_LABEL_RUNS = tuple(n for n, o in objectives().items() if o.needs_labeled_target)
 
 
 def few_labels_pick(selection: dict[str, Any] | None) -> float | None:

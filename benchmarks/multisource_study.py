@@ -40,11 +40,13 @@ import study_table as study  # noqa: E402  (benchmarks/study_table.py)
 
 from adapt.data.real_images import (  # noqa: E402
     ImageSet, ScannerStyle, make_digits_shift, scan_digits, write_image_folder)
-from adapt.multisource_options import MULTI_SOURCE_OBJECTIVES  # noqa: E402
+from adapt.method_registry import objectives  # noqa: E402
 from adapt.recipe import load_recipe, validate_recipe  # noqa: E402
 from domaingap.pipeline import run_recipe  # noqa: E402
 
 RECIPES = {"phantom": "recipes/multisource_phantom.yaml", "digits": "recipes/multisource_digits.yaml"}
+#: the objectives that align several sources (registered with min_sources 2; the recipes name each run after its objective)
+MULTI_SOURCE_OBJECTIVES = tuple(n for n, o in objectives().items() if o.min_sources > 1)
 
 
 def build_digits(seed: int, out: Path) -> dict[str, Path]:
@@ -122,7 +124,7 @@ def main() -> int:
     study.print_table(stats, f"multi-source {args.case}, seeds {args.seeds} (accuracy %, mean ± sd over seeds), "
                       f"{time.perf_counter() - t0:.0f} s in all")
 
-    multi_names = ("dann+weights", "msdann", "m3sda")
+    multi_names = ("dann+weights", *MULTI_SOURCE_OBJECTIVES)
     single = {k: v for k, v in stats.items() if " only: " in k}
     union = {k: v for k, v in stats.items() if " only: " not in k and not k.endswith(multi_names)}
     multi = {k: v for k, v in stats.items() if k.endswith(multi_names)}

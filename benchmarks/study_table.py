@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from domaingap.pipeline import run_recipe  # noqa: E402
+from adapt.method_registry import objectives  # noqa: E402
 from adapt.recipe import Recipe, load_recipe, validate_recipe  # noqa: E402
 
 #: rows that are not adaptation methods (baselines)
@@ -33,12 +34,11 @@ BASELINES = ("source-only", "target-scratch")
 
 
 def extra_method_runs(epochs: int) -> list[dict[str, Any]]:
-    """The runs every study adds to its recipe: CDAN, CDAN+E, MCC, DeepCORAL, DAN and SHOT
-    for ``epochs`` epochs each, and TENT as the single online pass it is defined as."""
-    runs = [{"name": o, "objective": o, "epochs": epochs} for o in ("cdan", "mcc", "coral", "dan", "shot")]
-    runs.insert(1, {"name": "cdan+e", "objective": "cdan", "epochs": epochs, "cdan": {"entropy": True}})
-    runs.append({"name": "tent", "objective": "tent", "epochs": 1})
-    return runs
+    """The runs every study adds to its recipe: the rows each registered objective declares
+    (``ObjectiveSpec.study``: CDAN, CDAN+E, MCC, DeepCORAL, DAN and SHOT for ``epochs`` epochs
+    each, TENT as the single online pass it is defined as)."""
+    return [{"name": name, "objective": name, "epochs": epochs, **row}
+            for name, spec in objectives().items() for row in spec.study]
 
 
 def study_arguments(doc: str, recipe: str, out: str) -> argparse.ArgumentParser:

@@ -32,16 +32,19 @@ from adapt.evaluate import evaluate
 from adapt.methods import build_run_components
 from adapt.models import is_classifier
 from adapt.models.wrap import wrap_model
-from adapt.recipe import SOURCE_FREE_OBJECTIVES, validate_recipe
+from adapt.method_registry import objectives
+from adapt.recipe import validate_recipe
 from domaingap.runs import adabn_on, run_epochs, run_train_config, uses_target_bn
 from adapt.selection import make_score_fn, selection_summary
 from adapt.train import fit
 
 __all__ = ["METHODS", "AdaptResult", "adapt_model"]
 
-#: the methods :func:`adapt_model` takes: the recipe's objectives (``finetune`` needs
-#: labelled target images: use a recipe) and ``adabn`` (BatchNorm statistics only)
-METHODS: tuple[str, ...] = ("adabn", "source_only", "dann", "cdan", "mcc", "coral", "dan", "shot", "tent")
+#: the methods :func:`adapt_model` takes: ``adabn`` (BatchNorm statistics only) and the
+#: registered objectives that need neither labelled target images nor several sources
+#: (finetune, mme, msdann, m3sda: use a recipe)
+METHODS: tuple[str, ...] = ("adabn", *(n for n, o in objectives().items()
+                                       if n != "none" and not o.needs_labeled_target and o.min_sources == 1))
 #: the label-free selectors that need no source validation split
 SELECTIONS: tuple[str, ...] = ("im", "snd", "last")
 
@@ -82,9 +85,10 @@ def _run_entry(method: str, options: Mapping[str, Any] | None, epochs: int | Non
     if epochs is not None:
         entry["epochs"] = epochs
     if options:
-        if method not in ("dann", "cdan", "mcc", "coral", "dan", "shot"):
+        key = objectives()[method].options_key
+        if key is None:
             raise UserError(f"options: {method} has no options")
-        entry[method] = dict(options)
+        entry[key] = dict(options)
     return entry
 
 
@@ -183,7 +187,7 @@ def adapt_model(
     if not is_classifier(classifier) or not isinstance(getattr(classifier, "head", None), nn.Linear):
         raise UserError("head: the model is not a Classifier; name its final nn.Linear, e.g. head='fc'")
     channels = int(classifier.in_channels)
-    needs_source = run_cfg.objective not in (*SOURCE_FREE_OBJECTIVES, "none")
+    needs_source = run_cfg.objective != "none" and not run_cfg.spec.source_free
     src = None
     if source is not None:
         src = as_domain(source, argument="source", image_size=image_size, channels=channels, seed=seed)

@@ -33,7 +33,8 @@ from adapt.evaluate import evaluate
 from adapt.fingerprint import SOURCE, TARGET_SCRATCH, fingerprint, stage_fields
 from adapt.export import check_available, export_onnx, variant_file_name
 from adapt.io import atomic_write_json, atomic_write_text
-from adapt.methods import RunComponents, build_run_components
+from adapt.methods import build_run_components
+from adapt.methods.base import MethodParts
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
@@ -209,7 +210,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(source.model).to(device)
     target_train = domains.target_split["train"]
-    parts: RunComponents = build_run_components(
+    parts: MethodParts = build_run_components(
         run_cfg, model=model, recipe=recipe, source_train=domains.source_split.get("train"),
         target_train=target_train, target_labeled=domains.target_labeled, device=device, out_dir=stage_dir,
     )

@@ -28,10 +28,9 @@ from adapt.data import (
 from adapt.data.few_labels import split_few_labels
 from adapt.data.sources import load_sources
 from adapt.errors import UserError
-from adapt.methods import objective_batchnorm
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
-from adapt.recipe import ADVERSARIAL_OBJECTIVES, SOURCE_FREE_OBJECTIVES, AdaptRunConfig, Recipe, TrainConfig
+from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from diagnostics.features import FeatureSet, extract_features
 from diagnostics.ranking import recommended_run
 
@@ -213,35 +212,35 @@ def _few_labels(recipe: Recipe, target_split: dict[str, DomainDataset]) -> Domai
 
 
 def run_epochs(run_cfg: AdaptRunConfig, recipe: Recipe) -> int:
-    """The run's epochs: its own override, else train.epochs — except TENT, online by
-    definition: one pass over the target unless the run says otherwise."""
+    """The run's epochs: its own override, else its objective's registered default (TENT,
+    online by definition: one pass over the target), else train.epochs."""
     if run_cfg.epochs is not None:
         return run_cfg.epochs
-    return 1 if run_cfg.objective == "tent" else recipe.train.epochs
+    return run_cfg.spec.epochs if run_cfg.spec.epochs is not None else recipe.train.epochs
 
 
 def run_train_config(run_cfg: AdaptRunConfig, recipe: Recipe) -> TrainConfig:
-    """The training settings of one run: ``recipe.train``, with DANN's learning-rate
-    schedule for the adversarial objectives (their discriminator follows it)."""
-    if run_cfg.objective in ADVERSARIAL_OBJECTIVES:
-        return recipe.train.model_copy(update={"schedule": "dann"})
+    """The training settings of one run: ``recipe.train``, with the learning-rate schedule
+    its objective registered (DANN's for dann and cdan: their discriminator follows it)."""
+    if run_cfg.spec.schedule is not None:
+        return recipe.train.model_copy(update={"schedule": run_cfg.spec.schedule})
     return recipe.train
 
 
 def uses_target_bn(run_cfg: AdaptRunConfig) -> bool:
     """Runs deployed on the target with target BatchNorm statistics (AdaBN on the unlabelled
-    target training images): AdaBN runs and every alignment objective, whose convention is
-    per-domain (``adapt.methods.base``) — scored, selected and evaluated on the target with
+    target training images): AdaBN runs and every objective registered with the per-domain
+    convention (``adapt.methods.base``) — scored, selected and evaluated on the target with
     the statistics they trained with."""
-    return run_cfg.adabn or objective_batchnorm(run_cfg.objective) == "per_domain"
+    return run_cfg.adabn or run_cfg.spec.batchnorm == "per_domain"
 
 
 def uses_per_domain_bn(run_cfg: AdaptRunConfig) -> bool:
-    """Runs whose BatchNorm statistics end up the target's (:func:`uses_target_bn`;
-    fine-tuning on target images, and SHOT/TENT, which train on target images only, whose
-    precise-BN pass re-estimates them there) are evaluated on the source with source
-    statistics, so that source accuracy measures what the weights retained."""
-    return uses_target_bn(run_cfg) or run_cfg.objective in ("finetune", *SOURCE_FREE_OBJECTIVES)
+    """Runs whose BatchNorm statistics end up the target's (:func:`uses_target_bn`; and the
+    objectives that train on target images — fine-tuning, SHOT, TENT —, whose precise-BN
+    pass re-estimates them there) are evaluated on the source with source statistics, so
+    that source accuracy measures what the weights retained."""
+    return uses_target_bn(run_cfg) or run_cfg.spec.trains_on_target
 
 
 def batchnorm_statistics(run_cfg: AdaptRunConfig | None) -> str:

@@ -35,7 +35,8 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.recipe", 0, "base"),
     ("adapt.recipe_text", 0, "base"),  # YAML that refuses a repeated key; key.path=value overrides
     ("adapt.fingerprint", 0, "base"),
-    ("adapt.method_options", 0, "base"),  # the recipe's per-method sections
+    ("adapt.method_options", 0, "base"),  # a run's objective and options, the ewc section
+    ("adapt.method_registry", 0, "base"),  # the registered objectives (their files fill it)
     ("adapt.fairness_config", 0, "base"),  # the recipe's train.fairness / train.guard sections
     ("adapt.group_metrics", 0, "base"),  # per-group metrics by fairlearn (optional extra)
     ("adapt.few_labels_options", 0, "base"),  # MME's section, the few-target-labels recipe checks

@@ -162,13 +162,9 @@ def test_adapt_methods_are_the_recipe_objectives():
     """adapt_model takes every recipe objective that needs no labelled target images and
     one source (finetune and mme train on data.target.labeled_per_class images; msdann and
     m3sda need several sources: recipes only)."""
-    from typing import get_args
+    from adapt.method_registry import objectives
 
-    from adapt.multisource_options import MULTI_SOURCE_OBJECTIVES
-    from adapt.recipe import AdaptRunConfig
-
-    objectives = set(get_args(AdaptRunConfig.model_fields["objective"].annotation))
-    assert set(adapt.METHODS) == (objectives - {"none", "finetune", "mme", *MULTI_SOURCE_OBJECTIVES}) | {"adabn"}
+    assert set(adapt.METHODS) == set(objectives()) - {"none", "finetune", "mme", "msdann", "m3sda"} | {"adabn"}
 
 
 def test_adapt_model_adabn_moves_only_batchnorm_statistics(model):

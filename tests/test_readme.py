@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import get_args
 
+from adapt.method_registry import objectives
 from adapt.recipe import AdaptRunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,9 @@ def _section(text: str, heading: str) -> str:
 
 
 def _choices(field: str) -> set[str]:
+    """A run's choices of ``field``: the registered objectives, or a Literal's values."""
+    if field == "objective":
+        return set(objectives()) - {"none"}
     return set(get_args(AdaptRunConfig.model_fields[field].annotation)) - {"none"}
 
 

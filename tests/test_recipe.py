@@ -99,7 +99,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert r.train.lr == pytest.approx(1e-3) and isinstance(r.train.lr, float)
     assert r.train.epochs == 3 and r.train.amp is False
     assert r.data.source.n == 50
-    assert r.method.runs[0].objective == "dann" and r.method.runs[0].dann.weight == 0.5
+    assert r.method.runs[0].objective == "dann" and r.method.runs[0].options.weight == 0.5
 
 
 def test_override_errors(tmp_path):

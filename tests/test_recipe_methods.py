@@ -27,8 +27,9 @@ def test_options_under_their_own_keys():
         {"name": "d", "objective": "dan", "dan": {"layers": ["features", "logits"], "kernel_low": -3}},
         {"name": "s", "objective": "shot", "shot": {"pseudo_label_weight": 0.1}}))
     c, m, d, s = r.method.runs
-    assert (c.cdan.entropy, c.cdan.randomized_dim, c.cdan.weight) == (True, 512, 0.5)
-    assert m.mcc.temperature == 2.0 and d.dan.layers == ["features", "logits"] and s.shot.pseudo_label_weight == 0.1
+    assert (c.options.entropy, c.options.randomized_dim, c.options.weight) == (True, 512, 0.5)
+    assert m.options.temperature == 2.0 and d.options.layers == ["features", "logits"]
+    assert s.section("shot").pseudo_label_weight == 0.1
 
 
 def test_source_free_recipe_omits_the_source():

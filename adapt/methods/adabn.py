@@ -37,6 +37,9 @@ a residual block, gets the generic prefix passes inside it only). The result is 
 as the generic route's (tested); the activations are kept only while they fit in
 ``cache_mb``, beyond which the remaining layers take the generic route. Batches read from
 a loader are kept in memory (up to ``cache_mb``) so files are decoded once.
+
+A run with ``objective: none`` (registered here) trains nothing: with ``adabn: true`` it
+is AdaBN alone.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
@@ -281,3 +285,11 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
         for m, mode in modes.items():
             m.train(mode)
     return seen
+
+
+def _nothing(ctx: BuildContext):
+    """objective none: nothing trains (the run is AdaBN alone with ``adabn: true``, or the source model)."""
+    return None, ctx.source_train
+
+
+register(ObjectiveSpec("none", _nothing))

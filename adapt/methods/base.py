@@ -38,13 +38,13 @@ and deployed with:
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-
-BATCHNORM_CONVENTIONS = ("source", "per_domain")
+from adapt.method_registry import BATCHNORM_CONVENTIONS
 
 
 def batchnorm_convention(objective: object | None) -> str:
@@ -139,3 +139,26 @@ class EpochStart(Protocol):
     def start_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
         """Prepare epoch ``epoch`` (0-based); returns logs for the epoch's history record."""
         ...
+
+
+@dataclass
+class MethodParts:
+    """What a method plugs into the loop: the parts above, and (from a recipe run,
+    :func:`adapt.methods.build_run_components`) the data they train on."""
+
+    objective: Objective | None
+    style: ImageStyle | None = None
+    feature_style: FeatureStyle | None = None
+    penalties: Sequence[Penalty] = ()
+    #: the labelled batches: source train, the labelled target images, or target images (source-free)
+    train_data: Any = None
+    #: unlabelled target images; drawn from when a part ``uses_target``
+    target_data: Any = None
+    #: the recipe's ``data.augment`` transform of the labelled batch (not a method part)
+    augment: Callable[..., Tensor] | None = None
+    fairness: Any = None  # adapt.fairness.FairnessLoss: told each step's batch indices
+
+    def uses_target(self) -> bool:
+        """Whether any part declared it needs an unlabelled target batch every step."""
+        parts = (self.objective, self.style, self.feature_style)
+        return any(p.uses_target for p in parts if p is not None)

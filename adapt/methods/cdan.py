@@ -33,9 +33,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.dann import DomainDiscriminator, grad_reverse, grl_lambda
 from adapt.methods.entropy import entropy_weights
 
@@ -151,3 +154,27 @@ class CDAN:
             "src_domain_loss": loss_s.item(), "target_domain_loss": loss_t.item(),
             "lambda": lam, "disc_acc": disc_acc, "train_acc": train_acc,
         }
+
+class CDANConfig(RecipeSection):
+    """A run's ``cdan:`` options."""
+
+    #: maximum GRL coefficient (ramped as DANN's)
+    weight: float = Field(1.0, ge=0)
+    #: CDAN+E: weight each sample's domain loss by 1 + exp(-entropy of its prediction)
+    entropy: bool = False
+    #: output size of the randomised multilinear map, used when classes x features > max_multilinear_dim
+    randomized_dim: int = Field(1024, ge=1, le=65536)
+    max_multilinear_dim: int = Field(4096, ge=1, le=1 << 20)
+    hidden: int = Field(256, ge=1, le=65536)
+    depth: int = Field(2, ge=1, le=8)
+
+
+def _cdan(ctx: BuildContext):
+    c = ctx.options
+    return CDAN.for_model(ctx.model, domain_weight=c.weight, entropy=c.entropy, randomized_dim=c.randomized_dim,
+                          max_dim=c.max_multilinear_dim, width=c.hidden, depth=c.depth,
+                          label_smoothing=ctx.label_smoothing, seed=ctx.seed), ctx.source_train
+
+
+register(ObjectiveSpec("cdan", _cdan, section=CDANConfig, batchnorm=CDAN.batchnorm, schedule="dann",
+                       study=({}, {"name": "cdan+e", "cdan": {"entropy": True}})))

@@ -15,9 +15,14 @@ oracle).
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from torch import Tensor
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.alignment import StatisticAlignment
 
 
@@ -43,3 +48,18 @@ class DeepCORAL(StatisticAlignment):
 
     def discrepancy(self, z_s: Tensor, z_t: Tensor) -> Tensor:
         return coral_loss(z_s, z_t)
+
+class CORALConfig(RecipeSection):
+    """A run's ``coral:`` options."""
+
+    weight: float = Field(1.0, ge=0)
+    #: activations to align: pooled features and/or logits (the paper: the last layer)
+    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
+
+
+def _coral(ctx: BuildContext):
+    o = ctx.options
+    return DeepCORAL(weight=o.weight, layers=o.layers, label_smoothing=ctx.label_smoothing), ctx.source_train
+
+
+register(ObjectiveSpec("coral", _coral, section=CORALConfig, batchnorm=DeepCORAL.batchnorm, study=({},)))

@@ -26,12 +26,15 @@ p-value, for the audit, is :mod:`diagnostics.mmd`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.alignment import StatisticAlignment
 
 
@@ -74,3 +77,27 @@ class DAN(StatisticAlignment):
 
     def discrepancy(self, z_s: Tensor, z_t: Tensor) -> Tensor:
         return mk_mmd2(z_s, z_t, self.scales)
+
+class DANConfig(RecipeSection):
+    """A run's ``dan:`` options."""
+
+    weight: float = Field(1.0, ge=0)
+    layers: list[Literal["features", "logits"]] = Field(default_factory=lambda: ["features"], min_length=1)
+    #: Gaussian kernels at bandwidths median x 2^k, k = low ... high in steps of 1/2
+    kernel_low: int = Field(-8, ge=-20, le=20)
+    kernel_high: int = Field(8, ge=-20, le=20)
+
+    @model_validator(mode="after")
+    def _order(self) -> DANConfig:
+        if self.kernel_low > self.kernel_high:
+            raise ValueError(f"kernel_low ({self.kernel_low}) must be <= kernel_high ({self.kernel_high})")
+        return self
+
+
+def _dan(ctx: BuildContext):
+    o = ctx.options
+    return DAN(weight=o.weight, layers=o.layers, kernel_low=o.kernel_low, kernel_high=o.kernel_high,
+               label_smoothing=ctx.label_smoothing), ctx.source_train
+
+
+register(ObjectiveSpec("dan", _dan, section=DANConfig, batchnorm=DAN.batchnorm, study=({},)))

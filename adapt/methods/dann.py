@@ -37,9 +37,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.base import features_per_domain
 
 
@@ -196,3 +199,20 @@ class DANN:
             total = total + self.diversity_weight * collapse
             logs["target_collapse"] = collapse.item()
         return total, logs
+
+class DANNConfig(RecipeSection):
+    """A run's ``dann:`` options (also msdann's)."""
+
+    #: maximum weight of the domain loss; the paper's ramp 2/(1+exp(-10p))-1 scales it
+    weight: float = Field(0.3, ge=0)
+    hidden: int = Field(256, ge=1, le=65536)
+    depth: int = Field(2, ge=1, le=8)
+
+
+def _dann(ctx: BuildContext):
+    o = ctx.options
+    return DANN.for_model(ctx.model, domain_weight=o.weight, width=o.hidden, depth=o.depth,
+                          label_smoothing=ctx.label_smoothing), ctx.source_train
+
+
+register(ObjectiveSpec("dann", _dann, section=DANNConfig, batchnorm=DANN.batchnorm, schedule="dann"))

@@ -16,9 +16,12 @@ source batch is forwarded for the cross-entropy only; the target batch separatel
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.entropy import entropy_weights
 
 
@@ -62,3 +65,19 @@ class MCC:
             train_acc = (logits_s.argmax(1) == ys).float().mean().item()
         return class_loss + self.weight * confusion, {
             "class_loss": class_loss.item(), "mcc_loss": confusion.item(), "train_acc": train_acc}
+
+class MCCConfig(RecipeSection):
+    """A run's ``mcc:`` options."""
+
+    #: mu, the weight of the class-confusion loss
+    weight: float = Field(1.0, ge=0)
+    #: softmax temperature of the target predictions (the paper's 2.5)
+    temperature: float = Field(2.5, gt=0)
+
+
+def _mcc(ctx: BuildContext):
+    o = ctx.options
+    return MCC(weight=o.weight, temperature=o.temperature, label_smoothing=ctx.label_smoothing), ctx.source_train
+
+
+register(ObjectiveSpec("mcc", _mcc, section=MCCConfig, batchnorm=MCC.batchnorm, study=({},)))

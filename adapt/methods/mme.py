@@ -27,9 +27,12 @@ forwarded alone, the labelled and unlabelled target images together.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.dann import grad_reverse
 from adapt.models.cosine_head import CosineHead
 from adapt.models.modules import unwrap_model
@@ -101,3 +104,21 @@ class MME:
             acc_l = (logits_l.argmax(1) == yl).float().mean().item()
         return class_loss - self.lam * h, {"class_loss": class_loss.item(), "target_entropy": h.item(),
                                             "train_acc": acc_s, "labeled_target_acc": acc_l}
+
+class MMEConfig(RecipeSection):
+    """A run's ``mme:`` options; defaults are the paper's."""
+
+    #: λ: weight of the minimax entropy term on the unlabelled target images
+    lam: float = Field(0.1, ge=0, le=100, alias="lambda")
+    #: T of the cosine classifier: logits = cos(w_c, f) / T
+    temperature: float = Field(0.05, gt=0, le=10)
+
+
+def _mme(ctx: BuildContext):
+    # source batches from the loop, labelled target ones kept by MME
+    o = ctx.options
+    return MME.for_model(ctx.model, ctx.labeled_target(), lam=o.lam, temperature=o.temperature,
+                         label_smoothing=ctx.label_smoothing, seed=ctx.seed), ctx.source_train
+
+
+register(ObjectiveSpec("mme", _mme, section=MMEConfig, batchnorm=MME.batchnorm, needs_labeled_target=True))

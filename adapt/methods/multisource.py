@@ -37,12 +37,15 @@ import itertools
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from adapt.data.sources import source_index
 from adapt.errors import UserError
-from adapt.methods.dann import DomainDiscriminator, grad_reverse, grl_lambda
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
+from adapt.methods.dann import DANNConfig, DomainDiscriminator, grad_reverse, grl_lambda
 
 
 class DomainTagged(Dataset):
@@ -182,15 +185,35 @@ class M3SDA(_MultiSource):
                                                "train_acc": train_acc}
 
 
-def build_multisource(run, model: nn.Module, source_train, names: list[str], label_smoothing: float = 0.0):
-    """(objective, the DomainTagged union it trains on) for a run's ``msdann`` / ``m3sda``;
-    ``names``: the recipe's source names, in order (``data.sources``)."""
-    data = DomainTagged(source_train, source_index(source_train, names))
-    n_classes = len(source_train.classes)
-    if run.objective == "msdann":
-        objective = MultiSourceDANN(int(model.feature_dim), len(names), n_classes, domain_weight=run.dann.weight,
-                                    width=run.dann.hidden, depth=run.dann.depth, label_smoothing=label_smoothing)
-    else:
-        objective = M3SDA(len(names), n_classes, weight=run.m3sda.weight, moments=run.m3sda.moments,
-                          label_smoothing=label_smoothing)
-    return objective, data
+class M3SDAConfig(RecipeSection):
+    """A run's ``m3sda:`` options."""
+
+    #: weight of the moment-matching loss (first and second moments, every domain pair)
+    weight: float = Field(1.0, ge=0)
+    #: highest moment order matched (the paper: 2)
+    moments: int = Field(2, ge=1, le=4)
+
+
+def _tagged_union(ctx: BuildContext) -> DomainTagged:
+    """The union of the recipe's sources (data.sources, in order), each image tagged with its source."""
+    names = [s.name for s in ctx.recipe.data.sources]
+    return DomainTagged(ctx.source_train, source_index(ctx.source_train, names))
+
+
+def _msdann(ctx: BuildContext):
+    data, o = _tagged_union(ctx), ctx.options
+    return MultiSourceDANN(int(ctx.model.feature_dim), len(ctx.recipe.data.sources), len(ctx.source_train.classes),
+                           domain_weight=o.weight, width=o.hidden, depth=o.depth,
+                           label_smoothing=ctx.label_smoothing), data
+
+
+def _m3sda(ctx: BuildContext):
+    data, o = _tagged_union(ctx), ctx.options
+    return M3SDA(len(ctx.recipe.data.sources), len(ctx.source_train.classes), weight=o.weight, moments=o.moments,
+                 label_smoothing=ctx.label_smoothing), data
+
+
+# msdann reads dann's options (its weight, hidden, depth); adversarial, but it keeps train.schedule
+register(ObjectiveSpec("msdann", _msdann, section=DANNConfig, section_key="dann", batchnorm=_MultiSource.batchnorm,
+                       min_sources=2))
+register(ObjectiveSpec("m3sda", _m3sda, section=M3SDAConfig, batchnorm=_MultiSource.batchnorm, min_sources=2))

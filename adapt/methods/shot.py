@@ -24,10 +24,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from adapt.errors import UserError
+from adapt.method_options import RecipeSection
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.adabn import adabn
 from adapt.methods.entropy import information_maximization
 
@@ -111,8 +114,6 @@ class SHOT:
     uses_target = False
     #: trains on target batches only: deployed with target BatchNorm statistics, the source with its own
     batchnorm = "per_domain"
-    #: trains from a source model without source images
-    source_free = True
 
     def __init__(self, target: Dataset, *, pseudo_label_weight: float = 0.3, diversity_weight: float = 1.0,
                  label_smoothing: float = 0.0, target_statistics: bool = True):
@@ -165,3 +166,22 @@ class SHOT:
             total = total + self.beta * pl
             logs["pseudo_label_loss"] = pl.item()
         return total, logs
+
+class SHOTConfig(RecipeSection):
+    """A run's ``shot:`` options."""
+
+    #: beta, the weight of the pseudo-label cross-entropy (the paper: 0.3; 0.1 on digits)
+    pseudo_label_weight: float = Field(0.3, ge=0)
+    #: weight of the diversity term H(mean prediction)
+    diversity_weight: float = Field(1.0, ge=0)
+
+
+def _shot(ctx: BuildContext):
+    # no label smoothing on pseudo-labels (the paper smooths the source training only)
+    o = ctx.options
+    objective = SHOT(ctx.target_train, pseudo_label_weight=o.pseudo_label_weight, diversity_weight=o.diversity_weight)
+    return objective, objective.data  # target images with pseudo-labels, refreshed every epoch
+
+
+register(ObjectiveSpec("shot", _shot, section=SHOTConfig, batchnorm=SHOT.batchnorm, trains_on="target",
+                       study=({},)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
+
 
 class SourceOnly:
     """Plain supervised training on the labelled source batch: CE(C(G(x_s)), y_s)."""
@@ -22,3 +24,10 @@ class SourceOnly:
         loss = self.criterion(logits, ys)
         acc = (logits.argmax(1) == ys).float().mean().item()
         return loss, {"class_loss": loss.item(), "train_acc": acc}
+
+
+def _source_only(ctx: BuildContext):
+    return SourceOnly(ctx.label_smoothing), ctx.source_train
+
+
+register(ObjectiveSpec("source_only", _source_only))

@@ -21,6 +21,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from adapt.errors import UserError
+from adapt.method_registry import BuildContext, ObjectiveSpec, register
 from adapt.methods.entropy import entropy
 
 
@@ -44,7 +45,6 @@ class TENT:
     uses_target = False
     #: trains on target batches only: deployed with target BatchNorm statistics, the source with its own
     batchnorm = "per_domain"
-    source_free = True
 
     def modules(self) -> dict[str, nn.Module]:
         return {}
@@ -59,3 +59,10 @@ class TENT:
              progress: float) -> tuple[Tensor, dict[str, float]]:
         ent = entropy(model(xs).float().softmax(dim=1)).mean()
         return ent, {"entropy": ent.item()}
+
+def _tent(ctx: BuildContext):
+    return TENT(), ctx.target_train  # unlabelled: TENT ignores the labels
+
+
+register(ObjectiveSpec("tent", _tent, batchnorm=TENT.batchnorm, trains_on="target", epochs=1,
+                       study=({"epochs": 1},)))
