@@ -199,9 +199,10 @@ def test_gap_only_report_omits_missing_sections():
     assert "Domain gap report" in html and "0.003" in html
     for absent in ('id="accuracy"', 'id="embedding"', 'id="attribution"', 'id="groups"', 'id="methods"'):
         assert absent not in html
-    # a plain dict without verdicts is judged on the way in
-    html2 = render_html({"before": before, "classes": ["a", "b"]})
-    assert "Source and target differ measurably" in html2
+    assert "Source and target differ measurably" in html
+    # the report renders what was judged; it never judges a dict that has no verdicts
+    with pytest.raises(ValueError, match="build_audit"):
+        render_html({"before": before, "classes": ["a", "b"]})
 
 
 # --------------------------------------------------------------------------- in a real browser
