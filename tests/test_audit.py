@@ -168,8 +168,9 @@ def test_auc_below_chance_is_no_evidence():
 def test_gap_only_report_has_gap_and_accuracy_verdicts():
     vs = by_name(compute_verdicts(stage(src=0.95, tgt=0.48, mmd2=0.2, p=0.0004, auc=0.99)))
     assert set(vs) == {"gap", "accuracy_gap"}
-    assert vs["gap"].level == "warn" and "MMD test p < 0.001 (MMD² 0.2)" in vs["gap"].summary
-    assert vs["accuracy_gap"].level == "warn" and "source 95.0% → target 48.0% (-47.0 points)" in vs["accuracy_gap"].summary
+    assert vs["gap"].level == "warn" and vs["gap"].evidence["mmd_p_value"] == 0.0004
+    assert vs["accuracy_gap"].level == "warn"
+    assert vs["accuracy_gap"].evidence == {"source_accuracy": 0.95, "target_accuracy": 0.48}
     vs = by_name(compute_verdicts(stage(mmd2=0.001, p=0.4, auc=0.52)))
     assert vs["gap"].level == "ok"
 
@@ -189,7 +190,9 @@ def test_accuracy_change_is_judged_by_the_paired_test():
     v = by_name(compute_verdicts(stage(src=0.9, tgt=0.60, **gap),
                                  stage(src=0.9, tgt=0.607, change=small, **gap)))["negative_transfer"]
     assert v.level == "warn" and v.title == "Adaptation did not clearly help"
-    assert "+0.7 points (95% CI -2.0 to +3.0; McNemar p = 0.750" in v.summary
+    assert (v.evidence["paired_change"], v.evidence["paired_n"]) == ("inconclusive", 180)
+    assert (v.evidence["paired_ci_low"], v.evidence["paired_ci_high"]) == (-0.02, 0.03)
+    assert "+0.7 points (95% CI -2.0 to +3.0; McNemar p = 0.750" in v.summary  # golden: how a change reads
     helped = _change("helped", 0.30, 0.25, 0.35, 1e-9, 3, 111)
     v = by_name(compute_verdicts(stage(src=0.9, tgt=0.6, **gap), stage(src=0.9, tgt=0.9, change=helped, **gap)))
     assert v["negative_transfer"].level == "ok" and v["negative_transfer"].evidence["paired_change"] == "helped"
@@ -210,7 +213,8 @@ def test_near_chance_model_is_still_unusable_even_if_it_improved():
     vs = by_name(compute_verdicts(ten_class(0.10), ten_class(0.18, helped)))
     assert vs["negative_transfer"].title == "Adaptation helped"
     assert vs["usability"].level == "warn" and vs["usability"].title == "Still unusable on the target"
-    assert "chance 10.0%" in vs["usability"].summary
+    assert vs["usability"].evidence["chance_accuracy"] == pytest.approx(0.1)
+    assert vs["usability"].evidence["chance_corrected"] == pytest.approx((0.18 - 0.1) / 0.9)
     assert "usability" not in by_name(compute_verdicts(ten_class(0.10), ten_class(0.90, helped)))
 
 

@@ -152,13 +152,6 @@ class StageResult:
         kwargs = {k: (d.get(k) if isinstance(d.get(k), Mapping) else {}) for k in cls._SECTIONS}
         return cls(name=str(d.get("name") or "model"), **kwargs)
 
-    # convenient accessors (None when not measured)
-    def accuracy(self, split: str) -> float | None:
-        return number(self.metrics, split, "accuracy")
-
-    def macro_f1(self, split: str) -> float | None:
-        return number(self.metrics, split, "macro_f1")
-
 
 @dataclass
 class RunInfo:

@@ -43,12 +43,11 @@ class SplitMetrics:
     all None when the split was not measured (no labels, no source images)."""
 
     accuracy: float | None = None
-    macro_f1: float | None = None
     per_class_recall: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, d: Any) -> SplitMetrics:
-        return cls(number(d, "accuracy"), number(d, "macro_f1"), section(d, "per_class_recall"))
+        return cls(number(d, "accuracy"), section(d, "per_class_recall"))
 
 
 @dataclass(frozen=True)
