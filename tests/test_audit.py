@@ -380,7 +380,8 @@ def test_the_register_holds_every_verdict():
     for folder in ("adapt", "diagnostics", "domaingap"):
         for path in (root / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Verdict":
+                called = getattr(node, "func", None)
+                if isinstance(node, ast.Call) and getattr(called, "id", getattr(called, "attr", None)) == "Verdict":
                     arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "name"), None)
                     made.setdefault(str(path.relative_to(root)), set()).add(getattr(arg, "value", None))
     banner = "diagnostics/audit/verdict.py"

@@ -110,9 +110,10 @@ class Gap:
     @classmethod
     def parse(cls, gap: Mapping) -> Gap:
         mmd, ct, fd = section(gap, "mmd"), section(gap, "classifier_test"), section(gap, "frechet")
+        decidable = lambda d: d.get("decidable", True) is not False  # noqa: E731 (absent: it can decide)
         return cls(
-            mmd=TwoSampleTest(number(mmd, "p_value"), number(mmd, "mmd2"), mmd.get("decidable", True) is not False),
-            classifier_test=TwoSampleTest(number(ct, "p_value"), number(ct, "auc"), ct.get("decidable", True) is not False),
+            mmd=TwoSampleTest(number(mmd, "p_value"), number(mmd, "mmd2"), decidable(mmd)),
+            classifier_test=TwoSampleTest(number(ct, "p_value"), number(ct, "auc"), decidable(ct)),
             domain_classifier_auc=number(gap, "domain_classifier", "auc"),
             frechet=Frechet(number(fd, "distance"), number(fd, "ci_low"), number(fd, "ci_high"),
                             number(fd, "ci_centre"), str(fd["extractor"]) if fd.get("extractor") else None),
