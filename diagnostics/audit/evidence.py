@@ -69,10 +69,10 @@ class PairedChange:
     def parse(cls, d: Mapping) -> PairedChange | None:
         if not d:
             return None
-        return cls(verdict=str(d.get("verdict")), delta=_opt_float(d.get("delta")), ci_low=_opt_float(d.get("ci_low")),
-                   ci_high=_opt_float(d.get("ci_high")), level=float(d.get("level", 0.95)),
-                   mcnemar_p=_opt_float(d.get("mcnemar_p")), b=int(d.get("b") or 0), c=int(d.get("c") or 0),
-                   n=int(d.get("n") or 0))
+        count = lambda key: int(number(d, key) or 0)  # noqa: E731
+        return cls(verdict=str(d.get("verdict")), delta=number(d, "delta"), ci_low=number(d, "ci_low"),
+                   ci_high=number(d, "ci_high"), level=number(d, "level") or 0.95,
+                   mcnemar_p=number(d, "mcnemar_p"), b=count("b"), c=count("c"), n=count("n"))
 
 
 # --------------------------------------------------------------------------- gap
@@ -303,7 +303,7 @@ class LabelFree:
         acc = section(d, "accuracy")
         est = {str(n): AccuracyEstimate(float(e["accuracy"]), _opt_float(e.get("band")),
                                         _opt_float(e.get("change_band")))
-               for n, e in section(acc, "estimates").items() if isinstance(e, Mapping)}
+               for n, e in section(acc, "estimates").items() if number(e, "accuracy") is not None}
         return cls(number(d, "im_score"), number(d, "snd"), est, acc.get("default") or None,
                    acc.get("corroborating") or None)
 

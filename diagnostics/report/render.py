@@ -7,7 +7,7 @@ page escaped. Figures are inline base64 PNGs, the stylesheet is inlined, there i
 script and no external URL, so the file opens anywhere, offline, and can be archived.
 It computes no statistics and judges nothing: the verdicts, the banner and every level
 shown come from the audit as judged (:func:`diagnostics.audit.build_audit`; the levels of
-a section from its typed evidence, :class:`diagnostics.audit.StageEvidence`); it only
+a section from its typed evidence, :mod:`diagnostics.audit.evidence`); it only
 formats what the audit holds.
 """
 
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import jinja2
 
 from adapt.io import atomic_write_text
-from diagnostics.audit import Audit, StageEvidence, StageResult, Verdict, number, p_phrase, section
+from diagnostics.audit import Audit, StageResult, Verdict, number, p_phrase, section
+from diagnostics.audit.evidence import Collapse, SpuriousDomain
 from diagnostics.report import figures
 from diagnostics.report.fairness_view import fairness_section
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
@@ -198,7 +199,7 @@ def _collapse_section(a: Audit) -> list[dict]:
         c = s.collapse
         if not c:
             continue
-        found = StageEvidence.of(s).collapse
+        found = Collapse.parse(c)
         prior = section(c, "source_prior") or section(c, "source", "histogram")
         prior_name = "source prior" if section(c, "source_prior") else "source predictions"
         # the true target mix (labels known) is what the verdict judges against; BBSE's
@@ -248,12 +249,11 @@ def _embedding_section(a: Audit) -> list[dict]:
 def _spurious_section(a: Audit) -> list[dict]:
     out = []
     for s in _stages(a):
-        checks = StageEvidence.of(s).spurious
         for domain, sec in (s.spurious or {}).items():
             if not isinstance(sec, Mapping):
                 continue
             v = sec.get("verdict") or {}
-            level = checks[str(domain)].level
+            level = SpuriousDomain.parse(sec).level
             hot = sec.get("hot_box")
             facts = []
             if sec.get("border_share") is not None:
