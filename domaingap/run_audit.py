@@ -23,7 +23,7 @@ from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from domaingap.runs import Domains, RunSummary, decide_deployment
-from diagnostics.audit import StageResult, Verdict, build_audit
+from diagnostics.audit import Coverage, StageResult, build_audit
 from diagnostics.labelfree_estimates import estimate_text
 from diagnostics.paired import accuracy_change
 from diagnostics.ranking import rank_runs
@@ -323,56 +323,23 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         before.label_free["accuracy"] = estimates.get("source-only")
         if after is not None:
             after.label_free["accuracy"] = estimates.get(after_name)
+    data = None
+    if cfg.data_audit:  # opt-in: it reads every image of both domains (docs/data_audit.md)
+        from domaingap.data_audit_run import run_data_section
+
+        data = run_data_section(domains, recipe.seed, progress)
     env = environment_info(device)
     audit = build_audit(
         before, after, classes=domains.classes,
         run={"name": recipe.name, "recipe_text": recipe.to_yaml(), "seed": recipe.seed,
              "device": env["device"], "versions": env["versions"]},
         methods_table=methods_rows(summary.table, ranking, after_name, recipe, estimates), sources=summary.sources,
+        coverage=Coverage(source_images=has_source, target_missing_classes=tuple(domains.target_missing or ())),
+        data=data,
     )
-    if not has_source:
-        audit.verdicts.insert(0, source_free_verdict())
-    if domains.target_missing:
-        audit.verdicts.insert(0, partial_target_verdict(domains.target_missing))
-    if cfg.data_audit:  # opt-in: it reads every image of both domains (docs/data_audit.md)
-        from domaingap.data_audit_run import run_data_section
-
-        audit.data = run_data_section(domains, recipe.seed, progress)
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")
     return html
-
-
-#: what an audit cannot measure without source images (a source-free run)
-NOT_MEASURED_WITHOUT_SOURCE = (
-    "the domain gap (MMD, Fréchet distance, domain classifier, transport)",
-    "source accuracy, and so forgetting and negative transfer on the source",
-    "the BBSE estimate of the target label mix (needs labelled source images)",
-    "attribution and group metrics on source images",
-    "the joint source/target embedding",
-)
-
-
-def source_free_verdict():
-    """The audit's statement of what a source-free run's audit could not measure."""
-    return Verdict(
-        name="source_free", level="warn", title="Source-free run: measured on the target only",
-        summary="No source images were read (data.source is none), so this audit measured the target "
-                "predictions, collapse, label-free scores, attributions and group metrics only; not measured: "
-                + "; ".join(NOT_MEASURED_WITHOUT_SOURCE) + ".",
-        evidence={"source_images": 0})
-
-
-def partial_target_verdict(missing: list[str]) -> Verdict:
-    """The audit's statement that the target's labels cover only some classes (the recipe
-    said so: ``data.target_classes: subset``): its accuracies and mixes are over those."""
-    names = ", ".join(repr(c) for c in missing)
-    return Verdict(
-        name="partial_target_classes", level="warn", title="Target labels cover only some classes",
-        summary=f"The target has no labelled images of {names} (data.target_classes: subset): target "
-                "accuracy, recall and the true target mix are measured over the classes it has; predictions "
-                "of a missing class on the target are necessarily wrong.",
-        evidence={"missing_classes": list(missing)})
 
 
 def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, recipe: Recipe,

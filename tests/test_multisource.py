@@ -229,19 +229,22 @@ def test_two_sources_end_to_end(tmp_path, capsys):
 
 
 def test_sources_verdict_names_a_source_that_hurts():
-    from diagnostics.audit.sources_policy import sources_verdict
-    from diagnostics.audit.thresholds import AuditThresholds
+    from diagnostics.audit import compute_verdicts
+
+    def sources(rec):
+        return {v.name: v for v in compute_verdicts({"name": "m"}, sources=rec)}.get("sources")
 
     rec = {"names": ["A", "C"], "mmd2": {"A": 0.1, "C": 0.4}, "weights": {"A": 0.7, "C": 0.3},
            "leave_one_out": {"measured_error": {"change_p90": 0.05},
                              "all": {"estimated_accuracy": 0.70},
                              "without": {"A": {"estimated_accuracy": 0.55}, "C": {"estimated_accuracy": 0.80}},
                              "contribution": {"A": 0.15, "C": -0.10}}}
-    v = sources_verdict(rec, AuditThresholds())
-    assert v.level == "warn" and "C seems to hurt" in v.summary
+    v = sources(rec)
+    assert v.level == "warn" and v.evidence["C: contribution (estimated accuracy)"] == -0.10
+    assert "C seems to hurt" in v.summary  # -0.10 lies beyond the measured change error 0.05
     rec["leave_one_out"]["contribution"]["C"] = 0.01
-    assert sources_verdict(rec, AuditThresholds()).level == "ok"
-    assert sources_verdict({"names": ["A"]}, AuditThresholds()) is None
+    assert sources(rec).level == "ok"
+    assert sources({"names": ["A"]}) is None
 
 
 def test_a_run_folder_inside_a_source_folder_is_refused(tmp_path, capsys):

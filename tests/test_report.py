@@ -199,9 +199,10 @@ def test_gap_only_report_omits_missing_sections():
     assert "Domain gap report" in html and "0.003" in html
     for absent in ('id="accuracy"', 'id="embedding"', 'id="attribution"', 'id="groups"', 'id="methods"'):
         assert absent not in html
-    # a plain dict without verdicts is judged on the way in
-    html2 = render_html({"before": before, "classes": ["a", "b"]})
-    assert "Source and target differ measurably" in html2
+    assert "Source and target differ measurably" in html
+    # the report renders what was judged; it never judges a dict that has no verdicts
+    with pytest.raises(ValueError, match="build_audit"):
+        render_html({"before": before, "classes": ["a", "b"]})
 
 
 # --------------------------------------------------------------------------- in a real browser
@@ -331,3 +332,30 @@ def test_collapse_pill_shows_the_level_the_verdict_uses():
     assert first_pill.group(1) == "fail"
     collapse = [v for v in compute_verdicts(a.before) if v.name == "collapse"]
     assert collapse and collapse[0].level == "fail"
+
+
+def test_rendering_a_judged_audit_judges_nothing(monkeypatch):
+    """The report renders, never decides: with every policy, compute_verdicts and the
+    banner made to fail, a judged audit (object or its JSON) still renders, showing the
+    verdicts and the banner as they were judged."""
+    import diagnostics.audit as audit_pkg
+    import diagnostics.audit.build as build
+    import diagnostics.audit.contract as contract
+    import diagnostics.audit.verdict as verdict
+    from diagnostics.audit import POLICIES, Policy
+
+    a = full_audit()
+    data = json.loads(a.to_json())
+
+    def judging(*args, **kwargs):
+        raise AssertionError("the report judged")
+
+    monkeypatch.setattr(build, "POLICIES", tuple(Policy(p.name, judging, p.question) for p in POLICIES))
+    import diagnostics.report.render as render
+
+    for module in (build, contract, verdict, audit_pkg, render):
+        for name in ("compute_verdicts", "overall_verdict", *(p.judge.__name__ for p in POLICIES)):
+            monkeypatch.setattr(module, name, judging, raising=False)
+    for page in (render_html(a), render_html(data)):
+        assert a.overall.title in page and a.verdicts[0].title in page
+        assert f'class="banner {a.overall.level}"' in page

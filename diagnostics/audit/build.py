@@ -1,4 +1,4 @@
-"""Assemble an audit: every verdict the results support, and the provenance."""
+"""Assemble an audit: every verdict the results support, the banner, and the provenance."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import dataclasses
 import datetime as _dt
 from typing import Iterable, Mapping
 
-from diagnostics.audit.collapse_policy import collapse_verdict
-from diagnostics.audit.contract import Audit, RunInfo, StageResult
-from diagnostics.audit.gap_policy import gap_verdict
-from adapt.io import to_jsonable
-from diagnostics.audit.sources_policy import sources_verdict
-from diagnostics.audit.spurious_policy import spurious_verdict
-from diagnostics.audit.thresholds import AuditThresholds
-from diagnostics.audit.transfer_policy import accuracy_gap_verdict, transfer_verdict
-from diagnostics.audit.usability_policy import usability_verdict
-from diagnostics.audit.verdict import Verdict
 from adapt.environment import package_versions
+from adapt.io import to_jsonable
+from diagnostics.audit.contract import Audit, Coverage, RunInfo, StageResult
+from diagnostics.audit.evidence import AuditEvidence
+from diagnostics.audit.policies import POLICIES
+from diagnostics.audit.thresholds import AuditThresholds
+from diagnostics.audit.verdict import Verdict, overall_verdict
 
 
 def compute_verdicts(
@@ -25,29 +21,27 @@ def compute_verdicts(
     *,
     thresholds: AuditThresholds = AuditThresholds(),
     sources: Mapping | None = None,
+    coverage: Coverage | Mapping | None = None,
 ) -> list[Verdict]:
-    """All verdicts the available results support, most important first.
-
-    Order: negative transfer (or, with one model, the accuracy gap), usability (only when
-    the model is still near chance), class collapse, spurious features, domain gap, and
-    with several sources (``sources``, the contract's section) whether each one helps.
-    Sections that were not measured give no verdict.
+    """All verdicts the available results support, in the order of
+    :data:`diagnostics.audit.policies.POLICIES` (most important first): what the audit
+    could not see (``coverage``), negative transfer (or, with one model, the accuracy
+    gap), usability (only when the model is still near chance), class collapse, spurious
+    features, domain gap, and with several sources (``sources``, the contract's section)
+    whether each one helps. Sections that were not measured give no verdict.
     """
     b = StageResult.from_dict(before)
-    a = StageResult.from_dict(after)
     if b is None:
         raise ValueError("compute_verdicts needs a 'before' stage")
-    out: list[Verdict | None] = []
-    if a is not None:
-        out.append(transfer_verdict(b, a, thresholds))
-    else:
-        out.append(accuracy_gap_verdict(b, thresholds))
-    out.append(usability_verdict(b, a, thresholds))
-    out.append(collapse_verdict(b, a))
-    out.append(spurious_verdict(b, a, thresholds))
-    out.append(gap_verdict(b, a, thresholds))
-    out.append(sources_verdict(sources, thresholds))
-    return [v for v in out if v is not None]
+    evidence = AuditEvidence.of(b, StageResult.from_dict(after), sources, Coverage.from_dict(coverage))
+    out = []
+    for policy in POLICIES:
+        verdict = policy.judge(evidence, thresholds)
+        if verdict is not None:
+            if verdict.name != policy.name:
+                raise ValueError(f"policy {policy.name!r} returned a verdict named {verdict.name!r}")
+            out.append(verdict)
+    return out
 
 
 def build_audit(
@@ -59,11 +53,14 @@ def build_audit(
     methods_table: Iterable[Mapping] | None = None,
     thresholds: AuditThresholds = AuditThresholds(),
     sources: Mapping | None = None,
+    coverage: Coverage | Mapping | None = None,
+    data: Mapping | None = None,
 ) -> Audit:
-    """Assemble an :class:`Audit` and compute its verdicts.
+    """Assemble an :class:`Audit`: its verdicts and its banner, judged here once.
 
     ``run`` without ``created`` gets the current UTC time; without ``versions`` the
-    installed versions of the main packages.
+    installed versions of the main packages. ``coverage``: what the audit could see
+    (source images, the target's labelled classes); ``data``: the data audit's section.
     """
     b = StageResult.from_dict(before)
     if b is None:
@@ -74,13 +71,18 @@ def build_audit(
         info.created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if not info.versions:
         info.versions = package_versions()
+    cov = Coverage.from_dict(coverage)
+    verdicts = compute_verdicts(b, a, thresholds=thresholds, sources=sources, coverage=cov)
     return Audit(
         before=b,
         after=a,
         classes=[str(c) for c in classes],
         run=info,
         methods_table=[dict(to_jsonable(r)) for r in (methods_table or [])],
-        verdicts=compute_verdicts(b, a, thresholds=thresholds, sources=sources),
+        verdicts=verdicts,
         thresholds=dataclasses.asdict(thresholds),
+        data=dict(data or {}),
         sources=dict(to_jsonable(sources)) if sources else None,
+        coverage=cov,
+        overall=overall_verdict(verdicts),
     )

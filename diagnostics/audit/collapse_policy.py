@@ -12,61 +12,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnostics.audit.contract import StageResult, number, section
-from diagnostics.audit.verdict import Verdict, worst_level
+from diagnostics.audit.evidence import AuditEvidence, StageEvidence
+from diagnostics.audit.thresholds import AuditThresholds
+from diagnostics.audit.verdict import Verdict
 from diagnostics.audit.wording import percent
-from diagnostics.collapse import VERDICT_LEVELS
-
-
-def collapsed(stage: StageResult | None) -> bool | None:
-    """Whether the collapse check found a collapse; None when it was not run."""
-    if stage is None or not stage.collapse or "collapsed" not in stage.collapse:
-        return None
-    return bool(stage.collapse.get("collapsed"))
-
-
-def _verdict(stage: StageResult | None) -> str | None:
-    if stage is None or not stage.collapse:
-        return None
-    v = stage.collapse.get("verdict")
-    if v:
-        return str(v)
-    c = collapsed(stage)
-    return None if c is None else ("collapsed" if c else "no_shift")
-
-
-def collapse_level(stage: StageResult) -> str:
-    """The collapse finding's level (ok / warn / fail): the section's own ``level`` (which the
-    check raises to "fail" for a pile-up), else :data:`diagnostics.collapse.VERDICT_LEVELS`
-    of its verdict — the one table the policy and the report both read."""
-    lvl = stage.collapse.get("level")
-    return str(lvl) if lvl in ("ok", "warn", "fail") else VERDICT_LEVELS.get(_verdict(stage) or "", "ok")
 
 
 def _mix(d: dict) -> str:
-    top = sorted(d.items(), key=lambda kv: -float(kv[1] or 0.0))[:4]
-    return ", ".join(f"'{k}' {percent(float(v))}" for k, v in top)
+    top = sorted(d.items(), key=lambda kv: -kv[1])[:4]
+    return ", ".join(f"'{k}' {percent(v)}" for k, v in top)
 
 
-def _phrase(stage: StageResult) -> tuple[str, dict]:
+def _phrase(stage: StageEvidence) -> tuple[str, dict]:
     """What the predictions look like, against the true mix when known, plus evidence."""
-    hist = section(stage.collapse, "target", "histogram")
-    truth = section(stage.collapse, "true_target_mix")
+    c = stage.collapse
+    hist, truth = c.target.histogram, c.true_target_mix
     ev: dict[str, Any] = {}
     bits = []
     if hist:
-        cls, share = max(hist.items(), key=lambda kv: float(kv[1] or 0.0))
-        ev["largest_class"], ev["largest_share"] = str(cls), float(share)
+        cls, share = max(hist.items(), key=lambda kv: kv[1])
+        ev["largest_class"], ev["largest_share"] = str(cls), share
         bits.append(f"target predictions {_mix(hist)}")
     if truth:
         bits.append(f"true target mix {_mix(truth)}")
-        ev["true_share_of_largest"] = float(truth.get(ev.get("largest_class"), 0.0) or 0.0)
-    dist = number(stage.collapse, "prediction_vs_truth")
-    if dist is not None:
-        ev["prediction_vs_truth"] = dist
-    ent, logk = number(stage.collapse, "target", "marginal_entropy"), number(stage.collapse, "target", "log_k")
-    if ent is not None and logk is not None:
-        ev["marginal_entropy"], ev["log_k"] = ent, logk
+        ev["true_share_of_largest"] = truth.get(ev.get("largest_class"), 0.0)
+    if c.prediction_vs_truth is not None:
+        ev["prediction_vs_truth"] = c.prediction_vs_truth
+    if c.target.marginal_entropy is not None and c.target.log_k is not None:
+        ev["marginal_entropy"], ev["log_k"] = c.target.marginal_entropy, c.target.log_k
     return "; ".join(bits), ev
 
 
@@ -76,9 +49,9 @@ _TITLES = {"collapsed": "Class collapse on the target", "biased": "Predictions b
            "label_shift": "Label shift, no collapse", "no_shift": "No class collapse"}
 
 
-def _describe(stage: StageResult) -> str:
-    v = _verdict(stage) or "no_shift"
-    piles = ", ".join(stage.collapse.get("over_predicted") or [])
+def _describe(stage: StageEvidence) -> str:
+    v = stage.collapse.verdict or "no_shift"
+    piles = ", ".join(stage.collapse.over_predicted)
     phrase, _ = _phrase(stage)
     if v == "collapsed":
         return f"predictions pile onto {piles or 'few classes'} ({phrase})"
@@ -94,36 +67,37 @@ def _describe(stage: StageResult) -> str:
     return f"no collapse ({phrase})" if phrase else "no collapse"
 
 
-def collapse_verdict(before: StageResult, after: StageResult | None) -> Verdict | None:
+def collapse_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     """Class collapse / bias / covariate shift of the deployed model (after, else before),
     with what the before-model did."""
-    vb, va = _verdict(before), _verdict(after)
+    before, after = audit.before, audit.after
+    vb, va = before.collapse.verdict, None if after is None else after.collapse.verdict
     if vb is None and va is None:
         return None
     if va is None:
         phrase, ev = _phrase(before)
         ev["collapse_verdict"] = vb
-        ev["reason"] = str(before.collapse.get("reason") or "")
+        ev["reason"] = before.collapse.reason
         text = _describe(before)
-        return Verdict("collapse", collapse_level(before), _TITLES.get(vb, vb),
+        return Verdict("collapse", before.collapse.level, _TITLES.get(vb, vb),
                        f"{text[0].upper()}{text[1:]}.", ev)
     _, ev_b = _phrase(before)
     _, ev_a = _phrase(after)
     ev = {f"{k}_before": v for k, v in ev_b.items()} | {f"{k}_after": v for k, v in ev_a.items()}
     ev["collapse_verdict_before"], ev["collapse_verdict_after"] = vb, va
-    level = collapse_level(after)
+    level = after.collapse.level
     if vb == "collapsed" and va != "collapsed":
         title = "Adaptation removed class collapse" if level == "ok" else _TITLES.get(va, va)
         summary = f"Before adaptation {_describe(before)}; after, {_describe(after)}."
     elif va == "collapsed" and vb != "collapsed":
         level, title = "fail", "Adaptation caused class collapse"
         summary = f"Class collapse appeared after adaptation: {_describe(after)}."
-        ev["reason"] = str(after.collapse.get("reason") or "")
+        ev["reason"] = after.collapse.reason
     elif va == "collapsed":
         level, title = "fail", "Class collapse persists"
         summary = f"The model collapsed on the target before and after adaptation: after, {_describe(after)}."
-        ev["reason"] = str(after.collapse.get("reason") or "")
+        ev["reason"] = after.collapse.reason
     else:
         title = _TITLES.get(va, va) if level != "ok" or va != "no_shift" else "No class collapse"
         summary = f"After adaptation {_describe(after)}" + (f"; before, {_describe(before)}." if vb != va else ".")
-    return Verdict("collapse", worst_level([level]), title, summary, ev)
+    return Verdict("collapse", level, title, summary, ev)

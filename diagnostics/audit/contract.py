@@ -2,11 +2,13 @@
 
 The audit compares two models on the same source and target data: ``before`` (usually
 the source-only model) and ``after`` (the adapted one). Every other part of domaingap
-hands its results over as plain JSON-able dicts (each result dataclass has ``.to_dict()``);
-the verdict policies (``*_policy.py``) read them, decide what happened, and say it in
-plain sentences with the numbers. The audit computes no statistics itself: it compares
-figures that were measured elsewhere. The HTML report (:mod:`diagnostics.report`)
-renders an :class:`Audit`. :func:`number` and :func:`section` read the tolerant dicts.
+hands its results over as plain JSON-able dicts (each result dataclass has ``.to_dict()``),
+the shape ``audit.json`` keeps on disk. :mod:`.evidence` parses them once into typed,
+frozen objects; the verdict policies (``*_policy.py``, registered in :mod:`.policies`) read
+those, decide what happened, and say it in plain sentences with the numbers. The audit
+computes no statistics itself: it compares figures that were measured elsewhere. The HTML
+report (:mod:`diagnostics.report`) renders an :class:`Audit` — its verdicts and banner as
+judged — and decides nothing. :func:`number` and :func:`section` read the tolerant dicts.
 
 Data contract
 -------------
@@ -61,14 +63,16 @@ Fractions (accuracy, F1, recall, shares) are in [0, 1], never percent.
     embedding: {coords [[x, y]], domain [str], label [str]}
     groups: {group_column: {group_value: {accuracy, macro_f1, n}}}
 
-``Audit`` (alias ``AuditInput``)::
+``Audit``::
 
     before: StageResult, after: StageResult | None, classes: [str],
     run: RunInfo {name, recipe_text, seed, device, versions {package: version}, created},
     methods_table: [{method, seed, source_acc, target_acc, selected_epoch, selector,
                      label_free_rank, oracle_rank, audit ("★ recommended, audited"),
                      target_acc_estimated ("estimated 46 % ± 8 (agreement)", labels unknown), ...}],
-    verdicts: [Verdict]
+    verdicts: [Verdict], overall: Verdict (the banner, judged with the verdicts)
+    coverage: what the audit could see, written only when it is not everything:
+              {source_images: bool (False: a source-free run), target_missing_classes: [str]}
     sources: several labelled sources only (else None): {names, statistic, images, mmd2,
              weights, leave_one_out} — see diagnostics/audit/sources_policy.py
 
@@ -148,13 +152,6 @@ class StageResult:
         kwargs = {k: (d.get(k) if isinstance(d.get(k), Mapping) else {}) for k in cls._SECTIONS}
         return cls(name=str(d.get("name") or "model"), **kwargs)
 
-    # convenient accessors (None when not measured)
-    def accuracy(self, split: str) -> float | None:
-        return number(self.metrics, split, "accuracy")
-
-    def macro_f1(self, split: str) -> float | None:
-        return number(self.metrics, split, "macro_f1")
-
 
 @dataclass
 class RunInfo:
@@ -186,9 +183,32 @@ class RunInfo:
         )
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """What the audit could see: source images (none in a source-free run) and the
+    classes the target's labels leave out (``data.target_classes: subset``)."""
+
+    source_images: bool = True
+    target_missing_classes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"source_images": self.source_images, "target_missing_classes": list(self.target_missing_classes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | Coverage | None) -> Coverage:
+        if isinstance(d, Coverage):
+            return d
+        d = d or {}
+        return cls(source_images=d.get("source_images", True) is not False,
+                   target_missing_classes=tuple(str(c) for c in d.get("target_missing_classes") or ()))
+
+
 @dataclass
 class Audit:
-    """A complete audit: the two stages, the verdicts and the run's provenance."""
+    """A complete audit: the two stages, the verdicts, the banner and the run's provenance.
+
+    ``overall`` is the banner as judged with the verdicts (:func:`build_audit`); an
+    audit made by hand without one gets :func:`overall_verdict` of its verdicts."""
 
     before: StageResult
     after: StageResult | None = None
@@ -202,10 +222,13 @@ class Audit:
     data: dict = field(default_factory=dict)
     #: several labelled sources: each one's gap, weight and contribution (sources_policy.py)
     sources: dict | None = None
+    #: what the audit could see (source images, the target's labelled classes)
+    coverage: Coverage = field(default_factory=Coverage)
+    overall: Verdict | None = None
 
-    @property
-    def overall(self) -> Verdict:
-        return overall_verdict(self.verdicts)
+    def __post_init__(self) -> None:
+        if self.overall is None:
+            self.overall = overall_verdict(self.verdicts)
 
     def to_dict(self) -> dict:
         return {
@@ -219,6 +242,7 @@ class Audit:
             "thresholds": to_jsonable(self.thresholds) or {},
             **({"data": to_jsonable(self.data)} if self.data else {}),
             "sources": to_jsonable(self.sources),
+            **({"coverage": self.coverage.to_dict()} if self.coverage != Coverage() else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -226,7 +250,8 @@ class Audit:
 
     @classmethod
     def from_dict(cls, d: Mapping | Audit) -> Audit:
-        """Rebuild from :meth:`to_dict` output (``overall`` is recomputed, not read)."""
+        """Rebuild from :meth:`to_dict` output (the banner as written; recomputed from the
+        verdicts only for a dict that has none)."""
         if isinstance(d, Audit):
             return d
         before = StageResult.from_dict(d.get("before")) or StageResult(name="model")
@@ -240,8 +265,6 @@ class Audit:
             thresholds=dict(d.get("thresholds") or {}),
             data=dict(d.get("data") or {}),
             sources=dict(d["sources"]) if d.get("sources") else None,
+            coverage=Coverage.from_dict(d.get("coverage")),
+            overall=Verdict.from_dict(d["overall"]) if isinstance(d.get("overall"), Mapping) else None,
         )
-
-
-#: the input of :func:`build_audit` and the output share one shape
-AuditInput = Audit

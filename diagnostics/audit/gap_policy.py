@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnostics.audit.contract import StageResult, number, section
+from diagnostics.audit.evidence import AuditEvidence, StageEvidence, TwoSampleTest
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict
 from diagnostics.audit.wording import p_phrase, statistic
 
 
-def gap_tests(stage: StageResult | None, alpha: float) -> dict[str, Any]:
+def gap_tests(stage: StageEvidence | None, alpha: float) -> dict[str, Any]:
     """The two tests of one stage's gap: {detected: bool | None, parts: [str], evidence}.
 
     ``detected`` is True when a test that can decide rejects at ``alpha``, False when every
@@ -37,53 +37,47 @@ def gap_tests(stage: StageResult | None, alpha: float) -> dict[str, Any]:
     if stage is None:
         return {"detected": None, "parts": [], "evidence": {}}
     parts, ev, decided = [], {}, []
-    p_mmd = number(stage.gap, "mmd", "p_value")
-    if p_mmd is not None:
-        can = section(stage.gap, "mmd").get("decidable", True) is not False
-        mmd2 = number(stage.gap, "mmd", "mmd2")
-        parts.append(f"MMD test {p_phrase(p_mmd)}" + (f" (MMD² {statistic(mmd2)})" if mmd2 is not None else "")
-                     + ("" if can else " — too few permutations to decide"))
-        ev["mmd_p_value"] = p_mmd
-        if can:
-            decided.append(p_mmd < alpha)
-    ct = section(stage.gap, "classifier_test")
-    p_ct, auc_ct = number(ct, "p_value"), number(ct, "auc")
-    if p_ct is not None:
-        can = ct.get("decidable", True) is not False
-        parts.append(f"classifier two-sample test AUC {auc_ct:.3f}, {p_phrase(p_ct)}"
-                     + ("" if can else " — too few permutations to decide"))
-        ev["classifier_test_p_value"], ev["classifier_test_auc"] = p_ct, auc_ct
-        if can:
-            decided.append(p_ct < alpha)
-    elif (auc := number(stage.gap, "domain_classifier", "auc")) is not None:
+    mmd: TwoSampleTest = stage.gap.mmd
+    if mmd.p_value is not None:
+        parts.append(f"MMD test {p_phrase(mmd.p_value)}"
+                     + (f" (MMD² {statistic(mmd.statistic)})" if mmd.statistic is not None else "")
+                     + ("" if mmd.decidable else " — too few permutations to decide"))
+        ev["mmd_p_value"] = mmd.p_value
+        if mmd.decidable:
+            decided.append(mmd.p_value < alpha)
+    ct: TwoSampleTest = stage.gap.classifier_test
+    if ct.p_value is not None:
+        parts.append(f"classifier two-sample test AUC {ct.statistic:.3f}, {p_phrase(ct.p_value)}"
+                     + ("" if ct.decidable else " — too few permutations to decide"))
+        ev["classifier_test_p_value"], ev["classifier_test_auc"] = ct.p_value, ct.statistic
+        if ct.decidable:
+            decided.append(ct.p_value < alpha)
+    elif (auc := stage.gap.domain_classifier_auc) is not None:
         parts.append(f"domain-classifier AUC {auc:.3f} (no permutation test)")
         ev["domain_classifier_auc"] = auc
     detected = None if not decided else any(decided)
     return {"detected": detected, "parts": parts, "evidence": ev}
 
 
-def _scale_free(stage: StageResult) -> dict[str, float]:
+def _scale_free(stage: StageEvidence) -> dict[str, float]:
     """Statistics comparable across feature spaces (smaller = closer): the classifier
     test's AUC (chance 0.5; below 0.5 counts as 0.5 — no evidence) and MMD² (median-
     heuristic bandwidth: invariant to the features' scale)."""
     out: dict[str, float] = {}
-    auc = number(stage.gap, "classifier_test", "auc")
+    auc = stage.gap.classifier_test.statistic
     if auc is None:
-        auc = number(stage.gap, "domain_classifier", "auc")
+        auc = stage.gap.domain_classifier_auc
     if auc is not None:
         out["classifier AUC"] = max(auc, 0.5)
-    mmd2 = number(stage.gap, "mmd", "mmd2")
+    mmd2 = stage.gap.mmd.statistic
     if mmd2 is not None:
         out["MMD²"] = max(mmd2, 0.0)
     return out
 
 
-def _extractor(stage: StageResult) -> str:
-    return str(section(stage.gap, "frechet").get("extractor") or "the model's features")
-
-
-def gap_verdict(before: StageResult, after: StageResult | None, th: AuditThresholds) -> Verdict | None:
+def gap_verdict(ev: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     """Is there a gap (before), and did adaptation close it (after)? See the module docstring."""
+    before, after = ev.before, ev.after
     tb = gap_tests(before, th.alpha)
     if not tb["parts"]:
         return None
@@ -128,21 +122,22 @@ def gap_verdict(before: StageResult, after: StageResult | None, th: AuditThresho
                    f"{own}; {data}.", evidence)
 
 
-def _gap_only_verdict(stage: StageResult, tests: dict[str, Any]) -> Verdict:
+def _gap_only_verdict(stage: StageEvidence, tests: dict[str, Any]) -> Verdict:
     """One model only (``diagnose gap``): is there a gap?"""
     ev = dict(tests["evidence"])
-    fd = number(stage.gap, "frechet", "distance")
+    frechet = stage.gap.frechet
+    fd = frechet.distance
     parts = list(tests["parts"])
     if fd is not None:
-        lo, hi = number(stage.gap, "frechet", "ci_low"), number(stage.gap, "frechet", "ci_high")
-        centre = number(stage.gap, "frechet", "ci_centre")
+        lo, hi, centre = frechet.ci_low, frechet.ci_high, frechet.ci_centre
         ci = ""
         if lo is not None and hi is not None:
             ci = (f" (bias-corrected {statistic(centre)}, 95% CI {statistic(lo)}–{statistic(hi)})"
                   if centre is not None else f" [95% CI {statistic(lo)}–{statistic(hi)}]")
         parts.append(f"Fréchet distance {statistic(fd)}{ci}")
         ev["frechet_distance"] = fd
-    where = f" in {_extractor(stage)}"
+    extractor = frechet.extractor or "the model's features"
+    where = f" in {extractor}"
     if tests["detected"]:
         return Verdict("gap", "warn", "Domains differ",
                        f"Source and target differ measurably{where}: {'; '.join(parts)}.", ev)

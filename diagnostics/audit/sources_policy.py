@@ -1,8 +1,9 @@
 """Sources verdict: with several labelled sources, does every one of them help?
 
-Reads the audit's ``sources`` section (written by the orchestration: each source's gap
-to the target and its weight, ``domaingap/source_weights.py``; with
-``method.leave_one_source_out`` its contribution, ``domaingap/source_contribution.py``):
+Reads the audit's ``sources`` section, parsed into :class:`~diagnostics.audit.evidence.Sources`
+(written by the orchestration: each source's gap to the target and its weight,
+``domaingap/source_weights.py``; with ``method.leave_one_source_out`` its contribution,
+``domaingap/source_contribution.py``):
 
     {names, statistic, images {name: n}, mmd2 {name: d}, weights {name: w},
      leave_one_out: {estimator, measured_error {accuracy_mean, accuracy_p90, change_p90},
@@ -21,46 +22,42 @@ Target labels are never read (the contract's reporting-only accuracies are ignor
 
 from __future__ import annotations
 
-from typing import Mapping
-
-from diagnostics.audit.contract import number, section
+from diagnostics.audit.evidence import AuditEvidence
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict
 from diagnostics.audit.wording import percent, points, statistic
 
 
-def sources_verdict(sources: Mapping | None, th: AuditThresholds) -> Verdict | None:
-    names = [str(n) for n in (sources or {}).get("names") or []]
+def sources_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
+    src = audit.sources
+    names = src.names
     if len(names) < 2:
         return None
-    gaps = section(sources, "mmd2")
-    weights = section(sources, "weights")
+    gaps, weights, loo = src.mmd2, src.weights, src.leave_one_out
     evidence: dict = {}
     for n in names:
-        if number(gaps, n) is not None:
-            evidence[f"{n}: MMD² to target"] = round(float(gaps[n]), 4)
-        if number(weights, n) is not None:
-            evidence[f"{n}: weight"] = round(float(weights[n]), 3)
-    gap_text = ", ".join(f"{n} {statistic(float(gaps[n]))} (weight {float(weights.get(n, 0)):.2f})"
-                         for n in names if number(gaps, n) is not None)
-    loo = section(sources, "leave_one_out")
-    contrib = section(loo, "contribution")
+        if n in gaps:
+            evidence[f"{n}: MMD² to target"] = round(gaps[n], 4)
+        if n in weights:
+            evidence[f"{n}: weight"] = round(weights[n], 3)
+    gap_text = ", ".join(f"{n} {statistic(gaps[n])} (weight {weights.get(n, 0.0):.2f})" for n in names if n in gaps)
+    contrib = loo.contribution
     if not contrib:
         return Verdict("sources", "ok", "Sources: gaps measured, contributions not",
                        f"Gap of each source to the target (MMD²): {gap_text}. Each source's contribution was not "
                        "measured (set method.leave_one_source_out: true).", evidence)
     for n in names:
-        if number(contrib, n) is not None:
-            evidence[f"{n}: contribution (estimated accuracy)"] = round(float(contrib[n]), 4)
-    band = number(loo, "measured_error", "change_p90")
+        if n in contrib:
+            evidence[f"{n}: contribution (estimated accuracy)"] = round(contrib[n], 4)
+    band = loo.change_p90
     if band is not None:
         evidence["estimator change error p90"] = round(band, 4)
-    est_all = number(loo, "all", "estimated_accuracy")
-    worst = min((n for n in names if number(contrib, n) is not None), key=lambda n: float(contrib[n]))
-    c = float(contrib[worst])
-    said = ", ".join(f"{n} {points(float(contrib[n]))}" for n in names if number(contrib, n) is not None)
+    est_all = loo.estimated_accuracy_all
+    worst = min((n for n in names if n in contrib), key=lambda n: contrib[n])
+    c = contrib[worst]
+    said = ", ".join(f"{n} {points(contrib[n])}" for n in names if n in contrib)
     if c < -th.source_hurts:
-        without = number(loo, "without", worst, "estimated_accuracy")
+        without = loo.estimated_accuracy_without.get(worst)
         beyond = band is None or -c > band
         claim = (f"source {worst} seems to hurt" if beyond else
                  f"source {worst} may hurt, within the estimator's measured change error (±{100 * band:.1f} points), "

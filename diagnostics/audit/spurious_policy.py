@@ -4,67 +4,44 @@ reliance on them fell after adaptation."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
-from diagnostics.audit.contract import StageResult, number
+from diagnostics.audit.evidence import AuditEvidence, RegionFinding
 from diagnostics.audit.thresholds import AuditThresholds
-from diagnostics.audit.verdict import LEVELS, Verdict, worst_level
+from diagnostics.audit.verdict import Verdict, worst_level
 from diagnostics.audit.wording import percent
 
 
-def _spurious_rows(stage: StageResult | None) -> dict[str, dict]:
-    """{domain: verdict dict} for the domains that have a spurious-feature verdict."""
-    if stage is None:
-        return {}
-    out = {}
-    for domain, sec in stage.spurious.items():
-        if isinstance(sec, Mapping) and isinstance(sec.get("verdict"), Mapping):
-            out[str(domain)] = dict(sec["verdict"])
-    return out
-
-
-def finding_level(v: Mapping) -> str:
-    """The level of one domain's finding ``{level, flagged, ...}``: its own level when
-    valid, else "warn" when flagged and "ok" when not."""
-    lvl = str(v.get("level") or "")
-    if lvl in LEVELS:
-        return lvl
-    return "warn" if v.get("flagged") else "ok"
-
-
-def _spurious_desc(domain: str, v: Mapping) -> str:
-    region = v.get("region") or "a region"
-    share = number(v, "share")
-    flips = v.get("flips")
-    bits = [f"{domain}: {region}"]
-    if share is not None:
-        bits.append(f"holds {percent(share)} of the attribution")
+def _spurious_desc(domain: str, v: RegionFinding) -> str:
+    bits = [f"{domain}: {v.region or 'a region'}"]
+    if v.share is not None:
+        bits.append(f"holds {percent(v.share)} of the attribution")
     text = " ".join(bits)
-    if isinstance(flips, (int, float)) and not isinstance(flips, bool):
+    if v.flips is not None and not isinstance(v.flips, bool):
         # ``flips`` is the share of predictions that change when the region is occluded
-        text += f", occluding it changes {percent(float(flips))} of the predictions"
+        text += f", occluding it changes {percent(float(v.flips))} of the predictions"
     return text
 
 
-def spurious_verdict(before: StageResult, after: StageResult | None,
-                     th: AuditThresholds = AuditThresholds()) -> Verdict | None:
+def spurious_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     """Spurious features (shortcuts): flagged regions, and whether reliance fell after adaptation."""
-    vb, va = _spurious_rows(before), _spurious_rows(after)
+    before, after = audit.before, audit.after
+    vb, va = before.findings(), ({} if after is None else after.findings())
     if not vb and not va:
         return None
     current = va or vb
-    level = worst_level(finding_level(v) for v in current.values())
-    flagged = {d: v for d, v in current.items() if finding_level(v) != "ok" or v.get("flagged")}
+    level = worst_level(v.level for v in current.values())
+    flagged = {d: v for d, v in current.items() if v.raised}
     evidence: dict[str, Any] = {}
     for d, v in vb.items():
-        if number(v, "share") is not None:
-            evidence[f"{d}_share" + ("_before" if va else "")] = number(v, "share")
+        if v.share is not None:
+            evidence[f"{d}_share" + ("_before" if va else "")] = v.share
     for d, v in va.items():
-        if number(v, "share") is not None:
-            evidence[f"{d}_share_after"] = number(v, "share")
+        if v.share is not None:
+            evidence[f"{d}_share_after"] = v.share
     for d, v in current.items():
-        if isinstance(v.get("flips"), (int, float)):
-            evidence[f"{d}_flips"] = v["flips"]
+        if v.flips is not None:
+            evidence[f"{d}_flips"] = v.flips
 
     # reliance before vs after, per domain measured in both — on ONE region: the one the
     # before-verdict names, which the after-model is measured on too (reliance_change);
@@ -73,29 +50,28 @@ def spurious_verdict(before: StageResult, after: StageResult | None,
     for d in vb:
         if d not in va:
             continue
-        sec = after.spurious.get(d) if after is not None else None
-        rc = sec.get("reliance_change") if isinstance(sec, Mapping) else None
-        if isinstance(rc, Mapping) and rc.get("share_before") is not None and rc.get("share_after") is not None:
-            region, s0, s1 = rc.get("region"), float(rc["share_before"]), float(rc["share_after"])
-            f0, f1 = rc.get("flips_before"), rc.get("flips_after")
-        elif vb[d].get("region") == va[d].get("region"):
-            region, s0, s1 = vb[d].get("region"), number(vb[d], "share"), number(va[d], "share")
-            f0, f1 = vb[d].get("flips"), va[d].get("flips")
+        rc = after.spurious[d].reliance
+        if rc is not None and rc.share_before is not None and rc.share_after is not None:
+            region, s0, s1 = rc.region, rc.share_before, rc.share_after
+            f0, f1 = rc.flips_before, rc.flips_after
+        elif vb[d].region == va[d].region:
+            region, s0, s1 = vb[d].region, vb[d].share, va[d].share
+            f0, f1 = vb[d].flips, va[d].flips
         else:
             continue
         if s0 is None or s1 is None:
             continue
-        has_flips = all(isinstance(f, (int, float)) for f in (f0, f1))
-        sc = rc.get("share_change") if isinstance(rc, Mapping) else None
-        if isinstance(sc, Mapping) and sc.get("word"):
+        has_flips = f0 is not None and f1 is not None
+        sc = rc.share_change if rc is not None else None
+        if sc is not None and sc.word:
             # bootstrap intervals of the paired per-image changes decide: "rose"/"fell" only
             # outside the interval (diagnostics.paired.mean_change)
-            fc = rc.get("flips_change") if isinstance(rc.get("flips_change"), Mapping) else {}
-            words = {w for w in (sc.get("word"), fc.get("word")) if w in ("rose", "fell")}
+            fc_word = rc.flips_change.word if rc.flips_change is not None else None
+            words = {w for w in (sc.word, fc_word) if w in ("rose", "fell")}
             word = ("did not clearly change" if not words else words.pop() if len(words) == 1
                     else "changed (attribution and occlusion disagree)")
-            ci = (f", 95% CI of the change {100 * float(sc['ci_low']):+.1f} to {100 * float(sc['ci_high']):+.1f} "
-                  "points" if sc.get("ci_low") is not None else "")
+            ci = (f", 95% CI of the change {100 * sc.ci_low:+.1f} to {100 * sc.ci_high:+.1f} "
+                  "points" if sc.ci_low is not None else "")
         else:
             ci = ""
             if has_flips and (s1 - s0) * (f1 - f0) < 0:  # attribution and occlusion disagree: say so
@@ -117,22 +93,19 @@ def spurious_verdict(before: StageResult, after: StageResult | None,
     if trend:
         summary += "; " + "; ".join(trend)
     # a shortcut present before and gone after is worth saying plainly
-    was = [d for d, v in vb.items() if finding_level(v) != "ok" or v.get("flagged")]
+    was = [d for d, v in vb.items() if v.raised]
     if va and was and not flagged:
         # Not flagged after — but the after-model may still *rely* on the region while
         # attending to it less: occlusion of the before-region decides "removed".
         still = []
         for d in was:
-            sec = after.spurious.get(d) if after is not None else None
-            rc = sec.get("reliance_change") if isinstance(sec, Mapping) else None
-            occ = sec.get("occlusion") if isinstance(sec, Mapping) else None
-            f1 = rc.get("flips_after") if isinstance(rc, Mapping) else None
-            ctrl = occ.get("control_flipped_share") if isinstance(occ, Mapping) else None
-            if isinstance(f1, (int, float)) and f1 >= th.reliance_flips and (
-                    not isinstance(ctrl, (int, float)) or f1 >= th.reliance_over_control * ctrl):
-                still.append(f"{d}: hiding {rc.get('region')} still changes {percent(float(f1))} of the predictions"
-                             + (f" (same-size patches elsewhere: {percent(float(ctrl))})"
-                                if isinstance(ctrl, (int, float)) else ""))
+            sec = after.spurious.get(d)
+            rc = None if sec is None else sec.reliance
+            f1 = None if rc is None else rc.flips_after
+            ctrl = None if sec is None else sec.control_flipped_share
+            if f1 is not None and f1 >= th.reliance_flips and (ctrl is None or f1 >= th.reliance_over_control * ctrl):
+                still.append(f"{d}: hiding {rc.region} still changes {percent(float(f1))} of the predictions"
+                             + (f" (same-size patches elsewhere: {percent(float(ctrl))})" if ctrl is not None else ""))
                 evidence[f"{d}_flips_on_before_region_after"] = float(f1)
         tail = "; " + "; ".join(trend) if trend else ""
         if still:

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from diagnostics.audit.collapse_policy import collapsed
-from diagnostics.audit.contract import StageResult, number, section
+from diagnostics.audit.evidence import AuditEvidence, PairedChange, StageEvidence
 from diagnostics.audit.gap_policy import gap_tests
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict, worst_level
-from diagnostics.audit.wording import percent, points
+from diagnostics.audit.wording import p_phrase, percent, points
 
 
-def change_phrase(ch: dict) -> str:
+def change_phrase(ch: PairedChange) -> str:
     """'+3.9 points (95% CI +1.1 to +6.7; McNemar p = 0.004; 12 images right→wrong, 31 wrong→right of 360)'."""
-    p = float(ch["mcnemar_p"])
-    pp = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-    lvl = 100 * float(ch.get("level", 0.95))
-    return (f"{points(float(ch['delta']))} ({lvl:.0f}% CI {100 * float(ch['ci_low']):+.1f} to "
-            f"{100 * float(ch['ci_high']):+.1f}; McNemar {pp}; {int(ch['b'])} images right→wrong, "
-            f"{int(ch['c'])} wrong→right of {int(ch['n'])})")
+    return (f"{points(ch.delta)} ({100 * ch.level:.0f}% CI {100 * ch.ci_low:+.1f} to "
+            f"{100 * ch.ci_high:+.1f}; McNemar {p_phrase(ch.mcnemar_p)}; {ch.b} images right→wrong, "
+            f"{ch.c} wrong→right of {ch.n})")
 
 
 def _source_problems(sb, sa, th, levels, problems, evidence) -> str:
@@ -45,20 +41,24 @@ def _source_problems(sb, sa, th, levels, problems, evidence) -> str:
     return f"source accuracy {percent(sb)} → {percent(sa)}"
 
 
-def transfer_verdict(before: StageResult, after: StageResult, th: AuditThresholds) -> Verdict | None:
+def transfer_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     """Negative transfer: did adaptation make the model worse? (see the module docstring)
 
     Without target labels: :func:`labelfree_verdict` (estimated accuracy change with its
-    measured band, corroborated; source accuracy lost is reported beside it).
+    measured band, corroborated; source accuracy lost is reported beside it). One model
+    only: no verdict (:func:`accuracy_gap_verdict` speaks).
     """
-    sb, sa = before.accuracy("source_test"), after.accuracy("source_test")
-    tb, ta = before.accuracy("target_test"), after.accuracy("target_test")
+    before, after = audit.before, audit.after
+    if after is None:
+        return None
+    sb, sa = before.source_test.accuracy, after.source_test.accuracy
+    tb, ta = before.target_test.accuracy, after.target_test.accuracy
     evidence: dict[str, Any] = {}
     levels: list[str] = []
     problems: list[str] = []
     src_text = _source_problems(sb, sa, th, levels, problems, evidence)
     no_gap = gap_tests(before, th.alpha)["detected"] is False
-    change = section(after.metrics, "target_change")
+    change = after.target_change
 
     if (tb is not None and ta is not None) or change:
         if tb is not None and ta is not None:
@@ -67,11 +67,10 @@ def transfer_verdict(before: StageResult, after: StageResult, th: AuditThreshold
         else:
             tgt_text = ""
         if change:
-            outcome = str(change.get("verdict"))
-            evidence.update(paired_change=outcome, paired_delta=float(change["delta"]),
-                            paired_ci_low=float(change["ci_low"]), paired_ci_high=float(change["ci_high"]),
-                            mcnemar_p_value=float(change["mcnemar_p"]), paired_n=int(change["n"]))
-            paired = f"paired on {int(change['n'])} held-out target images: {change_phrase(change)}"
+            outcome = change.verdict
+            evidence.update(paired_change=outcome, paired_delta=change.delta, paired_ci_low=change.ci_low,
+                            paired_ci_high=change.ci_high, mcnemar_p_value=change.mcnemar_p, paired_n=change.n)
+            paired = f"paired on {change.n} held-out target images: {change_phrase(change)}"
             tgt_text = f"{tgt_text}; {paired}" if tgt_text else paired
         else:
             # no per-image predictions: the old point rule, said to be unpaired
@@ -91,7 +90,7 @@ def transfer_verdict(before: StageResult, after: StageResult, th: AuditThreshold
         else:
             level = worst_level(["warn", *levels])
             title, lead = "Adaptation did not clearly help", "Adaptation did not clearly help (CI crosses 0)"
-        if collapsed(after) and not collapsed(before):
+        if after.collapse.collapsed and not before.collapse.collapsed:
             level = "fail"
             problems.append("the adapted model collapsed onto few classes")
         summary = f"{lead}: {tgt_text}" + (f"; {src_text}" if src_text else "")
@@ -103,28 +102,23 @@ def transfer_verdict(before: StageResult, after: StageResult, th: AuditThreshold
     return labelfree_verdict(before, after, evidence, levels, problems, src_text)
 
 
-def _shares(stage: StageResult) -> float | None:
-    return number(stage.collapse, "target", "largest_share")
-
-
-def labelfree_verdict(before: StageResult, after: StageResult, evidence: dict, levels: list[str],
+def labelfree_verdict(before: StageEvidence, after: StageEvidence, evidence: dict, levels: list[str],
                       problems: list[str], src_text: str) -> Verdict | None:
     """Without target labels: "helped" / "did not help" / "negative transfer" / "can't
     tell" from the estimated accuracy change and its measured band, corroborated by an
     independent estimator and by collapse (:func:`labelfree_policy.labelfree_outcome`).
     IM and SND are shown as context; they decide nothing."""
-    eb, ea = before.label_free.get("accuracy") or {}, after.label_free.get("accuracy") or {}
-    primary = ea.get("default")
-    if collapsed(after) and not collapsed(before):  # observed, not estimated: always said
+    eb, ea = before.label_free, after.label_free
+    primary = ea.default
+    if after.collapse.collapsed and not before.collapse.collapsed:  # observed, not estimated: always said
         levels.append("warn")
-        largest = _shares(after)
+        largest = after.collapse.target.largest_share
         problems.append("class collapse appeared after adaptation"
                         + (f" ({percent(largest)} of target predictions in one class)" if largest is not None else ""))
-    for key, label in (("im_score", "IM score"), ("snd", "SND")):
-        x0, x1 = number(before.label_free, key), number(after.label_free, key)
+    for key, x0, x1 in (("im_score", eb.im_score, ea.im_score), ("snd", eb.snd, ea.snd)):
         if x0 is not None and x1 is not None:
             evidence[f"{key}_before"], evidence[f"{key}_after"] = x0, x1
-    if not primary or primary not in (eb.get("estimates") or {}):
+    if not primary or primary not in eb.estimates:
         if not evidence:
             return None
         level = worst_level(["warn", *levels])
@@ -132,19 +126,20 @@ def labelfree_verdict(before: StageResult, after: StageResult, evidence: dict, l
                    "measured error applies to this run")
         summary += (f"; {src_text}" if src_text else "") + (" — " + "; ".join(problems) if problems else "") + "."
         return Verdict("negative_transfer", level, "Can't tell (target labels unknown)", summary, evidence)
-    names = [n for n in (primary, ea.get("corroborating")) if n and n in eb["estimates"] and n in ea["estimates"]]
+    names = [n for n in (primary, ea.corroborating) if n and n in eb.estimates and n in ea.estimates]
     ev = LabelFreeEvidence(
-        estimates_before={n: eb["estimates"][n]["accuracy"] for n in names},
-        estimates_after={n: ea["estimates"][n]["accuracy"] for n in names},
-        change_bands={n: ea["estimates"][n].get("change_band") for n in names},
-        largest_share_before=_shares(before), largest_share_after=_shares(after))
+        estimates_before={n: eb.estimates[n].accuracy for n in names},
+        estimates_after={n: ea.estimates[n].accuracy for n in names},
+        change_bands={n: ea.estimates[n].change_band for n in names},
+        largest_share_before=before.collapse.target.largest_share,
+        largest_share_after=after.collapse.target.largest_share)
     out = labelfree_outcome(ev, primary, names[1] if len(names) > 1 else None)
-    pb, pa = eb["estimates"][primary], ea["estimates"][primary]
+    pb, pa = eb.estimates[primary], ea.estimates[primary]
     evidence.update(labelfree_outcome=out.outcome, estimator=primary,
-                    estimated_target_accuracy_before=pb["accuracy"], estimated_target_accuracy_after=pa["accuracy"],
-                    estimate_band=pa["band"], estimated_change=out.change, estimated_change_band=out.band)
-    est = (f"estimated target accuracy {100 * pb['accuracy']:.0f} % ± {100 * pb['band']:.0f} → "
-           f"{100 * pa['accuracy']:.0f} % ± {100 * pa['band']:.0f} "
+                    estimated_target_accuracy_before=pb.accuracy, estimated_target_accuracy_after=pa.accuracy,
+                    estimate_band=pa.band, estimated_change=out.change, estimated_change_band=out.band)
+    est = (f"estimated target accuracy {100 * pb.accuracy:.0f} % ± {100 * pb.band:.0f} → "
+           f"{100 * pa.accuracy:.0f} % ± {100 * pa.band:.0f} "
            f"({primary}; bands = measured 90th-percentile error)")
     title, level = {
         "helped": ("Adaptation helped (estimated)", "ok"),
@@ -161,9 +156,11 @@ def labelfree_verdict(before: StageResult, after: StageResult, evidence: dict, l
     return Verdict("negative_transfer", level, title, summary + ".", evidence)
 
 
-def accuracy_gap_verdict(stage: StageResult, th: AuditThresholds) -> Verdict | None:
+def accuracy_gap_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     """One model only: how much accuracy does it lose from source to target?"""
-    s, t = stage.accuracy("source_test"), stage.accuracy("target_test")
+    if audit.after is not None:
+        return None
+    s, t = audit.before.source_test.accuracy, audit.before.target_test.accuracy
     if s is None or t is None:
         return None
     drop = s - t

@@ -9,32 +9,30 @@ without them the label-free proxy (mean confidence and IM score,
 
 from __future__ import annotations
 
-from diagnostics.audit.contract import StageResult, number, section
+from diagnostics.audit.evidence import AuditEvidence
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.audit.verdict import Verdict
 from diagnostics.chance import near_chance, near_chance_label_free
 
 
-def usability_verdict(before: StageResult, after: StageResult | None, th: AuditThresholds) -> Verdict | None:
-    stage = after if after is not None else before
-    name = "the adapted model" if after is not None else "the model"
-    truth = section(stage.collapse, "true_target_mix")
-    hist = section(stage.collapse, "target", "histogram")
-    k = len(truth or hist or section(stage.metrics, "target_test", "per_class_recall"))
-    acc = stage.accuracy("target_test")
+def usability_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
+    stage = audit.deployed
+    name = "the adapted model" if audit.after is not None else "the model"
+    truth, hist = stage.collapse.true_target_mix, stage.collapse.target.histogram
+    k = len(truth or hist or stage.target_test.per_class_recall)
+    acc = stage.target_test.accuracy
     if k < 2:
         return None
     if acc is not None:
         check = near_chance(acc, k, label_mix=list(truth.values()) if truth else None, margin=th.chance_margin)
     else:
-        conf = number(stage.collapse, "target", "mean_confidence")
-        im = number(stage.collapse, "target", "im_score")
+        conf, im = stage.collapse.target.mean_confidence, stage.collapse.target.im_score
         if conf is None or im is None:
             return None
         check = near_chance_label_free(conf, im, k, margin=th.chance_margin)
     if not check.near:
         return None
-    still = "still near chance on the target" + (" after adaptation" if after is not None else "")
+    still = "still near chance on the target" + (" after adaptation" if audit.after is not None else "")
     return Verdict("usability", "warn", "Still unusable on the target",
                    f"{name[0].upper()}{name[1:]} is {still}: {check.reason}.",
                    {"chance_corrected": check.score, "chance_accuracy": check.chance, "basis": check.basis})

@@ -5,7 +5,10 @@ The renderer turns the audit (plain data) into a view model of formatted strings
 on: every user-derived string (class names, paths, group values, the recipe) reaches the
 page escaped. Figures are inline base64 PNGs, the stylesheet is inlined, there is no
 script and no external URL, so the file opens anywhere, offline, and can be archived.
-It computes no statistics; it only formats what the audit holds.
+It computes no statistics and judges nothing: the verdicts, the banner and every level
+shown come from the audit as judged (:func:`diagnostics.audit.build_audit`; the levels of
+a section from its typed evidence, :mod:`diagnostics.audit.evidence`); it only
+formats what the audit holds.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import Any, Mapping
 import jinja2
 
 from adapt.io import atomic_write_text
-from diagnostics.audit import (Audit, StageResult, Verdict, collapse_level, compute_verdicts, finding_level, number,
-                               overall_verdict, p_phrase, section)
+from diagnostics.audit import Audit, StageResult, Verdict, number, p_phrase, section
+from diagnostics.audit.evidence import Collapse, SpuriousDomain
 from diagnostics.report import figures
 from diagnostics.report.fairness_view import fairness_section
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
@@ -196,6 +199,7 @@ def _collapse_section(a: Audit) -> list[dict]:
         c = s.collapse
         if not c:
             continue
+        found = Collapse.parse(c)
         prior = section(c, "source_prior") or section(c, "source", "histogram")
         prior_name = "source prior" if section(c, "source_prior") else "source predictions"
         # the true target mix (labels known) is what the verdict judges against; BBSE's
@@ -212,15 +216,13 @@ def _collapse_section(a: Audit) -> list[dict]:
             sec = section(c, dom)
             if sec:
                 facts.append((dom.capitalize(), scalar_facts(sec, skip=("histogram",))))
-        collapsed = c.get("collapsed")
         out.append({
             "stage": s.name,
             "uri": uri,
             "facts": facts,
-            "collapsed": None if collapsed is None else bool(collapsed),
-            "level": collapse_level(s),
-            "verdict": str(c.get("verdict") or ""),
-            "reason": str(c.get("reason") or ""),
+            "pill": found.label,  # the check's verdict in words, at its level
+            "level": found.level,
+            "reason": found.reason,
         })
     return out
 
@@ -251,7 +253,7 @@ def _spurious_section(a: Audit) -> list[dict]:
             if not isinstance(sec, Mapping):
                 continue
             v = sec.get("verdict") or {}
-            level = finding_level(v)
+            level = SpuriousDomain.parse(sec).level
             hot = sec.get("hot_box")
             facts = []
             if sec.get("border_share") is not None:
@@ -388,7 +390,6 @@ def _verdict_view(v: Verdict) -> dict:
 def build_view(audit: Audit | Mapping) -> dict:
     """The template's context: formatted strings and figure data URIs only."""
     a = _coerce(audit)
-    overall = overall_verdict(a.verdicts)
     run = a.run
     return {
         "title": ("Adaptation audit" if a.after is not None else "Domain gap report"),
@@ -404,7 +405,7 @@ def build_view(audit: Audit | Mapping) -> dict:
         # short column headers; the header line maps them to the stage names
         "stage_labels": ["Before", "After"] if a.after is not None else ["Model"],
         "classes": list(a.classes),
-        "overall": _verdict_view(overall),
+        "overall": _verdict_view(a.overall),
         "verdicts": [_verdict_view(v) for v in a.verdicts],
         "metrics": _metrics_section(a),
         "gap": _gap_section(a),
@@ -429,10 +430,10 @@ def _coerce(audit: Audit | Mapping) -> Audit:
         return audit
     if not isinstance(audit, Mapping):
         raise TypeError(f"render_html needs an Audit or its dict, got {type(audit).__name__}")
-    a = Audit.from_dict(audit)
-    if "verdicts" not in audit:  # a bare AuditInput dict: judge it here (logic only, no statistics)
-        a.verdicts = compute_verdicts(a.before, a.after)
-    return a
+    if "verdicts" not in audit:  # the report renders verdicts; it never judges
+        raise ValueError("render_html needs a judged audit (no 'verdicts'): build it with "
+                         "diagnostics.audit.build_audit")
+    return Audit.from_dict(audit)
 
 
 @lru_cache(maxsize=1)
