@@ -216,7 +216,6 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     )
     # scored, selected and evaluated on the target with the statistics it trained with
     on_target_stats = uses_target_bn(run_cfg)
-    prepare = (lambda m: adabn_on(m, target_train, device)) if on_target_stats else None
     # Source-validation accuracy is measured as the model is deployed on the source
     # (see uses_per_domain_bn), or `selection: source_val` would judge these runs by a
     # BatchNorm mismatch rather than by what the weights retained.
@@ -237,7 +236,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         # the epoch's precise-BN pass has just set the source statistics this would
         # re-estimate (the same images): score with them rather than compute them twice
         fit_source_prepare = lambda m: m if precise_bn_covers(m, source_train) else source_prepare(m)  # noqa: E731
-    score_fn = make_score_fn(selector, prepare=prepare, **{**score_kw, "source_prepare": fit_source_prepare})
+    score_fn = make_score_fn(selector, target_adabn=on_target_stats, **{**score_kw, "source_prepare": fit_source_prepare})
     epochs = run_epochs(run_cfg, recipe)
     fit_info: dict[str, Any] | None = None
     selection = None

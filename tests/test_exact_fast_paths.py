@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,3 +59,42 @@ def test_small_cnn_with_fast_pooling_is_the_same_function():
     assert torch.equal(xg.grad, xo.grad)
     for p, q in zip(model.parameters(), old.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def _domain(n: int, size: int, seed: int, labels: bool = True):
+    from adapt.data.domain import DomainDataset
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g).numpy() if labels else torch.full((n,), -1).numpy()
+    return DomainDataset(name="d", classes=["a", "b", "c"], labels=y, ids=[str(i) for i in range(n)], channels=1,
+                         image_size=size, images=torch.rand(n, 1, size, size, generator=g))
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_adabn_predictions_from_its_own_pass_equal_adabn_then_predict(labels):
+    # the per-epoch score of an AdaBN-deployed run: the target statistics and the target
+    # predictions from one pass, the same numbers as AdaBN followed by a prediction pass
+    from adapt.evaluate import predict
+    from adapt.methods.adabn import adabn_predict
+    from domaingap.runs import adabn_on
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, 1)
+    model.train()
+    model(torch.rand(32, 1, 32, 32))
+    data = _domain(600, 32, 1, labels)  # three batches of 256, the last one short
+    cpu = torch.device("cpu")
+    old = adabn_on(copy.deepcopy(model), data, cpu)
+    expected = predict(old, data, cpu, 256, return_features=True)
+    new = copy.deepcopy(model)
+    calls = []
+    real = new.features
+    new.features = lambda x: calls.append(len(x)) or real(x)  # a prediction pass would call this
+    got = adabn_predict(new, data, cpu, 256, return_features=True)
+    assert max(calls, default=0) <= 1  # no second pass over the data (one image: the layer-order probe)
+    assert set(got) == set(expected)
+    for k in expected:
+        assert got[k].dtype == expected[k].dtype and np.array_equal(got[k], expected[k]), k
+    for a, b in zip(batchnorm_layers(new), batchnorm_layers(old)):
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+    assert new.training == old.training  # each module's mode restored, as predict does
