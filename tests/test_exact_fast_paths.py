@@ -98,3 +98,44 @@ def test_adabn_predictions_from_its_own_pass_equal_adabn_then_predict(labels):
     for a, b in zip(batchnorm_layers(new), batchnorm_layers(old)):
         assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
     assert new.training == old.training  # each module's mode restored, as predict does
+
+
+def test_histogram_matching_restyled_once_equals_restyling_every_batch(tmp_path):
+    # a histogram-matched run (the quickstart's dann+hist) restyles its training images once,
+    # not every epoch: the same weights as the loop that restyled each batch
+    import adapt.train as train_mod
+    from adapt.methods.source_only import SourceOnly
+    from adapt.methods.style import HistogramMatching
+    from adapt.recipe import TrainConfig
+
+    data = _domain(150, 16, 2)
+    style = HistogramMatching()
+    style.fit(_domain(100, 16, 3).images() ** 2)  # another intensity curve
+    calls = []
+    real_call = HistogramMatching.__call__
+
+    def counted(self, xs, xt=None, generator=None):
+        calls.append(len(xs))
+        return real_call(self, xs, xt, generator)
+
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, patience=None)
+    weights = {}
+    for once in (True, False):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", 3, 1)
+        mp = pytest.MonkeyPatch()
+        mp.setattr(HistogramMatching, "__call__", counted)
+        if not once:  # the old loop: every batch restyled in its step
+            mp.setattr(train_mod, "_restyled_once", lambda *a, **k: None)
+        try:
+            calls.clear()
+            train_mod.fit(model, SourceOnly(), data, cfg=cfg, out_dir=tmp_path / str(once), seed=0, style=style,
+                          progress=False)
+        finally:
+            mp.undo()
+        weights[once] = [t.clone() for t in model.state_dict().values()]
+        if once:
+            assert sum(calls) == len(data)  # each image restyled once, not once an epoch
+        else:
+            assert sum(calls) == 3 * len(data)
+    assert all(torch.equal(a, b) for a, b in zip(weights[True], weights[False]))
