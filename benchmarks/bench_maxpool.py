@@ -31,10 +31,9 @@ from adapt.models.small_cnn import MaxPool2x2  # noqa: E402
 def with_torch_pooling(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` with every MaxPool2x2 replaced by ``nn.MaxPool2d(2)`` (the old model)."""
     old = copy.deepcopy(model)
-    for parent in old.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, MaxPool2x2):
-                setattr(parent, name, torch.nn.MaxPool2d(2))
+    for stage in old.backbone.stages:  # the small CNN pools at the start of stages 2-4
+        if isinstance(getattr(stage, "pool", None), MaxPool2x2):
+            stage.pool = torch.nn.MaxPool2d(2)
     return old
 
 
