@@ -139,3 +139,34 @@ def test_histogram_matching_restyled_once_equals_restyling_every_batch(tmp_path)
         else:
             assert sum(calls) == 3 * len(data)
     assert all(torch.equal(a, b) for a, b in zip(weights[True], weights[False]))
+
+
+def test_the_source_copy_is_taken_from_precise_bn_only_when_it_holds_the_estimate():
+    # deployed_on_source is skipped only where precise BN left the exact estimate: trained
+    # on the source with precise BN, every layer trainable; else it is estimated as before
+    from types import SimpleNamespace
+
+    from adapt.recipe import Recipe
+    from domaingap.pipeline import _holds_source_statistics
+
+    data = _domain(50, 16, 4)
+    model = build_model("small_cnn", 3, 1)
+    trained = {"history": [{"epoch": 1}]}
+    source = SimpleNamespace(model=copy.deepcopy(model), fit=trained)
+    recipe = Recipe()
+    holds = lambda m, fit, r=recipe, cfg=recipe.train: _holds_source_statistics(m, source, fit, cfg, r, data)  # noqa: E731
+    assert holds(model, trained)
+    assert holds(model, None)  # nothing trained: the source model, trained with precise BN
+    assert not holds(model, {})  # trained on something else than the source images
+    assert not holds(model, trained, cfg=recipe.train.model_copy(update={"precise_bn": False}))
+    progressive = recipe.model_copy(update={"strategy": recipe.strategy.model_copy(update={"kind": "progressive"})})
+    assert not holds(model, trained, r=progressive)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        next(moved.parameters()).add_(1.0)
+    assert not holds(moved, None)  # not the source model any more
+    source.fit = {"loaded_from": "elsewhere.pt"}  # model.source_checkpoint: statistics of unknown origin
+    assert not holds(model, None)
+    for p in batchnorm_layers(model)[0].parameters():  # a frozen layer: precise BN skipped it
+        p.requires_grad_(False)
+    assert not holds(model, trained)
