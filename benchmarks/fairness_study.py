@@ -35,14 +35,19 @@ from domaingap.pipeline import run_recipe
 from domaingap.runs import load_domains
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fairness_phantom.yaml"
-ARMS = {"erm": ["train.fairness=null"], "group_dro": []}
+#: both arms: a fixed budget of EPOCHS epochs, no patience (Sagawa et al. train a fixed
+#: budget and keep the best epoch by validation; patience 3 stopped a flat group-DRO run at epoch 4)
+COMMON = ["train.epochs=12", "train.patience=null"]
+#: ERM keeps its epoch by average source validation accuracy, group DRO by worst-group
+#: source validation accuracy (Sagawa et al.'s protocol: the groups are known on the source)
+ARMS = {"erm": ["train.fairness=null"], "group_dro": ["train.fairness.selection=worst_group_accuracy"]}
 STAGES = {"source-only": "source", "adabn": "methods/adabn"}
 
 
 def run_arm(seed: int, arm: str, out: Path) -> dict:
     name = f"s{seed}_{arm}"
     overrides = [f"seed={seed}", "data.image_size=32", "data.target.n=2000", "train.guard=null", "train.device=cpu",
-                 f"output.dir={out}", f"output.name={name}", *ARMS[arm]]
+                 f"output.dir={out}", f"output.name={name}", *COMMON, *ARMS[arm]]
     recipe = load_recipe(RECIPE, overrides)
     run_dir = out / name
     if not (run_dir / "metrics.json").is_file():
