@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from adapt.fairness import FairnessLoss
 from adapt.fairness_config import FairnessConfig
@@ -98,33 +98,22 @@ def test_generalization_adjustment_is_c_over_sqrt_n_in_the_weight_update():
     assert float(loss) == pytest.approx(float(group_loss @ q), rel=1e-6)  # the loss itself is not adjusted
 
 
-TINY = {
-    "name": "sel",
-    "seed": 1,
-    # a large minority, so that every (scanner x class) cell of the validation split has images
-    "data": {"source": {"kind": "phantom-cxr", "site": "A", "n": 200, "minority": 0.3},
-             "target": {"kind": "phantom-cxr", "site": "B", "n": 40, "minority": 0.3},
-             "image_size": 32, "split": {"train": 0.5, "val": 0.3, "test": 0.2}},
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "device": "cpu", "threads": 1, "patience": None,
-              "fairness": {"objective": "group_dro", "group": "scanner", "selection": "worst_group_accuracy",
-                           "adjustment": 1.0}},
-    "method": {"runs": []},
-    "diagnostics": {"enabled": False},
-}
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fairness_phantom.yaml"
+#: the shipped recipe, shrunk: a large minority, so that every (scanner x class) cell of the
+#: validation split has images; 3 epochs without patience
+SMALL = ["data.source.n=200", "data.source.minority=0.3", "data.target.n=40", "data.target.minority=0.3",
+         "data.image_size=32", "data.split={train: 0.5, val: 0.3, test: 0.2}", "train.epochs=3",
+         "train.batch_size=32", "train.lr=0.003", "train.device=cpu", "train.threads=1", "train.guard=null",
+         "train.fairness.adjustment=1.0", "seed=1"]
 
 
-def write(tmp_path, train=None, data=None):
-    recipe = json.loads(json.dumps(TINY))
-    recipe["train"].update(train or {})
-    recipe["data"].update(data or {})
-    recipe["output"] = {"dir": str(tmp_path), "name": "sel"}
-    path = tmp_path / "sel.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def run(tmp_path, *overrides):
+    return adapt_main([str(RECIPE), *SMALL, *overrides, f"output.dir={tmp_path}",
+                       "output.name=sel", "--quiet", "--no-diagnostics"])
 
 
 def test_the_source_stage_keeps_the_epoch_with_the_best_worst_validation_cell(tmp_path):
-    assert adapt_main([str(write(tmp_path)), "--quiet", "--no-diagnostics"]) == 0
+    assert run(tmp_path) == 0
     fit = json.loads((tmp_path / "sel" / "metrics.json").read_text())["source"]["fit"]
     rows = fit["history"]
     assert len(rows) == 3 and all("val_worst_group_accuracy" in r for r in rows)
@@ -132,15 +121,14 @@ def test_the_source_stage_keeps_the_epoch_with_the_best_worst_validation_cell(tm
     assert fit["best_epoch"] == 1 + key.index(max(key))
 
 
-@pytest.mark.parametrize("train, data, culprit", [
-    ({"fairness": {**TINY["train"]["fairness"], "selection": "best"}}, None, r"train\.fairness\.selection"),
-    ({"fairness": {**TINY["train"]["fairness"], "adjustment": -1}}, None, r"train\.fairness\.adjustment"),
-    ({"fairness": {"objective": "equalized_odds", "group": "scanner", "adjustment": 2}}, None,
-     r"train\.fairness: .*adjustment"),
-    (None, {"split": {"train": 0.8, "val": 0.0, "test": 0.2}}, r"train\.fairness\.selection: .*validation split"),
+@pytest.mark.parametrize("override, culprit", [
+    ("train.fairness.selection=best", r"train\.fairness\.selection"),
+    ("train.fairness.adjustment=-1", r"train\.fairness\.adjustment"),
+    ("train.fairness={objective: equalized_odds, group: scanner, adjustment: 2}", r"train\.fairness: .*adjustment"),
+    ("data.split={train: 0.8, val: 0.0, test: 0.2}", r"train\.fairness\.selection: .*validation split"),
 ])
-def test_bad_selection_or_adjustment_is_one_line_and_exit_2(tmp_path, capsys, train, data, culprit):
-    assert adapt_main([str(write(tmp_path, train, data)), "--quiet"]) == 2
+def test_bad_selection_or_adjustment_is_one_line_and_exit_2(tmp_path, capsys, override, culprit):
+    assert run(tmp_path, override) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(culprit, err[0]), err
     assert not (tmp_path / "sel").exists()
