@@ -37,7 +37,7 @@ from adapt.models import load_checkpoint
 from adapt.recipe import load_recipe
 from domaingap.fairness_run import group_metrics_section
 from domaingap.pipeline import run_recipe
-from domaingap.runs import load_domains
+from domaingap.runs import adabn_on, load_domains
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fairness_phantom.yaml"
 #: both arms: a fixed budget of EPOCHS epochs, no patience (Sagawa et al. train a fixed
@@ -49,7 +49,17 @@ ARMS = {"erm": ["train.fairness=null"], "group_dro": ["train.fairness.selection=
 STAGES = {"source-only": "source", "adabn": "methods/adabn"}
 
 
-def run_arm(seed: int, arm: str, out: Path, source_n: int = 4000, target_n: int = 4000) -> dict:
+def cells(model: torch.nn.Module, domains) -> dict:
+    """Target test accuracy, worst (scanner x class) cell and per-cell accuracies (fairlearn)."""
+    rep = group_metrics_section(model, domains, "scanner", torch.device("cpu"))["target_test"]
+    n = sum(c["n"] for c in rep["per_cell"].values())
+    acc = sum(c["accuracy"] * c["n"] for c in rep["per_cell"].values()) / n
+    return {"accuracy": acc, "worst_group_accuracy": rep["worst_group_accuracy"], "worst_cell": rep["worst_cell"],
+            "per_cell": rep["per_cell"]}
+
+
+def run_arm(seed: int, arm: str, out: Path, source_n: int = 4000, target_n: int = 4000,
+            large: tuple | None = None) -> dict:
     name = f"s{seed}_{arm}"
     overrides = [f"seed={seed}", "data.image_size=32", f"data.source.n={source_n}", f"data.target.n={target_n}",
                  "train.guard=null", "train.device=cpu", f"output.dir={out}", f"output.name={name}",
@@ -61,13 +71,18 @@ def run_arm(seed: int, arm: str, out: Path, source_n: int = 4000, target_n: int 
     domains = load_domains(recipe)
     row = {"seed": seed, "arm": arm}
     for stage, folder in STAGES.items():
-        model, _ = load_checkpoint(run_dir / folder / "model.pt")
-        rep = group_metrics_section(model, domains, "scanner", torch.device("cpu"))["target_test"]
-        n = sum(c["n"] for c in rep["per_cell"].values())
-        acc = sum(c["accuracy"] * c["n"] for c in rep["per_cell"].values()) / n
-        row[stage] = {"accuracy": acc, "worst_group_accuracy": rep["worst_group_accuracy"],
-                      "worst_cell": rep["worst_cell"], "per_cell": rep["per_cell"]}
+        row[stage] = cells(load_checkpoint(run_dir / folder / "model.pt")[0], domains)
+    if large is not None:  # the same source model on a larger site-B set, AdaBN re-estimated on its train split
+        model, _ = load_checkpoint(run_dir / STAGES["source-only"] / "model.pt")
+        row["adabn-large"] = cells(adabn_on(model, large[1].target_split["train"], torch.device("cpu")), large[1])
     return row
+
+
+def large_target(seed: int, source_n: int, n: int) -> tuple:
+    """(n, domains) of a site-B set of ``n`` images, for a finer worst-group measurement."""
+    recipe = load_recipe(RECIPE, [f"seed={seed}", "data.image_size=32", f"data.source.n={source_n}",
+                                  f"data.target.n={n}", "train.device=cpu"])
+    return n, load_domains(recipe)
 
 
 def table(rows: list[dict]) -> str:
@@ -112,13 +127,19 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--source-n", type=int, default=4000, help="source images (the recipe has 1200)")
     parser.add_argument("--target-n", type=int, default=4000, help="target images (the recipe has 1200)")
+    parser.add_argument("--eval-target-n", type=int, default=0,
+                        help="also evaluate every source model, with AdaBN, on a site-B set of N images")
     parser.add_argument("--out", type=Path, default=Path("/tmp/fairness_study"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [run_arm(seed, arm, args.out, args.source_n, args.target_n) for seed in args.seeds for arm in args.arms]
+    rows = []
+    for seed in args.seeds:
+        large = large_target(seed, args.source_n, args.eval_target_n) if args.eval_target_n else None
+        rows += [run_arm(seed, arm, args.out, args.source_n, args.target_n, large) for arm in args.arms]
     (args.out / "fairness_study.json").write_text(json.dumps(rows, indent=1))
     print(table(rows))
-    print(per_seed_table(rows))
+    for stage in ("adabn", "adabn-large") if args.eval_target_n else ("adabn",):
+        print(f"\n{stage}:\n" + per_seed_table(rows, stage))
 
 
 if __name__ == "__main__":
