@@ -104,7 +104,7 @@ RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fairness_phantom.
 SMALL = ["data.source.n=200", "data.source.minority=0.3", "data.target.n=40", "data.target.minority=0.3",
          "data.image_size=32", "data.split={train: 0.5, val: 0.3, test: 0.2}", "train.epochs=3",
          "train.batch_size=32", "train.lr=0.003", "train.device=cpu", "train.threads=1", "train.guard=null",
-         "train.fairness.adjustment=1.0", "seed=1"]
+         "train.fairness.adjustment=1.0", "method.runs=[]", "seed=1"]
 
 
 def run(tmp_path, *overrides):
