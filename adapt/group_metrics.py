@@ -85,6 +85,22 @@ def group_report(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], c
     )
 
 
+def worst_group_score(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], classes: Sequence[str],
+                      column: str) -> tuple[float, dict[str, float]]:
+    """Model selection by worst-group accuracy (Sagawa et al., ICLR 2020; their code keeps
+    the epoch with the best ``min(avg_group_acc)`` on the validation split): (score, logs).
+
+    score = worst cell accuracy + average accuracy / (n^2 + 1) on n images: two different
+    worst-cell accuracies k/a and l/b (a, b <= n) differ by at least 1/n^2, more than the
+    second term, so the order is the worst cell first and the average only among ties
+    (with a handful of minority images per cell, ties are common)."""
+    rep = group_report(labels, preds, groups, classes, column)
+    n = len(labels)
+    avg = float(np.mean(np.asarray(labels) == np.asarray(preds)))
+    score = rep.worst_group_accuracy + avg / (n * n + 1)
+    return score, {"val_accuracy": avg, "val_worst_group_accuracy": rep.worst_group_accuracy}
+
+
 def group_values(dataset: Any, column: str, key: str) -> list[str]:
     """The group column ``column`` of ``dataset`` (a DomainDataset), or a UserError naming
     ``key`` (the recipe key that asked for it) and the columns the domain has."""
