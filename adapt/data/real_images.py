@@ -184,12 +184,12 @@ def texture_digits(digits: torch.Tensor, photos: list[np.ndarray], rng: np.rando
 
 def scan_digits(digits: torch.Tensor, style: ScannerStyle, rng: np.random.Generator) -> torch.Tensor:
     """Apply :class:`ScannerStyle` to float32 [N, 1, S, S] digits; returns the same shape."""
-    from adapt.data.phantom import _gaussian_blur  # the phantom's separable blur (one implementation)
+    from adapt.data.phantom import gaussian_blur  # the phantom's separable blur (one implementation)
 
     S = digits.shape[-1]
     x = digits[:, 0].numpy().astype(np.float32)
     y = style.offset + style.contrast * np.power(x, style.gamma)
-    y = _gaussian_blur(y.astype(np.float32), style.blur * S / 32.0)
+    y = gaussian_blur(y.astype(np.float32), style.blur * S / 32.0)
     y = y + style.noise * rng.standard_normal(y.shape, dtype=np.float32)
     return torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32))[:, None]
 
