@@ -230,7 +230,7 @@ def _torchvision_extractor(name: str) -> _Extractor:
         fid_path = hub_checkpoint_path(FID_WEIGHTS_URL)
         if fid_path.is_file():
             try:
-                import pytorch_fid  # noqa: F401
+                import pytorch_fid  # noqa: F401 - late: is the (test extra) package installed?
             except ImportError:
                 pass
             else:
