@@ -41,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # labelfree_combos
 
 from adapt.data.real_images import (  # noqa: E402
     DIGIT_CLASSES, ImageSet, RealShift, ScannerStyle, digit_splits, load_digit_images, make_digits_shift,
@@ -158,7 +159,7 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
             "shift": kind, "seed": seed, "model": name,
             "true_acc": float(np.mean(preds[name] == m["hidden_target_labels"])),  # the hidden labels
             "source_acc": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])),
-            "largest_share": float(share),
+            "largest_share": float(share), "n_source": int(len(m["source_labels"])),
             "estimates": est,
             "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
                        "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},
@@ -313,6 +314,29 @@ def verdict_summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
             "large_changes_direction_named": len(named)}
 
 
+def combined_selectors(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The combined rules of :mod:`labelfree_combos` beside the single selectors, and the
+    selector chosen leaving each shift out (printed; returned for the study's JSON)."""
+    import labelfree_combos as combos
+
+    bands = {s: estimator_errors([r for r in rows if r["shift"] != s])["agreement"]["change_abs_error_p90"]
+             for s in {r["shift"] for r in rows}}
+    out: dict[str, Any] = {"agreement_change_band_without_shift": bands}
+    for where, reg, base in (("runs", combos.run_regrets(rows, bands), "source_val"),
+                             ("epochs", combos.epoch_regrets(rows), "im")):
+        reg["loso"], chosen = combos.loso({k: v for k, v in reg.items()})
+        print(combos.summary_table(reg, f"over {where}"))
+        print(f"  loso chose, per held-out shift: {chosen}")
+        vs = {sel: combos.paired(v, reg[base]) for sel, v in reg.items() if sel != base}
+        for sel, p in vs.items():
+            print(f"  over {where}: {sel} − {base} = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
+                  f"{100 * p['ci_high']:+.1f}] points ({p['cases']} cases)")
+        out[where] = {"regret": {sel: {"mean": float(np.mean(list(v.values()))), "worst": float(np.max(list(v.values()))),
+                                       "cases": len(v)} for sel, v in reg.items()},
+                      "loso_choice": chosen, f"vs_{base}": vs}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -342,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     secondary = next(e for e in ranked[1:] if family(e) != family(primary))
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
+    combined = combined_selectors(rows)
     vs = verdict_summary(verdicts)
     paired = {}
     print("\n## Against the default selector (im), same cases: regret difference (points), 95 % paired bootstrap\n")
@@ -361,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for k, v in runs_regret.items()},
         "selector_regret_over_epochs": {k: {"mean": float(np.mean(v)), "worst": float(np.max(v)), "cases": len(v)}
                                         for k, v in epochs_regret.items()},
-        "selector_vs_im": paired, "verdicts": vs, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
+        "selector_vs_im": paired, "verdicts": vs, "combined_selectors": combined, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
         "cases": len({(r["shift"], r["seed"]) for r in rows}),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/labelfree_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
