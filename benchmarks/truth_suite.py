@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if (c.small or not args.small) and (not args.cases or c.name in args.cases)]
     t0 = time.perf_counter()
     if args.hide_labels:
-        return _main_hidden(cases, work, t0)
+        return _main_hidden(cases, work, t0, args.cases)
     run_cases(cases, work, args.small)
     print(table(cases))
     ok = sum(c.match for c in cases)
@@ -416,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok == len(cases) else 1
 
 
-def _main_hidden(cases: list[Case], work: Path, t0: float) -> int:
+def _main_hidden(cases: list[Case], work: Path, t0: float, names: list[str] | None) -> int:
     """``--hide-labels``: the label-hidden twins; exit 1 when a verdict is wrong or a case crashes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import truth_suite_hidden as hidden
 
-    done = hidden.run_hidden_cases(hidden.hidden_cases(cases), Suite(work, small=False), work, sys.modules[__name__])
+    done = hidden.run_hidden_cases(hidden.hidden_cases(cases, names), Suite(work, small=False), work,
+                                   sys.modules[__name__])
     print(hidden.hidden_table(done))
     bad = sum(c.error is not None or c.obtained["wrong"] for c in done)
     print(f"\n{len(done) - bad}/{len(done)} label-hidden cases without a wrong verdict "

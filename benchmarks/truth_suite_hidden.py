@@ -56,10 +56,25 @@ class HiddenCase:
         return self.runs[0]["name"]
 
 
-def hidden_cases(cases: list) -> list[HiddenCase]:
-    """The label-hidden twin of every suite case that runs ``adapt-run`` on a labelled target
-    (``Case.hidden`` = (source, target, runs))."""
-    return [HiddenCase(c.name, c.truth, *c.hidden) for c in cases if c.hidden is not None]
+#: label-hidden cases beyond the suite's twins (no labelled counterpart with an expected
+#: verdict): a partial gain, a wrecked model on unshifted data, a texture shift
+EXTRA = (
+    ("mild_scanner_adabn", "mild scanner change that AdaBN partly undoes", "src_train", "tgt_mild",
+     [{"name": "adabn", "adabn": True, "epochs": 0}]),
+    ("clean_misconfigured_dann", "no shift; DANN with domain weight 30 and learning rate 0.3 wrecks the model",
+     "src_train", "tgt_clean", [{"name": "dann-hurt", "objective": "dann", "epochs": 4, "lr": 0.3,
+                                 "dann": {"weight": 30.0}}]),
+    ("textured_dann", "MNIST-M-style textured digits (photographs behind the strokes), DANN", "src_train",
+     "tgt_textured", [{"name": "dann", "objective": "dann", "epochs": 4, "dann": {"weight": 1.0}}]),
+)
+
+
+def hidden_cases(cases: list, names: list[str] | None = None) -> list[HiddenCase]:
+    """The label-hidden twin of every suite case in ``cases`` that runs ``adapt-run`` on a
+    labelled target (``Case.hidden`` = (source, target, runs)), then the :data:`EXTRA` cases
+    (those named in ``names``; all when ``names`` is None or empty)."""
+    twins = [HiddenCase(c.name, c.truth, *c.hidden) for c in cases if c.hidden is not None]
+    return twins + [HiddenCase(*e) for e in EXTRA if not names or e[0] in names]
 
 
 def with_peers(runs: list[dict]) -> list[dict]:
