@@ -17,6 +17,12 @@ over **runs** (which model to deploy; each case's source-only model and its runs
   (1.96·√(2p(1−p)/n), p the best, n the source validation images); of those, the highest
   agreement;
 * ``rank(agreement,source_val)`` — the lowest mean rank of the two (ties: agreement);
+* ``helped>source_val`` / ``helped>agreement`` — do no harm: the runs whose label-free
+  verdict (:mod:`diagnostics.audit.labelfree_policy`, bands measured on the other shifts)
+  is "helped"; of those, the highest source-validation accuracy / agreement; when no run
+  is shown to help, the source-only model. (Written after seeing the seed-0 cases of the
+  study — a pure label shift where every run loses 6.6 points and every single selector
+  deploys one — and before the seed-1 cases were looked at: seed 1 is the test.)
 
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
@@ -57,10 +63,18 @@ def _first_max(items: list, key: Callable[[Any], float]):
 # ----------------------------------------------------------------------------- over runs
 
 
-def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int) -> dict:
-    """The row (model) ``rule`` picks among ``rows`` (one case)."""
+def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
+             helped: set[str] | None = None) -> dict:
+    """The row (model) ``rule`` picks among ``rows`` (one case); ``helped``: the models whose
+    label-free verdict is "helped"."""
     agree = lambda r: r["scores"]["agreement"]  # noqa: E731
     sval = lambda r: r["scores"]["source_val"]  # noqa: E731
+    if rule.startswith("helped>"):
+        cand = [r for r in rows if r["model"] in (helped or set())]
+        if not cand:
+            return next(r for r in rows if r["model"] == "source-only")
+        first, second = (sval, agree) if rule == "helped>source_val" else (agree, sval)
+        return _first_max(cand, lambda r: (first(r), second(r)))
     if rule == "agreement>source_val":
         top = max(agree(r) for r in rows)
         cand = [r for r in rows if agree(r) >= top - agreement_band]
@@ -76,12 +90,19 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int) 
     return _first_max([r for r in rows if np.isfinite(r["scores"].get(rule, np.nan))], lambda r: r["scores"][rule])
 
 
-RUN_RULES = ("agreement>source_val", "source_val>agreement", "rank(agreement,source_val)")
+RUN_RULES = ("agreement>source_val", "source_val>agreement", "rank(agreement,source_val)",
+             "helped>source_val", "helped>agreement")
 
 
-def run_regrets(rows: list[dict], agreement_bands: dict[str, float]) -> dict[str, dict[tuple, float]]:
+def run_regrets(rows: list[dict], agreement_bands: dict[str, float],
+                verdicts: list[dict] | None = None) -> dict[str, dict[tuple, float]]:
     """{selector: {(shift, seed): regret}} for the single selectors and :data:`RUN_RULES`;
-    ``agreement_bands[shift]``: the agreement change band measured without that shift."""
+    ``agreement_bands[shift]``: the agreement change band measured without that shift;
+    ``verdicts``: the study's label-free verdict rows (shift, seed, model, outcome)."""
+    helped: dict[tuple, set[str]] = {}
+    for v in verdicts or []:
+        if v["outcome"] == "helped":
+            helped.setdefault((v["shift"], v["seed"]), set()).add(v["model"])
     out: dict[str, dict[tuple, float]] = {}
     for case in sorted({(r["shift"], r["seed"]) for r in rows}):
         rs = [r for r in rows if (r["shift"], r["seed"]) == case]
@@ -90,7 +111,9 @@ def run_regrets(rows: list[dict], agreement_bands: dict[str, float]) -> dict[str
         for rule in (*singles, *RUN_RULES):
             if rule in RUN_RULES and not {"agreement", "source_val"} <= set(singles):
                 continue
-            pick = pick_run(rule, rs, agreement_bands[case[0]], rs[0].get("n_source", 0))
+            if rule.startswith("helped>") and verdicts is None:
+                continue
+            pick = pick_run(rule, rs, agreement_bands[case[0]], rs[0].get("n_source", 0), helped.get(case, set()))
             out.setdefault(rule, {})[case] = best - pick["true_acc"]
     return out
 

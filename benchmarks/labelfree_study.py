@@ -314,7 +314,7 @@ def verdict_summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
             "large_changes_direction_named": len(named)}
 
 
-def combined_selectors(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def combined_selectors(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
     """The combined rules of :mod:`labelfree_combos` beside the single selectors, and the
     selector chosen leaving each shift out (printed; returned for the study's JSON)."""
     import labelfree_combos as combos
@@ -322,7 +322,7 @@ def combined_selectors(rows: list[dict[str, Any]]) -> dict[str, Any]:
     bands = {s: estimator_errors([r for r in rows if r["shift"] != s])["agreement"]["change_abs_error_p90"]
              for s in {r["shift"] for r in rows}}
     out: dict[str, Any] = {"agreement_change_band_without_shift": bands}
-    for where, reg, base in (("runs", combos.run_regrets(rows, bands), "source_val"),
+    for where, reg, base in (("runs", combos.run_regrets(rows, bands, verdicts), "source_val"),
                              ("epochs", combos.epoch_regrets(rows), "im")):
         reg["loso"], chosen = combos.loso({k: v for k, v in reg.items()})
         print(combos.summary_table(reg, f"over {where}"))
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     secondary = next(e for e in ranked[1:] if family(e) != family(primary))
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
-    combined = combined_selectors(rows)
+    combined = combined_selectors(rows, verdicts)
     vs = verdict_summary(verdicts)
     paired = {}
     print("\n## Against the default selector (im), same cases: regret difference (points), 95 % paired bootstrap\n")
