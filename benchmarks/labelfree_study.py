@@ -2,7 +2,7 @@
 label-free verdict, on shifts whose target labels exist but are hidden from the tool?
 
     python benchmarks/labelfree_study.py [--seeds 0 1] [--shifts scanner textured mild labelshift clean]
-                                         [--out runs/labelfree_study] [--write-calibration]
+                                         [--out runs/labelfree_study] [--write-calibration] [--hide-labels]
 
 Every shift is built from images that ship inside packages (scikit-learn's handwritten
 digits; scikit-image's photographs for the textured target) by
@@ -19,6 +19,10 @@ deployed on the source) go to the estimators of :mod:`adapt.accuracy_estimation`
   models of one case (runs) and over the epochs of one run (epochs, from ``selection.json``);
 * the label-free verdict (:mod:`diagnostics.audit.labelfree_policy`) against the true
   change, with bands measured leaving the verdict's own shift out (no case judges itself).
+
+``--hide-labels`` gives ``adapt-run`` the target as a flat unlabelled folder (labels in a key
+outside it, read after training); the combined selectors of :mod:`labelfree_combos` are
+scored beside the single ones and chosen leaving one shift out.
 
 ``--write-calibration`` writes ``adapt/accuracy_estimation/calibration.json``
 (what the audit's "± band" is read from). Target labels are read by this script only
