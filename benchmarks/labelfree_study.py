@@ -343,6 +343,9 @@ def combined_selectors(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]
     selector chosen leaving each shift out (printed; returned for the study's JSON)."""
     import labelfree_combos as combos
 
+    if len({r["shift"] for r in rows}) < 2:  # the rules' bands and loso need another shift
+        print("\n(combined selectors: need two shifts or more)")
+        return {}
     bands = {s: estimator_errors([r for r in rows if r["shift"] != s])["agreement"]["change_abs_error_p90"]
              for s in {r["shift"] for r in rows}}
     out: dict[str, Any] = {"agreement_change_band_without_shift": bands}
