@@ -39,7 +39,8 @@ OWN_GROUP = {"test_fairness.py::test_the_quickstart_with_a_guard_does_not_trip":
 SLOW_GROUPS = ("quickstart",  # ~150 s
                "e2e",  # ~120 s the run, ~40 s the tests reading it
                # then 20-60 s each (relative sizes measured file by file on the loaded machine)
-               "test_truth_suite_hidden.py", "test_sweep.py", "test_distributed.py", "test_scaleout_torchrun.py", "test_truth_suite.py",
+               "test_truth_suite_hidden.py", "test_sweep.py", "test_distributed.py",
+               "test_scaleout_torchrun.py", "test_truth_suite.py",
                "test_fairness.py", "test_multisource.py", "test_train.py", "test_sweep_postgres.py",
                "test_attribution.py", "test_bad_inputs.py", "test_methods_smoke.py", "test_examples.py",
                "test_report.py", "test_gap_cli.py", "test_frechet.py", "test_deploy_run.py",
