@@ -59,7 +59,7 @@ def group_report(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], c
     """The :class:`GroupReport` of predictions ``preds`` [N] for true ``labels`` [N]
     (class indices) over the per-sample group values ``groups`` [N] of ``column``."""
     fm = fairlearn_metrics()
-    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import accuracy_score  # late: sklearn's import time; only group reports need it
 
     y, p = np.asarray(labels), np.asarray(preds)
     g = np.asarray([str(v) for v in groups])
