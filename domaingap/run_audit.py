@@ -24,6 +24,7 @@ from torch import nn
 
 from adapt.data.splits import stratified_subsample
 from adapt.environment import environment_info
+from adapt.evaluate import classification_metrics, predict
 from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
@@ -33,6 +34,7 @@ from domaingap.runs import Domains, RunSummary, decide_deployment
 from diagnostics.attribution import compare_reliance, spurious_analysis
 from diagnostics.audit import Coverage, StageResult, build_audit
 from diagnostics.embedding import umap_embedding
+from diagnostics.features import extract_features
 from diagnostics.gap import collapse_section, measure_gap
 from diagnostics.labelfree_estimates import accuracy_estimates, estimate_text
 from diagnostics.paired import accuracy_change
@@ -126,9 +128,6 @@ def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device
                   probs: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy / macro-F1 per value of every group column (site, sex, age band...).
     ``probs``: the model's predictions on ``ds`` when the caller has them (not run again)."""
-    # late: read from adapt.evaluate when called, so tests/conftest.py's call counter sees predict
-    from adapt.evaluate import classification_metrics, predict
-
     if not ds.groups or not ds.has_labels:
         return {}
     if probs is None:
@@ -246,9 +245,6 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     UMAP's first call spends ~20 s compiling numba code; it runs in a worker process while
     this one computes the gap statistics and attributions, so the two overlap.
     """
-    # late: read from its module when called, so tests/conftest.py's call counter sees it
-    from diagnostics.features import extract_features
-
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
     say = reporter(progress)
@@ -371,8 +367,6 @@ def _label_free_estimates(summary: RunSummary, measured: dict[str, tuple[Any, An
 
     ``measured``: {stage name: (source, target) FeatureSets} of the models the audit has
     already run over these same images; their predictions are reused, not computed again."""
-    from adapt.evaluate import predict  # late: read when called, so tests/conftest.py's call counter sees it
-
     stages = {"source-only": summary.source, **summary.runs}
     t_probs, s_out = {}, {}
     for name, st in stages.items():

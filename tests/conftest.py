@@ -179,10 +179,10 @@ def recorded_run(recipe) -> E2ERun:
         mp.setattr(adabn_mod, "_forward_order", order_spy)
         for mod in (runs_mod, pipeline_mod, audit_mod):
             mp.setattr(mod, "deployed_on_source", on_source_spy, raising=False)
-        # the audit imports extract_features and predict late, from their modules
-        for mod in (features_mod, drift_mod, pipeline_mod, runs_mod):
+        # every module that calls them by name
+        for mod in (features_mod, drift_mod, pipeline_mod, runs_mod, audit_mod):
             mp.setattr(mod, "extract_features", features_spy, raising=False)
-        for mod in (evaluate_mod, selection_mod):
+        for mod in (evaluate_mod, selection_mod, audit_mod):
             mp.setattr(mod, "predict", predict_spy)
         for mod in (ranking_mod, runs_mod, pipeline_mod, audit_mod):  # wherever the deployed run is decided
             mp.setattr(mod, "recommended_run", decided_spy, raising=False)
