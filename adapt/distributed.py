@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from adapt.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -57,8 +59,6 @@ class RankLost(RuntimeError):
 
 def timeout_s() -> float:
     """The collective timeout: ``DOMAINGAP_DIST_TIMEOUT_S`` or :data:`DEFAULT_TIMEOUT_S`."""
-    from adapt.errors import UserError
-
     raw = os.environ.get("DOMAINGAP_DIST_TIMEOUT_S", "").strip()
     if not raw:
         return float(DEFAULT_TIMEOUT_S)

@@ -76,6 +76,7 @@ def _onnx_modules():
     Imported here, not at module level: both are an optional dependency (``.[deploy]``)
     that only export needs.
     """
+    # late: an optional extra (.[deploy]) that only export needs
     try:
         import onnx
         import onnxruntime

@@ -9,7 +9,9 @@ training samples the batch holds (:meth:`FairnessLoss.set_batch`) — so every o
 * ``group_dro`` — Sagawa et al. (ICLR 2020), Algorithm 1 (online): groups are (group
   value x class); for the batch's mean loss per group L_g, q_g <- q_g exp(eta L_g), q
   renormalised, loss = sum_g q_g L_g (a group absent from the batch has L_g = 0, as in
-  the authors' code). q is carried in ``last.pt``, so a resumed run is exact.
+  the authors' code); with the generalization adjustment C (``adjustment``) the update
+  sees L_g + C / sqrt(n_g), n_g the cell's training images, as in the authors' code (the
+  loss itself stays sum_g q_g L_g). q is carried in ``last.pt``, so a resumed run is exact.
 * ``equalized_odds`` — mean CE + weight x max over classes c of the gap between the
   groups' mean predicted probability vectors among samples of true class c (the soft
   version of fairlearn's TPR/FPR gaps); ``demographic_parity`` — the same gap over all
@@ -47,6 +49,9 @@ class FairnessLoss:
         self.n_cells = len(self.values) * n_classes
         self.label_smoothing = label_smoothing
         self.q = torch.full((self.n_cells,), 1.0 / self.n_cells, dtype=torch.float64)
+        # the generalization adjustment C / sqrt(n_g) over the cells' training counts
+        counts = torch.bincount(self.cell, minlength=self.n_cells).clamp(min=1).double()
+        self.adjust = cfg.adjustment / counts.sqrt()
         self._batch: Tensor | None = None
 
     def set_batch(self, indices: Sequence[int]) -> None:
@@ -86,7 +91,7 @@ class FairnessLoss:
         counts = torch.bincount(cell, minlength=self.n_cells).to(ce.dtype)
         sums = torch.zeros(self.n_cells, dtype=ce.dtype, device=ce.device).index_add(0, cell, ce)
         group_loss = sums / counts.clamp(min=1)
-        q = self.q * torch.exp(self.cfg.step_size * group_loss.detach().double().cpu())
+        q = self.q * torch.exp(self.cfg.step_size * (group_loss.detach().double().cpu() + self.adjust))
         self.q = q / q.sum()
         return group_loss @ self.q.to(device=ce.device, dtype=ce.dtype)
 

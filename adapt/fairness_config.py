@@ -14,11 +14,12 @@ from pydantic import Field, model_validator
 from adapt.method_options import RecipeSection
 
 FairnessObjectiveName = Literal["group_dro", "equalized_odds", "demographic_parity"]
+FairnessSelection = Literal["source_val_accuracy", "worst_group_accuracy"]
 GuardMetric = Literal["worst_group_accuracy", "eo_difference", "source_val_accuracy"]
 
 
 class FairnessConfig(RecipeSection):
-    """``train.fairness: {objective, group, weight, step_size}``.
+    """``train.fairness: {objective, group, weight, step_size, adjustment, selection}``.
 
     group_dro (Sagawa et al., ICLR 2020): the online group-DRO loss over the groups
     (``group`` value x class), group weights q updated with step size ``step_size`` (eta);
@@ -33,11 +34,20 @@ class FairnessConfig(RecipeSection):
     weight: float | None = Field(None, ge=0, le=1000)
     #: group DRO's step size eta for the group weights (group_dro only)
     step_size: float = Field(0.01, gt=0, le=10)
+    #: group DRO's generalization adjustment C (Sagawa et al., section 3.3): the group
+    #: weights are updated with L_g + C / sqrt(n_g), n_g the cell's training images
+    adjustment: float = Field(0.0, ge=0, le=100)
+    #: how the source stage picks its epoch on the source validation split:
+    #: source_val_accuracy (the average) or worst_group_accuracy (the smallest
+    #: (group x class) cell accuracy, ties broken by the average: Sagawa et al.'s protocol)
+    selection: FairnessSelection = "source_val_accuracy"
 
     @model_validator(mode="after")
     def _weight_for_penalties(self) -> FairnessConfig:
         if self.objective == "group_dro" and self.weight is not None:
             raise ValueError("weight is not used by group_dro (its knob is step_size)")
+        if self.objective != "group_dro" and self.adjustment:
+            raise ValueError(f"adjustment is group DRO's; {self.objective} does not use it (its knob is weight)")
         return self
 
     @property

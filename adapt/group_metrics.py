@@ -59,7 +59,7 @@ def group_report(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], c
     """The :class:`GroupReport` of predictions ``preds`` [N] for true ``labels`` [N]
     (class indices) over the per-sample group values ``groups`` [N] of ``column``."""
     fm = fairlearn_metrics()
-    from sklearn.metrics import accuracy_score
+    from sklearn.metrics import accuracy_score  # late: sklearn's import time; only group reports need it
 
     y, p = np.asarray(labels), np.asarray(preds)
     g = np.asarray([str(v) for v in groups])
@@ -83,6 +83,22 @@ def group_report(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], c
         per_cell=per_cell, worst_cell=worst, worst_group_accuracy=per_cell[worst]["accuracy"],
         worst_cell_n=per_cell[worst]["n"], eo_difference=eo, dp_difference=dp,
     )
+
+
+def worst_group_score(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str], classes: Sequence[str],
+                      column: str) -> tuple[float, dict[str, float]]:
+    """Model selection by worst-group accuracy (Sagawa et al., ICLR 2020; their code keeps
+    the epoch with the best ``min(avg_group_acc)`` on the validation split): (score, logs).
+
+    score = worst cell accuracy + average accuracy / (n^2 + 1) on n images: two different
+    worst-cell accuracies k/a and l/b (a, b <= n) differ by at least 1/n^2, more than the
+    second term, so the order is the worst cell first and the average only among ties
+    (with a handful of minority images per cell, ties are common)."""
+    rep = group_report(labels, preds, groups, classes, column)
+    n = len(labels)
+    avg = float(np.mean(np.asarray(labels) == np.asarray(preds)))
+    score = rep.worst_group_accuracy + avg / (n * n + 1)
+    return score, {"val_accuracy": avg, "val_worst_group_accuracy": rep.worst_group_accuracy}
 
 
 def group_values(dataset: Any, column: str, key: str) -> list[str]:

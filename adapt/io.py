@@ -15,6 +15,7 @@ import pickle
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,6 @@ def sniff_format(path: str | os.PathLike) -> str | None:
     if head[:1] == b"\x08" and (b"onnx" in head[:256].lower() or b"pytorch" in head[:256]):
         return "an ONNX model"  # protobuf ModelProto: field 1 (ir_version), then producer_name
     if head.startswith(b"PK\x03\x04"):
-        import zipfile  # late: only for zip files
-
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()

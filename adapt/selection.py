@@ -119,6 +119,7 @@ def _validators() -> tuple[type, type, Callable]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning,
                                 module=r"torchmetrics\.")
+        # late: pytorch_adapt's import takes seconds; only these selectors need it
         from pytorch_adapt.validators import IMValidator, SNDValidator
         from pytorch_adapt.validators.deep_embedded_validator import get_dev_risk
     return IMValidator, SNDValidator, get_dev_risk

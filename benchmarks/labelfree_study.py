@@ -2,7 +2,7 @@
 label-free verdict, on shifts whose target labels exist but are hidden from the tool?
 
     python benchmarks/labelfree_study.py [--seeds 0 1] [--shifts scanner textured mild labelshift clean]
-                                         [--out runs/labelfree_study] [--write-calibration]
+                                         [--out runs/labelfree_study] [--write-calibration] [--hide-labels]
 
 Every shift is built from images that ship inside packages (scikit-learn's handwritten
 digits; scikit-image's photographs for the textured target) by
@@ -20,6 +20,10 @@ deployed on the source) go to the estimators of :mod:`adapt.accuracy_estimation`
 * the label-free verdict (:mod:`diagnostics.audit.labelfree_policy`) against the true
   change, with bands measured leaving the verdict's own shift out (no case judges itself).
 
+``--hide-labels`` gives ``adapt-run`` the target as a flat unlabelled folder (labels in a key
+outside it, read after training); the combined selectors of :mod:`labelfree_combos` are
+scored beside the single ones and chosen leaving one shift out.
+
 ``--write-calibration`` writes ``adapt/accuracy_estimation/calibration.json``
 (what the audit's "± band" is read from). Target labels are read by this script only
 after the estimates are made.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import json
 import pickle
 import sys
 import time
@@ -41,6 +46,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # labelfree_combos
 
 from adapt.data.real_images import (  # noqa: E402
     DIGIT_CLASSES, ImageSet, RealShift, ScannerStyle, digit_splits, load_digit_images, make_digits_shift,
@@ -86,7 +92,7 @@ def build_shift(kind: str, seed: int) -> RealShift:
     return RealShift(kind, list(DIGIT_CLASSES), src, part("target_train"), part("target_test"), seed)
 
 
-def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: int):
+def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: int, hidden: bool = False):
     runs = [
         {"name": "adabn", "adabn": True, "epochs": 0},
         {"name": "dann", "objective": "dann", "epochs": epochs, "dann": {"weight": 1.0}},
@@ -97,9 +103,10 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
         {"name": "dann-hurt", "objective": "dann", "dann": {"weight": 30.0}, "lr": 0.3, "epochs": epochs},
     ]
     raw = {
-        "name": f"{kind}_seed{seed}", "seed": seed,
+        "name": f"{kind}_seed{seed}" + ("_hidden" if hidden else ""), "seed": seed,
         "data": {"source": {"kind": "imagefolder", "path": str(data["source"])},
-                 "target": {"kind": "imagefolder", "path": str(data["target"])},
+                 "target": {"kind": "imagefolder", "path": str(data["target"]),
+                            **({"labeled": False} if hidden else {})},
                  "image_size": SIZE, "channels": 1, "num_workers": 0,
                  "split": {"train": 0.5, "val": 0.2, "test": 0.3}},
         "model": {"arch": "small_cnn"},
@@ -111,24 +118,42 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
     return validate_recipe(raw, "labelfree study recipe")
 
 
-def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False) -> dict[str, Any]:
+def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False, hidden: bool = False) -> dict[str, Any]:
     """Train every model of one case; return per model its hidden truth and label-free inputs
-    (cached in ``out/cases/``: ``--reuse`` re-measures from the cache without training)."""
-    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v3.pkl"
+    (cached in ``out/cases/``: ``--reuse`` re-measures from the cache without training).
+
+    ``hidden``: ``adapt-run`` gets the target as a flat folder with ``labeled: false`` (its
+    split and order are then those of an unlabelled target); the labels come from a key file
+    outside it (:func:`truth_suite_hidden.hide_labels`), read after training. Per-epoch
+    oracle accuracy is then unknown to the run, so there is no regret over epochs."""
+    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v3{'_hidden' if hidden else ''}.pkl"
     if reuse and cache.is_file():
         return pickle.loads(cache.read_bytes())
     root = out / "data" / kind / f"seed{seed}"
     if not (root / "target").is_dir():
         write_shift(build_shift(kind, seed), root, merge_target=True)
-    recipe = recipe_for(kind, seed, {"source": root / "source", "target": root / "target"}, out, epochs)
+    target, key = root / "target", None
+    if hidden:
+        from truth_suite_hidden import hide_labels
+
+        target, key = root / "target_flat", root / "target_key.json"
+        hide_labels(root / "target", target, key, seed=seed)
+    recipe = recipe_for(kind, seed, {"source": root / "source", "target": target}, out, epochs, hidden)
     summary = run_recipe(recipe, progress=False, diagnostics=False, overwrite=True)
     domains = load_domains(recipe)
     device = torch.device("cpu")
     t_test, s_val = domains.target_split["test"], domains.source_split["val"]
     models = {"source-only": summary.source, **summary.runs}
     out_models: dict[str, Any] = {}
+    truth = None
+    if key is not None:  # the hidden labels, by file name, for the images the run tested on
+        labels = json.loads(key.read_text())["labels"]
+        truth = np.array([domains.classes.index(labels[Path(i).name]) for i in t_test.ids])
     for name, st in models.items():
         t = predict(st.model, t_test, device)
+        if truth is not None:
+            assert bool((t["labels"] < 0).all()), "the label-hidden run's target carries labels"
+            t["labels"] = truth
         # as deployed on the source: a per-domain-BN run's source-statistics copy, kept by the run
         s = predict(st.source_model, s_val, device)
         out_models[name] = {
@@ -158,7 +183,7 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
             "shift": kind, "seed": seed, "model": name,
             "true_acc": float(np.mean(preds[name] == m["hidden_target_labels"])),  # the hidden labels
             "source_acc": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])),
-            "largest_share": float(share),
+            "largest_share": float(share), "n_source": int(len(m["source_labels"])),
             "estimates": est,
             "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
                        "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},
@@ -313,6 +338,34 @@ def verdict_summary(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
             "large_changes_direction_named": len(named)}
 
 
+def combined_selectors(rows: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The combined rules of :mod:`labelfree_combos` beside the single selectors, and the
+    selector chosen leaving each shift out (printed; returned for the study's JSON)."""
+    import labelfree_combos as combos
+
+    if len({r["shift"] for r in rows}) < 2:  # the rules' bands and loso need another shift
+        print("\n(combined selectors: need two shifts or more)")
+        return {}
+    bands = {s: estimator_errors([r for r in rows if r["shift"] != s])["agreement"]["change_abs_error_p90"]
+             for s in {r["shift"] for r in rows}}
+    out: dict[str, Any] = {"agreement_change_band_without_shift": bands}
+    for where, reg, base in (("runs", combos.run_regrets(rows, bands, verdicts), "source_val"),
+                             ("epochs", combos.epoch_regrets(rows), "im")):
+        if not reg:  # label-hidden runs log no per-epoch oracle accuracy
+            continue
+        reg["loso"], chosen = combos.loso({k: v for k, v in reg.items()})
+        print(combos.summary_table(reg, f"over {where}"))
+        print(f"  loso chose, per held-out shift: {chosen}")
+        vs = {sel: combos.paired(v, reg[base]) for sel, v in reg.items() if sel != base}
+        for sel, p in vs.items():
+            print(f"  over {where}: {sel} − {base} = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
+                  f"{100 * p['ci_high']:+.1f}] points ({p['cases']} cases)")
+        out[where] = {"regret": {sel: {"mean": float(np.mean(list(v.values()))), "worst": float(np.max(list(v.values()))),
+                                       "cases": len(v)} for sel, v in reg.items()},
+                      "loso_choice": chosen, f"vs_{base}": vs}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -321,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/labelfree_study")
     ap.add_argument("--write-calibration", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="re-measure cached cases instead of training them")
+    ap.add_argument("--hide-labels", action="store_true",
+                    help="give adapt-run the target as a flat unlabelled folder (labels read only to score)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -328,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # every shift of one seed first: a partial study still covers every shift
         for kind in args.shifts:
             t = time.perf_counter()
-            rows += case_rows(kind, seed, run_case(kind, seed, out, args.epochs, args.reuse))
+            rows += case_rows(kind, seed, run_case(kind, seed, out, args.epochs, args.reuse, args.hide_labels))
             print(f"{kind} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     errors = estimator_errors(rows)
     runs_regret, epochs_regret = regret_over_runs(rows), regret_over_epochs(rows)
@@ -342,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     secondary = next(e for e in ranked[1:] if family(e) != family(primary))
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
+    combined = combined_selectors(rows, verdicts)
     vs = verdict_summary(verdicts)
     paired = {}
     print("\n## Against the default selector (im), same cases: regret difference (points), 95 % paired bootstrap\n")
@@ -361,12 +417,12 @@ def main(argv: list[str] | None = None) -> int:
                                       for k, v in runs_regret.items()},
         "selector_regret_over_epochs": {k: {"mean": float(np.mean(v)), "worst": float(np.max(v)), "cases": len(v)}
                                         for k, v in epochs_regret.items()},
-        "selector_vs_im": paired, "verdicts": vs, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
+        "selector_vs_im": paired, "verdicts": vs, "combined_selectors": combined, "shifts": args.shifts, "seeds": args.seeds, "epochs": args.epochs,
         "cases": len({(r["shift"], r["seed"]) for r in rows}),
         "date": datetime.date.today().isoformat(),
         "command": "python benchmarks/labelfree_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    atomic_write_json(out / "labelfree_study.json", {**doc, "rows": [{k: v for k, v in r.items() if k != "epochs"}
+    atomic_write_json(out / ("labelfree_study_hidden.json" if args.hide_labels else "labelfree_study.json"), {**doc, "rows": [{k: v for k, v in r.items() if k != "epochs"}
                                                                     for r in rows], "verdict_rows": verdicts})
     if args.write_calibration:
         atomic_write_json(CALIBRATION_PATH, doc)

@@ -160,13 +160,14 @@ def _cli(module: str, args: list[str], log: Path) -> int:
 
 def recipe_text(name: str, source: Path, target: Path, out: Path, runs: list[dict], *,
                 epochs: int = 4, audit_run: str | None = None, diagnostics: bool = True,
-                source_checkpoint: Path | None = None, channels: int = 1) -> str:
+                source_checkpoint: Path | None = None, channels: int = 1, target_labeled: bool = True) -> str:
     import yaml
 
     recipe = {
         "name": name, "seed": 0,
         "data": {"source": {"kind": "imagefolder", "path": str(source)},
-                 "target": {"kind": "imagefolder", "path": str(target)},
+                 "target": {"kind": "imagefolder", "path": str(target),
+                            **({} if target_labeled else {"labeled": False})},
                  "image_size": IMAGE_SIZE, "channels": channels, "num_workers": 0,
                  # half the images held out: the audit's paired tests need a few hundred
                  "split": {"train": 0.5, "val": 0.25, "test": 0.25}},
@@ -244,6 +245,9 @@ class Case:
     obtained: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    #: (source, target, runs) of an adapt-run case on a labelled target: its label-hidden twin
+    #: (``--hide-labels``, benchmarks/truth_suite_hidden.py)
+    hidden: tuple[str, str, list[dict]] | None = None
 
     @property
     def match(self) -> bool:
@@ -318,7 +322,7 @@ def run_case(name: str, truth: str, source: str, target: str, runs: list[dict],
             out["cue_removed_drop"] = "large" if with_cue - without >= 0.2 else "small"
         return out
 
-    return Case(name, truth, expected, go)
+    return Case(name, truth, expected, go, hidden=(source, target, runs))
 
 
 def gap_case(name: str, truth: str, target: str, expected: dict[str, str]) -> Case:
@@ -394,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="only the cases without adaptation runs (CI)")
     ap.add_argument("--cases", nargs="*", help="run only these cases")
     ap.add_argument("--keep", action="store_true", help="keep the work folder of an earlier run")
+    ap.add_argument("--hide-labels", action="store_true",
+                    help="run the adapt-run cases with the target's labels hidden (benchmarks/truth_suite_hidden.py)")
     args = ap.parse_args(argv)
     work = Path(args.out).resolve()
     if work.exists() and not args.keep:
@@ -401,11 +407,27 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     cases = [c for c in CASES if (c.small or not args.small) and (not args.cases or c.name in args.cases)]
     t0 = time.perf_counter()
+    if args.hide_labels:
+        return _main_hidden(cases, work, t0, args.cases)
     run_cases(cases, work, args.small)
     print(table(cases))
     ok = sum(c.match for c in cases)
     print(f"\n{ok}/{len(cases)} cases match ({time.perf_counter() - t0:.0f} s; work folder {work})")
     return 0 if ok == len(cases) else 1
+
+
+def _main_hidden(cases: list[Case], work: Path, t0: float, names: list[str] | None) -> int:
+    """``--hide-labels``: the label-hidden twins; exit 1 when a verdict is wrong or a case crashes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import truth_suite_hidden as hidden
+
+    done = hidden.run_hidden_cases(hidden.hidden_cases(cases, names), Suite(work, small=False), work,
+                                   sys.modules[__name__])
+    print(hidden.hidden_table(done))
+    bad = sum(c.error is not None or c.obtained["wrong"] for c in done)
+    print(f"\n{len(done) - bad}/{len(done)} label-hidden cases without a wrong verdict "
+          f"({time.perf_counter() - t0:.0f} s; work folder {work})")
+    return 0 if bad == 0 else 1
 
 
 if __name__ == "__main__":

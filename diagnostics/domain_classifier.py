@@ -67,6 +67,7 @@ def domain_classifier(
         max_points: cap per domain (seeded subsample) to bound the cost; None = no cap.
         C: inverse L2 regularisation strength of the logistic regression.
     """
+    # late: sklearn takes seconds to import; only this test needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict

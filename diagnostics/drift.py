@@ -235,7 +235,7 @@ def c2st_p_value(accuracy: float, n: int) -> float:
     Under H0 (same distribution, balanced classes) each of the ``n`` held-out decisions
     is right with probability ½: p = P(Binomial(n, ½) ≥ round(accuracy · n)).
     """
-    from scipy.stats import binom
+    from scipy.stats import binom  # late: scipy.stats takes seconds to import
 
     correct = int(round(float(accuracy) * n))
     return float(binom.sf(correct - 1, n, 0.5))
@@ -249,7 +249,7 @@ def prediction_shift_test(ref_counts, batch_counts, *, permutations: int = 2000,
     p from the χ² distribution with K' − 1 degrees of freedom when every expected count
     is ≥ 5; otherwise by permuting the pooled predictions (p = (1 + #{χ²_b ≥ χ²}) / (1 + B)).
     """
-    from scipy.stats import chi2_contingency
+    from scipy.stats import chi2_contingency  # late: scipy.stats takes seconds to import
 
     table = np.vstack([np.asarray(ref_counts, np.int64), np.asarray(batch_counts, np.int64)])
     table = table[:, table.sum(0) > 0]
@@ -279,7 +279,7 @@ def confidence_drop_test(ref_conf, batch_conf) -> dict[str, Any]:
     H1: a batch confidence is stochastically smaller than a reference one. Returns the
     means, their difference (reference − batch, > 0 = a drop) and the p-value.
     """
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # late: scipy.stats takes seconds to import
 
     ref = np.asarray(ref_conf, np.float64)
     batch = np.asarray(batch_conf, np.float64)

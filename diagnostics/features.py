@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -183,6 +184,7 @@ def _load_state_dict(path: Path) -> dict:
 
 def _fid_inception_extractor(path: Path) -> _Extractor:
     """pytorch-fid's FID Inception (pool3, 2048-d), weights read from ``path`` ourselves."""
+    # late: pytorch-fid (test extra) and torchvision.models take seconds to import
     from pytorch_fid import inception as fid
     from torchvision.models import inception_v3
 
@@ -215,7 +217,7 @@ def _fid_inception_extractor(path: Path) -> _Extractor:
 
 
 def _torchvision_extractor(name: str) -> _Extractor:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # late: seconds to import; only named extractors need it
 
     try:
         weights = tvm.get_model_weights(name).DEFAULT
@@ -228,7 +230,7 @@ def _torchvision_extractor(name: str) -> _Extractor:
         fid_path = hub_checkpoint_path(FID_WEIGHTS_URL)
         if fid_path.is_file():
             try:
-                import pytorch_fid  # noqa: F401
+                import pytorch_fid  # noqa: F401 - late: is the (test extra) package installed?
             except ImportError:
                 pass
             else:
@@ -307,16 +309,12 @@ def _loader(dataset, indices: np.ndarray, batch_size: int, num_workers: int, pin
 
 
 def _dist_rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _gather_rows(local: np.ndarray | None, world: int) -> list:
-    import torch.distributed as dist
-
     parts: list = [None] * world
     dist.all_gather_object(parts, local)
     return parts

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from adapt.errors import UserError
+from adapt.evaluate import classification_metrics
 from diagnostics.collapse import CollapseResult, collapse_report, im_score, marginal_entropy, prediction_histogram
 from diagnostics.domain_classifier import DomainClassifierResult, domain_classifier
 from diagnostics.features import FeatureSet
@@ -308,8 +309,6 @@ def collapse_section(source: FeatureSet | None, target: FeatureSet, classes: lis
 
 def classification_section(fs: FeatureSet, classes: list[str]) -> dict | None:
     """Accuracy / macro-F1 / confusion of the classifier on a labelled domain, else None."""
-    from adapt.evaluate import classification_metrics
-
     if fs.probs is None or len(fs.labels) == 0 or not bool((fs.labels >= 0).all()):
         return None
     k = fs.probs.shape[1]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from adapt.errors import UserError
 
@@ -94,8 +95,6 @@ class Moments:
         A no-op when ``torch.distributed`` is unavailable or not initialised, so
         single-process code can call it unconditionally. Returns ``self``.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return self
         # NCCL cannot reduce CPU tensors and gloo cannot reduce CUDA ones: pack the

@@ -52,7 +52,7 @@ def mcnemar_exact(correct_before, correct_after) -> tuple[float, int, int]:
     Returns (p, b, c) with b = #(1 before, 0 after), c = #(0 before, 1 after).
     p = 1 when there are no discordant pairs.
     """
-    from scipy.stats import binom
+    from scipy.stats import binom  # late: scipy.stats takes seconds to import
 
     cb = _vector(correct_before, "correct_before") > 0.5
     ca = _vector(correct_after, "correct_after") > 0.5

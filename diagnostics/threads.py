@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
     """torch and the BLAS/OpenMP pools of numpy and scikit-learn at one thread; the
     previous torch thread count is restored afterwards."""
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

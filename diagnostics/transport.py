@@ -92,7 +92,7 @@ def wasserstein_distance(
         method: ``"auto"``, ``"emd"`` or ``"sliced"``.
         projections: number of random directions of the sliced route.
     """
-    import ot
+    import ot  # late: POT takes seconds to import
 
     if p not in (1, 2):
         raise UserError(f"p: must be 1 or 2, got {p}")

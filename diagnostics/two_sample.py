@@ -65,7 +65,7 @@ def auc_from_scores(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
     AUC = (Σ_{i: d_i = 1} rank_i − n1(n1 + 1)/2) / (n0 n1), ranks with ties averaged.
     """
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # late: diagnose imports this module at start-up; scipy.stats is slow
 
     s = np.asarray(scores, dtype=np.float64)
     squeeze = s.ndim == 1

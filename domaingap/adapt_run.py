@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from domaingap.sweep import run_sweep
+    from domaingap.sweep import run_sweep  # late, as in _run: torch, optuna and the pipeline are slow to import
 
     if args.nproc > 1 or args.resume:
         raise UserError("--sweep: runs single-process trials and resumes by itself (drop --nproc/--resume)")

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from adapt.data import DomainDataset, stratified_split
+from adapt.data import DomainDataset, load_domain, stratified_split
+from adapt.data.inputs import domain_spec
+from adapt.device import resolve_device
 from adapt.errors import UserError
+from adapt.io import atomic_write_json
+from adapt.models import load_checkpoint
+from adapt.paths import check_outputs
 from adapt.progress import reporter
 from diagnostics.data_audit import require_data_extra
 from diagnostics.data_audit.balance import class_balance, group_representation
 from diagnostics.data_audit.duplicates import BLUR, MAX_HASH_DISTANCE, MAX_RELATIVE_RMSE, MAX_SHIFT, SIDE, find_duplicates
 from diagnostics.data_audit.findings import data_findings, pair_location
 from diagnostics.data_audit.label_issues import find_label_issues
+from diagnostics.features import extract_features
 
 #: pixel features of the out-of-fold model without --model: images averaged down to this side
 PIXEL_SIDE = 16
@@ -107,8 +114,6 @@ def _resized(images: np.ndarray, side: int) -> np.ndarray:
 def _label_issues(d: DomainDataset, images: np.ndarray, known: np.ndarray, records: list[dict],
                   model, model_name, seed: int, device) -> dict[str, Any]:
     if model is not None:
-        from diagnostics.features import extract_features
-
         feats = extract_features(d.subset(known), model, "model", device=device, progress=False,
                                  shard=False).features
         what = f"RBF SVM on the features of {model_name or 'the model'}"
@@ -155,22 +160,11 @@ def parse_split(text: str) -> dict[str, float] | None:
 
 def run_data_command(args) -> int:
     """``diagnose data``: audit, print the findings, write --json / --html."""
-    from pathlib import Path
-
-    from adapt.data import load_domain
-    from adapt.data.inputs import domain_spec
-    from adapt.device import resolve_device
-    from adapt.io import atomic_write_json
-    from adapt.paths import check_outputs
-    from diagnostics.data_audit.page import write_data_page
-
     require_data_extra()  # before any image is read
     fractions = parse_split(args.split)
     device = resolve_device(args.device)
     model, meta = None, {}
     if args.model:
-        from adapt.models import load_checkpoint
-
         model, meta = load_checkpoint(args.model, map_location=device)
     classes = list(meta["classes"]) if meta.get("classes") else None
     size = int(meta.get("image_size") or args.image_size)
@@ -205,6 +199,8 @@ def run_data_command(args) -> int:
         atomic_write_json(args.json, payload)
         print(f"wrote {args.json}")
     if args.html:
+        from diagnostics.data_audit.page import write_data_page  # late: jinja2 and matplotlib, ~0.7 s to import
+
         if html_json is not None:
             atomic_write_json(html_json, payload)
         write_data_page(section, " · ".join(d.name for d in domains), args.html)

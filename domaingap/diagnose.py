@@ -19,6 +19,7 @@ errors then answer without loading torch.
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gap":
             return cmd_gap(args)
         if args.command == "data":
-            from domaingap.data_audit_run import run_data_command
+            from domaingap.data_audit_run import run_data_command  # late: loads torch (module docstring)
 
             for option in ("json", "html"):
                 _check_output_file(f"--{option}", getattr(args, option))
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _domain_spec(text: str):
     """parse_domain_arg, plus: a flat folder of images is an unlabelled domain."""
-    from adapt.data.inputs import domain_spec
+    from adapt.data.inputs import domain_spec  # late: loads torch (module docstring)
 
     return domain_spec(text)
 
@@ -234,9 +235,11 @@ def _check_output_file(option: str, value: str | None) -> None:
 
 
 def cmd_gap(args: argparse.Namespace) -> int:
+    # late: these load torch (module docstring)
     from adapt.data import load_domain
     from adapt.data.splits import stratified_subsample
     from adapt.io import atomic_write_json
+    from adapt.models import load_checkpoint
     from diagnostics.features import extract_features, resolve_device
     from diagnostics.gap import (classification_section, collapse_section, fired_conditions, gap_table,
                                  measure_gap, parse_fail_on)
@@ -248,8 +251,6 @@ def cmd_gap(args: argparse.Namespace) -> int:
 
     model, meta = None, {}
     if args.model:
-        from adapt.models import load_checkpoint
-
         model, meta = load_checkpoint(args.model, map_location=device)
     kind = args.features or ("model" if model is not None else "pixels")
     if kind == "model" and model is None:
@@ -336,6 +337,7 @@ def cmd_gap(args: argparse.Namespace) -> int:
 def _write_html(args, gap: dict, collapse: dict | None, metrics: dict, classes: list[str],
                 extractor: str, device) -> tuple[Path, Path]:
     """The gap-only report: one StageResult (gap + collapse), rendered by diagnostics.report."""
+    # late: the report loads jinja2 and matplotlib (module docstring)
     from diagnostics.audit import StageResult, build_audit
     from diagnostics.report import write_report
 
@@ -374,7 +376,7 @@ def _domain_inputs(text: str, domain) -> list[str]:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from adapt.data import write_phantom
+    from adapt.data import write_phantom  # late: loads torch (module docstring)
 
     if args.n < 1:
         raise UserError(f"--n: must be at least 1, got {args.n}")
@@ -397,7 +399,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- audit
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from domaingap.run_audit import rerender
+    from domaingap.run_audit import rerender  # late: loads torch (module docstring)
 
     print(f"wrote {rerender(args.run_dir)}")
     return EXIT_OK
@@ -407,7 +409,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from adapt.export import export_checkpoint
+    from adapt.export import export_checkpoint  # late: loads torch (module docstring)
 
     if args.check_images < 1 or not args.tolerance > 0:
         raise UserError("--check-images, --tolerance: must be positive")
@@ -425,8 +427,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    import datetime
-
+    # late: these load torch (module docstring)
     from adapt.data import load_domain
     from adapt.io import atomic_write_json
     from diagnostics.drift import (REFERENCE_FILE, drift_fired, load_reference, monitor_batch,

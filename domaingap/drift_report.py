@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from adapt.errors import UserError
+from adapt.paths import check_outputs
 
 __all__ = ["add_parser", "cmd_drift_report"]
 
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_drift_report(args: argparse.Namespace) -> int:
-    from adapt.paths import check_outputs
+    # late: diagnose imports this module at start-up (the page loads jinja2 and matplotlib)
     from diagnostics.drift_history import load_drift_history
     from diagnostics.report.drift_page import write_drift_history
 

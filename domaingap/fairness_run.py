@@ -14,7 +14,7 @@ from torch import nn
 from adapt.errors import UserError
 from adapt.evaluate import predict
 from adapt.fairness import attach_fairness, check_groups
-from adapt.group_metrics import fairlearn_metrics, group_report, group_values
+from adapt.group_metrics import fairlearn_metrics, group_report, group_values, worst_group_score
 from adapt.guard import Guard
 from adapt.recipe import Recipe
 from domaingap.runs import Domains, adabn_on
@@ -40,6 +40,12 @@ def check_fairness_inputs(recipe: Recipe, domains: Domains) -> None:
         raise UserError(f"train.{'fairness' if fair else 'guard'}: needs labelled source images (data.source)")
     if fair is not None:
         check_groups(domains.source_split["train"], fair.group, "train.fairness.group")
+        if fair.selection == "worst_group_accuracy":
+            val = domains.source_split.get("val")
+            if val is None or not len(val):
+                raise UserError("train.fairness.selection: worst_group_accuracy needs a source validation "
+                                "split (data.split.val > 0)")
+            group_values(val, fair.group, "train.fairness.selection")
     if guard is not None:
         val = domains.source_split.get("val")
         if val is None or not len(val):
@@ -50,6 +56,23 @@ def check_fairness_inputs(recipe: Recipe, domains: Domains) -> None:
                 raise UserError(f"train.guard.group: metric {guard.metric} needs a group column "
                                 "(set train.guard.group or train.fairness.group)")
             group_values(val, column, "train.guard.group")
+
+
+def source_score_fn(recipe: Recipe, domains: Domains, device: torch.device
+                    ) -> Callable[[nn.Module], tuple[float, dict[str, float]]] | None:
+    """The source stage's epoch score for ``train.fairness.selection:
+    worst_group_accuracy`` (:func:`adapt.group_metrics.worst_group_score` on the source
+    validation split, whose groups are known); None otherwise (the stage keeps its
+    average validation accuracy)."""
+    fair, val = recipe.train.fairness, domains.source_split.get("val")
+    if fair is None or fair.selection != "worst_group_accuracy" or val is None or not len(val):
+        return None
+    groups, column = group_values(val, fair.group, "train.fairness.selection"), fair.group
+
+    def score_fn(m: nn.Module) -> tuple[float, dict[str, float]]:
+        out = predict(m, val, device)
+        return worst_group_score(out["labels"], out["probs"].argmax(1), groups, domains.classes, column)
+    return score_fn
 
 
 def fit_safeguards(recipe: Recipe, domains: Domains, objective: Any, train_data: Any, device: torch.device,

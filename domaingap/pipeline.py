@@ -40,7 +40,8 @@ from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from domaingap.comparison import comparison_table, format_table, stage_line
-from domaingap.fairness_run import check_fairness_inputs, fit_safeguards, group_column, group_metrics_section
+from domaingap.fairness_run import (check_fairness_inputs, fit_safeguards, group_column, group_metrics_section,
+                                    source_score_fn)
 from domaingap.run_folder import check_run_inputs, run_session
 from domaingap.runs import (
     Domains,
@@ -140,6 +141,7 @@ def train_source(recipe: Recipe, domains: Domains, device: torch.device, run_dir
         def score_fn(m: nn.Module) -> tuple[float, dict[str, float]]:
             acc = evaluate(m, val, domains.classes, device)["accuracy"]
             return acc, {"val_accuracy": acc}
+    score_fn = source_score_fn(recipe, domains, device) or score_fn  # train.fairness.selection
     objective = SourceOnly(recipe.train.label_smoothing)
     result = fit(
         model, objective, train_ds,

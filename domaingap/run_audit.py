@@ -8,24 +8,36 @@ collapse, attributions, embeddings) into the report's data contract
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from adapt.data.splits import stratified_subsample
 from adapt.environment import environment_info
+from adapt.evaluate import classification_metrics, predict
 from adapt.errors import UserError
 from adapt.io import atomic_write_text
 from adapt.progress import reporter
+from adapt.selection import label_free_scores
+from domaingap.data_audit_run import run_data_section
 from domaingap.runs import Domains, RunSummary, decide_deployment
+from diagnostics.attribution import compare_reliance, spurious_analysis
 from diagnostics.audit import Coverage, StageResult, build_audit
-from diagnostics.labelfree_estimates import estimate_text
+from diagnostics.embedding import umap_embedding
+from diagnostics.features import extract_features
+from diagnostics.gap import collapse_section, measure_gap
+from diagnostics.labelfree_estimates import accuracy_estimates, estimate_text
 from diagnostics.paired import accuracy_change
 from diagnostics.ranking import rank_runs
 from diagnostics.report import render_html, write_report
@@ -50,11 +62,6 @@ def _masks(ds) -> torch.Tensor | None:
 
 def png_base64(image: torch.Tensor) -> str:
     """An image [C, H, W] in [0, 1] as a base64 8-bit PNG (compact, for the report JSON)."""
-    import base64
-    import io
-
-    from PIL import Image
-
     arr = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     pil = Image.fromarray(arr[0]) if arr.shape[0] == 1 else Image.fromarray(np.moveaxis(arr, 0, -1))
     buf = io.BytesIO()
@@ -123,8 +130,6 @@ def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device
                   probs: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy / macro-F1 per value of every group column (site, sex, age band...).
     ``probs``: the model's predictions on ``ds`` when the caller has them (not run again)."""
-    from adapt.evaluate import classification_metrics, predict
-
     if not ds.groups or not ds.has_labels:
         return {}
     if probs is None:
@@ -145,8 +150,6 @@ def group_metrics(model: nn.Module, ds, classes: list[str], device: torch.device
 def _embedding_job(fs: np.ndarray, ft: np.ndarray, ls: np.ndarray, lt: np.ndarray, seed: int,
                    max_points: int) -> dict[str, Any]:
     """UMAP of pooled source+target features (run in a worker process: see audit_run)."""
-    from diagnostics.embedding import umap_embedding
-
     return umap_embedding(fs, ft, ls, lt, seed=seed, max_points=max_points).to_dict()
 
 
@@ -185,10 +188,6 @@ def measure_stage(
     Returns the report's :class:`StageResult` and the raw result objects (for
     before/after comparisons such as :func:`diagnostics.attribution.compare_reliance`).
     """
-    from adapt.selection import label_free_scores
-    from diagnostics.attribution import spurious_analysis
-    from diagnostics.gap import collapse_section, measure_gap
-
     timings: dict[str, float] = {}
     gap = None
     if fs is not None:
@@ -248,11 +247,6 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     UMAP's first call spends ~20 s compiling numba code; it runs in a worker process while
     this one computes the gap statistics and attributions, so the two overlap.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
-    from diagnostics.features import extract_features
-
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
     say = reporter(progress)
@@ -329,8 +323,6 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
             after.label_free["accuracy"] = estimates.get(after_name)
     data = None
     if cfg.data_audit:  # opt-in: it reads every image of both domains (docs/data_audit.md)
-        from domaingap.data_audit_run import run_data_section
-
         data = run_data_section(domains, recipe.seed, progress)
     env = environment_info(device)
     audit = build_audit(
@@ -379,9 +371,6 @@ def _label_free_estimates(summary: RunSummary, measured: dict[str, tuple[Any, An
 
     ``measured``: {stage name: (source, target) FeatureSets} of the models the audit has
     already run over these same images; their predictions are reused, not computed again."""
-    from adapt.evaluate import predict
-    from diagnostics.labelfree_estimates import accuracy_estimates
-
     stages = {"source-only": summary.source, **summary.runs}
     t_probs, s_out = {}, {}
     for name, st in stages.items():
@@ -419,8 +408,6 @@ def _add_paired_changes(after: StageResult, before_feats, after_feats, seed: int
 
 
 def _add_reliance(after: StageResult, raw_before: dict, raw_after: dict) -> None:
-    from diagnostics.attribution import compare_reliance
-
     for dom in ("source", "target"):
         b, a = raw_before.get(f"spurious_{dom}"), raw_after.get(f"spurious_{dom}")
         if b is not None and a is not None and dom in after.spurious:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import itertools
 import json
@@ -228,7 +229,7 @@ def _optuna():
     """The optuna module, or a one-line UserError naming the extra (an optional
     dependency: imported here, only when a sweep runs)."""
     try:
-        import optuna
+        import optuna  # late: an optional extra (.[sweep])
     except ImportError:
         raise UserError(f"--sweep needs the 'optuna' package: {_SWEEP_EXTRA}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -246,8 +247,6 @@ def _storage(url: str):
 @contextlib.contextmanager
 def _local_lock(path: Path):
     """An exclusive lock between local workers (queueing points once, not twice)."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

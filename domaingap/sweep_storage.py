@@ -54,6 +54,7 @@ def shown(url: Any) -> str:
 
 
 def _parse(url: str):
+    # late: SQLAlchemy comes with optuna, an optional extra (.[sweep])
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -96,7 +97,7 @@ def resolve_storage_url(url: str):
 
 def retry_callback():
     """Optuna's "queue a stale trial again" callback (renamed in Optuna 4.9)."""
-    from optuna import storages
+    from optuna import storages  # late: an optional extra (.[sweep])
 
     return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
 
@@ -104,7 +105,7 @@ def retry_callback():
 def open_storage(url: str, *, heartbeat_s: float, grace_s: float):
     """Optuna's RDBStorage on ``url`` with heartbeats (a killed worker's trial is failed after
     ``grace_s`` seconds without one, then queued again), or a one-line UserError."""
-    from optuna.storages import RDBStorage
+    from optuna.storages import RDBStorage  # late: an optional extra (.[sweep])
 
     parsed = resolve_storage_url(url)
     backend = parsed.drivername.partition("+")[0]

@@ -28,13 +28,49 @@ def pytest_configure(config):
             os.environ.setdefault(var, str(share))  # subprocesses (CLI tests) inherit it
 
 
+#: tests that are a group of their own: the guarded quickstart trains the whole quickstart
+#: recipe (the longest single test), so it gets a worker to itself while the other trains `e2e`
+OWN_GROUP = {"test_fairness.py::test_the_quickstart_with_a_guard_does_not_trip": "quickstart"}
+
+#: the groups that take longest (seconds on the idle 2-core machine, one thread a worker),
+#: longest first: they are handed out first (longest-processing-time-first), so the two
+#: biggest land on different workers and the many short groups fill in at the end; a long
+#: group handed out last would run alone while the other worker idles
+SLOW_GROUPS = ("quickstart",  # ~150 s
+               "e2e",  # ~120 s the run, ~40 s the tests reading it
+               # then 20-60 s each (relative sizes measured file by file on the loaded machine)
+               "test_truth_suite_hidden.py", "test_sweep.py", "test_distributed.py",
+               "test_scaleout_torchrun.py", "test_truth_suite.py",
+               "test_fairness.py", "test_multisource.py", "test_train.py", "test_sweep_postgres.py",
+               "test_attribution.py", "test_bad_inputs.py", "test_methods_smoke.py", "test_examples.py",
+               "test_report.py", "test_gap_cli.py", "test_frechet.py", "test_deploy_run.py",
+               "test_labelfree_audit.py", "test_resume.py")
+
+
+def _group(item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker and marker.args else item.path.name
+
+
 def pytest_itemcollected(item):
     # marked as each test is collected, before any pytest_collection_modifyitems runs: xdist
     # turns the markers into group ids in its own, whatever order the hooks are called in
     if item.get_closest_marker("xdist_group"):
         return
-    group = "e2e" if "e2e" in getattr(item, "fixturenames", ()) else item.path.name
+    own = OWN_GROUP.get(f"{item.path.name}::{item.name}")
+    group = own or ("e2e" if "e2e" in getattr(item, "fixturenames", ()) else item.path.name)
     item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_modifyitems(config, items):
+    # xdist hands out groups in collection order (`--no-loadscope-reorder` in pyproject.toml):
+    # the slow groups first, longest first, then the rest by number of tests as xdist would
+    # (a stable sort: the tests of a group keep their order)
+    slow = {g: i for i, g in enumerate(SLOW_GROUPS)}
+    sizes: dict[str, int] = {}
+    for item in items:
+        sizes[_group(item)] = sizes.get(_group(item), 0) + 1
+    items.sort(key=lambda it: (slow.get(_group(it), len(slow)), -sizes[_group(it)]))
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +179,10 @@ def recorded_run(recipe) -> E2ERun:
         mp.setattr(adabn_mod, "_forward_order", order_spy)
         for mod in (runs_mod, pipeline_mod, audit_mod):
             mp.setattr(mod, "deployed_on_source", on_source_spy, raising=False)
-        # the audit imports extract_features and predict late, from their modules
-        for mod in (features_mod, drift_mod, pipeline_mod, runs_mod):
+        # every module that calls them by name
+        for mod in (features_mod, drift_mod, pipeline_mod, runs_mod, audit_mod):
             mp.setattr(mod, "extract_features", features_spy, raising=False)
-        for mod in (evaluate_mod, selection_mod):
+        for mod in (evaluate_mod, selection_mod, audit_mod):
             mp.setattr(mod, "predict", predict_spy)
         for mod in (ranking_mod, runs_mod, pipeline_mod, audit_mod):  # wherever the deployed run is decided
             mp.setattr(mod, "recommended_run", decided_spy, raising=False)

@@ -8,6 +8,9 @@ dependency) and checked for circles and for imports from a lower layer to a high
 from __future__ import annotations
 
 import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,6 +202,45 @@ def _violations(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
     return {(a, b) for a, targets in graph.items() for b in targets if not _allowed(a, b)}
 
 
+#: linter pragmas say nothing about why an import is late
+_PRAGMA = re.compile(r"noqa(:\s*[A-Z]+[0-9]+(\s*,\s*[A-Z]+[0-9]+)*)?|type:\s*ignore(\[[^\]]*\])?|pragma:\s*no cover")
+
+
+def _unexplained_late_imports(source: str) -> list[int]:
+    """The lines of the in-function imports (inside a ``def``) that carry no comment saying
+    why they are late. An import is explained by a comment (not only a linter pragma) on one
+    of its own lines, or on the line directly above the block of consecutive imports it is in
+    (above the ``try:`` when the block opens a ``try`` body)."""
+    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT and re.search(r"\w", _PRAGMA.sub("", tok.string.lstrip("#")))}
+    lines = source.splitlines()
+
+    def above(lineno: int) -> bool:
+        return lineno - 1 in comments and lines[lineno - 2].lstrip().startswith("#")
+
+    tree = ast.parse(source)
+    late = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    found = []
+    for parent in ast.walk(tree):
+        for field, body in ast.iter_fields(parent):
+            if not isinstance(body, list):
+                continue
+            for i, node in enumerate(body):
+                if id(node) not in late:
+                    continue
+                start = i  # up the block to its comment line, if any
+                while not above(body[start].lineno) and start \
+                        and isinstance(body[start - 1], (ast.Import, ast.ImportFrom)):
+                    start -= 1
+                explained = any(k in comments for k in range(node.lineno, node.end_lineno + 1)) \
+                    or above(body[start].lineno) \
+                    or (start == 0 and isinstance(parent, ast.Try) and field == "body" and above(parent.lineno))
+                if not explained:
+                    found.append(node.lineno)
+    return sorted(found)
+
+
 # --------------------------------------------------------------------------- the checker itself
 
 
@@ -233,6 +275,28 @@ def test_checker_reads_a_lazy_export_table(tmp_path):
     assert _violations({"adapt.io": {"adapt"}}) == {("adapt.io", "adapt")}
 
 
+def test_checker_finds_a_late_import_without_a_reason():
+    source = (
+        "import json\n"  # module level: no comment needed
+        "def f():\n"
+        "    import torch  # late: seconds to import\n"  # 3: its own line
+        "    # late: optional extra\n"
+        "    import onnx\n"  # 5: the block's comment
+        "    import onnxruntime\n"  # 6: the block's comment
+        "    x = 1\n"
+        "    import pathlib\n"  # 8: no comment
+        "    import yaml  # noqa: F401\n"  # 9: a pragma says nothing
+        "    # late: optional extra\n"
+        "    try:\n"
+        "        import optuna\n"  # 12: the comment above its try
+        "    except ImportError:\n"
+        "        import re\n"  # 14: no comment
+        "    def g():\n"
+        "        from os import path\n"  # 16: nested, no comment
+    )
+    assert _unexplained_late_imports(source) == [8, 9, 14, 16]
+
+
 # --------------------------------------------------------------------------- the package
 
 
@@ -265,6 +329,16 @@ def test_the_folders_are_the_layers():
     misplaced = sorted(m for m in graph if m not in PACKAGE_ROOTS
                        and (_layer(m)[1] == "orchestration") != m.startswith("domaingap"))
     assert not misplaced, f"orchestration belongs in domaingap/, nothing else does: {misplaced}"
+
+
+def test_every_late_import_says_why():
+    """An import inside a function is there to save start-up time (a heavy or optional
+    package only some commands need) or to break a circle, and a comment says which;
+    anything else belongs at the top of the module (docs/architecture.md)."""
+    found = [f"{path.relative_to(ROOT).as_posix()}:{line}" for path in _modules().values()
+             for line in _unexplained_late_imports(path.read_text())]
+    assert not found, "in-function imports without a comment saying why (move them up, or say why):\n  " \
+        + "\n  ".join(found)
 
 
 def test_no_source_file_over_the_line_limit():

@@ -73,7 +73,8 @@ def check_readable(path: str | Path, dicom: bool, decode: bool = False) -> str |
 
 
 def _check_dicom(path: Path, decode: bool = False) -> str | None:
-    import pydicom  # late (here and below): only DICOM folders pay pydicom's import time
+    # late (here and below): only DICOM folders pay pydicom's import time
+    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -172,7 +173,7 @@ def pil_to_array(im: Image.Image) -> np.ndarray:
 
 def read_dicom_array(path: str | Path) -> np.ndarray:
     """DICOM file → float32 [H, W] (monochrome) or [H, W, 3] (colour) in [0, 1]."""
-    import pydicom
+    import pydicom  # late: only DICOM folders pay pydicom's import time
 
     ds = pydicom.dcmread(path)
     with warnings.catch_warnings():
@@ -198,7 +199,7 @@ def dicom_monochrome_to_unit(stored: np.ndarray, ds) -> np.ndarray:
     unit ← 1 − unit for MONOCHROME1. Without a VOI stage the range is the rescaled
     range of the stored bits, so images from one scanner keep their relative levels.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut  # late: pydicom's import time
 
     modality = apply_modality_lut(stored, ds)
     values = modality.astype(np.float64)

@@ -195,7 +195,7 @@ def make_phantom(
     y = st.offset + st.contrast * np.power(x, st.gamma)
     # the collimator's shadow is part of the exposure: blurred and noisy like the rest
     _collimate(rng_acq, y, st.collimation, S)
-    y = _gaussian_blur(y, st.blur * S / 64.0)
+    y = gaussian_blur(y, st.blur * S / 64.0)
     scanners = _portable_films(y, labels, minority, seed, site, S) if minority > 0 else None
     marker_boxes = _draw_markers(rng_marker, y, labels, st.marker_rates, st.marker_corner, S)
     y = y + st.noise * rng_acq.standard_normal(y.shape, dtype=np.float32)
@@ -212,7 +212,7 @@ def _portable_films(y: np.ndarray, labels: np.ndarray, minority: float, seed: in
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), ord(site), 0x5CA]))
     portable = (labels == 1) ^ (rng.random(len(labels)) < minority)
     st = PORTABLE_STYLE
-    y[portable] = _gaussian_blur(st["offset"] + st["contrast"] * y[portable], st["blur"] * S / 64.0)
+    y[portable] = gaussian_blur(st["offset"] + st["contrast"] * y[portable], st["blur"] * S / 64.0)
     return ["portable" if p else "fixed" for p in portable]
 
 
@@ -411,7 +411,7 @@ def _draw_markers(rng, y: np.ndarray, labels: np.ndarray, rates: tuple[float, fl
     return boxes
 
 
-def _gaussian_blur(y: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_blur(y: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of [n, S, S] with σ in pixels (reflect padding).
 
     A weighted sum of shifted views per axis: for these tiny kernels it is several

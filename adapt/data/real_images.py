@@ -42,8 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from adapt.data.phantom import gaussian_blur  # the phantom's separable blur (one implementation)
 from adapt.errors import UserError
+from adapt.io import atomic_write_bytes
 
 #: class names of the digits shifts; index = label
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -184,12 +187,10 @@ def texture_digits(digits: torch.Tensor, photos: list[np.ndarray], rng: np.rando
 
 def scan_digits(digits: torch.Tensor, style: ScannerStyle, rng: np.random.Generator) -> torch.Tensor:
     """Apply :class:`ScannerStyle` to float32 [N, 1, S, S] digits; returns the same shape."""
-    from adapt.data.phantom import _gaussian_blur  # the phantom's separable blur (one implementation)
-
     S = digits.shape[-1]
     x = digits[:, 0].numpy().astype(np.float32)
     y = style.offset + style.contrast * np.power(x, style.gamma)
-    y = _gaussian_blur(y.astype(np.float32), style.blur * S / 32.0)
+    y = gaussian_blur(y.astype(np.float32), style.blur * S / 32.0)
     y = y + style.noise * rng.standard_normal(y.shape, dtype=np.float32)
     return torch.from_numpy(np.clip(y, 0.0, 1.0).astype(np.float32))[:, None]
 
@@ -237,10 +238,6 @@ def write_image_folder(images: ImageSet, root: str | Path, classes: list[str]) -
     One-channel sets become grey ("L") PNGs, three-channel sets RGB PNGs; ``i`` is the
     position in the set. Each file is written atomically. Returns ``root``.
     """
-    from PIL import Image  # late import: Pillow is only needed when writing
-
-    from adapt.io import atomic_write_bytes
-
     root = Path(root)
     pixels = (images.images.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
     for i, (img, label) in enumerate(zip(pixels, images.labels)):

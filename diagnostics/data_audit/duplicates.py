@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from adapt.errors import UserError
 
@@ -58,8 +59,7 @@ class DuplicatePair:
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     """``imagehash.phash`` of each uint8 image [N, H, W] as bits, bool [N, 64]."""
-    import imagehash
-    from PIL import Image
+    import imagehash  # late: an optional extra (.[data])
 
     return np.stack([imagehash.phash(Image.fromarray(im, mode="L")).hash.reshape(-1) for im in images])
 
@@ -84,7 +84,7 @@ def find_duplicates(images: np.ndarray, *, max_hash_distance: int = MAX_HASH_DIS
     if x.shape[-1] != side or x.shape[-2] != side:
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     if blur > 0:
-        from torchvision.transforms.functional import gaussian_blur
+        from torchvision.transforms.functional import gaussian_blur  # late: torchvision's import time
 
         x = gaussian_blur(x, kernel_size=2 * int(3 * blur) + 1, sigma=blur)
     x = x[:, 0]

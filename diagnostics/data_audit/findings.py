@@ -14,6 +14,7 @@ import io
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 from diagnostics.audit.wording import percent
 
@@ -25,8 +26,6 @@ WEAK_AGREEMENT = 0.9
 
 def thumb_b64(image: np.ndarray) -> str:
     """A uint8 grey image [H, W] as a base64 PNG."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -49,6 +49,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, folds
                               seed: int = 0) -> np.ndarray:
     """[N, K] probabilities of each sample from a model fitted on the other folds
     (stratified, seeded); K = labels.max() + 1."""
+    # late: sklearn takes seconds to import; only the data audit's label check needs it
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.decomposition import PCA
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -72,6 +73,7 @@ def find_label_issues(features: np.ndarray, labels: np.ndarray, *, folds: int = 
                       seed: int = 0, probs: np.ndarray | None = None) -> LabelIssues:
     """Confident learning on ``labels`` (int [N], all known) with out-of-fold probabilities
     of a model on ``features`` (or the given out-of-fold ``probs``)."""
+    # late: cleanlab is an optional extra (.[data])
     from cleanlab.filter import find_label_issues as cl_find
     from cleanlab.rank import get_label_quality_scores
 
