@@ -48,6 +48,7 @@ from torch.utils.data import Dataset, Subset
 
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
+from adapt.methods.adabn import adabn_predict
 from adapt.mixval import mixval_score
 from adapt.selectors import SELECTOR_KEYS, SELECTORS
 from adapt.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
@@ -149,6 +150,7 @@ def make_score_fn(
     source_train: Dataset | None = None,
     seed: int = 0,
     few_labels: Dataset | None = None,
+    target_adabn: bool = False,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
     the one ``selector`` names. ``prepare`` turns the training model into the model that
@@ -166,6 +168,10 @@ def make_score_fn(
     per epoch as ``oracle_target_accuracy`` — for reporting the selection regret only;
     it never enters the score.
 
+    ``target_adabn``: the model is deployed with AdaBN statistics of ``target`` (in place of
+    a ``prepare`` that does that): the copy's statistics and its target predictions come
+    from one pass (:func:`adapt.methods.adabn.adabn_predict`).
+
     ``few_labels``: the k labelled target images per class (``data.target.labeled_per_class``);
     their accuracy is logged as ``few_labels_accuracy`` and selects with ``few_labels`` — not
     label-free, and biased upwards for runs that train on the same images (docs/fewlabels.md)."""
@@ -182,8 +188,12 @@ def make_score_fn(
                         "this run has none — use im or snd")
 
     def score(model: nn.Module) -> tuple[float | None, dict[str, float]]:
-        candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
-        t_out = predict(candidate, target, device, batch_size, return_features=has_dev)
+        if target_adabn:
+            candidate = copy.deepcopy(model)
+            t_out = adabn_predict(candidate, target, device, batch_size, return_features=has_dev)
+        else:
+            candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
+            t_out = predict(candidate, target, device, batch_size, return_features=has_dev)
         logs = label_free_scores(t_out["probs"])
         if has_val:
             on_source = source_prepare(copy.deepcopy(model)) if source_prepare is not None else candidate

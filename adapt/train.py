@@ -110,6 +110,7 @@ class _Loop:
     #: the recipe fields these weights depend on (adapt.fingerprint), stored in every checkpoint
     recipe_fingerprint: dict[str, Any] | None = None
     t0: float = 0.0
+    styled: torch.Tensor | None = None  # the training images restyled once (_restyled_once)
 
 
 def fit(
@@ -283,6 +284,7 @@ def train_one_epoch(
                         persistent_workers=False)
     target_iter = None if target_train is None else _target_batches(target_train, epoch, loop.seed, cfg, ctx)
 
+    styled = _restyled_once(loop, parts, source_train)
     sums: dict[str, float] = {}
     bar = progress_bar(loader, enabled=loop.show_bar, desc=f"{loop.desc} {epoch + 1}/{loop.epochs}", leave=False,
                        dynamic_ncols=True)
@@ -295,7 +297,9 @@ def train_one_epoch(
         xs = xs.to(device, non_blocking=True)
         ys = torch.as_tensor(ys).to(device, non_blocking=True)
         xt = None if target_iter is None else next(target_iter)[0].to(device, non_blocking=True)
-        loss, logs = _step_loss(loop, parts, xs, ys, xt, p, generator)
+        if styled is not None:  # the batch's images, restyled when the run began
+            xs = styled[torch.as_tensor(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])]
+        loss, logs = _step_loss(loop, parts, xs, ys, xt, p, generator, restyled=styled is not None)
         if not torch.isfinite(loss):
             where = f"{loop.desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}"
             kept = f"; last good checkpoint kept at {loop.last_path}" if loop.last_path.exists() else ""
@@ -325,13 +329,27 @@ def _target_batches(target_train: Dataset, epoch: int, seed: int, cfg: TrainConf
     return cycle(target_loader)
 
 
+def _restyled_once(loop: _Loop, parts: MethodParts, data: Dataset, cap_mb: int = 512) -> torch.Tensor | None:
+    """Every training image restyled once per run (the same rows as restyling each batch:
+    tests/test_exact_fast_paths.py) when the style maps each image on its own (``per_image``),
+    nothing changes the images before it (no augmentation) and they fit in ``cap_mb``; else None."""
+    if parts.style is None or parts.augment is not None or not getattr(parts.style, "per_image", False) \
+            or len(data) == 0 or len(data) * data[0][0].numel() * 4 > cap_mb * 2**20:
+        return None
+    if loop.styled is None:
+        images = torch.stack([data[i][0] for i in range(len(data))]).to(loop.device)  # restyled where the step would
+        loop.styled = torch.cat([parts.style(images[i:i + loop.cfg.batch_size], None)
+                                 for i in range(0, len(images), loop.cfg.batch_size)])
+    return loop.styled
+
+
 def _step_loss(loop: _Loop, parts: MethodParts, xs: torch.Tensor, ys: torch.Tensor,
-               xt: torch.Tensor | None, p: float, generator: torch.Generator
+               xt: torch.Tensor | None, p: float, generator: torch.Generator, restyled: bool = False
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One step's loss: augment and restyle the source batch, the objective, then the penalties."""
+    """One step's loss: augment and restyle the source batch (unless ``restyled``), objective, penalties."""
     if parts.augment is not None:
         xs = parts.augment(xs, generator=generator)
-    if parts.style is not None:
+    if parts.style is not None and not restyled:
         xs = parts.style(xs, xt, generator=generator)
     if loop.device.type == "cuda":
         xs = xs.contiguous(memory_format=torch.channels_last)

@@ -38,7 +38,7 @@ from adapt.methods.base import MethodParts
 from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
-from adapt.recipe import AdaptRunConfig, Recipe
+from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from domaingap.comparison import comparison_table, format_table, stage_line
 from domaingap.fairness_run import (check_fairness_inputs, fit_safeguards, group_column, group_metrics_section,
                                     source_score_fn)
@@ -218,7 +218,6 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     )
     # scored, selected and evaluated on the target with the statistics it trained with
     on_target_stats = uses_target_bn(run_cfg)
-    prepare = (lambda m: adabn_on(m, target_train, device)) if on_target_stats else None
     # Source-validation accuracy is measured as the model is deployed on the source
     # (see uses_per_domain_bn), or `selection: source_val` would judge these runs by a
     # BatchNorm mismatch rather than by what the weights retained.
@@ -239,7 +238,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         # the epoch's precise-BN pass has just set the source statistics this would
         # re-estimate (the same images): score with them rather than compute them twice
         fit_source_prepare = lambda m: m if precise_bn_covers(m, source_train) else source_prepare(m)  # noqa: E731
-    score_fn = make_score_fn(selector, prepare=prepare, **{**score_kw, "source_prepare": fit_source_prepare})
+    score_fn = make_score_fn(selector, target_adabn=on_target_stats, **{**score_kw, "source_prepare": fit_source_prepare})
     epochs = run_epochs(run_cfg, recipe)
     fit_info: dict[str, Any] | None = None
     selection = None
@@ -263,11 +262,16 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         fit_info = result.to_dict()
         earlier = result.earlier_seconds  # the time of an interrupted earlier part counts too
         selection = selection_summary(result.history, selector, result.best_epoch)
+    # the final model as deployed on the source: made once, for the score below, the
+    # evaluation and the audit — a copy taken before the target statistics go in when the
+    # model already holds the source statistics that an estimate would give, bit for bit
+    kept = source_prepare is not None and _holds_source_statistics(model, source, fit_info if trains_on_source else {},
+                                                                   run_train_config(run_cfg, recipe), recipe, source_train)
+    on_source = copy.deepcopy(model) if kept else None
     if on_target_stats:
         adabn_on(model, target_train, device)
-    # the final model as deployed on the source: made once, for the score below, the
-    # evaluation and the audit
-    on_source = deployed_on_source(model, domains, device) if source_prepare is not None else None
+    if source_prepare is not None and on_source is None:
+        on_source = deployed_on_source(model, domains, device)
     if selection is None:  # nothing was trained: score the final model once, for the table
         final_kw = {**score_kw, "source_prepare": (lambda _copy: on_source) if on_source is not None else None}
         _, logs = make_score_fn(selector, **final_kw)(model)
@@ -280,6 +284,23 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
         atomic_write_json(stage_dir / "selection.json", selection)
     return _outcome(run_cfg.name, model, domains, device, recipe, per_domain_bn,
                     on_source=on_source, fit=fit_info, selection=selection, seconds=seconds)
+
+
+def _holds_source_statistics(model: nn.Module, source: StageOutcome, fit_info: dict[str, Any] | None,
+                             cfg: TrainConfig, recipe: Recipe, source_train) -> bool:
+    """Whether ``model``'s BatchNorm layers hold what :func:`deployed_on_source` would
+    estimate: it was trained on ``source_train`` (``fit_info``; None: nothing was trained
+    and it is still the source model, trained so) and every epoch ended with precise BN
+    over all of it, every layer trainable throughout (fine-tuning everything): the
+    estimate of :func:`adapt.train.precise_bn_covers`, bit-identical."""
+    if fit_info is None:
+        same = zip(model.state_dict().values(), source.model.state_dict().values())
+        if not all(a.shape == b.shape and torch.equal(a, b.to(a.device)) for a, b in same):
+            return False
+        fit_info, cfg = source.fit, recipe.train
+    history = (fit_info or {}).get("history")
+    return bool(history) and cfg.precise_bn and recipe.strategy.kind == "finetune" \
+        and recipe.strategy.top_k is None and precise_bn_covers(model, source_train)
 
 
 def target_scratch(recipe: Recipe, domains: Domains, device: torch.device, run_dir: Path,

@@ -9,6 +9,7 @@ collapse, attributions, embeddings) into the report's data contract
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import multiprocessing
@@ -40,6 +41,7 @@ from diagnostics.labelfree_estimates import accuracy_estimates, estimate_text
 from diagnostics.paired import accuracy_change
 from diagnostics.ranking import rank_runs
 from diagnostics.report import render_html, write_report
+from diagnostics.threads import single_threaded
 
 if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import DiagnosticsConfig, Recipe
@@ -287,9 +289,11 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         refs: dict[str, list[int]] = {}
         for (name, st, sm), (fs, ft) in zip(stages, feats):
             say(f"audit: diagnosing the {name} model")
-            stage, raw = measure_stage(name, st.model, {**st.metrics, "guard": (st.fit or {}).get("guard")}, fs, ft,
-                                       reference_boxes=refs or None,
-                                       source_model=sm, **common)
+            # beside UMAP's worker (one core: single-threaded with a seed) the measurements
+            # take one thread: no oversubscription (diagnostics.threads), the same numbers
+            with single_threaded() if pool is not None else contextlib.nullcontext():
+                stage, raw = measure_stage(name, st.model, {**st.metrics, "guard": (st.fit or {}).get("guard")}, fs,
+                                           ft, reference_boxes=refs or None, source_model=sm, **common)
             if not refs:  # the after-model is tested on the before-model's suspect regions
                 for dom in ("source", "target"):
                     r = raw.get(f"spurious_{dom}")

@@ -46,10 +46,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from adapt.data.domain import DomainDataset
 from adapt.errors import UserError
+from adapt.evaluate import predict
 from adapt.method_registry import BuildContext, ObjectiveSpec, register
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
@@ -213,10 +217,11 @@ def _chain_of(model: nn.Module) -> list[nn.Module] | None:
 
 
 def _sweep_chain(chain: list[nn.Module], todo: list[_BatchNorm], acts: list[Tensor], device,
-                 cap_bytes: int) -> set[int]:
+                 cap_bytes: int, to_the_end: bool = False) -> tuple[set[int], list[Tensor] | None]:
     """Set the statistics of the ``todo`` layers met along ``chain`` from the set's
-    activations ``acts`` (kept between modules); return the ids of the layers done. Stops
-    early (the rest to the generic route) once the activations would exceed ``cap_bytes``."""
+    activations ``acts`` (kept between modules); return the ids of the layers done and,
+    with ``to_the_end``, the chain's output for every batch (else None). Stops early (the
+    rest to the generic route) once the activations would exceed ``cap_bytes``."""
     wanted, done = set(map(id, todo)), set()
     acts = [a.to(device, non_blocking=True) for a in acts]
     for module in chain:
@@ -225,17 +230,17 @@ def _sweep_chain(chain: list[nn.Module], todo: list[_BatchNorm], acts: list[Tens
         for layer in _forward_order(module, inner, acts[0][:1]) if inner else []:
             _set_statistics(layer, _input_moments(module, layer, acts, device))
             done.add(id(layer))
-        if len(done) == len(wanted):
+        if len(done) == len(wanted) and not to_the_end:
             break
         size, nxt = 0, []
         for a in acts:
             out = module(a)
             size += out.numel() * out.element_size()
             if size > cap_bytes:
-                return done
+                return done, None
             nxt.append(out)
         acts = nxt
-    return done
+    return done, acts if to_the_end else None
 
 
 def _set_statistics(layer: _BatchNorm, moments: ChannelMoments) -> None:
@@ -245,7 +250,8 @@ def _set_statistics(layer: _BatchNorm, moments: ChannelMoments) -> None:
 
 @torch.no_grad()
 def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", batch_size: int = 64,
-          trainable_only: bool = False, cache_mb: int = 256, chain_sweep: bool = True) -> int:
+          trainable_only: bool = False, cache_mb: int = 256, chain_sweep: bool = True,
+          outputs: list[Tensor] | None = None) -> int:
     """Set every BatchNorm's running statistics to the exact pooled statistics of the data.
 
     See the module docstring: layer by layer in forward order, each layer's
@@ -262,6 +268,9 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
     so are the activations of the one-pass chain sweep.
     chain_sweep: use the one-pass sweep along ``sequential_prefix()`` when the model has one
     (False: the generic prefix passes only; same result, for checking).
+    outputs: when given and the one-pass sweep covered every layer, it receives the
+    chain's output for every batch, in order (the forward pass up to the end of
+    ``sequential_prefix()`` with the new statistics: :func:`adabn_predict` finishes it).
     Returns the number of images seen.
     """
     layers = batchnorm_layers(model, trainable_only)
@@ -277,14 +286,44 @@ def adabn(model: nn.Module, target_loader, device: str | torch.device = "cpu", b
             order = _forward_order(model, layers, first)
             chain = _chain_of(model) if chain_sweep else None
             if chain is not None and (batches.cache is not None or isinstance(target_loader, Tensor)):
-                done = _sweep_chain(chain, order, list(batches), device, cache_mb * 2**20)
+                done, out = _sweep_chain(chain, order, list(batches), device, cache_mb * 2**20, outputs is not None)
                 order = [m for m in order if id(m) not in done]
+                if outputs is not None and out is not None and not order:
+                    outputs.extend(out)
             for layer in order:  # generic route: one prefix pass per layer, upstream layers final
                 _set_statistics(layer, _input_moments(model, layer, batches, device))
     finally:
         for m, mode in modes.items():
             m.train(mode)
     return seen
+
+
+def adabn_predict(model: nn.Module, data, device: str | torch.device = "cpu", batch_size: int = 256,
+                  return_features: bool = False) -> dict:
+    """AdaBN on ``data`` (batches of ``batch_size`` in its own order), then
+    :func:`adapt.evaluate.predict` of the adapted model on the same ``data`` — the
+    predictions taken from AdaBN's own pass when its one-pass sweep covered the model (a
+    :class:`adapt.models.Classifier` over an in-memory or file :class:`DomainDataset`):
+    the same modules on the same batches, so the same numbers bit for bit, one pass fewer."""
+    outputs: list[Tensor] = []
+    finish = getattr(model, "features_after_prefix", None)
+    wanted = callable(finish) and isinstance(data, DomainDataset)
+    adabn(model, DataLoader(data, batch_size=batch_size, shuffle=False), device, outputs=outputs if wanted else None)
+    if not outputs:
+        return predict(model, data, device, batch_size, return_features=return_features)
+    was_training = model.training
+    model.eval()
+    probs, feats = [], []
+    with torch.no_grad():
+        for h in outputs:
+            f = finish(h)
+            probs.append(torch.softmax(model.head(f).float(), dim=1).cpu())
+            feats.append(f.float().cpu())
+    model.train(was_training)
+    out = {"probs": torch.cat(probs).numpy(), "labels": np.asarray(data.labels, dtype=np.int64)}
+    if return_features:
+        out["features"] = torch.cat(feats).numpy()
+    return out
 
 
 def _nothing(ctx: BuildContext):

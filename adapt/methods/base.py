@@ -94,6 +94,10 @@ class ImageStyle(Protocol):
     name: str
     #: when True ``xt`` is the step's target batch; else None
     uses_target: bool
+    #: (optional) True when an image's restyled form depends on that image alone (no
+    #: target batch, no randomness, not on the rest of the batch): the loop then restyles
+    #: the training images once per run instead of every epoch (histogram matching)
+    # per_image: bool
 
     def __call__(
         self, xs: Tensor, xt: Tensor | None, generator: torch.Generator | None = None

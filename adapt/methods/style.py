@@ -175,6 +175,7 @@ class HistogramMatching:
 
     name = "histogram_matching"
     uses_target = False
+    per_image = True  # each image through its own CDF: the loop restyles the set once (adapt.train)
 
     def __init__(self, n_quantiles: int = 256):
         self.n_quantiles = int(n_quantiles)

@@ -51,7 +51,11 @@ class StagedBackbone(nn.Module):
         self.neck = neck if neck is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.neck(torch.flatten(self.pool(self.stages(x)), 1))
+        return self.after_stages(self.stages(x))
+
+    def after_stages(self, h: Tensor) -> Tensor:
+        """The rest of ``forward`` from the last stage's output ``h``: pool, flatten, neck."""
+        return self.neck(torch.flatten(self.pool(h), 1))
 
     def blocks(self) -> list[nn.Module]:
         blocks = list(self.stages)
@@ -105,6 +109,11 @@ class Classifier(nn.Module):
         ``stages(normalize(x))`` (then pooling, neck and head). AdaBN sweeps this chain in
         one pass (:func:`adapt.methods.adabn.adabn`)."""
         return [self.normalize, self.backbone.stages]
+
+    def features_after_prefix(self, h: Tensor) -> Tensor:
+        """``features(x)`` from ``h``, the output of the :meth:`sequential_prefix` chain on x
+        (AdaBN's one-pass sweep computes it: :func:`adapt.methods.adabn.adabn_predict`)."""
+        return self.backbone.after_stages(h)
 
     def blocks(self) -> list[nn.Module]:
         """Backbone stages from input to output (stem first); the head is not included."""
