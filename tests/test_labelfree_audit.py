@@ -57,14 +57,16 @@ def test_unlabelled_target_audit_shows_estimates_with_measured_bands(lf):
 
 
 def test_label_free_estimates_use_each_runs_kept_source_copy(lf):
-    # both runs are per-domain-BN: each meets the source with source statistics, re-estimated
-    # once when it is evaluated; the estimates' ATC/DoC/COT read that copy (was: a new one)
+    # both runs are per-domain-BN: each meets the source with source statistics. Here precise
+    # BN already holds them (untrained AdaBN copy; DANN trained on the source images with
+    # precise BN), so the copy is taken from it and never re-estimated (deployed_on_source:
+    # 0 calls); the estimates' ATC/DoC/COT read that one copy (was: a new one)
     summary, domains, calls = lf.summary, lf.domains, lf.calls
     made = Counter(id(m) for m in calls["on_source"])
     on_source_eval = [model for data, model in calls["features"] + calls["predict"] if data is domains.source_eval]
     for name in ("adabn", "dann"):
         stage = summary.runs[name]
-        assert made[id(stage.model)] == 1, name
+        assert made[id(stage.model)] == 0, name
         assert stage.on_source is not None
         runs_there = [m for m in on_source_eval if m is stage.model or m is stage.on_source]
         assert runs_there and all(m is stage.on_source for m in runs_there), name
