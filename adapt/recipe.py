@@ -147,6 +147,9 @@ class MethodConfig(RecipeSection):
     #: checkpoint selection: im | snd | dev | source_val | mixval | atc | doc | cot | last (label-free;
     #: dev, source_val, atc, doc, cot need labelled source images; docs/labelfree.md) | few_labels
     selection: Selector = "im"
+    #: also score every epoch by the selectors that cost extra work (DEV, MixVal, COT), to
+    #: compare their picks in selection.json (the studies); off, only the selecting one runs
+    compare_selectors: bool = False
     #: the run the audit compares against the source model (default: the run the
     #: label-free selector ranks first; see diagnostics.ranking)
     audit_run: str | None = None

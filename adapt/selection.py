@@ -19,7 +19,8 @@ Unsupervised Domain Adaptation", 2022):
   source-only criterion: it protects source accuracy, not target accuracy).
 * ``mixval`` — MixVal (Hu et al., NeurIPS 2023): the model's consistency with its own
   pseudo-labels on mixup-mixed target images (:mod:`adapt.mixval`); one extra forward
-  pass over the target a epoch, so it is computed only when it selects.
+  pass over the target a epoch, so it is computed only when it selects or when the recipe
+  compares selectors (``method.compare_selectors``, as DEV and COT).
 * ``atc`` / ``doc`` / ``cot`` — the estimated target accuracy by ATC (Garg et al., ICLR
   2022) / DoC (Guillory et al., ICCV 2021) / COT (Lu et al., NeurIPS 2023), from the
   source-validation and target predictions already computed
@@ -31,7 +32,9 @@ Unsupervised Domain Adaptation", 2022):
 Which selector deploys the better model is measured, not assumed:
 ``benchmarks/labelfree_study.py`` reports each one's regret (oracle − picked accuracy).
 
-Every epoch logs every score it can compute, and ``selection.json`` keeps each
+Every epoch logs the scores that its passes give for free (IM, SND, source-validation
+accuracy, ATC, DoC) and the selecting one; ``method.compare_selectors: true`` adds DEV,
+MixVal and COT every epoch (the studies compare them). ``selection.json`` keeps each
 selector's pick (:func:`selector_picks`), so a reader sees where they disagree.
 """
 
@@ -151,6 +154,7 @@ def make_score_fn(
     seed: int = 0,
     few_labels: Dataset | None = None,
     target_adabn: bool = False,
+    compare: bool = False,
 ) -> Callable[[nn.Module], tuple[float, dict[str, float]]]:
     """A score function for :func:`adapt.train.fit` that logs every score and returns
     the one ``selector`` names. ``prepare`` turns the training model into the model that
@@ -172,6 +176,13 @@ def make_score_fn(
     a ``prepare`` that does that): the copy's statistics and its target predictions come
     from one pass (:func:`adapt.methods.adabn.adabn_predict`).
 
+    ``compare``: also compute, every epoch, the selectors that cost a pass or a fit of their
+    own beyond the selecting one (DEV: the source training images' features and a domain
+    classifier; MixVal: a mixup pass; COT: a transport problem) — the recipe's
+    ``method.compare_selectors``. Off, only the selecting one of them is computed; IM, SND,
+    the source-validation accuracy, ATC and DoC come from passes made anyway and are
+    always logged.
+
     ``few_labels``: the k labelled target images per class (``data.target.labeled_per_class``);
     their accuracy is logged as ``few_labels_accuracy`` and selects with ``few_labels`` — not
     label-free, and biased upwards for runs that train on the same images (docs/fewlabels.md)."""
@@ -187,27 +198,29 @@ def make_score_fn(
         raise UserError("method.selection: 'dev' needs labelled source images (source train and validation); "
                         "this run has none — use im or snd")
 
+    with_dev = has_dev and (selector == "dev" or compare)
+
     def score(model: nn.Module) -> tuple[float | None, dict[str, float]]:
         if target_adabn:
             candidate = copy.deepcopy(model)
-            t_out = adabn_predict(candidate, target, device, batch_size, return_features=has_dev)
+            t_out = adabn_predict(candidate, target, device, batch_size, return_features=with_dev)
         else:
             candidate = prepare(copy.deepcopy(model)) if prepare is not None else model
-            t_out = predict(candidate, target, device, batch_size, return_features=has_dev)
+            t_out = predict(candidate, target, device, batch_size, return_features=with_dev)
         logs = label_free_scores(t_out["probs"])
         if has_val:
             on_source = source_prepare(copy.deepcopy(model)) if source_prepare is not None else candidate
-            out = predict(on_source, source_val, device, batch_size, return_features=has_dev)
+            out = predict(on_source, source_val, device, batch_size, return_features=with_dev)
             m = classification_metrics(out["labels"], out["probs"].argmax(1), class_names)
             logs["source_val_accuracy"] = m["accuracy"] if m["accuracy"] is not None else float("nan")
             if len(out["labels"]) and len(t_out["probs"]):
                 logs["atc"] = estimate_atc(out["probs"], out["labels"], t_out["probs"])
                 logs["doc"] = estimate_doc(out["probs"], out["labels"], t_out["probs"])
-                if selector == "cot":  # an exact transport problem per epoch: only when it selects
+                if selector == "cot" or compare:  # an exact transport problem per epoch
                     logs["cot"] = estimate_cot(t_out["probs"], out["labels"], seed=seed)
-            if has_dev:
+            if with_dev:
                 logs["dev"] = _dev_score(on_source, t_out, out)
-        if selector == "mixval":
+        if selector == "mixval" or compare:
             logs["mixval"] = mixval_score(candidate, target, device, batch_size, seed=seed)
         if few_labels is not None and len(few_labels):
             logs["few_labels_accuracy"] = _accuracy(candidate, few_labels)

@@ -111,7 +111,7 @@ def recipe_for(kind: str, seed: int, data: dict[str, Path], out: Path, epochs: i
                  "split": {"train": 0.5, "val": 0.2, "test": 0.3}},
         "model": {"arch": "small_cnn"},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.003, "patience": None, "threads": 1},
-        "method": {"selection": "mixval", "runs": runs},
+        "method": {"selection": "mixval", "compare_selectors": True, "runs": runs},
         "diagnostics": {"enabled": False},
         "output": {"dir": str(out / "runs")},
     }

@@ -229,7 +229,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
                     source_train=source_train, class_names=domains.classes,
                     device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle,
-                    few_labels=domains.target_labeled)
+                    few_labels=domains.target_labeled, compare=recipe.method.compare_selectors)
     trains_on_source = domains.has_source and getattr(parts.train_data, "base", parts.train_data) is source_train
     weights = (sample_weights(parts.train_data, sources["names"], sources["weights"])
                if run_cfg.source_weights == "similarity" and trains_on_source else None)

@@ -359,3 +359,25 @@ def test_rendering_a_judged_audit_judges_nothing(monkeypatch):
     for page in (render_html(a), render_html(data)):
         assert a.overall.title in page and a.verdicts[0].title in page
         assert f'class="banner {a.overall.level}"' in page
+
+
+def test_gap_table_direction_follows_the_gap_verdicts_rule():
+    # the table's "closer"/"further" is the gap verdict's rule (a move within
+    # gap_rel_change = 2 % of the before value is "unchanged"; an AUC counts from chance),
+    # not a second rule of the report's (was: any decrease was "closer")
+    from diagnostics.audit.gap_policy import gap_direction
+    from diagnostics.report.render import build_view
+
+    assert gap_direction(0.800, 0.790, 0.02, auc=True) == "unchanged"  # 1.25 % < 2 %
+    assert gap_direction(0.800, 0.700, 0.02, auc=True) == "closer"
+    assert gap_direction(0.45, 0.49, 0.02, auc=True) == "unchanged"  # both at chance
+    assert gap_direction(-0.01, 0.0, 0.02) == "unchanged"  # MMD² noise below 0 is 0
+    assert gap_direction(0.04, 0.31, 0.02) == "further"
+    rng = np.random.default_rng(0)
+    classes = ["a", "b"]
+    before = _stage("source-only", rng, classes, src_acc=0.9, tgt_acc=0.6, mmd2=0.31, auc=0.800,
+                    collapsed=False, marker_share=0.1)
+    after = _stage("adapted", rng, classes, src_acc=0.9, tgt_acc=0.8, mmd2=0.04, auc=0.790,
+                   collapsed=False, marker_share=0.1)
+    rows = {r["label"]: r["direction"] for r in build_view(build_audit(before, after, classes=classes))["gap"]["rows"]}
+    assert rows["Domain-classifier AUC"] == "unchanged" and rows["MMD² (Gaussian kernel)"] == "closer"

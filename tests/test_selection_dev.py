@@ -83,3 +83,29 @@ def test_selection_json_keeps_every_selectors_pick():
     agree = selection_summary([{"epoch": 1, "im": 0.1}, {"epoch": 2, "im": 0.2}], "im", best_epoch=2)
     assert agree["selectors_agree"] is True and set(agree["picks"]) == {"im", "last"}
     assert selector_picks([{"epoch": 1, "im": float("nan")}]) == {"last": {"epoch": 1, "score": 1.0}}
+
+
+def test_costly_selectors_run_only_when_they_select_or_the_recipe_compares(monkeypatch):
+    # issue 20 item 2: DEV (a features pass over the source training images and a domain
+    # classifier), MixVal and COT cost work of their own every epoch; by default only the
+    # selecting one runs, method.compare_selectors: true logs them all (the studies)
+    import adapt.selection as selection_mod
+
+    calls = []
+    real = selection_mod._features_subset
+    monkeypatch.setattr(selection_mod, "_features_subset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = TinyClassifier(num_classes=2).eval()
+    kw = dict(target=_Data(40, 0.3, 1, labelled=False), source_val=_Data(30, 0.0, 2), source_train=_Data(50, 0.0, 3),
+              class_names=["a", "b"], device=torch.device("cpu"), batch_size=16)
+    score, logs = make_score_fn("im", **kw)(model)
+    assert {"im", "snd", "source_val_accuracy", "atc", "doc"} <= logs.keys()  # from passes made anyway
+    assert not {"dev", "mixval", "cot"} & logs.keys() and calls == []
+    _, compared = make_score_fn("im", compare=True, **kw)(model)
+    assert {"dev", "mixval", "cot"} <= compared.keys() and len(calls) == 1
+    # the comparison only adds scores: the selecting one and the free ones are unchanged
+    assert {k: compared[k] for k in logs} == logs
+    assert score == logs["im"]
+    from adapt.recipe import MethodConfig
+
+    assert MethodConfig().compare_selectors is False

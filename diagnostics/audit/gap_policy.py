@@ -59,6 +59,22 @@ def gap_tests(stage: StageEvidence | None, alpha: float) -> dict[str, Any]:
     return {"detected": detected, "parts": parts, "evidence": ev}
 
 
+def gap_direction(before: float, after: float, rel_change: float, *, auc: bool = False) -> str:
+    """Which way a scale-free gap statistic (smaller = closer) moved from ``before`` to
+    ``after``: "closer", "further" or "unchanged" (a move within ``rel_change`` × |before|,
+    ``AuditThresholds.gap_rel_change``). An AUC (``auc=True``) counts from chance: below
+    0.5 is 0.5, no evidence of a gap; an MMD² below 0 (the unbiased estimate's noise) is 0.
+    The one rule for the verdict and the report's table."""
+    floor = 0.5 if auc else 0.0
+    before, after = max(before, floor), max(after, floor)
+    margin = rel_change * max(abs(before), 1e-12)
+    if after < before - margin:
+        return "closer"
+    if after > before + margin:
+        return "further"
+    return "unchanged"
+
+
 def _scale_free(stage: StageEvidence) -> dict[str, float]:
     """Statistics comparable across feature spaces (smaller = closer): the classifier
     test's AUC (chance 0.5; below 0.5 counts as 0.5 — no evidence) and MMD² (median-
@@ -97,8 +113,8 @@ def gap_verdict(ev: AuditEvidence, th: AuditThresholds) -> Verdict | None:
                        f"The tests could not decide whether source and target differ — {data}.", evidence)
     sb, sa = _scale_free(before), _scale_free(after)
     moved = [(k, sb[k], sa[k]) for k in sb if k in sa]
-    fell = [k for k, x0, x1 in moved if x1 < x0 - th.gap_rel_change * max(abs(x0), 1e-12)]
-    rose = [k for k, x0, x1 in moved if x1 > x0 + th.gap_rel_change * max(abs(x0), 1e-12)]
+    fell = [k for k, x0, x1 in moved if gap_direction(x0, x1, th.gap_rel_change) == "closer"]
+    rose = [k for k, x0, x1 in moved if gap_direction(x0, x1, th.gap_rel_change) == "further"]
     change = "; ".join(f"{k} {statistic(x0)} → {statistic(x1)}" for k, x0, x1 in moved)
     for k, x0, x1 in moved:
         slug = "classifier_auc" if k.startswith("classifier") else "mmd2"

@@ -22,6 +22,8 @@ import jinja2
 from adapt.io import atomic_write_text
 from diagnostics.audit import Audit, StageResult, Verdict, number, p_phrase, section
 from diagnostics.audit.evidence import Collapse, SpuriousDomain
+from diagnostics.audit.gap_policy import gap_direction
+from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.report import figures
 from diagnostics.report.fairness_view import fairness_section
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
@@ -159,6 +161,7 @@ def _gap_detail(key: str, d: Mapping) -> str:
 
 def _gap_section(a: Audit) -> dict | None:
     stages = _stages(a)
+    rel_change = float(a.thresholds.get("gap_rel_change", AuditThresholds().gap_rel_change))
     rows = []
     for key, field, label in _GAP_ROWS:
         secs = [section(s.gap, key) for s in stages]
@@ -175,16 +178,13 @@ def _gap_section(a: Audit) -> dict | None:
         change, direction = "", ""
         if len(vals) == 2 and vals[0] is not None and vals[1] is not None:
             # before and after live in different feature spaces (the source model's, the
-            # adapted model's): only scale-free figures get a direction; an AUC below 0.5
-            # is chance, not a gap
-            if key in ("domain_classifier", "classifier_test"):
-                d0, d1 = max(vals[0], 0.5) - 0.5, max(vals[1], 0.5) - 0.5
-                change = f"{vals[1] - vals[0]:+.3f}"
-                direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
-            elif key == "mmd":
-                d0, d1 = vals[0], vals[1]
-                change = f"{100 * (vals[1] - vals[0]) / abs(vals[0]):+.0f}%" if vals[0] else ""
-                direction = "closer" if d1 < d0 else ("further" if d1 > d0 else "")
+            # adapted model's): only scale-free figures get a direction, by the gap
+            # verdict's own rule (gap_direction), so the table never disagrees with it
+            if key in ("domain_classifier", "classifier_test", "mmd"):
+                auc = key != "mmd"
+                change = (f"{vals[1] - vals[0]:+.3f}" if auc
+                          else f"{100 * (vals[1] - vals[0]) / abs(vals[0]):+.0f}%" if vals[0] else "")
+                direction = gap_direction(vals[0], vals[1], rel_change, auc=auc)
             else:
                 change, direction = "", "other feature space: not comparable"
         rows.append({"label": label, "cells": cells, "change": change, "direction": direction})
