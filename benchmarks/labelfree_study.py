@@ -59,8 +59,8 @@ from domaingap.pipeline import run_recipe  # noqa: E402
 from adapt.recipe import validate_recipe  # noqa: E402
 from domaingap.runs import load_domains  # noqa: E402
 from adapt.selection import label_free_scores  # noqa: E402
-from adapt.accuracy_estimation import estimate_all  # noqa: E402
-from adapt.accuracy_estimation.calibration import CALIBRATION_PATH  # noqa: E402
+from adapt.accuracy_estimation import agreement_estimate, estimate_all  # noqa: E402
+from adapt.accuracy_estimation.calibration import CALIBRATION_PATH, most_accurate  # noqa: E402
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
 
 SIZE = 16
@@ -216,6 +216,53 @@ def estimator_errors(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "change_abs_error_mean": float(np.mean(ch_err)) if ch_err else None,
                     "change_abs_error_p90": _q90(ch_err) if ch_err else None,
                     "n_models": len(acc_err), "n_changes": len(ch_err)}
+    return out
+
+
+#: the estimators whose value depends on how many models are compared (the peers)
+PEER_ESTIMATORS = {"agreement": "median", "agreement_mean": "mean"}
+
+
+def peer_count_errors(models: dict[str, Any]) -> dict[str, dict[int, dict[str, list[float]]]]:
+    """The agreement estimators' errors when only ``k`` of a case's models are there, as in
+    an audit of a recipe with fewer runs: for every k from 2 to all, every subset of k models
+    that holds the source model (the audit always has it) — each model's agreement with the
+    others of the subset against its hidden accuracy, each run's estimated change against its
+    true change. ``{estimator: {k: {"accuracy": [|err|], "change": [|err|]}}}`` (fractions)."""
+    from itertools import combinations
+
+    preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
+    truth = {n: float(np.mean(preds[n] == m["hidden_target_labels"])) for n, m in models.items()}
+    runs = [n for n in models if n != "source-only"]
+    out: dict[str, dict[int, dict[str, list[float]]]] = {e: {} for e in PEER_ESTIMATORS}
+    if "source-only" not in models:
+        return out
+    for k in range(2, len(models) + 1):
+        for chosen in combinations(runs, k - 1):
+            group = ["source-only", *chosen]
+            for est, reduce in PEER_ESTIMATORS.items():
+                value = {n: agreement_estimate(preds[n], [preds[m] for m in group if m != n], reduce) for n in group}
+                errs = out[est].setdefault(k, {"accuracy": [], "change": []})
+                errs["accuracy"] += [abs(value[n] - truth[n]) for n in group]
+                errs["change"] += [abs((value[n] - value["source-only"]) - (truth[n] - truth["source-only"]))
+                                   for n in chosen]
+    return out
+
+
+def peer_count_summary(per_case: list[dict[str, dict[int, dict[str, list[float]]]]]) -> dict[str, dict[str, Any]]:
+    """Pool :func:`peer_count_errors` over cases: per estimator and number of models k, the
+    mean / 90th-percentile |error| of accuracy and of change, as in ``estimator_errors``."""
+    out: dict[str, dict[str, Any]] = {}
+    for est in PEER_ESTIMATORS:
+        ks = sorted({k for case in per_case for k in case.get(est, {})})
+        for k in ks:
+            acc = [e for case in per_case for e in case.get(est, {}).get(k, {}).get("accuracy", [])]
+            ch = [e for case in per_case for e in case.get(est, {}).get(k, {}).get("change", [])]
+            out.setdefault(est, {})[str(k)] = {
+                "accuracy_abs_error_mean": float(np.mean(acc)), "accuracy_abs_error_p90": _q90(acc),
+                "change_abs_error_mean": float(np.mean(ch)) if ch else None,
+                "change_abs_error_p90": _q90(ch) if ch else None,
+                "n_models": len(acc), "n_changes": len(ch)}
     return out
 
 
@@ -380,21 +427,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
     for seed in args.seeds:  # every shift of one seed first: a partial study still covers every shift
         for kind in args.shifts:
             t = time.perf_counter()
-            rows += case_rows(kind, seed, run_case(kind, seed, out, args.epochs, args.reuse, args.hide_labels))
+            models = run_case(kind, seed, out, args.epochs, args.reuse, args.hide_labels)
+            rows += case_rows(kind, seed, models)
+            peers.append(peer_count_errors(models))
             print(f"{kind} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     errors = estimator_errors(rows)
+    # an audit compares the models of one recipe (often 3: source, AdaBN, one more): the
+    # agreement estimators' band is measured for each number of models, not only for all
+    for est, by_k in peer_count_summary(peers).items():
+        if est in errors:
+            errors[est]["by_models"] = by_k
     runs_regret, epochs_regret = regret_over_runs(rows), regret_over_epochs(rows)
     # the default: the lowest mean error of the accuracy *change* (what the verdict reads)
-    ranked = sorted((e for e in errors if errors[e]["change_abs_error_mean"] is not None),
-                    key=lambda e: errors[e]["change_abs_error_mean"])
-    primary = ranked[0]
-    # the corroborating signal comes from the other family (agreement between models vs
-    # one model's own confidence/transport): two agreement variants are one signal, not two
-    family = lambda e: e.startswith("agreement")  # noqa: E731
-    secondary = next(e for e in ranked[1:] if family(e) != family(primary))
+    primary, secondary = most_accurate({e: v["change_abs_error_mean"] for e, v in errors.items()})
     verdicts = verdict_checks(rows, primary, secondary)
     print_tables(rows, errors, runs_regret, epochs_regret, verdicts)
     combined = combined_selectors(rows, verdicts)
@@ -409,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  over {where}: {sel} − im = {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, "
                       f"{100 * p['ci_high']:+.1f}]; better on {p['a_better']}, worse on {p['b_better']} "
                       f"of {p['cases']}")
+    print("\n## The agreement estimators' error by the number of models compared (points, p90 / mean)\n")
+    print("| estimator | models | accuracy p90 | accuracy mean | change p90 | change mean | changes |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for est in PEER_ESTIMATORS:
+        for k, e in (errors.get(est, {}).get("by_models") or {}).items():
+            ch = e["change_abs_error_p90"]
+            print(f"| {est} | {k} | {100 * e['accuracy_abs_error_p90']:.1f} | {100 * e['accuracy_abs_error_mean']:.1f} | "
+                  + (f"{100 * ch:.1f} | {100 * e['change_abs_error_mean']:.1f}" if ch is not None else "— | —")
+                  + f" | {e['n_changes']} |")
     print(f"\nverdicts: {vs}\nprimary estimator {primary}, corroborating {secondary}; "
           f"{time.perf_counter() - t0:.0f} s in all")
     doc = {

@@ -2,7 +2,8 @@
 with its band, for one model; and the one-line text "estimated 46 % ± 8".
 
 The band is the 90th percentile of the estimator's absolute error measured by
-``benchmarks/labelfree_study.py`` (``adapt/accuracy_estimation/calibration.json``);
+``benchmarks/labelfree_study.py`` (``adapt/accuracy_estimation/calibration.json``) — for
+the agreement estimators, measured with as many models as the audit compares;
 an estimator that was never measured is left out — an estimate without a measured error
 is not shown.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from adapt.accuracy_estimation import estimate_all
-from adapt.accuracy_estimation.calibration import load_calibration, measured_error
+from adapt.accuracy_estimation.calibration import load_calibration, measured_error, most_accurate
 
 
 def accuracy_estimates(target_probs: np.ndarray, source_probs: np.ndarray | None = None,
@@ -28,15 +29,20 @@ def accuracy_estimates(target_probs: np.ndarray, source_probs: np.ndarray | None
     [M, n_t]: the other models' predicted labels on the same target images."""
     cal = load_calibration() if calibration is None else calibration
     raw = estimate_all(target_probs, source_probs, source_labels, other_target_preds, seed=seed)
-    estimates = {}
+    estimates, errors = {}, {}
     for name, value in raw.items():
-        err = measured_error(name, cal)
+        # agreement's error depends on how many models it compares: this one and its peers
+        err = measured_error(name, cal, n_models=len(other_target_preds or []) + 1)
         if err is None:
             continue
+        errors[name] = err
         estimates[name] = {"accuracy": float(value), "band": err.accuracy_p90, "change_band": err.change_p90,
                            "mean_error": err.accuracy_mean, "n_models": err.n_models}
-    default = cal.get("default_estimator")
-    second = cal.get("corroborating_estimator")
+    # the most accurate for this many models (agreement's error grows as peers go), by the
+    # study's own rule; the study's pooled choice where the calibration has no mean errors
+    default, second = most_accurate({n: errors[n].change_mean for n in estimates})
+    if default is None:
+        default, second = cal.get("default_estimator"), cal.get("corroborating_estimator")
     return {
         "estimates": estimates,
         "default": default if default in estimates else None,

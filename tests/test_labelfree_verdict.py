@@ -105,3 +105,77 @@ def test_estimator_without_measured_error_is_not_shown():
     p = _model(rng.integers(0, K, 50), 0.5, rng)
     section = accuracy_estimates(p, calibration={"estimators": {}})
     assert section["estimates"] == {} and estimate_text(section) is None
+
+
+def _study():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("labelfree_study", root / "benchmarks" / "labelfree_study.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["labelfree_study"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_agreement_error_is_measured_per_number_of_models_by_hand():
+    # 4 target images, all of class 0: source-only right on 2, r1 on 3, r2 on 4
+    study = _study()
+    onehot = lambda preds: np.eye(2)[preds]  # noqa: E731
+    y = np.zeros(4, dtype=int)
+    models = {n: {"target_probs": onehot(np.array(p)), "hidden_target_labels": y}
+              for n, p in (("source-only", [0, 0, 1, 1]), ("r1", [0, 0, 0, 1]), ("r2", [0, 0, 0, 0]))}
+    errs = study.peer_count_errors(models)["agreement"]
+    # k = 2: {S, r1} agree on 3/4 → both 0.75; {S, r2} on 2/4 → both 0.5
+    assert sorted(errs[2]["accuracy"]) == pytest.approx(sorted([0.25, 0.0, 0.0, 0.5]))
+    assert sorted(errs[2]["change"]) == pytest.approx([0.25, 0.5])  # estimated change 0 both times
+    # k = 3: medians S (0.75, 0.5) → 0.625, r1 (0.75, 0.75) → 0.75, r2 (0.5, 0.75) → 0.625
+    assert sorted(errs[3]["accuracy"]) == pytest.approx(sorted([0.125, 0.0, 0.375]))
+    assert sorted(errs[3]["change"]) == pytest.approx(sorted([0.125, 0.5]))
+    pooled = study.peer_count_summary([{"agreement": errs}])["agreement"]
+    assert pooled["3"]["change_abs_error_mean"] == pytest.approx(0.3125) and pooled["2"]["n_changes"] == 2
+
+
+def test_the_band_is_the_one_measured_for_the_models_compared():
+    # the audit of a recipe with 3 models shows agreement's error measured with 3 models
+    # (was: the error measured with all 7 of the study's models, too narrow for 3)
+    from adapt.accuracy_estimation.calibration import measured_error
+
+    entry = lambda p90: {"accuracy_abs_error_mean": p90 / 2, "accuracy_abs_error_p90": p90,  # noqa: E731
+                         "change_abs_error_mean": p90 / 2, "change_abs_error_p90": p90, "n_models": 10, "n_changes": 5}
+    cal = {"estimators": {"agreement": {**entry(0.09), "by_models": {"3": entry(0.25), "7": entry(0.09)}}},
+           "default_estimator": "agreement"}
+    assert measured_error("agreement", cal, n_models=3).change_p90 == 0.25
+    assert measured_error("agreement", cal, n_models=5).change_p90 == 0.25  # 5 was not measured: 3's error
+    assert measured_error("agreement", cal, n_models=9).change_p90 == 0.09
+    assert measured_error("agreement", cal, n_models=2) is None  # fewer than ever measured: not shown
+    assert measured_error("agreement", cal).change_p90 == 0.09
+    rng = np.random.default_rng(0)
+    p = [_model(rng.integers(0, K, 60), acc, rng) for acc in (0.5, 0.7, 0.8)]
+    section = accuracy_estimates(p[0], other_target_preds=[p[1].argmax(1), p[2].argmax(1)], calibration=cal)
+    assert section["estimates"]["agreement"]["band"] == 0.25
+    assert accuracy_estimates(p[0], other_target_preds=[p[1].argmax(1)], calibration=cal)["estimates"] == {}
+
+
+def test_the_default_estimator_is_the_most_accurate_for_the_models_compared():
+    # agreement is the most accurate with 7 models and COT with 3 (as measured): the audit
+    # of 3 models reads COT first and agreement corroborates; of 7, the other way round
+    from adapt.accuracy_estimation.calibration import most_accurate
+
+    entry = lambda m: {"accuracy_abs_error_mean": m, "accuracy_abs_error_p90": 2 * m,  # noqa: E731
+                       "change_abs_error_mean": m, "change_abs_error_p90": 2 * m, "n_models": 10, "n_changes": 5}
+    cal = {"estimators": {"agreement": {**entry(0.04), "by_models": {"3": entry(0.12), "7": entry(0.04)}},
+                          "cot": entry(0.08), "atc": entry(0.2)},
+           "default_estimator": "agreement", "corroborating_estimator": "cot"}
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, K, 80)
+    p = [_model(labels, acc, rng) for acc in (0.5, 0.6, 0.7, 0.8, 0.9, 0.6, 0.7)]
+    src = _model(labels, 0.95, rng)
+    three = accuracy_estimates(p[0], src, labels, [q.argmax(1) for q in p[1:3]], calibration=cal)
+    seven = accuracy_estimates(p[0], src, labels, [q.argmax(1) for q in p[1:]], calibration=cal)
+    assert (three["default"], three["corroborating"]) == ("cot", "agreement")
+    assert (seven["default"], seven["corroborating"]) == ("agreement", "cot")
+    assert most_accurate({"agreement": 0.1, "agreement_mean": 0.11, "doc": 0.3}) == ("agreement", "doc")
+    assert most_accurate({"x": None}) == (None, None)

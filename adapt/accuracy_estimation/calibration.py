@@ -40,15 +40,45 @@ def load_calibration(path: str | Path | None = None) -> dict[str, Any]:
         return {}
 
 
-def measured_error(estimator: str, calibration: dict[str, Any] | None = None) -> MeasuredError | None:
-    """The measured error of ``estimator`` (None when it was never measured)."""
+def measured_error(estimator: str, calibration: dict[str, Any] | None = None,
+                   n_models: int | None = None) -> MeasuredError | None:
+    """The measured error of ``estimator`` (None when it was never measured).
+
+    ``n_models``: how many models the estimate compared (the model and its peers). An
+    estimator whose error was measured per number of models (``by_models``: agreement, whose
+    median over two peers is noisier than over six) gets the error measured for that number,
+    or, when that number was not measured, for the largest measured number below it (more
+    models than the study had: the error measured with the most); None when fewer models are
+    compared than were ever measured — an estimate without a measured error is not shown."""
     doc = load_calibration() if calibration is None else calibration
     e = (doc.get("estimators") or {}).get(estimator)
     if not e:
         return None
+    by_models = e.get("by_models")
+    if by_models and n_models is not None:
+        measured = sorted(int(k) for k in by_models)
+        fits = [k for k in measured if k <= n_models]
+        if not fits:
+            return None
+        e = by_models[str(fits[-1])]
     return MeasuredError(estimator, float(e["accuracy_abs_error_mean"]), float(e["accuracy_abs_error_p90"]),
                          e.get("change_abs_error_mean"), e.get("change_abs_error_p90"),
                          int(e["n_models"]), int(e.get("n_changes", 0)))
+
+
+def most_accurate(change_errors: dict[str, float | None]) -> tuple[str | None, str | None]:
+    """The default and the corroborating estimator: the lowest mean error of the estimated
+    accuracy *change* (what the label-free verdict reads), and the most accurate of the other
+    family — agreement between models against one model's own confidence or transport: two
+    agreement variants are one signal, not two. ``change_errors``: {estimator: mean |error|}
+    (None: not measured). Used by the study for its pooled choice and by the audit for the
+    number of models it compares."""
+    ranked = sorted((e for e, v in change_errors.items() if v is not None), key=lambda e: change_errors[e])
+    if not ranked:
+        return None, None
+    primary = ranked[0]
+    family = lambda e: e.startswith("agreement")  # noqa: E731
+    return primary, next((e for e in ranked[1:] if family(e) != family(primary)), None)
 
 
 def default_estimator(calibration: dict[str, Any] | None = None) -> str | None:
