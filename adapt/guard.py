@@ -59,16 +59,22 @@ class Guard:
 
     def __init__(self, cfg: GuardConfig, val: Dataset, groups: Sequence[str] | None, classes: Sequence[str],
                  device: Any, out_dir: str | Path, prepare: Callable[[nn.Module], nn.Module] | None = None,
-                 column: str | None = None):
+                 column: str | None = None, epoch_prepare: Callable[[nn.Module], nn.Module] | None = None):
+        """``prepare`` turns the model into the one measured (e.g. a copy with source
+        BatchNorm statistics; None: the model itself); ``epoch_prepare`` does it after an
+        epoch (default ``prepare``), when the epoch's end may already have done part of it."""
         self.cfg, self.val, self.classes, self.device = cfg, val, list(classes), device
         self.groups = list(groups) if groups is not None else ["all"] * len(val)
         self.column = column or "all"
         self.path = Path(out_dir) / "guard.pt"
         self.prepare = prepare
+        self.epoch_prepare = epoch_prepare or prepare
 
-    def measure(self, model: nn.Module) -> dict[str, Any]:
-        """{value, goodness (higher is better), group, n} of the metric for ``model``."""
-        m = self.prepare(model) if self.prepare is not None else model
+    def measure(self, model: nn.Module, prepare: Callable[[nn.Module], nn.Module] | None = None) -> dict[str, Any]:
+        """{value, goodness (higher is better), group, n} of the metric for ``model``,
+        brought to what is measured by ``prepare`` (default: the guard's)."""
+        prepare = prepare or self.prepare
+        m = prepare(model) if prepare is not None else model
         out = predict(m, self.val, self.device)
         rep = group_report(out["labels"], out["probs"].argmax(1), self.groups, self.classes, self.column)
         if self.cfg.metric == "source_val_accuracy":
@@ -98,7 +104,7 @@ class Guard:
         """Measure, keep the reference, trip; returns the score the selection should see
         (-inf for a tripped epoch). Updates ``state['guard']`` (saved in ``last.pt``)."""
         g = state["guard"]
-        now = self.measure(model)
+        now = self.measure(model, self.epoch_prepare)
         record[f"guard_{self.cfg.metric}"] = now["value"]
         ref = g["reference"]
         if ref is None or now["goodness"] > ref["goodness"]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapt.errors import UserError
-from adapt.methods.adabn import adabn, batchnorm_layers
+from adapt.methods.adabn import adabn, batch_moments, batchnorm_layers
 from tests._methods_standin import TinyClassifier
 
 
@@ -50,6 +50,24 @@ def test_running_stats_are_the_pooled_statistics_of_the_whole_set_and_modes_rest
         torch.testing.assert_close(layer.running_var, x.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
     assert bn.momentum == momentum
     assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("shape,channels_last", [((64, 16, 32, 32), False), ((64, 16, 32, 32), True),
+                                                  ((5, 3), False), ((4, 3, 2, 2, 2), False), ((1, 3, 1, 1), False)])
+def test_batch_moments_are_the_per_channel_mean_and_biased_variance(shape, channels_last):
+    """Known answer: the mean and the biased variance (divide by n) of every element of a
+    channel, computed in float64 from the definition; far from zero (mean 100, sd 3), where
+    a one-pass sum of squares would lose the variance; channels-last included (PyTorch's
+    CPU BatchNorm-statistics kernel sums those naively: 8e-6 relative error here)."""
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3 + 100
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    per_channel = x.double().transpose(0, 1).reshape(shape[1], -1)
+    mean, var = batch_moments(x)
+    torch.testing.assert_close(mean.double(), per_channel.mean(1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), ((per_channel - per_channel.mean(1, keepdim=True)) ** 2).mean(1),
+                               rtol=1e-5, atol=1e-12)
 
 
 def test_class_sorted_image_folder_and_its_shuffled_copy_give_the_whole_set_statistics(tmp_path):

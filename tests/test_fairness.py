@@ -228,6 +228,41 @@ def test_bad_fairness_inputs_are_one_line_and_exit_2(csv_domain, tmp_path, capsy
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_guarded_per_domain_bn_run_measures_each_epoch_with_precise_bns_statistics(tmp_path, monkeypatch):
+    """A DANN run (deployed on the source with source BatchNorm statistics) under a guard:
+    the reference (epoch 0) is measured on a fresh source-statistics copy, each epoch after
+    it on the model as precise BN has just left it (the same statistics, not estimated
+    again: issue 20's "no work twice") — and each epoch's value equals a fresh estimate's."""
+    import domaingap.fairness_run as fairness_run
+    from adapt.guard import Guard
+
+    estimates, checked = [], []
+    real_adabn_on, real_measure = fairness_run.adabn_on, Guard.measure
+
+    def adabn_spy(model, data, device):
+        estimates.append(data)
+        return real_adabn_on(model, data, device)
+
+    def measure_spy(self, model, *prepared):
+        got = real_measure(self, model, *prepared)
+        prepare = prepared[0] if prepared else None
+        if prepare is not None and prepare is not self.prepare:  # an epoch's shortcut
+            before = len(estimates)
+            fresh = real_measure(self, model, self.prepare)  # what estimating again gives
+            del estimates[before:]
+            checked.append((got["value"], got["group"], fresh["value"], fresh["group"]))
+        return got
+
+    monkeypatch.setattr(fairness_run, "adabn_on", adabn_spy)
+    monkeypatch.setattr(Guard, "measure", measure_spy)
+    guard = {"metric": "worst_group_accuracy", "group": "scanner", "max_drop": 1.0, "action": "rollback"}
+    path = write_recipe(tmp_path, "g", {"train": {**TINY["train"], "epochs": 1, "guard": guard},
+                                        "method": {"runs": [{"name": "dann", "objective": "dann", "epochs": 2}]}})
+    run_recipe(load_recipe(path), progress=False, diagnostics=False)
+    assert len(estimates) == 1  # the reference's copy; none after the two epochs
+    assert len(checked) == 2 and all(a == c and b == d for a, b, c, d in checked), checked
+
+
 @pytest.mark.timeout(3600)  # the whole quickstart (without its audit): minutes on a busy CPU
 def test_the_quickstart_with_a_guard_does_not_trip(tmp_path):
     """recipes/xray_to_xray.yaml with a guard at max_drop 0.02 on the worst (site x class)
@@ -266,7 +301,7 @@ def test_guard_trips_only_beyond_noise_and_acts(tmp_path, action):
     guard = Guard(GuardConfig(metric="source_val_accuracy", action=action), [0] * 100, None, ["a", "b"], "cpu",
                   tmp_path)
     values = iter([0.90, 0.92, 0.89, 0.70])
-    guard.measure = lambda model: (lambda v: {"value": v, "goodness": v, "group": "all", "n": 100})(next(values))
+    guard.measure = lambda model, prepare=None: (lambda v: {"value": v, "goodness": v, "group": "all", "n": 100})(next(values))
     net = torch.nn.Linear(2, 2)
     state = {"history": [], "best_epoch": -1}
     guard.start(state, net, net, True)

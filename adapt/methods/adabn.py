@@ -116,6 +116,25 @@ class _Stop(Exception):
     """Raised by a pre-hook to end a forward pass once the wanted layer's input is seen."""
 
 
+def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``x`` [B, C, ...] (every element of channel
+    c is one sample of c), in ``x``'s dtype.
+
+    A contiguous (NCHW) batch on a CPU goes through PyTorch's BatchNorm statistics kernel
+    (``torch.batch_norm_update_stats``, what a training-mode BatchNorm computes): the same
+    two-pass reduction as ``torch.var_mean(x, dim=[0, 2, ...], correction=0)`` — equal to
+    it within ~1e-7 relative, the mean bit for bit — and 2.7-3x faster, where ``var_mean``
+    reduces across strided dimensions (``benchmarks/bench_adabn.py``). Anything else
+    (channels-last, where that CPU kernel sums naively: 2e-4 relative error on a 256x16x64x64
+    batch; other devices) keeps ``var_mean``.
+    """
+    if x.device.type == "cpu" and x.is_contiguous():
+        mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+        return mean, var
+    var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], correction=0)
+    return mean, var
+
+
 class ChannelMoments:
     """Streaming per-channel count, mean and M2 (float64), merged with Chan's update."""
 
@@ -132,11 +151,10 @@ class ChannelMoments:
         m = x.numel() // x.shape[1] if x.shape[1] else 0
         if m == 0:
             return
-        # the batch's own moments in its dtype (var_mean is a two-pass reduction, ~1e-7
-        # relative in float32), merged across batches in float64: as exact as a float64
-        # copy of every activation, without making one (that copy was a quarter of the cost)
-        dims = [0, *range(2, x.dim())]
-        var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
+        # the batch's own moments in its dtype, merged across batches in float64: as exact
+        # as a float64 copy of every activation, without making one (that copy was a
+        # quarter of the cost)
+        mean_b, var_b = batch_moments(x)
         mean_b = mean_b.double()
         m2_b = var_b.double() * m
         if self.mean is None:
