@@ -51,7 +51,7 @@ from torch.utils.data import Dataset, Subset
 
 from adapt.errors import UserError
 from adapt.evaluate import classification_metrics, predict
-from adapt.methods.adabn import adabn_predict
+from adapt.methods.adabn import adabn_predict, batchnorm_layers
 from adapt.mixval import mixval_score
 from adapt.selectors import SELECTOR_KEYS, SELECTORS
 from adapt.accuracy_estimation import estimate_atc, estimate_cot, estimate_doc
@@ -199,8 +199,15 @@ def make_score_fn(
                         "this run has none — use im or snd")
 
     with_dev = has_dev and (selector == "dev" or compare)
+    kept = TargetStatisticsKept()
 
     def score(model: nn.Module) -> tuple[float | None, dict[str, float]]:
+        value, logs, candidate = _score(model)
+        if target_adabn:
+            kept.offer(candidate, value)
+        return value, logs
+
+    def _score(model: nn.Module) -> tuple[float | None, dict[str, float], nn.Module]:
         if target_adabn:
             candidate = copy.deepcopy(model)
             t_out = adabn_predict(candidate, target, device, batch_size, return_features=with_dev)
@@ -227,8 +234,8 @@ def make_score_fn(
         if oracle is not None and len(oracle):
             logs["oracle_target_accuracy"] = _accuracy(candidate, oracle)
         if selector == "last":
-            return None, logs  # no selection: the loop takes the last epoch
-        return logs[SELECTOR_KEYS[selector]], logs
+            return None, logs, candidate  # no selection: the loop takes the last epoch
+        return logs[SELECTOR_KEYS[selector]], logs, candidate
 
     def _accuracy(candidate: nn.Module, data: Dataset) -> float:
         out = predict(candidate, data, device, batch_size)
@@ -245,7 +252,61 @@ def make_score_fn(
         p_true = val_out["probs"][np.arange(len(val_out["labels"])), val_out["labels"]]
         return -dev_risk(w, -np.log(np.clip(p_true, 1e-12, None)))
 
-    return score
+    return EpochScore(score, kept)
+
+
+class TargetStatisticsKept:
+    """The target-statistics copy (``target_adabn``) of the model state that scored best so
+    far — the state :func:`adapt.train.fit` keeps and ends with (first best on ties; the
+    latest with no score, as ``selection: last`` takes the last epoch) — so that the final
+    model is deployed on the target without estimating the same statistics again."""
+
+    def __init__(self) -> None:
+        self.model: nn.Module | None = None
+        self.score: float | None = None
+
+    def offer(self, candidate: nn.Module, score: float | None) -> None:
+        if self.model is None or score is None or (self.score is not None and score > self.score):
+            self.model, self.score = candidate, score
+
+    def statistics_for(self, model: nn.Module) -> nn.Module | None:
+        """The kept copy when ``model`` holds exactly its weights (every parameter, and
+        every buffer but the BatchNorm statistics AdaBN sets), else None."""
+        if self.model is None:
+            return None
+        stats = {id(b) for layer in batchnorm_layers(model) for b in (layer.running_mean, layer.running_var)}
+        ours = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in stats]
+        kept = {id(b) for layer in batchnorm_layers(self.model) for b in (layer.running_mean, layer.running_var)}
+        theirs = [t for t in (*self.model.parameters(), *self.model.buffers()) if id(t) not in kept]
+        same = len(ours) == len(theirs) and all(
+            a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b.to(a.device)) for a, b in zip(ours, theirs))
+        return self.model if same else None
+
+
+class EpochScore:
+    """What :func:`make_score_fn` returns: called with the model each epoch, it returns
+    (score or None, logs); :meth:`deployed_on_target` hands over the target statistics it
+    has already estimated for a model state (``target_adabn``)."""
+
+    def __init__(self, score: Callable[[nn.Module], tuple[float | None, dict[str, float]]],
+                 kept: TargetStatisticsKept) -> None:
+        self._score, self._kept = score, kept
+
+    def __call__(self, model: nn.Module) -> tuple[float | None, dict[str, float]]:
+        return self._score(model)
+
+    def deployed_on_target(self, model: nn.Module) -> bool:
+        """Give ``model`` the target BatchNorm statistics estimated when its exact weights
+        were scored (bit for bit what AdaBN on the same target images gives: same images,
+        same batches); False when they were not (another state, a resumed run)."""
+        kept = self._kept.statistics_for(model)
+        if kept is None:
+            return False
+        with torch.no_grad():
+            for ours, theirs in zip(batchnorm_layers(model), batchnorm_layers(kept)):
+                ours.running_mean.copy_(theirs.running_mean)
+                ours.running_var.copy_(theirs.running_var)
+        return True
 
 
 def selector_picks(epochs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

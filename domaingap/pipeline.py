@@ -268,7 +268,10 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     kept = source_prepare is not None and _holds_source_statistics(model, source, fit_info if trains_on_source else {},
                                                                    run_train_config(run_cfg, recipe), recipe, source_train)
     on_source = copy.deepcopy(model) if kept else None
-    if on_target_stats:
+    # the target statistics of the final (best-scored) state were estimated when it was
+    # scored: taken from there, else estimated now (nothing trained, a resumed run)
+    if on_target_stats and not (selection is not None and fit_info is not None
+                                and score_fn.deployed_on_target(model)):
         adabn_on(model, target_train, device)
     if source_prepare is not None and on_source is None:
         on_source = deployed_on_source(model, domains, device)
