@@ -4,6 +4,8 @@ points, two worker processes sharing one storage, the pick by the label-free sco
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -16,6 +18,8 @@ import pytest
 
 from adapt.errors import UserError
 from adapt.recipe import load_recipe
+import domaingap.sweep as sweep_mod
+from domaingap.adapt_run import main as adapt_main
 from domaingap.sweep import _queued_points, load_sweep, run_sweep, trial_overrides
 
 pytest.importorskip("optuna")
@@ -133,12 +137,12 @@ def check_two_workers_share_one_study(tmp_path: Path, storage: str | None) -> No
     assert best_recipe.method.runs[0].lr == pytest.approx(best["method.runs.0.lr"])
     assert best_recipe.method.runs[0].adabn == best["method.runs.0.adabn"]
     assert "oracle target acc" in (tmp_path / "runs" / "sw" / "sweep" / "trials.md").read_text()
-    # a third start finds the study done: nothing is rerun
-    again = subprocess.run([sys.executable, "-m", "domaingap.adapt_run", str(recipe), "--sweep", str(sweep), "--quiet",
-                            *_storage_args(storage)],
-                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "4 trials complete" in again.stdout
+    # a third start finds the study done: nothing is rerun (the same command, in this
+    # process: a third interpreter would only add its start-up)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        code = adapt_main([str(recipe), "--sweep", str(sweep), "--quiet", *_storage_args(storage)])
+    assert code == 0 and "4 trials complete" in said.getvalue(), said.getvalue()
     assert json.loads((tmp_path / "runs" / "sw" / "sweep" / "sweep.json").read_text())["trials"] == rows
 
 
@@ -152,26 +156,30 @@ def check_a_killed_worker_s_trial_is_resumed(tmp_path: Path, storage: str | None
     runs it again in the same folder, from the stage checkpoints it had written."""
     recipe, sweep = _files(tmp_path, trials=3)
     trials_dir = tmp_path / "runs" / "sw" / "sweep" / "trials"
-    proc = _worker(recipe, sweep, tmp_path / "w.log", storage)
-    deadline = time.time() + 400
-    source_ckpt = trials_dir / "trial_1" / "source" / "model.pt"
-    while not source_ckpt.exists():  # trial 0 done, trial 1 past its source stage
-        assert proc.poll() is None and time.time() < deadline, (tmp_path / "w.log").read_text()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    stamp = source_ckpt.stat().st_mtime_ns
+    # the resuming worker below is the only one alive: a grace of two heartbeats is enough
+    # to tell the killed trial stale (the default, 10 s, allows for a loaded cluster)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sweep_mod, "GRACE_S", 2 * sweep_mod.HEARTBEAT_S)
+        proc = _worker(recipe, sweep, tmp_path / "w.log", storage)
+        deadline = time.time() + 400
+        source_ckpt = trials_dir / "trial_1" / "source" / "model.pt"
+        while not source_ckpt.exists():  # trial 0 done, trial 1 past its source stage
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "w.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stamp = source_ckpt.stat().st_mtime_ns
 
-    result = run_sweep(recipe, sweep, storage=storage, say=lambda msg: None)
-    states = {r["trial"]: r["state"] for r in result.rows}
-    assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
-    assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
-    rerun = [r for r in result.rows if r["trial"] > 2]
-    assert len(rerun) == 1 and rerun[0]["state"] == "complete"  # ...and run again
-    killed_point = next(r for r in result.rows if r["trial"] == 1)
-    assert rerun[0]["method.runs.0.lr"] == killed_point["method.runs.0.lr"]
-    assert Path(rerun[0]["run_dir"]).name == "trial_1"
-    assert source_ckpt.stat().st_mtime_ns == stamp  # its finished source stage was loaded, not retrained
+        result = run_sweep(recipe, sweep, storage=storage, say=lambda msg: None)
+        states = {r["trial"]: r["state"] for r in result.rows}
+        assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
+        assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
+        rerun = [r for r in result.rows if r["trial"] > 2]
+        assert len(rerun) == 1 and rerun[0]["state"] == "complete"  # ...and run again
+        killed_point = next(r for r in result.rows if r["trial"] == 1)
+        assert rerun[0]["method.runs.0.lr"] == killed_point["method.runs.0.lr"]
+        assert Path(rerun[0]["run_dir"]).name == "trial_1"
+        assert source_ckpt.stat().st_mtime_ns == stamp  # its finished source stage was loaded, not retrained
 
 
 def test_a_failed_point_is_queued_again_into_its_own_folder():
