@@ -274,13 +274,16 @@ class TargetStatisticsKept:
         every buffer but the BatchNorm statistics AdaBN sets), else None."""
         if self.model is None:
             return None
-        stats = {id(b) for layer in batchnorm_layers(model) for b in (layer.running_mean, layer.running_var)}
-        ours = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in stats]
-        kept = {id(b) for layer in batchnorm_layers(self.model) for b in (layer.running_mean, layer.running_var)}
-        theirs = [t for t in (*self.model.parameters(), *self.model.buffers()) if id(t) not in kept]
+        ours, theirs = _weights_without_statistics(model), _weights_without_statistics(self.model)
         same = len(ours) == len(theirs) and all(
             a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b.to(a.device)) for a, b in zip(ours, theirs))
         return self.model if same else None
+
+
+def _weights_without_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of ``model`` but the BatchNorm statistics AdaBN sets."""
+    stats = {id(b) for layer in batchnorm_layers(model) for b in (layer.running_mean, layer.running_var)}
+    return [t for t in (*model.parameters(), *model.buffers()) if id(t) not in stats]
 
 
 class EpochScore:
