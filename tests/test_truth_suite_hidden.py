@@ -58,7 +58,7 @@ def test_verdict_wrong_follows_the_issue_rules():
 def test_label_hidden_case_never_reads_the_labels_and_is_scored_with_them(tmp_path, capsys):
     suite = _load("truth_suite")
     work = tmp_path / "truth"
-    code = suite.main(["--hide-labels", "--cases", "same_distribution", "--out", str(work)])
+    code = suite.main(["--hide-labels", "--in-process", "--cases", "same_distribution", "--out", str(work)])
     out = capsys.readouterr().out
     assert code == 0, out
     for column in ("true change", "estimated change ± band", "label-free verdict", "regret of the pick"):
