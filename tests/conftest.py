@@ -36,14 +36,14 @@ OWN_GROUP = {"test_fairness.py::test_the_quickstart_with_a_guard_does_not_trip":
 #: longest first: they are handed out first (longest-processing-time-first), so the two
 #: biggest land on different workers and the many short groups fill in at the end; a long
 #: group handed out last would run alone while the other worker idles
-SLOW_GROUPS = ("quickstart",  # ~150 s
-               "e2e",  # ~120 s the run, ~40 s the tests reading it
-               # then 20-60 s each (relative sizes measured file by file on the loaded machine)
-               "test_truth_suite_hidden.py", "test_sweep.py", "test_distributed.py",
-               "test_scaleout_torchrun.py", "test_truth_suite.py",
-               "test_fairness.py", "test_multisource.py", "test_train.py", "test_sweep_postgres.py",
-               "test_attribution.py", "test_bad_inputs.py", "test_methods_smoke.py", "test_examples.py",
-               "test_report.py", "test_gap_cli.py", "test_frechet.py", "test_deploy_run.py",
+SLOW_GROUPS = ("quickstart",  # ~63 s
+               "e2e",  # ~45 s the run, ~15 s the tests reading it
+               # then 10-50 s each (per-file sums of `--durations=0`, 2026-12-07), longest first
+               "test_scaleout_torchrun.py", "test_data_audit.py", "test_distributed.py", "test_sweep.py",
+               "test_sweep_postgres.py", "test_attribution.py", "test_frechet.py", "test_bad_inputs.py",
+               "test_truth_suite_hidden.py", "test_train.py", "test_truth_suite.py", "test_embedding.py",
+               "test_report.py", "test_fairness.py", "test_multisource.py", "test_methods_smoke.py",
+               "test_progress.py", "test_examples.py", "test_gap_cli.py", "test_deploy_run.py",
                "test_labelfree_audit.py", "test_resume.py")
 
 
