@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -163,11 +165,16 @@ def _cli(module: str, args: list[str], log: Path) -> int:
     ``--in-process``); stdout+stderr to ``log``."""
     with open(log, "w") as f:
         if IN_PROCESS:
-            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                try:
+            # the threads a started process gets from _env(): the same float sums
+            threads, before = int(_env()["OMP_NUM_THREADS"]), torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), threadpool_limits(limits=threads):
                     return int(importlib.import_module(module).main(args) or 0)
-                except SystemExit as e:  # argparse's own exits
-                    return e.code if isinstance(e.code, int) else 1
+            except SystemExit as e:  # argparse's own exits
+                return e.code if isinstance(e.code, int) else 1
+            finally:
+                torch.set_num_threads(before)
         proc = subprocess.run([sys.executable, "-m", module, *args], stdout=f, stderr=subprocess.STDOUT,
                               env=_env(), cwd=ROOT)
     return proc.returncode
