@@ -17,8 +17,7 @@ from adapt.fairness import attach_fairness, check_groups
 from adapt.group_metrics import fairlearn_metrics, group_report, group_values, worst_group_score
 from adapt.guard import Guard
 from adapt.recipe import Recipe
-from adapt.train import precise_bn_covers
-from domaingap.runs import Domains, adabn_on
+from domaingap.runs import Domains, adabn_on, after_precise_bn
 
 GROUP_METRICS = ("worst_group_accuracy", "eo_difference")
 
@@ -93,13 +92,9 @@ def fit_safeguards(recipe: Recipe, domains: Domains, objective: Any, train_data:
         source_train = domains.source_split["train"]
         prepare: Callable[[nn.Module], nn.Module] | None = (
             (lambda m: adabn_on(copy.deepcopy(m), source_train, device)) if per_domain_bn else None)
-        epoch_prepare = prepare
-        if prepare is not None and recipe.train.precise_bn and getattr(train_data, "base", train_data) is source_train:
-            # after an epoch, precise BN has just set the source statistics that prepare
-            # would estimate again on the same images (as the epoch's scoring does)
-            epoch_prepare = lambda m: m if precise_bn_covers(m, source_train) else prepare(m)  # noqa: E731
+        # after an epoch, precise BN has just set what prepare would estimate (as the epoch's scoring reuses)
         out["guard"] = Guard(guard_cfg, val, groups, domains.classes, device, stage_dir, prepare, column,
-                             epoch_prepare)
+                             after_precise_bn(prepare, recipe, train_data, source_train))
     return out
 
 

@@ -48,6 +48,7 @@ from domaingap.runs import (
     RunSummary,
     StageOutcome,
     adabn_on,
+    after_precise_bn,
     batchnorm_statistics,
     decide_deployment,
     deployed_on_source,
@@ -233,11 +234,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     trains_on_source = domains.has_source and getattr(parts.train_data, "base", parts.train_data) is source_train
     weights = (sample_weights(parts.train_data, sources["names"], sources["weights"])
                if run_cfg.source_weights == "similarity" and trains_on_source else None)
-    fit_source_prepare = source_prepare
-    if source_prepare is not None and trains_on_source and recipe.train.precise_bn:
-        # the epoch's precise-BN pass has just set the source statistics this would
-        # re-estimate (the same images): score with them rather than compute them twice
-        fit_source_prepare = lambda m: m if precise_bn_covers(m, source_train) else source_prepare(m)  # noqa: E731
+    # each epoch's scoring comes right after its precise-BN pass: its source statistics are reused
+    fit_source_prepare = after_precise_bn(source_prepare, recipe, parts.train_data, source_train)
     score_fn = make_score_fn(selector, target_adabn=on_target_stats, **{**score_kw, "source_prepare": fit_source_prepare})
     epochs = run_epochs(run_cfg, recipe)
     fit_info: dict[str, Any] | None = None

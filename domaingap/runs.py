@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from adapt.errors import UserError
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
+from adapt.train import precise_bn_covers
 from diagnostics.features import FeatureSet, extract_features
 from diagnostics.ranking import recommended_run
 
@@ -280,3 +281,15 @@ def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.
     """AdaBN: ``model`` with BatchNorm statistics re-estimated on ``data`` (in place)."""
     adabn(model, DataLoader(data, batch_size=256, shuffle=False), device)
     return model
+
+
+def after_precise_bn(prepare: Callable[[nn.Module], nn.Module] | None, recipe: Recipe, train_data: Any,
+                     source_train: DomainDataset | None) -> Callable[[nn.Module], nn.Module] | None:
+    """``prepare`` (a model -> its form with source BatchNorm statistics) as used right
+    after a training epoch on ``train_data``: when every epoch ends with precise BN over
+    ``source_train`` itself and that pass covered every layer
+    (:func:`adapt.train.precise_bn_covers`), the model already holds, bit for bit, the
+    statistics ``prepare`` would estimate on the same images, and is used as it is."""
+    if prepare is None or not recipe.train.precise_bn or getattr(train_data, "base", train_data) is not source_train:
+        return prepare
+    return lambda m: m if precise_bn_covers(m, source_train) else prepare(m)

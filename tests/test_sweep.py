@@ -156,30 +156,30 @@ def check_a_killed_worker_s_trial_is_resumed(tmp_path: Path, storage: str | None
     runs it again in the same folder, from the stage checkpoints it had written."""
     recipe, sweep = _files(tmp_path, trials=3)
     trials_dir = tmp_path / "runs" / "sw" / "sweep" / "trials"
-    # the resuming worker below is the only one alive: a grace of two heartbeats is enough
-    # to tell the killed trial stale (the default, 10 s, allows for a loaded cluster)
+    proc = _worker(recipe, sweep, tmp_path / "w.log", storage)
+    deadline = time.time() + 400
+    source_ckpt = trials_dir / "trial_1" / "source" / "model.pt"
+    while not source_ckpt.exists():  # trial 0 done, trial 1 past its source stage
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "w.log").read_text()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = source_ckpt.stat().st_mtime_ns
+
+    # the resuming worker is the only one alive: a grace of two heartbeats is enough to
+    # tell the killed trial stale (the default, 10 s, allows for a loaded cluster)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sweep_mod, "GRACE_S", 2 * sweep_mod.HEARTBEAT_S)
-        proc = _worker(recipe, sweep, tmp_path / "w.log", storage)
-        deadline = time.time() + 400
-        source_ckpt = trials_dir / "trial_1" / "source" / "model.pt"
-        while not source_ckpt.exists():  # trial 0 done, trial 1 past its source stage
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "w.log").read_text()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stamp = source_ckpt.stat().st_mtime_ns
-
         result = run_sweep(recipe, sweep, storage=storage, say=lambda msg: None)
-        states = {r["trial"]: r["state"] for r in result.rows}
-        assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
-        assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
-        rerun = [r for r in result.rows if r["trial"] > 2]
-        assert len(rerun) == 1 and rerun[0]["state"] == "complete"  # ...and run again
-        killed_point = next(r for r in result.rows if r["trial"] == 1)
-        assert rerun[0]["method.runs.0.lr"] == killed_point["method.runs.0.lr"]
-        assert Path(rerun[0]["run_dir"]).name == "trial_1"
-        assert source_ckpt.stat().st_mtime_ns == stamp  # its finished source stage was loaded, not retrained
+    states = {r["trial"]: r["state"] for r in result.rows}
+    assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
+    assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
+    rerun = [r for r in result.rows if r["trial"] > 2]
+    assert len(rerun) == 1 and rerun[0]["state"] == "complete"  # ...and run again
+    killed_point = next(r for r in result.rows if r["trial"] == 1)
+    assert rerun[0]["method.runs.0.lr"] == killed_point["method.runs.0.lr"]
+    assert Path(rerun[0]["run_dir"]).name == "trial_1"
+    assert source_ckpt.stat().st_mtime_ns == stamp  # its finished source stage was loaded, not retrained
 
 
 def test_a_failed_point_is_queued_again_into_its_own_folder():
