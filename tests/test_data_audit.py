@@ -4,13 +4,13 @@ false pair among clean images; plus the report and the one-line errors."""
 
 from __future__ import annotations
 
-import io
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("cleanlab")
 pytest.importorskip("imagehash")
@@ -25,6 +25,7 @@ from domaingap.diagnose import main  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _domain(images: torch.Tensor, labels: np.ndarray, name: str = "site") -> DomainDataset:
@@ -52,14 +53,16 @@ def test_flipped_labels_are_found_with_recall_and_precision_over_0_8(seed):
             assert it["suggested"] == ["normal", "opacity"][batch.labels[i]]
 
 
-def _near_copy(img: np.ndarray, k: int) -> np.ndarray:
-    """Resized (up, then back), shifted by 1 or 2 pixels, re-encoded as JPEG."""
-    side = img.shape[0]
-    pil = Image.fromarray(img).resize((side + 16 * (1 + k % 2),) * 2, Image.BICUBIC)
-    arr = np.roll(np.asarray(pil), (1 + k % 2, -(1 + (k // 2) % 2)), axis=(0, 1))
-    buf = io.BytesIO()
-    Image.fromarray(arr).resize((side, side), Image.BILINEAR).save(buf, format="JPEG", quality=80)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
+def _load_bench_duplicates():
+    spec = importlib.util.spec_from_file_location("bench_duplicates", ROOT / "benchmarks" / "bench_duplicates.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+#: the planted copies' family (resized up and back, shifted by 1-2 pixels, JPEG at quality
+#: 80), as benchmarks/bench_duplicates.py builds it: one definition for tests and benchmark
+_near_copy = _load_bench_duplicates().near_copy
 
 
 @pytest.mark.parametrize("site, seed", [("A", 3), ("B", 0)])  # B: dimmer, blurred, noisier
