@@ -1,13 +1,16 @@
-"""The small CNN's 2x2 max-pooling at inference: PyTorch's NCHW pooling kernel against
-:class:`adapt.models.small_cnn.MaxPool2x2` (the maximum of the four strided corners, used
-when no gradient is wanted), on what ``adapt-run`` runs without gradients — an inference
-pass (evaluation, scoring, feature extraction) and an AdaBN / precise-BN estimate — same
-weights, same images, the two interleaved in one process (a loaded machine slows both alike).
+"""The small CNN's 2x2 max-pooling: PyTorch's NCHW pooling kernel against
+:class:`adapt.models.max_pool.MaxPool2x2` (the maximum of the four strided corners; with a
+gradient, the kernel's backward on each window's first maximum), on what ``adapt-run`` runs
+without gradients — an inference pass (evaluation, scoring, feature extraction) and an
+AdaBN / precise-BN estimate — and with them: a training epoch (batches of 64, cross-entropy,
+backward, Adam). Same weights, same images, the two interleaved in one process (a loaded
+machine slows both alike).
 
     python benchmarks/bench_maxpool.py [--n 840] [--size 64] [--threads 1] [--rounds 3]
 
 Prints the median time of each, the ratio old / new (> 1: the new pooling is faster), and
-whether the logits and the re-estimated BatchNorm statistics are bit-identical.
+whether the logits, the re-estimated BatchNorm statistics and the trained weights are
+bit-identical.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapt.methods.adabn import adabn, batchnorm_layers  # noqa: E402
 from adapt.models import build_model  # noqa: E402
-from adapt.models.small_cnn import MaxPool2x2  # noqa: E402
+from adapt.models.max_pool import MaxPool2x2  # noqa: E402
 
 
 def with_torch_pooling(model: torch.nn.Module) -> torch.nn.Module:
@@ -62,10 +65,24 @@ def main() -> None:
         adabn(m, x, torch.device("cpu"), batch_size=256)
         return [t for bn in batchnorm_layers(m) for t in (bn.running_mean, bn.running_var)]
 
+    y = torch.randint(0, 2, (args.n,), generator=torch.Generator().manual_seed(1))
+
+    def train_epoch(k: str) -> list[torch.Tensor]:
+        m = copy.deepcopy(models[k])
+        m.train()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        for i in range(0, args.n, 64):
+            loss = torch.nn.functional.cross_entropy(m(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return list(m.state_dict().values())
+
+    tasks = (("inference pass", infer), ("AdaBN estimate", estimate), ("training epoch", train_epoch))
     times: dict[tuple[str, str], list[float]] = {}
     outs: dict[tuple[str, str], object] = {}
     for _ in range(args.rounds):
-        for task, fn in (("inference pass", infer), ("AdaBN estimate", estimate)):
+        for task, fn in tasks:
             for k in models:  # interleaved: old, new, old, new, ...
                 t0 = time.perf_counter()
                 outs[task, k] = fn(k)
@@ -73,13 +90,16 @@ def main() -> None:
     print(f"small_cnn, {args.n} images {args.size}x{args.size}, {args.threads} thread(s), "
           f"median of {args.rounds} rounds")
     print("| pass | nn.MaxPool2d s | MaxPool2x2 s | ratio |\n| --- | ---: | ---: | ---: |")
-    for task in ("inference pass", "AdaBN estimate"):
+    for task, _ in tasks:
         old, fast = (statistics.median(times[task, k]) for k in models)
         print(f"| {task} | {old:.2f} | {fast:.2f} | {old / fast:.2f}x |")
     same_logits = torch.equal(outs["inference pass", "nn.MaxPool2d"], outs["inference pass", "MaxPool2x2"])
     same_stats = all(torch.equal(a, b) for a, b in zip(outs["AdaBN estimate", "nn.MaxPool2d"],
                                                        outs["AdaBN estimate", "MaxPool2x2"]))
-    print(f"bit-identical logits: {same_logits}; bit-identical BatchNorm statistics: {same_stats}")
+    same_weights = all(torch.equal(a, b) for a, b in zip(outs["training epoch", "nn.MaxPool2d"],
+                                                         outs["training epoch", "MaxPool2x2"]))
+    print(f"bit-identical logits: {same_logits}; bit-identical BatchNorm statistics: {same_stats}; "
+          f"bit-identical weights after the training epoch: {same_weights}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def test_small_cnn_with_fast_pooling_is_the_same_function():
         adabn(m, x, torch.device("cpu"), batch_size=16)
     for a, b in zip(batchnorm_layers(model), batchnorm_layers(old)):
         assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
-    # with a gradient (training, Integrated Gradients) it is torch's pooling: same gradients
+    # with a gradient (training, Integrated Gradients): the kernel's gradients
     model.train(), old.train()
     xg = x.clone().requires_grad_()
     xo = x.clone().requires_grad_()
@@ -60,6 +60,61 @@ def test_small_cnn_with_fast_pooling_is_the_same_function():
     for p, q in zip(model.parameters(), old.parameters()):
         assert torch.equal(p.grad, q.grad)
 
+
+
+@pytest.mark.parametrize("shape,layout", [((4, 16, 64, 64), "nchw"), ((3, 5, 7, 9), "nchw"), ((1, 1, 2, 3), "nchw"),
+                                          ((2, 8, 10, 12), "channels_last")])
+def test_training_pooling_has_the_kernels_values_gradients_and_second_derivatives(shape, layout):
+    # with a gradient the pooling is the strided maximum plus the first maximum's index:
+    # ReLU zeros and rounding make ties in most windows, where the kernel's first-maximum
+    # rule decides which element gets the gradient
+    torch.manual_seed(1)
+    x = torch.relu(torch.randn(*shape)).round(decimals=1)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ys, grads = [], []
+    for pool in (MaxPool2x2(), torch.nn.MaxPool2d(2)):
+        xi = x.clone().requires_grad_()
+        y = pool(xi)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        (gx,) = torch.autograd.grad(y, xi, g, create_graph=True)
+        (gg,) = torch.autograd.grad((gx * torch.arange(gx.numel()).view_as(gx)).sum(), g)  # d/d(upstream grad)
+        ys.append(y.detach())
+        grads.append((gx.detach(), gg))
+    assert ys[0].shape == ys[1].shape and torch.equal(ys[0], ys[1])
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    assert int((grads[0][0] != 0).sum()) <= ys[0].numel()  # one element per window gets the gradient
+
+
+def test_training_pooling_over_a_nan_window_is_the_kernels():
+    x = torch.rand(2, 3, 8, 8)
+    x[0, 1, 2:4, 4:6] = torch.tensor([[float("nan"), 0.5], [float("nan"), 0.2]])
+    grads = []
+    for pool in (MaxPool2x2(), torch.nn.MaxPool2d(2)):
+        xi = x.clone().requires_grad_()
+        y = pool(xi)
+        y.backward(torch.ones_like(y))
+        grads.append((y.detach(), xi.grad))
+    assert torch.equal(grads[0][0].nan_to_num(-1), grads[1][0].nan_to_num(-1))
+    assert torch.equal(grads[0][1], grads[1][1])
+
+
+def test_small_cnn_trains_to_the_same_weights_as_with_torch_pooling():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, 1)
+    old = _torch_pooling(model)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, old)]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        x, y = torch.rand(16, 1, 32, 32, generator=g), torch.randint(0, 3, (16,), generator=g)
+        for m, opt in zip((model, old), opts):
+            m.train()
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for (name, p), q in zip(model.state_dict().items(), old.state_dict().values()):
+        assert torch.equal(p, q), name
 
 def _domain(n: int, size: int, seed: int, labels: bool = True):
     from adapt.data.domain import DomainDataset

@@ -4,6 +4,7 @@ transforms, occlusion and attributions all work in plain pixel space.
 
 * :mod:`.modules` — Normalize, StagedBackbone, Classifier, ``unwrap_model``;
 * :mod:`.small_cnn` — the CPU-sized CNN;
+* :mod:`.max_pool` — its 2x2 max-pooling, exact and faster than PyTorch's NCHW kernel on a CPU;
 * :mod:`.surgery` — taking torchvision architectures apart, channel adaptation;
 * :mod:`.weights` — local weight files, the torch-cache ImageNet path;
 * :mod:`.factory` — :func:`build_model`, :data:`ARCHS`;

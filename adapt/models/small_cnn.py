@@ -4,34 +4,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from adapt.models.max_pool import MaxPool2x2
 from adapt.models.modules import StagedBackbone
 
 #: The small CNN's channel widths, one per stage.
 SMALL_CNN_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
-
-
-class MaxPool2x2(nn.MaxPool2d):
-    """``nn.MaxPool2d(2)`` whose forward, when no gradient is wanted (inference: scoring,
-    AdaBN, feature extraction), is the elementwise maximum of the four strided 2x2
-    corners: the same values bit for bit (a maximum rounds nothing), ~7x faster on a CPU
-    than PyTorch's NCHW pooling kernel (``benchmarks/bench_maxpool.py``). With a
-    gradient (training, Integrated Gradients), off the CPU or while exporting it is PyTorch's pooling,
-    whose backward picks the first maximum of a window (the strided form would split ties)."""
-
-    def __init__(self) -> None:
-        super().__init__(2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or torch.jit.is_tracing() \
-                or torch.onnx.is_in_onnx_export() or x.dim() != 4 or min(x.shape[-2:]) < 2:
-            return super().forward(x)
-        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
-        x = x[..., :h, :w]
-        top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
-        return torch.maximum(top, torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
 
 
 def _conv_bn_relu(cin: int, cout: int, pool_first: bool) -> nn.Sequential:
