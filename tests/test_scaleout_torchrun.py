@@ -106,13 +106,13 @@ diagnostics: {enabled: false}
 def test_a_node_that_dies_or_hangs_stops_the_other_with_one_line(tmp_path, how):
     """"dies": the machine is gone (SIGKILL); the other fails in its next collective at once.
     "hangs": its process is frozen (SIGSTOP); the other gives up after the collective
-    timeout (DOMAINGAP_DIST_TIMEOUT_S, the user's setting: 15 s here, so that the test
+    timeout (DOMAINGAP_DIST_TIMEOUT_S, the user's setting: 8 s here, so that the test
     does not sit out a longer wait)."""
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY.replace("RUNS", str(tmp_path / "runs")))
     port, logs = _free_port(), tmp_path / "logs"
     nodes = [_node(r, port, how, logs, "-m", "domaingap.adapt_run", str(recipe), "--quiet",
-                   DOMAINGAP_DIST_TIMEOUT_S="15") for r in range(2)]
+                   DOMAINGAP_DIST_TIMEOUT_S="8") for r in range(2)]
     try:
         # the source model is training on both nodes (rank 0 has checkpointed an epoch)
         started = tmp_path / "runs" / ".tiny.partial" / "source" / "last.pt"
