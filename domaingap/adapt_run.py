@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+from adapt.allocator import retain_freed_memory
 from adapt.cli_args import OneLineParser, int_in
 from adapt.errors import UserError, one_line, os_error_line
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    retain_freed_memory()  # large activations reused, not faulted in again (adapt/allocator.py)
     try:
         if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
             return _relaunch_with_torchrun(args, argv if argv is not None else sys.argv[1:])

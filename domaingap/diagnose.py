@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from adapt.allocator import retain_freed_memory
 from adapt.cli_args import OneLineParser, float_in, int_in
 from adapt.errors import UserError, one_line, os_error_line
 from adapt.paths import check_outputs
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER
+    retain_freed_memory()  # large activations reused, not faulted in again (adapt/allocator.py)
     try:
         if args.command == "gap":
             return cmd_gap(args)

@@ -17,6 +17,11 @@ import torch
 # one group too, so that run trains once. Each worker gets its share of the cores for torch
 # and BLAS: two workers of two threads on two cores made the small kernels thrash.
 def pytest_configure(config):
+    # the memory policy adapt-run and diagnose set at start (adapt/allocator.py), so the
+    # in-process runs here are run as the commands run
+    from adapt.allocator import retain_freed_memory
+
+    retain_freed_memory()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
     if workers > 1:
         share = max(1, (os.cpu_count() or 1) // workers)
