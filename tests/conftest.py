@@ -41,15 +41,15 @@ OWN_GROUP = {"test_fairness.py::test_the_quickstart_with_a_guard_does_not_trip":
 #: longest first: they are handed out first (longest-processing-time-first), so the two
 #: biggest land on different workers and the many short groups fill in at the end; a long
 #: group handed out last would run alone while the other worker idles
-SLOW_GROUPS = ("quickstart",  # ~63 s
-               "e2e",  # ~45 s the run, ~15 s the tests reading it
-               # then 10-50 s each (per-file sums of `--durations=0`, 2026-12-07), longest first
-               "test_scaleout_torchrun.py", "test_data_audit.py", "test_distributed.py", "test_sweep.py",
-               "test_sweep_postgres.py", "test_attribution.py", "test_frechet.py", "test_bad_inputs.py",
-               "test_truth_suite_hidden.py", "test_train.py", "test_truth_suite.py", "test_embedding.py",
-               "test_report.py", "test_fairness.py", "test_multisource.py", "test_methods_smoke.py",
-               "test_progress.py", "test_examples.py", "test_gap_cli.py", "test_deploy_run.py",
-               "test_labelfree_audit.py", "test_resume.py")
+SLOW_GROUPS = ("e2e",  # ~30 s the run, ~15 s the tests reading it
+               "quickstart",  # ~42 s
+               # then 5-40 s each (per-file sums of `--durations=0`, 2026-12-07, late), longest first
+               "test_scaleout_torchrun.py", "test_sweep.py", "test_sweep_postgres.py", "test_data_audit.py",
+               "test_distributed.py", "test_frechet.py", "test_bad_inputs.py", "test_attribution.py",
+               "test_train.py", "test_embedding.py", "test_truth_suite_hidden.py", "test_fairness.py",
+               "test_truth_suite.py", "test_report.py", "test_allocator.py", "test_pipeline.py", "test_progress.py",
+               "test_sweep_storage.py", "test_methods_smoke.py", "test_resume.py", "test_models.py",
+               "test_real_images.py", "test_adabn.py", "test_architecture.py")
 
 
 def _group(item) -> str:
