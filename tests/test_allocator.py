@@ -82,7 +82,7 @@ def test_large_tensors_stay_in_the_heap_unless_opted_out_and_the_numbers_do_not_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     plain = json.loads(done.stdout.strip().splitlines()[-1])
-    assert kept["kept"] and kept["mapped"] == 0  # from the heap: no mapping of its own
+    assert kept["kept"] and kept["mapped"] < 1 << 20  # from the heap: no mapping of its own
     assert not plain["kept"] and plain["mapped"] >= 64 << 20  # glibc as it comes: mmap
     assert kept["digest"] == plain["digest"]  # trained and re-estimated weights, bit for bit
 
