@@ -18,9 +18,10 @@ wins only if strictly greater); three comparisons made in the forward pass —
     index = (2i) · W + 2j + (max(c,d) > max(a,b) ? W + [d > c] : [b > a]),
 
 so the gradients are the kernel's, and a second derivative (the backward op is
-differentiable) is too. A window holding a NaN falls back to the kernel (its rule there
-differs: the last NaN wins). On one thread the strided form is ~4x faster forward and the
-whole forward + backward ~1.5–2x (``benchmarks/bench_maxpool.py``): PyTorch's NCHW CPU
+differentiable) is too. A batch with a NaN in any window falls back to the kernel (its rule
+there differs: the last NaN wins). On one thread the strided form is ~4x faster forward and
+the whole forward + backward 1.2–1.9x (64 images, 16–64 channels; ``benchmarks/bench_maxpool.py``
+times whole epochs): PyTorch's NCHW CPU
 kernel walks each window with scalar code, while each of the few elementwise operations here
 runs vectorised. It also keeps three boolean maps (0.75 byte per input element) where the
 kernel keeps int64 indices (2 bytes).
