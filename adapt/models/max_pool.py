@@ -21,9 +21,8 @@ so the gradients are the kernel's, and a second derivative (the backward op is
 differentiable) is too. A batch with a NaN in any window falls back to the kernel (its rule
 there differs: the last NaN wins). On one thread the strided form is ~4x faster forward and
 the whole forward + backward 1.2–1.9x (64 images, 16–64 channels; ``benchmarks/bench_maxpool.py``
-times whole epochs): PyTorch's NCHW CPU
-kernel walks each window with scalar code, while each of the few elementwise operations here
-runs vectorised. It also keeps three boolean maps (0.75 byte per input element) where the
+times whole epochs): PyTorch's NCHW CPU kernel walks each window with scalar code, while each
+of the few elementwise operations here runs vectorised. It also keeps three boolean maps (0.75 byte per input element) where the
 kernel keeps int64 indices (2 bytes).
 """
 
@@ -33,9 +32,13 @@ import torch
 from torch import Tensor, nn
 
 
+def _whole_windows(x: Tensor) -> Tensor:
+    """``x`` without an odd last row/column (floor mode: PyTorch's pooling drops them)."""
+    return x[..., :x.shape[-2] // 2 * 2, :x.shape[-1] // 2 * 2]
+
+
 def _corners(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
-    x = x[..., :h, :w]
+    x = _whole_windows(x)
     return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
 
 
@@ -45,8 +48,7 @@ def max_pool2x2_values(x: Tensor) -> Tensor:
     Rows first — the maximum of each pair of rows reads whole rows (unit stride), then of each
     pair of columns — two passes instead of three over strided corners: 7.8 against 11.2 ms on
     a 256×16×64×64 batch at one thread (the same values: a maximum rounds nothing)."""
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # floor mode: an odd last row/column is dropped
-    x = x[..., :h, :w]
+    x = _whole_windows(x)
     rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
     return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
@@ -86,10 +88,10 @@ class _FirstMaximumPool(torch.autograd.Function):
 
 
 class MaxPool2x2(nn.MaxPool2d):
-    """``nn.MaxPool2d(2)`` computed from the four strided 2x2 corners on a CPU: the same
-    values bit for bit (inference: scoring, AdaBN, feature extraction — ~7x faster than
-    PyTorch's NCHW kernel) and, when a gradient is wanted (training, Integrated Gradients),
-    the same gradients as the kernel's (:class:`_FirstMaximumPool`). Off the CPU, while
+    """``nn.MaxPool2d(2)`` computed from elementwise maxima on a CPU: the same values bit for
+    bit (inference: scoring, AdaBN, feature extraction — :func:`max_pool2x2_values`, ~10x
+    faster than PyTorch's NCHW kernel) and, when a gradient is wanted (training, Integrated
+    Gradients), the same gradients as the kernel's (:class:`_FirstMaximumPool`). Off the CPU, while
     tracing or exporting, or on an input smaller than a window it is PyTorch's pooling."""
 
     def __init__(self) -> None:
