@@ -29,8 +29,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def mapped_bytes_of_a_large_tensor() -> int | None:
+    """How much glibc's own mappings grow while a 64 MiB tensor (above its largest mmap
+    threshold) is alive: ~64 MiB as glibc comes, ~0 with freed memory kept; None without
+    ``mallinfo2`` (glibc < 2.33, or not glibc)."""
+    import ctypes
+
+    import torch
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        info = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    info.restype = MallInfo2
+    before = info().hblkhd
+    big = torch.ones(16 << 20)
+    grown = info().hblkhd - before
+    del big
+    return grown
+
+
 def child(n: int, size: int, threads: int) -> dict:
-    """One measurement in this process: the times and a digest of what each task produced."""
+    """One measurement in this process: whether the setting holds (and what a large tensor
+    maps), the times and a digest of what each task produced."""
     sys.path.insert(0, str(ROOT))
     from adapt.allocator import retain_freed_memory
 
@@ -75,7 +100,7 @@ def child(n: int, size: int, threads: int) -> dict:
             opt.step()
         return digest(m.state_dict().values())
 
-    out = {"kept": kept}
+    out = {"kept": kept, "mapped": mapped_bytes_of_a_large_tensor()}
     for name, fn in (("AdaBN estimate", estimate), ("inference pass", infer), ("training epoch", train_epoch)):
         fn()  # warm-up: the first pass also grows the heap
         t0 = time.perf_counter()
