@@ -55,6 +55,7 @@ from domaingap.runs import (
     load_domains,
     run_epochs,
     run_train_config,
+    trains_on,
     uses_per_domain_bn,
     uses_target_bn,
 )
@@ -231,7 +232,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
                     source_train=source_train, class_names=domains.classes,
                     device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle,
                     few_labels=domains.target_labeled, compare=recipe.method.compare_selectors)
-    trains_on_source = domains.has_source and getattr(parts.train_data, "base", parts.train_data) is source_train
+    trains_on_source = domains.has_source and trains_on(parts.train_data, source_train)
     weights = (sample_weights(parts.train_data, sources["names"], sources["weights"])
                if run_cfg.source_weights == "similarity" and trains_on_source else None)
     # each epoch's scoring comes right after its precise-BN pass: its source statistics are reused

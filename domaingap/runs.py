@@ -283,6 +283,13 @@ def adabn_on(model: nn.Module, data: DomainDataset, device: torch.device) -> nn.
     return model
 
 
+def trains_on(train_data: Any, images: DomainDataset | None) -> bool:
+    """Whether a run's training set is ``images`` itself, or ``images`` under a wrapper that
+    keeps it as ``.base`` (the same images: e.g. :class:`adapt.methods.multisource.DomainTagged`,
+    which adds each image's source to its label)."""
+    return images is not None and getattr(train_data, "base", train_data) is images
+
+
 def after_precise_bn(prepare: Callable[[nn.Module], nn.Module] | None, recipe: Recipe, train_data: Any,
                      source_train: DomainDataset | None) -> Callable[[nn.Module], nn.Module] | None:
     """``prepare`` (a model -> its form with source BatchNorm statistics) as used right
@@ -290,6 +297,6 @@ def after_precise_bn(prepare: Callable[[nn.Module], nn.Module] | None, recipe: R
     ``source_train`` itself and that pass covered every layer
     (:func:`adapt.train.precise_bn_covers`), the model already holds, bit for bit, the
     statistics ``prepare`` would estimate on the same images, and is used as it is."""
-    if prepare is None or not recipe.train.precise_bn or getattr(train_data, "base", train_data) is not source_train:
+    if prepare is None or not recipe.train.precise_bn or not trains_on(train_data, source_train):
         return prepare
     return lambda m: m if precise_bn_covers(m, source_train) else prepare(m)
