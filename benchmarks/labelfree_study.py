@@ -183,7 +183,7 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
             "shift": kind, "seed": seed, "model": name,
             "true_acc": float(np.mean(preds[name] == m["hidden_target_labels"])),  # the hidden labels
             "source_acc": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])),
-            "largest_share": float(share), "n_source": int(len(m["source_labels"])),
+            "largest_share": float(share), "n_source": int(len(m["source_labels"])), "n_target": int(len(preds[name])),
             "estimates": est,
             "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
                        "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},

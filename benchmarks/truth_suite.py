@@ -451,6 +451,11 @@ def _main_hidden(cases: list[Case], work: Path, t0: float, names: list[str] | No
     done = hidden.run_hidden_cases(hidden.hidden_cases(cases, names), Suite(work, small=False), work,
                                    sys.modules[__name__])
     print(hidden.hidden_table(done))
+    import labelfree_combos as combos
+
+    regrets = hidden.selector_regrets(done, work)
+    if regrets:  # which model each run selector would deploy, against the hidden truth
+        print(combos.summary_table(regrets, "over each case's models (hidden labels)"))
     bad = sum(c.error is not None or c.obtained["wrong"] for c in done)
     print(f"\n{len(done) - bad}/{len(done)} label-hidden cases without a wrong verdict "
           f"({time.perf_counter() - t0:.0f} s; work folder {work})")

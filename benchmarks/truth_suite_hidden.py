@@ -113,7 +113,7 @@ def score_models(run_dir: Path, recipe_path: Path, key: Path) -> dict[str, Any]:
     from adapt.evaluate import predict
     from adapt.models import load_checkpoint
     from adapt.recipe import load_recipe
-    from domaingap.runs import load_domains
+    from domaingap.runs import deployed_on_source, load_domains, uses_per_domain_bn
 
     recipe = load_recipe(recipe_path)
     domains = load_domains(recipe)
@@ -125,13 +125,84 @@ def score_models(run_dir: Path, recipe_path: Path, key: Path) -> dict[str, Any]:
     truth = np.array([domains.classes.index(doc["labels"][n]) for n in names])
     paths = {"source-only": run_dir / "source" / "model.pt",
              **{r.name: run_dir / "methods" / r.name / "model.pt" for r in recipe.method.runs}}
+    run_cfgs = {r.name: r for r in recipe.method.runs}
     out: dict[str, Any] = {"files": names, "models": {}}
+    cpu = torch.device("cpu")
     for model_name, path in paths.items():
         model, _ = load_checkpoint(path)
-        pred = predict(model, held, torch.device("cpu"))["probs"].argmax(1)
+        probs = predict(model, held, cpu)["probs"]
+        pred = probs.argmax(1)
+        # as the model meets the source (a per-domain-BN run: source statistics re-estimated),
+        # on the held-out source images the audit reads: what source validation scores
+        cfg = run_cfgs.get(model_name)
+        on_source = deployed_on_source(model, domains, cpu) if cfg is not None and uses_per_domain_bn(cfg) else model
+        src = predict(on_source, domains.source_eval, cpu)
         out["models"][model_name] = {"accuracy": float(np.mean(pred == truth)),
-                                     "predictions": [domains.classes[int(p)] for p in pred]}
+                                     "predictions": [domains.classes[int(p)] for p in pred],
+                                     "target_probs": probs.tolist(), "source_probs": src["probs"].tolist(),
+                                     "source_labels": src["labels"].tolist()}
+    out["truth"] = truth.tolist()
     return out
+
+
+def selector_rows(case: str, scores: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """Every model of one case as a row of the label-free study (its true accuracy from the
+    key; every estimate and selector score from predictions alone) and the label-free
+    verdict of every run against the source model, as the audit reads it (estimators and
+    bands for this many models, :func:`diagnostics.labelfree_estimates.accuracy_estimates`),
+    so that the study's run selectors (:mod:`labelfree_combos`) can be scored here too."""
+    from labelfree_study import case_rows
+
+    from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome
+    from diagnostics.labelfree_estimates import accuracy_estimates
+
+    truth = np.asarray(scores["truth"])
+    models = {n: {"target_probs": np.asarray(m["target_probs"]), "hidden_target_labels": truth,
+                  "source_probs": np.asarray(m["source_probs"]), "source_labels": np.asarray(m["source_labels"]),
+                  "mixval": float("nan"), "epochs": []} for n, m in scores["models"].items()}
+    rows = case_rows(case, 0, models)
+    preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
+    est = {n: accuracy_estimates(m["target_probs"], m["source_probs"], m["source_labels"],
+                                 [p for k, p in preds.items() if k != n]) for n, m in models.items()}
+    share = {r["model"]: r["largest_share"] for r in rows}
+    verdicts = []
+    for name in models:
+        if name == "source-only":
+            continue
+        eb, ea = est["source-only"]["estimates"], est[name]["estimates"]
+        primary = est[name]["default"]
+        names = [n for n in (primary, est[name]["corroborating"]) if n and n in eb and n in ea]
+        if not names:
+            continue
+        ev = LabelFreeEvidence({n: eb[n]["accuracy"] for n in names}, {n: ea[n]["accuracy"] for n in names},
+                               {n: ea[n]["change_band"] for n in names}, share["source-only"], share[name])
+        out = labelfree_outcome(ev, names[0], names[1] if len(names) > 1 else None)
+        verdicts.append({"shift": case, "seed": 0, "model": name, "outcome": out.outcome})
+    return rows, verdicts
+
+
+def selector_regrets(cases: list["HiddenCase"], work: Path) -> dict[str, dict[tuple, float]]:
+    """{selector: {(case, 0): regret}} over every model of each label-hidden case (source
+    model, the case's runs, the peers) for the study's single and combined run selectors;
+    the agreement band is the one the audit shows for the case's number of models."""
+    import labelfree_combos as combos
+
+    from adapt.accuracy_estimation.calibration import measured_error
+
+    rows, verdicts, bands = [], [], {}
+    for c in cases:
+        path = work / "hidden" / f"{c.name}_hidden_scores.json"
+        if c.error or not path.is_file():
+            continue
+        scores = json.loads(path.read_text())
+        if "truth" not in scores:
+            continue
+        r, v = selector_rows(c.name, scores)
+        rows += r
+        verdicts += v
+        err = measured_error("agreement", n_models=len(scores["models"]))
+        bands[c.name] = err.change_p90 if err is not None and err.change_p90 is not None else 0.0
+    return combos.run_regrets(rows, bands, verdicts) if rows else {}
 
 
 def verdict_wrong(outcome: str, true_change: float) -> bool:
