@@ -3,7 +3,7 @@
 Every checkpoint stores the fingerprint of the stage that wrote it, so that ``--resume``
 with a recipe that changed any of those fields stops with an error naming the changed
 keys instead of mixing old weights with new settings. Fields that only shape the output
-(``output.*``, ``name``, ``diagnostics.*``, ``method.audit_run``) or the machine
+(``output.*``, ``name``, ``diagnostics.*``, ``method.audit_run``, ``method.deploy``) or the machine
 (``train.device``, ``train.threads``, ``data.num_workers``) may differ.
 """
 
@@ -20,7 +20,7 @@ from adapt.recipe import Recipe
 SOURCE, TARGET_SCRATCH = "source", "baselines/target_scratch"
 
 #: recipe keys, and key prefixes ending in ".", that do not change any trained weight
-OUTPUT_ONLY = ("name", "output.", "diagnostics.", "method.audit_run", "train.device", "train.threads",
+OUTPUT_ONLY = ("name", "output.", "diagnostics.", "method.audit_run", "method.deploy", "train.device", "train.threads",
                "data.num_workers")
 
 

@@ -150,8 +150,14 @@ class MethodConfig(RecipeSection):
     #: also score every epoch by the selectors that cost extra work (DEV, MixVal, COT), to
     #: compare their picks in selection.json (the studies); off, only the selecting one runs
     compare_selectors: bool = False
-    #: the run the audit compares against the source model (default: the run the
-    #: label-free selector ranks first; see diagnostics.ranking)
+    #: which model is deployed (and audited) when ``audit_run`` names none: ``estimate`` —
+    #: the highest estimated target accuracy among the source model and every run, by the
+    #: estimator the audit shows for that many models (docs/labelfree.md: lowest measured
+    #: regret of the selectors compared); ``selection`` — the run that ``selection``
+    #: scores highest at its chosen epoch (never the source model; the rule before 2026-12-07)
+    deploy: Literal["estimate", "selection"] = "estimate"
+    #: the run the audit compares against the source model, deployed (default: by ``deploy``;
+    #: see diagnostics.ranking)
     audit_run: str | None = None
     #: also train from scratch on the labelled target images (data.target.labeled_per_class)
     target_scratch: bool = False

@@ -125,15 +125,12 @@ RULE_NEEDS = {"estimate": ("agreement", "cot"), "agreement_mean>cot": ("agreemen
 
 
 def estimator_order(n_models: int) -> tuple[str, str]:
-    """(default, corroborating) estimator the audit uses when it compares ``n_models`` models."""
-    from adapt.accuracy_estimation.calibration import measured_error, most_accurate
+    """(default, corroborating) estimator the tool ranks by when it compares ``n_models``
+    models (:func:`diagnostics.ranking.rank_by_estimate`: the same choice)."""
+    from adapt.accuracy_estimation.calibration import estimators_for
+    from diagnostics.ranking import RANKING_ESTIMATORS
 
-    errs = {}
-    for name in ("agreement", "agreement_mean", "cot", "atc", "atc_maxprob", "doc", "avg_conf"):
-        e = measured_error(name, n_models=n_models)
-        if e is not None and e.change_mean is not None:
-            errs[name] = e.change_mean
-    first, second = most_accurate(errs)
+    first, second = estimators_for(n_models, RANKING_ESTIMATORS)
     return (first or "agreement", second or "cot")
 
 

@@ -1,4 +1,10 @@
-"""Which adapted run would a user deploy? The label-free selector's ranking of the runs.
+"""Which adapted run would a user deploy? The label-free ranking of the runs.
+
+Two rules (``method.deploy``). ``estimate`` (the default since 2026-12-07): every model —
+the source model too — ranked by its estimated target accuracy (:func:`rank_by_estimate`);
+over 29 label-hidden cases its regret was the lowest of the 18 selectors compared
+(``benchmarks/run_selection_study.py``, docs/labelfree.md). ``selection``: the runs
+ranked by the checkpoint selector's score at their chosen epoch (:func:`rank_runs`):
 
 The audit judges the run a user would ship: the one the recipe's label-free selector
 (``method.selection``: IM, SND, source validation accuracy) scores highest at its selected
@@ -10,11 +16,21 @@ methods for unsupervised domain adaptation", 2021: label-free selectors often mi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
+from adapt.accuracy_estimation.agreement import agreement_estimate
+from adapt.accuracy_estimation.calibration import estimators_for
+from adapt.accuracy_estimation.cot import estimate_cot
 from adapt.selectors import chosen_epoch, run_score_key
 
-__all__ = ["selection_score", "rank_runs"]
+__all__ = ["selection_score", "rank_runs", "EstimateRanking", "rank_by_estimate"]
+
+#: the estimators a deployment ranking reads: they need only each model's target
+#: predictions (and the source label mix), not the model as deployed on the source
+RANKING_ESTIMATORS = ("agreement", "agreement_mean", "cot")
 
 
 def selection_score(selection: Mapping | None, selector: str) -> float | None:
@@ -63,3 +79,67 @@ def recommended_run(selections: Mapping[str, Mapping | None], selector: str,
         return audit_run
     ranking = rank_runs(selections, selector)
     return ranking[0]["run"] if ranking else None
+
+
+@dataclass(frozen=True)
+class EstimateRanking:
+    """Models ranked by estimated target accuracy (:func:`rank_by_estimate`).
+
+    ``order``: model names, best first; ``estimator`` / ``corroborating``: what ranks and
+    what breaks ties; ``estimates``: {model: {estimator: estimated accuracy [0, 1]}};
+    ``images``: the target images the estimates read."""
+
+    order: list[str]
+    estimator: str
+    corroborating: str | None
+    estimates: dict[str, dict[str, float]]
+    images: int
+
+    def rank(self, name: str) -> int | None:
+        """1 = the highest estimate; None for a model not ranked."""
+        return self.order.index(name) + 1 if name in self.order else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": "estimate", "estimator": self.estimator, "corroborating": self.corroborating,
+                "images": self.images,
+                "ranking": [{"model": n, "rank": i + 1, **{k: round(v, 6) for k, v in self.estimates[n].items()}}
+                            for i, n in enumerate(self.order)]}
+
+
+def rank_by_estimate(target_probs: Mapping[str, np.ndarray], source_labels: np.ndarray | None = None,
+                     seed: int = 0, calibration: dict[str, Any] | None = None) -> EstimateRanking | None:
+    """Rank models by their estimated accuracy on the same unlabelled target images.
+
+    ``target_probs``: {model name: [n, K] predicted probabilities}, every model on the same
+    n images in the same order (the first listed wins ties: list the source model first,
+    so that a run must be estimated *higher* to be preferred); ``source_labels`` [m]: the
+    labelled source images' classes (COT's label mix; None: COT is not used).
+
+    The estimator is the one the audit shows for this many models — the lowest measured
+    error of the estimated change for that count
+    (:func:`adapt.accuracy_estimation.calibration.estimators_for`: COT for two or three
+    models, the median agreement from four); the corroborating one breaks ties. Agreement
+    (Jiang et al., ICLR 2022): each model's agreement rate with every other model; COT
+    (Lu et al., NeurIPS 2023): 1 − the optimal-transport cost between the predictions and
+    the source label mix. None when no estimator with a measured error applies.
+    """
+    names = list(target_probs)
+    probs = {n: np.asarray(p, dtype=np.float64) for n, p in target_probs.items()}
+    available = [e for e in RANKING_ESTIMATORS
+                 if (e != "cot" or source_labels is not None) and (e == "cot" or len(names) >= 2)]
+    first, second = estimators_for(len(names), available, calibration)
+    if first is None or not names:
+        return None
+    preds = {n: p.argmax(1) for n, p in probs.items()}
+    used = [e for e in (first, second) if e]
+    est: dict[str, dict[str, float]] = {n: {} for n in names}
+    for n in names:
+        others = [preds[m] for m in names if m != n]
+        for e in used:
+            if e == "cot":
+                est[n][e] = estimate_cot(probs[n], np.asarray(source_labels), seed=seed)
+            else:
+                est[n][e] = agreement_estimate(preds[n], others, "median" if e == "agreement" else "mean")
+    key = lambda n: tuple(est[n][e] for e in used)  # noqa: E731
+    order = sorted(names, key=lambda n: tuple(-v for v in key(n)))  # stable: the first listed wins ties
+    return EstimateRanking(order, first, second, est, int(len(next(iter(preds.values())))))

@@ -441,7 +441,7 @@ def deployment_outputs(summary: RunSummary, recipe: Recipe, domains: Domains, sa
       deployed one's entry says ``deployed: true``.
     """
     run_dir, deployment = summary.run_dir, summary.deployment
-    out: dict[str, Any] = {"drift_reference": None, "onnx": []}
+    out: dict[str, Any] = {**deployment.to_dict(), "drift_reference": None, "onnx": []}
     ckpt = _final_checkpoint(deployment.stage_dir(run_dir))
     if not ckpt.exists() and recipe.model.source_checkpoint:
         ckpt = Path(recipe.model.source_checkpoint).resolve()

@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adapt.data.splits import stratified_subsample
 from adapt.environment import environment_info
 from adapt.evaluate import classification_metrics, predict
 from adapt.errors import UserError
@@ -31,7 +30,7 @@ from adapt.io import atomic_write_text
 from adapt.progress import reporter
 from adapt.selection import label_free_scores
 from domaingap.data_audit_run import run_data_section
-from domaingap.runs import Domains, RunSummary, decide_deployment
+from domaingap.runs import Deployment, Domains, RunSummary, decide_deployment, held_out_sample
 from diagnostics.attribution import compare_reliance, spurious_analysis
 from diagnostics.audit import Coverage, StageResult, build_audit
 from diagnostics.embedding import umap_embedding
@@ -47,10 +46,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from adapt.recipe import DiagnosticsConfig, Recipe
 
 
-def _subsample(ds, max_samples: int, seed: int):
-    if len(ds) <= max_samples:
-        return ds
-    return ds.subset(stratified_subsample(ds.labels, max_samples, seed))
+def _same_images(a, b) -> bool:
+    """Whether two held-out samples are the same images in the same order."""
+    if a is None or b is None:
+        return False
+    return a is b or (len(a) == len(b) and list(a.ids) == list(b.ids))
+
+
+def _ranking_rows(summary: RunSummary, recipe: Recipe, deployment: Deployment) -> list[dict[str, Any]]:
+    """The label-free ranking the methods table shows: the deployment's estimate ranking
+    (every model, the source model too; score = the ranking estimator's estimate) when it
+    made one, else the runs by the checkpoint selector's score; each with its oracle rank
+    by target test accuracy when target labels are known."""
+    stages = {"source-only": summary.source, **summary.runs}
+    acc = {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in stages.items()}
+    r = deployment.ranking
+    if r is None:
+        return rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                         {n: acc[n] for n in summary.runs})
+    known = [n for n in r.order if acc.get(n) is not None]
+    oracle = {n: i + 1 for i, n in enumerate(sorted(known, key=lambda n: (-float(acc[n]), r.order.index(n))))}
+    return [{"run": n, "score": r.estimates[n][r.estimator], "rank": i + 1, "oracle_rank": oracle.get(n)}
+            for i, n in enumerate(r.order)]
 
 
 def _masks(ds) -> torch.Tensor | None:
@@ -207,7 +224,7 @@ def measure_stage(
     if cfg.attribution:
         t = time.perf_counter()
         for dom_name, ds, m, _ in domains:
-            sub = _subsample(ds, cfg.attribution_samples, seed)
+            sub = held_out_sample(ds, cfg.attribution_samples, seed)
             images = sub.images()
             res = spurious_analysis(
                 m, images, sub.labels, dom_name, masks=_masks(sub),
@@ -251,26 +268,35 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     cfg = recipe.diagnostics
     say = reporter(progress)
     has_source = domains.source_eval is not None
-    source = _subsample(domains.source_eval, cfg.max_samples, recipe.seed) if has_source else None
-    target = _subsample(domains.target_eval, cfg.max_samples, recipe.seed)
-    ranking = rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
-                        {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in summary.runs.items()})
+    source = held_out_sample(domains.source_eval, cfg.max_samples, recipe.seed) if has_source else None
+    target = held_out_sample(domains.target_eval, cfg.max_samples, recipe.seed)
     # the run a user would deploy, as the run decided it once (a pair of models handed to
     # audit_models has no run: decided here, its target features only if they serve below)
     reusable = cfg.features == "model" and target is domains.target_eval
     deployment = summary.deployment or decide_deployment(summary, recipe, domains, device, target_features=reusable)
-    after_name = deployment.run
+    ranking = _ranking_rows(summary, recipe, deployment)
+    # the run compared with the source model: the deployed run, or the best-ranked run
+    # when the source model is deployed (what adaptation would have done)
+    after_name = deployment.audited
+    after_stage = summary.runs[after_name] if after_name is not None else None
     # (stage name, stage, the model as it meets the source images): a per-domain-BN run
     # meets them with source BatchNorm statistics, the copy its evaluation made
     stages = [("source-only", summary.source, summary.source.model)]
-    if after_name is not None:
-        stages.append((f"adapted ({after_name})", deployment.stage, deployment.on_source))
+    if after_stage is not None:
+        on_source = deployment.on_source if after_stage is deployment.stage else (
+            after_stage.source_model if has_source else None)
+        stages.append((f"adapted ({after_name})", after_stage, on_source))
+    # every model's features on these target images, extracted once when the ranking read them
+    ranked = deployment.ranked_features if cfg.features == "model" and _same_images(deployment.ranked_on, target) \
+        else {}
 
     def on_target(st) -> Any:
         # the deployed model's held-out target features, extracted once with the deployment
         kept = deployment.target_features if st is deployment.stage else None
         if kept is not None and reusable:
             return kept
+        if st.name in ranked:
+            return ranked[st.name]
         return extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False)
 
     # the audit runs on the main rank alone: no sharding across a process group
@@ -316,7 +342,8 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     estimates: dict[str, Any] = {}
     if bool((feats[0][1].labels < 0).all()):  # target labels unknown: estimate, with measured bands
         say("audit: estimating target accuracy without labels")
-        measured = {st.name: f for (_, st, _), f in zip(stages, feats)}
+        measured = {name: (None, f) for name, f in ranked.items()}
+        measured.update({st.name: f for (_, st, _), f in zip(stages, feats)})
         estimates = _label_free_estimates(summary, measured, source, target, device, recipe.seed)
         before.label_free["accuracy"] = estimates.get("source-only")
         if after is not None:
@@ -331,7 +358,7 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
              "device": env["device"], "versions": env["versions"]},
         methods_table=methods_rows(summary.table, ranking, after_name, recipe, estimates), sources=summary.sources,
         coverage=Coverage(source_images=has_source, target_missing_classes=tuple(domains.target_missing or ())),
-        data=data,
+        data=data, deployment=deployment.to_dict(),
     )
     html, _ = write_report(audit, summary.run_dir / "audit.html", summary.run_dir / "audit.json")
     say(f"audit: {time.perf_counter() - t0:.1f} s")

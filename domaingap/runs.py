@@ -26,6 +26,7 @@ from adapt.data import (
     stratified_split,
 )
 from adapt.data.few_labels import split_few_labels
+from adapt.data.splits import stratified_subsample
 from adapt.data.sources import load_sources
 from adapt.errors import UserError
 from adapt.methods.adabn import adabn
@@ -33,7 +34,7 @@ from adapt.models import load_checkpoint
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from adapt.train import precise_bn_covers
 from diagnostics.features import FeatureSet, extract_features
-from diagnostics.ranking import recommended_run
+from diagnostics.ranking import EstimateRanking, rank_by_estimate, recommended_run
 
 
 @dataclass
@@ -127,12 +128,19 @@ class Deployment:
     by the drift reference and ONNX export (:func:`domaingap.pipeline.deployment_outputs`),
     the audit (:func:`domaingap.run_audit.audit_run`) and the sweep's score.
 
-    ``stage`` is the deployed model: the recipe's ``method.audit_run``, else the run the
-    label-free selector ranks first, else (no runs) the source model. ``batchnorm``: how it
-    is deployed (:func:`batchnorm_statistics`). ``on_source``: the model as it meets the
-    source images — the stage's kept source-statistics copy for a per-domain-BN run — None
-    without source images. ``target_features``: its features and predictions on the
-    held-out target images (``Domains.target_eval``), extracted once; None when there are none.
+    ``stage`` is the deployed model: the recipe's ``method.audit_run``; else, by
+    ``method.deploy``, the model with the highest estimated target accuracy — the source
+    model too (``ranking``: :class:`diagnostics.ranking.EstimateRanking`) — or the run the
+    checkpoint selector scores highest; the source model when there are no runs.
+    ``audited``: the run the audit compares with the source model — the deployed run, or,
+    when the source model is deployed, the best-ranked run (the audit then shows what
+    adaptation would have done). ``batchnorm``: how it is deployed
+    (:func:`batchnorm_statistics`). ``on_source``: the model as it meets the source images
+    — the stage's kept source-statistics copy for a per-domain-BN run — None without
+    source images. ``target_features``: its features and predictions on the held-out
+    target images (``Domains.target_eval``), extracted once; None when there are none.
+    ``ranked_features``: {stage name: FeatureSet} every model's features on the images the
+    ranking read (the audit's target images, ``ranked_on``), reused by the audit.
     """
 
     stage: StageOutcome
@@ -140,6 +148,12 @@ class Deployment:
     batchnorm: str
     on_source: nn.Module | None
     target_features: FeatureSet | None
+    audited: str | None = None
+    ranking: EstimateRanking | None = None
+    ranked_on: DomainDataset | None = None
+    ranked_features: dict[str, FeatureSet] = field(default_factory=dict)
+    #: how the deployed model was chosen: ``audit_run``, ``estimate`` or ``selection``
+    rule: str = "selection"
 
     @property
     def name(self) -> str:
@@ -150,6 +164,15 @@ class Deployment:
     def run(self) -> str | None:
         """The deployed ``method.runs`` entry's name; None when the source model is deployed."""
         return None if self.run_cfg is None else self.run_cfg.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the audit and ``metrics.json`` record of the decision: the deployed model,
+        the rule, the audited run and, for ``estimate``, the ranking with each estimate."""
+        out: dict[str, Any] = {"model": self.name, "rule": self.rule, "audited": self.audited,
+                               "batchnorm_statistics": self.batchnorm}
+        if self.ranking is not None:
+            out.update({k: v for k, v in self.ranking.to_dict().items() if k != "rule"})
+        return out
 
     def stage_dir(self, run_dir: Path) -> Path:
         """The deployed stage's folder in ``run_dir``."""
@@ -252,23 +275,62 @@ def batchnorm_statistics(run_cfg: AdaptRunConfig | None) -> str:
     return "target" if run_cfg is not None and uses_per_domain_bn(run_cfg) else "as trained"
 
 
+def held_out_sample(ds: DomainDataset | None, max_samples: int, seed: int) -> DomainDataset | None:
+    """The held-out images the audit measures: ``ds`` itself, or a stratified sample of
+    ``max_samples`` when it has more (``diagnostics.max_samples``)."""
+    if ds is None or len(ds) <= max_samples:
+        return ds
+    return ds.subset(stratified_subsample(ds.labels, max_samples, seed))
+
+
 def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
                       target_features: bool = True) -> Deployment:
     """The run's :class:`Deployment`: which model is deployed, how, its source-statistics
     copy (the one its evaluation made) and, with ``target_features``, its held-out target
     features (extracted here, once, on this process alone: no sharding)."""
-    name = recommended_run({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
-                           recipe.method.audit_run)
-    run_cfg = next((r for r in recipe.method.runs if r.name == name), None) if name in summary.runs else None
+    method = recipe.method
+    ranking, ranked_on, ranked = None, None, {}
+    if method.audit_run is None and method.deploy == "estimate" and summary.runs:
+        ranking, ranked_on, ranked = estimate_ranking(summary, recipe, domains, device)
+    if ranking is not None:
+        name, rule = ranking.order[0], "estimate"
+        audited = next((n for n in ranking.order if n in summary.runs), None)
+    else:
+        name = recommended_run({n: st.selection for n, st in summary.runs.items()}, method.selection,
+                               method.audit_run)
+        rule, audited = ("audit_run" if method.audit_run else "selection"), name
+    run_cfg = next((r for r in method.runs if r.name == name), None) if name in summary.runs else None
     stage = summary.runs[name] if run_cfg is not None else summary.source
     # the stage's evaluation made a per-domain-BN run's source-statistics copy: reused, not redone
     on_source = stage.source_model if domains.has_source else None
     held_out = domains.target_eval
     features = None
     if target_features and held_out is not None and len(held_out):
-        features = extract_features(held_out, stage.model, "model", device=device, progress=False, shard=False)
+        features = ranked.get(stage.name) if ranked_on is held_out else None
+        if features is None:
+            features = extract_features(held_out, stage.model, "model", device=device, progress=False, shard=False)
     return Deployment(stage=stage, run_cfg=run_cfg, batchnorm=batchnorm_statistics(run_cfg), on_source=on_source,
-                      target_features=features)
+                      target_features=features, audited=audited if audited in summary.runs else None,
+                      ranking=ranking, ranked_on=ranked_on, ranked_features=ranked, rule=rule)
+
+
+def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device
+                     ) -> tuple[EstimateRanking | None, DomainDataset | None, dict[str, FeatureSet]]:
+    """Every model (the source model first, then the runs) ranked by its estimated accuracy
+    on the held-out target images the audit measures (:func:`held_out_sample`), with the
+    source label mix of the audit's source images (COT); their features, kept for the
+    audit. (None, None, {}) when there are no held-out target images."""
+    n, seed = recipe.diagnostics.max_samples, recipe.seed
+    target = held_out_sample(domains.target_eval, n, seed)
+    if target is None or len(target) == 0:
+        return None, None, {}
+    source = held_out_sample(domains.source_eval, n, seed) if domains.has_source else None
+    stages = {"source-only": summary.source, **summary.runs}
+    feats = {name: extract_features(target, st.model, "model", device=device, progress=False, shard=False)
+             for name, st in stages.items()}
+    ranking = rank_by_estimate({name: f.probs for name, f in feats.items()},
+                               None if source is None else np.asarray(source.labels), seed=seed)
+    return ranking, target, feats
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

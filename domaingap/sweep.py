@@ -6,9 +6,10 @@ as the command line (so any recipe key can be swept: ``train.lr``, ``strategy.to
 ``method.runs.0.dann.weight``, ``method.runs.0.ewc.lambda``, ...), run by the pipeline
 into ``RUN_DIR/sweep/trials/trial_<n>/``, and scored by the recipe's own label-free
 selector (``method.selection``: im, snd or source_val) at the epoch that selector chose
-for the swept run: ``run`` when SWEEP.yaml names one, else the run the trial deploys —
-its one deployment decision (:class:`domaingap.runs.Deployment`: ``method.audit_run``, else
-the run the label-free selector ranks first), the run its drift reference and audit are of.
+for the swept run: ``run`` when SWEEP.yaml names one, else the run the trial's one
+deployment decision audits (:class:`domaingap.runs.Deployment`: ``method.audit_run``, else
+the run ranked first by ``method.deploy`` — the deployed run, or the best-ranked run when
+the source model is kept).
 Target labels never enter the score; when they are known, the target test accuracy is
 recorded next to it as the *oracle* column, so the table shows what label-free selection cost.
 
@@ -413,7 +414,7 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
             f"output.name=trial_{number}", "diagnostics.enabled=false", "output.onnx=false"])
         t0 = time.perf_counter()
         summary = run_recipe(recipe, resume=True, progress=False, diagnostics=False)
-        scored = run or summary.deployment.run
+        scored = run or summary.deployment.audited
         stage = summary.runs[scored]
         selection = stage.selection or {}
         chosen = chosen_epoch(selection)

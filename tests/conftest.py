@@ -130,14 +130,13 @@ def recorded_run(recipe) -> E2ERun:
     run did — "adabn": the data of every BatchNorm re-estimation; "order": the batch size
     each layer-order probe ran; "on_source": the model of every deployed_on_source call;
     "features": (dataset, model) of every feature extraction; "predict": (dataset, model)
-    of every prediction pass; "decided": every deployment decision (recommended_run)."""
+    of every prediction pass; "decided": every deployment decision (decide_deployment)."""
     import adapt.evaluate as evaluate_mod
     import adapt.methods.adabn as adabn_mod
     import adapt.selection as selection_mod
     import adapt.train as train_mod
     import diagnostics.drift as drift_mod
     import diagnostics.features as features_mod
-    import diagnostics.ranking as ranking_mod
     import domaingap.pipeline as pipeline_mod
     import domaingap.run_audit as audit_mod
     import domaingap.runs as runs_mod
@@ -147,7 +146,7 @@ def recorded_run(recipe) -> E2ERun:
     loaded = []
     real = dict(adabn=adabn_mod.adabn, order=adabn_mod._forward_order, on_source=runs_mod.deployed_on_source,
                 features=features_mod.extract_features, predict=evaluate_mod.predict,
-                decided=ranking_mod.recommended_run, load=pipeline_mod.load_domains)
+                decided=runs_mod.decide_deployment, load=pipeline_mod.load_domains)
 
     def adabn_spy(model, data, *a, **kw):
         calls["adabn"].append(getattr(data, "dataset", data))
@@ -189,8 +188,8 @@ def recorded_run(recipe) -> E2ERun:
             mp.setattr(mod, "extract_features", features_spy, raising=False)
         for mod in (evaluate_mod, selection_mod, audit_mod):
             mp.setattr(mod, "predict", predict_spy)
-        for mod in (ranking_mod, runs_mod, pipeline_mod, audit_mod):  # wherever the deployed run is decided
-            mp.setattr(mod, "recommended_run", decided_spy, raising=False)
+        for mod in (runs_mod, pipeline_mod, audit_mod):  # wherever the deployed model is decided
+            mp.setattr(mod, "decide_deployment", decided_spy, raising=False)
         mp.setattr(pipeline_mod, "load_domains", load_spy)
         summary = pipeline_mod.run_recipe(recipe, progress=False)
     finally:

@@ -28,6 +28,7 @@ train: {epochs: 2, batch_size: 32, device: cpu, patience: null}
 method:
   runs:
     - {name: adabn, adabn: true, epochs: 0}
+  audit_run: adabn   # the deployed run (the estimate ranking keeps the source model here)
 diagnostics: {enabled: false}
 output: {dir: OUT, onnx: true}
 """

@@ -219,7 +219,7 @@ def test_the_pick_follows_the_label_free_score_not_the_oracle(sampler, tmp_path,
                                                                           {"epoch": 1, "im": im}]},
                                 metrics={"target_test": {"accuracy": 1 / (1 + 1000 * lr)},
                                          "source_test": {"accuracy": 0.9}})
-        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(run="hist"))
+        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(audited="hist"))
 
     monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
     recipe, sweep = _files(tmp_path)
@@ -251,7 +251,7 @@ def test_a_source_free_trial_records_no_source_accuracy(tmp_path, monkeypatch):
     def fake_run(recipe, **kwargs):
         stage = SimpleNamespace(selection={"selected_epoch": 0, "epochs": [{"epoch": 0, "im": 0.5}]},
                                 metrics={"target_test": {"accuracy": 0.7}, "source_test": None})
-        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(run="hist"))
+        return SimpleNamespace(runs={"hist": stage}, deployment=SimpleNamespace(audited="hist"))
 
     monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
     recipe, sweep = _files(tmp_path)
@@ -277,7 +277,7 @@ def test_a_trial_scores_the_run_it_deploys(tmp_path, monkeypatch):
         # the first run wins the label-free ranking at the small lr, the last one at the large
         first_wins = lr < 0.005
         runs = {"hist": stage(0.9 if first_wins else 0.1), "plain": stage(0.2 if first_wins else 0.8)}
-        return SimpleNamespace(runs=runs, deployment=SimpleNamespace(run="hist" if first_wins else "plain"))
+        return SimpleNamespace(runs=runs, deployment=SimpleNamespace(audited="hist" if first_wins else "plain"))
 
     monkeypatch.setattr(sweep_mod, "run_recipe", fake_run)
     recipe, sweep = _files(tmp_path)

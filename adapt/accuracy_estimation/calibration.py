@@ -81,6 +81,19 @@ def most_accurate(change_errors: dict[str, float | None]) -> tuple[str | None, s
     return primary, next((e for e in ranked[1:] if family(e) != family(primary)), None)
 
 
+def estimators_for(n_models: int, available: tuple[str, ...] | list[str],
+                   calibration: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """(default, corroborating) among ``available`` when ``n_models`` models are compared:
+    :func:`most_accurate` of their change errors measured for that many models (the audit's
+    rule for the estimate it shows; agreement's error depends on the count)."""
+    errs = {}
+    for name in available:
+        e = measured_error(name, calibration, n_models=n_models)
+        if e is not None and e.change_mean is not None:
+            errs[name] = e.change_mean
+    return most_accurate(errs)
+
+
 def default_estimator(calibration: dict[str, Any] | None = None) -> str | None:
     """The estimator with the lowest measured mean error (recorded by the study)."""
     doc = load_calibration() if calibration is None else calibration

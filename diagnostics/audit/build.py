@@ -22,6 +22,7 @@ def compute_verdicts(
     thresholds: AuditThresholds = AuditThresholds(),
     sources: Mapping | None = None,
     coverage: Coverage | Mapping | None = None,
+    deployed_before: bool = False,
 ) -> list[Verdict]:
     """All verdicts the available results support, in the order of
     :data:`diagnostics.audit.policies.POLICIES` (most important first): what the audit
@@ -33,7 +34,8 @@ def compute_verdicts(
     b = StageResult.from_dict(before)
     if b is None:
         raise ValueError("compute_verdicts needs a 'before' stage")
-    evidence = AuditEvidence.of(b, StageResult.from_dict(after), sources, Coverage.from_dict(coverage))
+    evidence = AuditEvidence.of(b, StageResult.from_dict(after), sources, Coverage.from_dict(coverage),
+                                deployed_before)
     out = []
     for policy in POLICIES:
         verdict = policy.judge(evidence, thresholds)
@@ -55,6 +57,7 @@ def build_audit(
     sources: Mapping | None = None,
     coverage: Coverage | Mapping | None = None,
     data: Mapping | None = None,
+    deployment: Mapping | None = None,
 ) -> Audit:
     """Assemble an :class:`Audit`: its verdicts and its banner, judged here once.
 
@@ -72,7 +75,10 @@ def build_audit(
     if not info.versions:
         info.versions = package_versions()
     cov = Coverage.from_dict(coverage)
-    verdicts = compute_verdicts(b, a, thresholds=thresholds, sources=sources, coverage=cov)
+    dep = dict(to_jsonable(deployment)) if deployment else None
+    kept_source = bool(dep and a is not None and dep.get("model") == "source-only")
+    verdicts = compute_verdicts(b, a, thresholds=thresholds, sources=sources, coverage=cov,
+                                deployed_before=kept_source)
     return Audit(
         before=b,
         after=a,
@@ -85,4 +91,5 @@ def build_audit(
         sources=dict(to_jsonable(sources)) if sources else None,
         coverage=cov,
         overall=overall_verdict(verdicts),
+        deployment=dep,
     )

@@ -225,6 +225,10 @@ class Audit:
     #: what the audit could see (source images, the target's labelled classes)
     coverage: Coverage = field(default_factory=Coverage)
     overall: Verdict | None = None
+    #: which model is deployed and why: {"model", "rule", "audited", "estimator",
+    #: "corroborating", "images", "ranking": [{model, rank, <estimator>: accuracy}]}; None
+    #: for an audit of a pair of models (``diagnose audit-models``) or an older audit.json
+    deployment: dict | None = None
 
     def __post_init__(self) -> None:
         if self.overall is None:
@@ -243,6 +247,7 @@ class Audit:
             **({"data": to_jsonable(self.data)} if self.data else {}),
             "sources": to_jsonable(self.sources),
             **({"coverage": self.coverage.to_dict()} if self.coverage != Coverage() else {}),
+            **({"deployment": to_jsonable(self.deployment)} if self.deployment else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -267,4 +272,5 @@ class Audit:
             sources=dict(d["sources"]) if d.get("sources") else None,
             coverage=Coverage.from_dict(d.get("coverage")),
             overall=Verdict.from_dict(d["overall"]) if isinstance(d.get("overall"), Mapping) else None,
+            deployment=dict(d["deployment"]) if isinstance(d.get("deployment"), Mapping) else None,
         )

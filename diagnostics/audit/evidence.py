@@ -384,14 +384,18 @@ class AuditEvidence:
     after: StageEvidence | None = None
     sources: Sources = Sources()
     coverage: Coverage = Coverage()
+    #: the source model (before) is deployed although a run (after) is audited: the
+    #: label-free ranking estimated no run better (``Audit.deployment``)
+    deployed_before: bool = False
 
     @classmethod
     def of(cls, before: StageResult, after: StageResult | None = None, sources: Mapping | None = None,
-           coverage: Coverage | None = None) -> AuditEvidence:
+           coverage: Coverage | None = None, deployed_before: bool = False) -> AuditEvidence:
         return cls(StageEvidence.of(before), None if after is None else StageEvidence.of(after),
-                   Sources.parse(sources), coverage or Coverage())
+                   Sources.parse(sources), coverage or Coverage(), deployed_before)
 
     @property
     def deployed(self) -> StageEvidence:
-        """The model that would be deployed: after, else before."""
-        return self.after if self.after is not None else self.before
+        """The model that would be deployed: after, else before (before also when the
+        deployment decision kept the source model)."""
+        return self.after if self.after is not None and not self.deployed_before else self.before

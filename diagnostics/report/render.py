@@ -373,7 +373,26 @@ def _methods_section(a: Audit) -> dict | None:
             numeric = as_float(v) is not None
             cells.append({"text": "—" if v is None else (fmt_value(c, v) if numeric else str(v)), "num": numeric})
         body.append(cells)
-    return {"head": [key_label(c) for c in cols], "rows": body}
+    return {"head": [key_label(c) for c in cols], "rows": body, "deployment": _deployment_text(a.deployment)}
+
+
+def _deployment_text(dep: Mapping | None) -> str | None:
+    """One sentence: which model is deployed and why (``Audit.deployment``)."""
+    if not dep or not dep.get("model"):
+        return None
+    model, rule, audited = dep["model"], dep.get("rule"), dep.get("audited")
+    if rule == "estimate":
+        ranking = dep.get("ranking") or []
+        est = dep.get("estimator")
+        text = (f"Deployed: {model} — the highest estimated target accuracy of the {len(ranking)} models "
+                f"({est}, on {dep.get('images')} held-out target images; ties broken by {dep.get('corroborating')})")
+    elif rule == "audit_run":
+        text = f"Deployed: {model} — named by the recipe (method.audit_run)"
+    else:
+        text = f"Deployed: {model} — the run the checkpoint selector scores highest (method.deploy: selection)"
+    if audited and audited != model:
+        text += f". No run is estimated higher than the source model; the audit compares the best-ranked run, {audited}"
+    return text + "."
 
 
 def _verdict_view(v: Verdict) -> dict:

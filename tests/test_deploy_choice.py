@@ -1,0 +1,159 @@
+"""Which model a run deploys without target labels (``method.deploy``).
+
+The truth is known by construction: three classes, each lighting one band of an 8×8
+image under noise; the models read the bands through fixed linear heads — one reads every
+pixel of a band (the best), two read one or two pixels (noisier), one reads the bands
+through a permutation at a large scale: confident, balanced and always wrong, which is
+what information maximisation (IM) rewards and what the issue saw deployed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adapt.data.domain import DomainDataset
+from adapt.recipe import validate_recipe
+from adapt.selection import label_free_scores
+from diagnostics.ranking import rank_by_estimate
+from domaingap.runs import Domains, RunSummary, StageOutcome, decide_deployment
+
+K, SIZE = 3, 8
+
+
+class BandReader(nn.Module):
+    """Logits = scale · P · (mean of the chosen pixels of each class's band)."""
+
+    def __init__(self, pixels: slice, scale: float, permute: bool = False):
+        super().__init__()
+        self.pixels = pixels
+        self.head = nn.Linear(K, K, bias=False)
+        perm = torch.roll(torch.eye(K), 1, dims=0) if permute else torch.eye(K)
+        self.head.weight.data = scale * perm
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        band = (SIZE * SIZE) // K
+        bands = x.reshape(len(x), -1)[:, : K * band].reshape(len(x), K, band)  # [B, K, pixels of a band]
+        return bands[:, :, self.pixels].mean(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _images(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    x = 0.5 + 0.25 * torch.randn(n, 1, SIZE * SIZE, generator=g)
+    band = (SIZE * SIZE) // K
+    for c in range(K):
+        x[y == c, 0, c * band:(c + 1) * band] += 0.3
+    return x.reshape(n, 1, SIZE, SIZE).clamp(0, 1), y.numpy()
+
+
+def _domain(name: str, x: torch.Tensor, labels: np.ndarray) -> DomainDataset:
+    return DomainDataset(name=name, classes=[f"c{i}" for i in range(K)], labels=labels,
+                         ids=[f"{name}/{i}" for i in range(len(x))], channels=1, image_size=SIZE, images=x)
+
+
+MODELS = {"source-only": BandReader(slice(0, 2), 20.0), "good": BandReader(slice(0, None), 20.0),
+          "noisy": BandReader(slice(2, 3), 20.0), "confident-wrong": BandReader(slice(0, None), 400.0, permute=True)}
+
+
+@pytest.fixture(scope="module")
+def case():
+    xs, ys = _images(300, 1)
+    xt, yt = _images(300, 2)
+    # the truth, independent of any estimator: each model's accuracy on the target images
+    with torch.no_grad():
+        probs = {n: torch.softmax(m(xt), 1).numpy() for n, m in MODELS.items()}
+    truth = {n: float((p.argmax(1) == yt).mean()) for n, p in probs.items()}
+    target = _domain("target", xt, np.full(len(xt), -1))  # labels hidden from the tool
+    source = _domain("source", xs, ys)
+    domains = Domains(source, target, {}, {}, None, source_eval=source, target_eval=target)
+
+    def stage(name):
+        # the checkpoint selector's record of its chosen epoch: IM of the model's target predictions
+        im = label_free_scores(probs[name])["im"]
+        return StageOutcome(name, MODELS[name], {}, selection={"selected_epoch": 1, "epochs": [{"epoch": 1, "im": im}]})
+
+    summary = RunSummary(run_dir=None, source=stage("source-only"),
+                         runs={n: stage(n) for n in MODELS if n != "source-only"})
+    return summary, domains, probs, truth, ys
+
+
+def _recipe(**method):
+    runs = [{"name": n, "objective": "source_only", "epochs": 0} for n in MODELS if n != "source-only"]
+    return validate_recipe({"name": "t", "data": {"source": {"kind": "phantom-cxr", "site": "A"},
+                                                  "target": {"kind": "phantom-cxr", "site": "B"}},
+                            "method": {"runs": runs, **method}}, "test recipe")
+
+
+def test_the_constructed_truth(case):
+    _, _, probs, truth, _ = case
+    assert max(truth, key=truth.get) == "good" and truth["good"] > 0.9
+    assert truth["confident-wrong"] < 0.05 and truth["source-only"] < truth["good"] - 0.1
+    im = {n: label_free_scores(p)["im"] for n, p in probs.items()}
+    assert max(im, key=im.get) == "confident-wrong"  # what IM rewards: confident and balanced
+
+
+def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_one(case):
+    summary, domains, _, truth, _ = case
+    cpu = torch.device("cpu")
+    old = decide_deployment(summary, _recipe(deploy="selection"), domains, cpu, target_features=False)
+    assert old.name == "confident-wrong" and old.rule == "selection"  # the rule before: IM's first run
+    new = decide_deployment(summary, _recipe(), domains, cpu, target_features=False)  # the default
+    assert new.rule == "estimate" and new.name == "good" == new.audited
+    assert new.ranking.estimator == "agreement"  # four models: the median agreement
+    assert new.ranking.order[-1] == "confident-wrong"
+    # what is recorded: the deployed model, the rule, every model's estimate
+    d = new.to_dict()
+    assert d["model"] == "good" and [r["model"] for r in d["ranking"]][0] == "good"
+    # method.audit_run still decides when the recipe names it
+    named = decide_deployment(summary, _recipe(audit_run="noisy"), domains, cpu, target_features=False)
+    assert named.name == "noisy" and named.rule == "audit_run" and named.ranking is None
+
+
+def test_the_source_model_is_kept_when_no_run_is_estimated_higher(case):
+    summary, domains, probs, _, ys = case
+    same = {"source-only": probs["source-only"], "run": probs["source-only"].copy()}
+    r = rank_by_estimate(same, ys)
+    assert r.order == ["source-only", "run"]  # a tie: a run must be estimated *higher*
+    collapsed = np.zeros_like(probs["good"])
+    collapsed[:, 0] = 1.0  # every image called class 0: a third of them right
+    worse = {"source-only": probs["good"], "collapsed": collapsed, "noisy": probs["noisy"]}
+    r = rank_by_estimate(worse, ys)
+    assert r.order[0] == "source-only" and r.estimator == "cot"  # three models: COT
+    assert r.order[-1] == "collapsed"
+    # COT's blind spot (docs/labelfree.md): it compares the predictions with the source
+    # label mix only, so a confidently wrong model with balanced predictions reads as right
+    blind = rank_by_estimate({"source-only": probs["good"], "wrong": probs["confident-wrong"],
+                              "noisy": probs["noisy"]}, ys)
+    assert blind.order[0] == "wrong"
+    wrecked = BandReader(slice(0, None), 0.0)
+    wrecked.head = nn.Linear(K, K)
+    nn.init.zeros_(wrecked.head.weight)
+    wrecked.head.bias.data = torch.tensor([8.0, 0.0, 0.0])  # a run that collapsed onto class 0
+    one_run = RunSummary(run_dir=None, source=StageOutcome("source-only", MODELS["good"], {}),
+                         runs={"collapsed": StageOutcome("collapsed", wrecked, {})})
+    recipe = validate_recipe({"name": "t", "data": {"source": {"kind": "phantom-cxr", "site": "A"},
+                                                    "target": {"kind": "phantom-cxr", "site": "B"}},
+                              "method": {"runs": [{"name": "collapsed", "objective": "source_only",
+                                                   "epochs": 0}]}}, "test recipe")
+    dep = decide_deployment(one_run, recipe, domains, torch.device("cpu"), target_features=False)
+    # the source model is deployed; the audit still compares the run with it
+    assert dep.name == "source-only" and dep.run is None and dep.audited == "collapsed"
+    assert dep.ranking.estimator == "cot"  # two models: COT
+
+
+@pytest.mark.parametrize("n_models", [2, 3, 4, 7])
+def test_the_ranking_reads_the_estimator_the_audit_shows(case, n_models):
+    from diagnostics.labelfree_estimates import accuracy_estimates
+
+    _, _, probs, _, ys = case
+    names = list(probs)
+    p = {f"m{i}": probs[names[i % len(names)]] for i in range(n_models)}
+    r = rank_by_estimate(p, ys)
+    preds = [q.argmax(1) for q in p.values()]
+    shown = accuracy_estimates(p["m0"], p["m0"], ys, preds[1:])
+    assert r.estimator == shown["default"]
