@@ -130,8 +130,9 @@ class Deployment:
 
     ``stage`` is the deployed model: the recipe's ``method.audit_run``; else, by
     ``method.deploy``, the model with the highest estimated target accuracy — the source
-    model too (``ranking``: :class:`diagnostics.ranking.EstimateRanking`) — or the run the
-    checkpoint selector scores highest; the source model when there are no runs.
+    model too (``ranking``: :class:`diagnostics.ranking.EstimateRanking`, made with
+    ``deploy: estimate`` even when ``audit_run`` decides, for the methods table) — or the
+    run the checkpoint selector scores highest; the source model when there are no runs.
     ``audited``: the run the audit compares with the source model — the deployed run, or,
     when the source model is deployed, the best-ranked run (the audit then shows what
     adaptation would have done). ``batchnorm``: how it is deployed
@@ -290,9 +291,9 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
     features (extracted here, once, on this process alone: no sharding)."""
     method = recipe.method
     ranking, ranked_on, ranked = None, None, {}
-    if method.audit_run is None and method.deploy == "estimate" and summary.runs:
+    if method.deploy == "estimate" and summary.runs:  # also beside audit_run: the table shows it
         ranking, ranked_on, ranked = estimate_ranking(summary, recipe, domains, device)
-    if ranking is not None:
+    if method.audit_run is None and ranking is not None:
         name, rule = ranking.order[0], "estimate"
         audited = next((n for n in ranking.order if n in summary.runs), None)
     else:

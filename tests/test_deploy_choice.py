@@ -111,7 +111,8 @@ def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_on
     assert d["model"] == "good" and [r["model"] for r in d["ranking"]][0] == "good"
     # method.audit_run still decides when the recipe names it
     named = decide_deployment(summary, _recipe(audit_run="noisy"), domains, cpu, target_features=False)
-    assert named.name == "noisy" and named.rule == "audit_run" and named.ranking is None
+    assert named.name == "noisy" and named.rule == "audit_run" and named.audited == "noisy"
+    assert named.ranking.order[0] == "good"  # still shown: the methods table's ★ recommended
 
 
 def test_the_source_model_is_kept_when_no_run_is_estimated_higher(case):

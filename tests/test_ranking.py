@@ -41,3 +41,27 @@ def test_methods_table_marks_the_recommended_and_audited_run():
     # method.audit_run names another run: it is audited, the recommendation still shows
     rows = {r["model"]: r for r in methods_rows(table, ranking, "adabn", recipe)}
     assert rows["adabn"]["audit"] == "audited" and rows["dann+hist"]["audit"] == "★ recommended"
+
+
+def test_the_estimate_ranking_can_recommend_the_source_model():
+    # method.deploy: estimate ranks the source model too; when it comes first it is the
+    # recommended (deployed) model and the best-ranked run is the one audited beside it
+    from types import SimpleNamespace
+
+    from diagnostics.ranking import EstimateRanking
+    from domaingap.run_audit import _ranking_rows, methods_rows
+
+    acc = {"source-only": 0.90, "adabn": 0.80, "dann": 0.60}
+    st = lambda n: SimpleNamespace(metrics={"target_test": {"accuracy": acc[n]}}, selection=None)  # noqa: E731
+    summary = SimpleNamespace(source=st("source-only"), runs={"adabn": st("adabn"), "dann": st("dann")})
+    r = EstimateRanking(["source-only", "dann", "adabn"], "cot", "agreement",
+                        {"source-only": {"cot": 0.8, "agreement": 0.7}, "dann": {"cot": 0.7, "agreement": 0.6},
+                         "adabn": {"cot": 0.6, "agreement": 0.7}}, 100)
+    recipe = SimpleNamespace(seed=0, method=SimpleNamespace(selection="im"))
+    ranking = _ranking_rows(summary, recipe, SimpleNamespace(ranking=r))
+    assert [(x["run"], x["rank"], x["oracle_rank"], x["score"]) for x in ranking] == [
+        ("source-only", 1, 1, 0.8), ("dann", 2, 3, 0.7), ("adabn", 3, 2, 0.6)]
+    table = [{"model": "source-only"}, {"model": "adabn"}, {"model": "dann"}]
+    rows = {x["model"]: x for x in methods_rows(table, ranking, "dann", recipe)}
+    assert rows["source-only"]["audit"] == "★ recommended" and rows["dann"]["audit"] == "audited"
+    assert rows["adabn"]["label_free_rank"] == 3 and rows["adabn"]["oracle_rank"] == 2
