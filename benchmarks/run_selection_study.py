@@ -60,6 +60,40 @@ def truth_regrets(work: Path) -> dict[str, dict[tuple, float]]:
     return hidden.selector_regrets(cases, work)
 
 
+def study_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+def truth_rows(work: Path) -> list[dict]:
+    import truth_suite_hidden as hidden
+
+    rows = []
+    for p in sorted((work / "hidden").glob("*_hidden_scores.json")):
+        scores = json.loads(p.read_text())
+        if "truth" in scores:
+            rows += hidden.selector_rows(p.name[: -len("_hidden_scores.json")], scores)[0]
+    return rows
+
+
+def two_model_regrets(rows: list[dict]) -> np.ndarray:
+    """A recipe with one run: the source model and that run are all there is. For every
+    (case, run) pair: regret of always deploying the run (what ``deploy: selection`` does
+    with one run) and of the estimate ranking over the two (COT for two models). [pairs, 2]."""
+    first, second = combos.estimator_order(2)
+    out = []
+    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
+        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+        src = next(r for r in rs if r["model"] == "source-only")
+        for r in rs:
+            if r is src:
+                continue
+            best = max(src["true_acc"], r["true_acc"])
+            key = lambda x: (x["scores"][first], x["scores"].get(second, 0.0))  # noqa: E731
+            pick = r if key(r) > key(src) else src  # ties: the source model
+            out.append((best - r["true_acc"], best - pick["true_acc"]))
+    return np.asarray(out)
+
+
 def pooled_table(sets: dict[str, dict[str, dict[tuple, float]]]) -> tuple[str, dict[str, dict]]:
     rules = sorted(set.intersection(*(set(r) for r in sets.values())))
     out: dict[str, dict] = {}
@@ -113,6 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         if rule != BASE:
             p = combos.paired(pooled[rule], pooled[BASE])
             print(f"  {rule} − {BASE}: {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]")
+    # each set's cases apart (the same shift name means other models in each set)
+    tag = lambda rows, name: [{**r, "shift": f"{name}/{r['shift']}"} for r in rows]  # noqa: E731
+    rows = (tag(study_rows(Path(args.study) / "labelfree_study.json"), "study")
+            + tag(study_rows(Path(args.study_hidden) / "labelfree_study_hidden.json"), "hidden")
+            + tag(truth_rows(Path(args.truth)), "truth"))
+    for title, keep in (("every run", rows),
+                        # the misconfigured runs (domain weight 30, lr 0.3) were built to hurt
+                        ("without the misconfigured runs", [r for r in rows if r["model"] != "dann-hurt"])):
+        pairs = two_model_regrets(keep)
+        d = pairs[:, 1] - pairs[:, 0]
+        rng = np.random.default_rng(0)
+        boot = [rng.choice(d, len(d)).mean() for _ in range(2000)]
+        print(f"\none run, {title} (source model + that run, {len(pairs)} pairs): always the run "
+              f"{100 * pairs[:, 0].mean():.1f} / {100 * pairs[:, 0].max():.1f}, estimate {100 * pairs[:, 1].mean():.1f} / "
+              f"{100 * pairs[:, 1].max():.1f} (mean / worst); difference {100 * d.mean():+.1f} "
+              f"[{100 * np.quantile(boot, 0.025):+.1f}, {100 * np.quantile(boot, 0.975):+.1f}]")
     return 0
 
 
