@@ -82,3 +82,12 @@ def test_label_hidden_case_never_reads_the_labels_and_is_scored_with_them(tmp_pa
     assert f"| {100 * (acc['adabn'] - acc['source-only']):+.1f} |" in row
     best, pick = max(acc.values()), row.split(" | ")[-3]
     assert f"| {100 * (best - acc[pick]):.1f} |" in row
+    # the pick is the tool's own deployment ranking (method.deploy: estimate), shown beside
+    # the case's audit_run, and every run selector is scored against the key
+    audit = json.loads((work / "hidden" / "runs" / "same_distribution_hidden" / "audit.json").read_text())
+    dep = audit["deployment"]
+    assert dep["rule"] == "audit_run" and dep["model"] == "adabn" and dep["audited"] == "adabn"
+    ranked = [r["model"] for r in dep["ranking"]]
+    assert sorted(ranked) == sorted(acc)
+    assert [r["model"] for r in audit["methods_table"] if r.get("label_free_rank") == 1] == ranked[:1]
+    assert "| estimate |" in out and "| im |" in out
