@@ -102,6 +102,18 @@ def retry_callback():
     return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
 
 
+def close_storage(storage) -> None:
+    """Close the connections an :func:`open_storage` storage holds (its session and its
+    engine's pool): a worker that ends, or a sweep run from Python, leaves none open for the
+    garbage collector to find ("connection deleted while still open")."""
+    remove = getattr(storage, "remove_session", None)
+    if callable(remove):
+        remove()
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def open_storage(url: str, *, heartbeat_s: float, grace_s: float):
     """Optuna's RDBStorage on ``url`` with heartbeats (a killed worker's trial is failed after
     ``grace_s`` seconds without one, then queued again), or a one-line UserError."""

@@ -5,6 +5,7 @@ points, two worker processes sharing one storage, the pick by the label-free sco
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,12 @@ def check_a_killed_worker_s_trial_is_resumed(tmp_path: Path, storage: str | None
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sweep_mod, "GRACE_S", 2 * sweep_mod.HEARTBEAT_S)
         result = run_sweep(recipe, sweep, storage=storage, say=lambda msg: None)
+    # the worker's database connections are closed when the sweep returns: none is left for
+    # the garbage collector to find (psycopg: "... was deleted while still open")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert not [str(c.message) for c in caught if "still open" in str(c.message)]
     states = {r["trial"]: r["state"] for r in result.rows}
     assert sorted(states.values()) == ["complete"] * 3 + ["fail"]
     assert states[1] == "fail"  # the killed one, marked failed once its heartbeat stopped...
