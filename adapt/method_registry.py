@@ -79,7 +79,8 @@ class BuildContext:
 
     @property
     def seed(self) -> int:
-        return self.recipe.seed
+        """The run's seed (its own, else the recipe's)."""
+        return self.run.seed_in(self.recipe)
 
     def labeled_target(self) -> Any:
         """The k labelled target images per class; a UserError naming the run without them."""

@@ -120,6 +120,13 @@ class AdaptRunConfig(ObjectiveOptions):
     #: overrides of train.epochs / train.lr for this run
     epochs: int | None = Field(None, ge=0, le=100_000)
     lr: float | None = Field(None, gt=0)
+    #: this run's seed (its initialisation, batch order, style draws); default the recipe's
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    #: train this run k times with seeds seed, seed + 1, ...: the copies are named
+    #: ``<name>``, ``<name>-2``, ... ``<name>-k`` (expanded when the recipe is read); their
+    #: spread is the run-to-run variance the audit reports, and each one more model for
+    #: the agreement estimate (docs/labelfree.md)
+    copies: int = Field(1, ge=1, le=20)
     @model_validator(mode="after")
     def _check(self) -> AdaptRunConfig:
         if self.objective == "none" and self.epochs not in (None, 0):
@@ -131,6 +138,14 @@ class AdaptRunConfig(ObjectiveOptions):
                 raise ValueError(f"objective '{self.objective}' is source-free; {', '.join(uses_source)} "
                                  "needs source images")
         return self
+
+    def seed_in(self, recipe: Recipe) -> int:
+        """The seed this run trains with: its own, else the recipe's."""
+        return recipe.seed if self.seed is None else self.seed
+
+    def copy_names(self) -> list[str]:
+        """The names of this run's copies (``copies``), itself first."""
+        return [self.name] + [f"{self.name}-{i}" for i in range(2, self.copies + 1)]
 
     @property
     def source_free(self) -> bool:
@@ -165,7 +180,7 @@ class MethodConfig(RecipeSection):
 
     @model_validator(mode="after")
     def _check(self) -> MethodConfig:
-        names = [r.name for r in self.runs]
+        names = [n for r in self.runs for n in r.copy_names()]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"run names must be unique (repeated: {', '.join(sorted(dup))})")
@@ -281,6 +296,21 @@ class Recipe(RecipeSection):
         return self
 
     _multisource = model_validator(mode="after")(check_multisource)
+
+    @model_validator(mode="after")
+    def _expand_copies(self) -> Recipe:
+        """A run with ``copies: k`` becomes k runs, seeds s, s + 1, ... (s: its seed, else
+        the recipe's), named by :meth:`AdaptRunConfig.copy_names`."""
+        if all(r.copies == 1 for r in self.method.runs):
+            return self
+        runs = []
+        for r in self.method.runs:
+            base = r.seed_in(self)
+            for i, name in enumerate(r.copy_names()):
+                runs.append(r.model_copy(update={"name": name, "copies": 1,
+                                                 "seed": r.seed if i == 0 else base + i}))
+        self.method.runs = runs
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -211,7 +211,8 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     if resume and _final_checkpoint(stage_dir).exists():
         return _load_finished(run_cfg.name, stage_dir, domains, device, recipe, per_domain_bn=per_domain_bn)
     t0 = time.perf_counter()
-    torch.manual_seed(recipe.seed)
+    seed = run_cfg.seed_in(recipe)  # its own (a copy's), else the recipe's
+    torch.manual_seed(seed)
     model = copy.deepcopy(source.model).to(device)
     target_train = domains.target_split["train"]
     parts: MethodParts = build_run_components(
@@ -230,7 +231,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     oracle = domains.target_split["test"] if domains.target.has_labels else None
     score_kw = dict(target=target_train, source_val=domains.source_split.get("val"),
                     source_train=source_train, class_names=domains.classes,
-                    device=device, source_prepare=source_prepare, seed=recipe.seed, oracle=oracle,
+                    device=device, source_prepare=source_prepare, seed=seed, oracle=oracle,
                     few_labels=domains.target_labeled, compare=recipe.method.compare_selectors)
     trains_on_source = domains.has_source and trains_on(parts.train_data, source_train)
     weights = (sample_weights(parts.train_data, sources["names"], sources["weights"])
@@ -245,7 +246,7 @@ def adapt_run(run_cfg: AdaptRunConfig, source: StageOutcome, recipe: Recipe, dom
     if parts.objective is not None and epochs > 0:
         result: FitResult = fit(
             model, parts.objective, parts.train_data,
-            cfg=run_train_config(run_cfg, recipe), out_dir=stage_dir, seed=recipe.seed, score_fn=score_fn,
+            cfg=run_train_config(run_cfg, recipe), out_dir=stage_dir, seed=seed, score_fn=score_fn,
             target_train=parts.target_data, style=parts.style, feature_style=parts.feature_style,
             penalties=parts.penalties, strategy=recipe.strategy, epochs=epochs, lr=run_cfg.lr, sample_weights=weights,
             resume=resume, desc=run_cfg.name, ctx=ctx, progress=progress,

@@ -35,6 +35,7 @@ from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from adapt.train import precise_bn_covers
 from diagnostics.features import FeatureSet, extract_features
 from diagnostics.ranking import EstimateRanking, rank_by_estimate, recommended_run
+from diagnostics.run_spread import copy_groups, run_spread
 
 
 @dataclass
@@ -155,6 +156,9 @@ class Deployment:
     ranked_features: dict[str, FeatureSet] = field(default_factory=dict)
     #: how the deployed model was chosen: ``audit_run``, ``estimate`` or ``selection``
     rule: str = "selection"
+    #: run-to-run spread of each group of copies (``method.runs[].copies``) on the ranked
+    #: target images (:func:`diagnostics.run_spread.run_spread`)
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -173,6 +177,8 @@ class Deployment:
                                "batchnorm_statistics": self.batchnorm}
         if self.ranking is not None:
             out.update({k: v for k, v in self.ranking.to_dict().items() if k != "rule"})
+        if self.copies:
+            out["copies"] = self.copies
         return out
 
     def stage_dir(self, run_dir: Path) -> Path:
@@ -312,7 +318,28 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
             features = extract_features(held_out, stage.model, "model", device=device, progress=False, shard=False)
     return Deployment(stage=stage, run_cfg=run_cfg, batchnorm=batchnorm_statistics(run_cfg), on_source=on_source,
                       target_features=features, audited=audited if audited in summary.runs else None,
-                      ranking=ranking, ranked_on=ranked_on, ranked_features=ranked, rule=rule)
+                      ranking=ranking, ranked_on=ranked_on, ranked_features=ranked, rule=rule,
+                      copies=copies_spread(summary, recipe, ranking, ranked))
+
+
+def copies_spread(summary: RunSummary, recipe: Recipe, ranking: EstimateRanking | None,
+                  ranked: dict[str, FeatureSet]) -> list[dict[str, Any]]:
+    """The run-to-run spread of every group of copies (runs that differ only in their seed)
+    on the ranked target images: disagreement, estimated accuracy range and, where target
+    labels exist, the true range on the target test split."""
+    by_name = {r.name: r for r in recipe.method.runs if r.name in summary.runs}
+    configs = {n: r.model_dump() for n, r in by_name.items()}
+    out = []
+    for group in copy_groups(configs):
+        if not all(n in ranked and ranked[n].probs is not None for n in group):
+            continue
+        preds = {n: ranked[n].probs.argmax(1) for n in group}
+        est = {n: ranking.estimates[n][ranking.estimator] for n in group} if ranking is not None else None
+        true = {n: (summary.runs[n].metrics.get("target_test") or {}).get("accuracy") for n in group}
+        out.append({**run_spread(group, preds, est, true),
+                    "seeds": [by_name[n].seed_in(recipe) for n in group],
+                    "estimator": None if ranking is None else ranking.estimator})
+    return out
 
 
 def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device

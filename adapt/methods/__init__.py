@@ -56,11 +56,11 @@ def build_run_components(
     elif run.style == "histogram":
         style = HistogramMatching()
         style.fit(target_train.images())
-    feature_style = MixStyle(seed=recipe.seed) if run.mixstyle else None
+    feature_style = MixStyle(seed=run.seed_in(recipe)) if run.mixstyle else None
 
     penalties: list[Penalty] = []
     if run.ewc is not None and objective is not None:
-        penalties.append(_ewc_penalty(run, model, source_train, device, out_dir, recipe.seed))
+        penalties.append(_ewc_penalty(run, model, source_train, device, out_dir, run.seed_in(recipe)))
 
     # the loop draws target batches only when a part declares ``uses_target``
     return MethodParts(objective, style, feature_style, penalties, train_data=train_data, target_data=target_train)

@@ -392,7 +392,22 @@ def _deployment_text(dep: Mapping | None) -> str | None:
         text = f"Deployed: {model} — the run the checkpoint selector scores highest (method.deploy: selection)"
     if audited and audited != model:
         text += f". No run is estimated higher than the source model; the audit compares the best-ranked run, {audited}"
-    return text + "."
+    text += "."
+    for g in dep.get("copies") or []:  # run-to-run spread of copies that differ only in their seed
+        runs = ", ".join(g.get("runs") or [])
+        parts = []
+        if g.get("estimated"):
+            parts.append(f"estimated {100 * g['estimated']['min']:.0f}–{100 * g['estimated']['max']:.0f} % "
+                         f"({g.get('estimator')})")
+        if g.get("true"):
+            parts.append(f"measured {100 * g['true']['min']:.1f}–{100 * g['true']['max']:.1f} % on the target test split")
+        d = g.get("disagreement") or {}
+        if d:
+            parts.append(f"two copies disagree on {100 * d['mean']:.0f} % of the held-out target images "
+                         f"(at most {100 * d['max']:.0f} %)")
+        seeds = ", ".join(str(x) for x in g.get("seeds") or [])
+        text += f" Run to run — {runs} (seeds {seeds}): " + "; ".join(parts) + "."
+    return text
 
 
 def _verdict_view(v: Verdict) -> dict:
