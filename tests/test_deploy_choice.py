@@ -158,3 +158,41 @@ def test_the_ranking_reads_the_estimator_the_audit_shows(case, n_models):
     preds = [q.argmax(1) for q in p.values()]
     shown = accuracy_estimates(p["m0"], p["m0"], ys, preds[1:])
     assert r.estimator == shown["default"]
+
+
+def test_the_report_says_which_model_is_deployed_and_the_spread_of_copies():
+    from diagnostics.audit import build_audit
+    from diagnostics.audit.contract import Audit
+    from diagnostics.report import render_html
+
+    dep = {"model": "source-only", "rule": "estimate", "audited": "dann", "estimator": "cot",
+           "corroborating": "agreement", "images": 120,
+           "ranking": [{"model": "source-only", "rank": 1, "cot": 0.8}, {"model": "dann", "rank": 2, "cot": 0.7},
+                       {"model": "dann-2", "rank": 3, "cot": 0.6}],
+           "copies": [{"runs": ["dann", "dann-2"], "seeds": [0, 1], "estimator": "cot",
+                       "estimated": {"min": 0.6, "max": 0.7}, "true": {"min": 0.475, "max": 0.718},
+                       "disagreement": {"mean": 0.21, "max": 0.21}}]}
+    stage = {"name": "source-only", "metrics": {}}
+    audit = build_audit(stage, {"name": "adapted (dann)", "metrics": {}}, classes=["a", "b"],
+                        methods_table=[{"model": "source-only"}, {"model": "dann"}], deployment=dep)
+    again = Audit.from_dict(audit.to_dict())  # audit.json keeps it: `diagnose audit` re-renders it
+    assert again.deployment == dep
+    html = render_html(again)
+    assert "Deployed: source-only — the highest estimated target accuracy of the 3 models (cot" in html
+    assert "the audit compares the best-ranked run, dann." in html
+    assert "Run to run — dann, dann-2 (seeds 0, 1): estimated 60–70 % (cot); measured 47.5–71.8 %" in html
+    assert "disagree on 21 % of the held-out target images" in html
+
+
+def test_the_usability_verdict_judges_the_model_that_is_deployed():
+    from diagnostics.audit import compute_verdicts
+
+    def stage(name, acc):
+        return {"name": name, "metrics": {"target_test": {"accuracy": acc, "per_class_recall": {"a": acc, "b": acc}}}}
+
+    before, after = stage("source-only", 0.5), stage("adapted (dann)", 0.95)
+    verdicts = {v.name: v for v in compute_verdicts(before, after)}
+    assert "usability" not in verdicts  # the adapted model is deployed and usable
+    kept = {v.name: v for v in compute_verdicts(before, after, deployed_before=True)}
+    assert kept["usability"].title == "Still unusable on the target"
+    assert kept["usability"].summary.startswith("The source model, deployed")

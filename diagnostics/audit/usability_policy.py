@@ -17,7 +17,9 @@ from diagnostics.chance import near_chance, near_chance_label_free
 
 def usability_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | None:
     stage = audit.deployed
-    name = "the adapted model" if audit.after is not None else "the model"
+    adapted = audit.after is not None and not audit.deployed_before
+    name = ("the adapted model" if adapted else
+            "the source model, deployed (no run is estimated better)," if audit.after is not None else "the model")
     truth, hist = stage.collapse.true_target_mix, stage.collapse.target.histogram
     k = len(truth or hist or stage.target_test.per_class_recall)
     acc = stage.target_test.accuracy
@@ -32,7 +34,7 @@ def usability_verdict(audit: AuditEvidence, th: AuditThresholds) -> Verdict | No
         check = near_chance_label_free(conf, im, k, margin=th.chance_margin)
     if not check.near:
         return None
-    still = "still near chance on the target" + (" after adaptation" if audit.after is not None else "")
+    still = "still near chance on the target" + (" after adaptation" if adapted else "")
     return Verdict("usability", "warn", "Still unusable on the target",
                    f"{name[0].upper()}{name[1:]} is {still}: {check.reason}.",
                    {"chance_corrected": check.score, "chance_accuracy": check.chance, "basis": check.basis})

@@ -25,6 +25,7 @@ from diagnostics.audit.evidence import Collapse, SpuriousDomain
 from diagnostics.audit.gap_policy import gap_direction
 from diagnostics.audit.thresholds import AuditThresholds
 from diagnostics.report import figures
+from diagnostics.report.deployment_text import deployment_text
 from diagnostics.report.fairness_view import fairness_section
 from diagnostics.report.formatting import (as_float, fmt_num, fmt_pct, fmt_points, fmt_value, key_label,
                                           scalar_facts)
@@ -373,41 +374,7 @@ def _methods_section(a: Audit) -> dict | None:
             numeric = as_float(v) is not None
             cells.append({"text": "—" if v is None else (fmt_value(c, v) if numeric else str(v)), "num": numeric})
         body.append(cells)
-    return {"head": [key_label(c) for c in cols], "rows": body, "deployment": _deployment_text(a.deployment)}
-
-
-def _deployment_text(dep: Mapping | None) -> str | None:
-    """One sentence: which model is deployed and why (``Audit.deployment``)."""
-    if not dep or not dep.get("model"):
-        return None
-    model, rule, audited = dep["model"], dep.get("rule"), dep.get("audited")
-    if rule == "estimate":
-        ranking = dep.get("ranking") or []
-        est = dep.get("estimator")
-        text = (f"Deployed: {model} — the highest estimated target accuracy of the {len(ranking)} models "
-                f"({est}, on {dep.get('images')} held-out target images; ties broken by {dep.get('corroborating')})")
-    elif rule == "audit_run":
-        text = f"Deployed: {model} — named by the recipe (method.audit_run)"
-    else:
-        text = f"Deployed: {model} — the run the checkpoint selector scores highest (method.deploy: selection)"
-    if audited and audited != model:
-        text += f". No run is estimated higher than the source model; the audit compares the best-ranked run, {audited}"
-    text += "."
-    for g in dep.get("copies") or []:  # run-to-run spread of copies that differ only in their seed
-        runs = ", ".join(g.get("runs") or [])
-        parts = []
-        if g.get("estimated"):
-            parts.append(f"estimated {100 * g['estimated']['min']:.0f}–{100 * g['estimated']['max']:.0f} % "
-                         f"({g.get('estimator')})")
-        if g.get("true"):
-            parts.append(f"measured {100 * g['true']['min']:.1f}–{100 * g['true']['max']:.1f} % on the target test split")
-        d = g.get("disagreement") or {}
-        if d:
-            parts.append(f"two copies disagree on {100 * d['mean']:.0f} % of the held-out target images "
-                         f"(at most {100 * d['max']:.0f} %)")
-        seeds = ", ".join(str(x) for x in g.get("seeds") or [])
-        text += f" Run to run — {runs} (seeds {seeds}): " + "; ".join(parts) + "."
-    return text
+    return {"head": [key_label(c) for c in cols], "rows": body, "deployment": deployment_text(a.deployment)}
 
 
 def _verdict_view(v: Verdict) -> dict:
