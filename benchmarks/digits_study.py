@@ -1,7 +1,7 @@
 """The digits → textured-digits study: a public-protocol benchmark built from packaged images.
 
     python benchmarks/digits_study.py [--seeds 0 1 2] [--recipe recipes/digits_study.yaml]
-                                      [--shift textured|scanner] [--out runs/digits_study]
+                                      [--shift textured|scanner] [--out runs/digits_study] [--hide-labels]
                                       [key.path=value ...]
 
 Per seed, ``adapt.data.real_images.make_digits_shift`` builds the shift from data that
@@ -50,7 +50,12 @@ def build_data(shift: str, seed: int, out: Path) -> dict[str, Path]:
 def main() -> int:
     ap = study.study_arguments(__doc__, "recipes/digits_study.yaml", "runs/digits_study")
     ap.add_argument("--shift", default="textured", choices=["textured", "scanner"])
+    ap.add_argument("--hide-labels", action="store_true",
+                    help="give adapt-run the target as a flat unlabelled folder; score with the labels afterwards "
+                         "(benchmarks/study_hidden.py)")
     args = ap.parse_args()
+    if args.hide_labels:
+        return _main_hidden(args)
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -81,6 +86,23 @@ def main() -> int:
                        f"({100 * b:+.2f})", b >= 0.20))
     study.print_checks(checks)
     return 0
+
+
+def _main_hidden(args) -> int:
+    """``--hide-labels``: each seed on the unlabelled target, scored with the hidden key."""
+    import study_hidden
+
+    out = Path(args.out)
+    results = []
+    for seed in args.seeds:
+        paths = build_data(args.shift, seed, out)
+        flat, key = study_hidden.hide(paths["target"], paths["target"].parent, seed)
+        data = [f"data.source.path={paths['source']}", f"data.target.path={flat}"]
+        if args.shift == "scanner":
+            data.append("data.channels=1")
+        results.append(study_hidden.hidden_seed(args.recipe, seed, out / f"{args.shift}_hidden",
+                                                [*data, *args.overrides], EXTRA_RUNS, key, resume=args.resume))
+    return 1 if study_hidden.print_hidden(results) else 0
 
 
 if __name__ == "__main__":

@@ -177,7 +177,10 @@ def selector_rows(case: str, scores: dict[str, Any]) -> tuple[list[dict], list[d
         ev = LabelFreeEvidence({n: eb[n]["accuracy"] for n in names}, {n: ea[n]["accuracy"] for n in names},
                                {n: ea[n]["change_band"] for n in names}, share["source-only"], share[name])
         out = labelfree_outcome(ev, names[0], names[1] if len(names) > 1 else None)
-        verdicts.append({"shift": case, "seed": 0, "model": name, "outcome": out.outcome})
+        true = {r["model"]: r["true_acc"] for r in rows}
+        verdicts.append({"shift": case, "seed": 0, "model": name, "outcome": out.outcome,
+                         "estimator": names[0], "estimated_change": out.change, "band": out.band,
+                         "true_change": true[name] - true["source-only"]})
     return rows, verdicts
 
 
