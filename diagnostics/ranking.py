@@ -121,7 +121,9 @@ def rank_by_estimate(target_probs: Mapping[str, np.ndarray], source_labels: np.n
     models, the median agreement from four); the corroborating one breaks ties. Agreement
     (Jiang et al., ICLR 2022): each model's agreement rate with every other model; COT
     (Lu et al., NeurIPS 2023): 1 − the optimal-transport cost between the predictions and
-    the source label mix. None when no estimator with a measured error applies.
+    the source label mix. None when no estimator with a measured error applies, or when
+    only agreement applies to two models (no source labels): each agrees with the other
+    equally, so it could not rank them (the caller then keeps its other rule).
     """
     names = list(target_probs)
     probs = {n: np.asarray(p, dtype=np.float64) for n, p in target_probs.items()}
@@ -130,6 +132,8 @@ def rank_by_estimate(target_probs: Mapping[str, np.ndarray], source_labels: np.n
     first, second = estimators_for(len(names), available, calibration)
     if first is None or not names:
         return None
+    if len(names) == 2 and first.startswith("agreement"):
+        return None  # two models agree with each other equally: no ranking, by construction
     preds = {n: p.argmax(1) for n, p in probs.items()}
     used = [e for e in (first, second) if e]
     est: dict[str, dict[str, float]] = {n: {} for n in names}

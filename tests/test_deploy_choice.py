@@ -196,3 +196,13 @@ def test_the_usability_verdict_judges_the_model_that_is_deployed():
     kept = {v.name: v for v in compute_verdicts(before, after, deployed_before=True)}
     assert kept["usability"].title == "Still unusable on the target"
     assert kept["usability"].summary.startswith("The source model, deployed")
+
+
+def test_without_source_labels_two_models_are_not_ranked(case):
+    # a source-free recipe with one run: only agreement applies, and two models agree with
+    # each other equally — no ranking (the run is deployed by the selector rule instead of
+    # the source model winning a tie that carries no information)
+    _, _, probs, _, ys = case
+    assert rank_by_estimate({"source-only": probs["noisy"], "run": probs["good"]}, None) is None
+    three = rank_by_estimate({"source-only": probs["noisy"], "run": probs["good"], "b": probs["source-only"]}, None)
+    assert three is not None and three.estimator == "agreement"
