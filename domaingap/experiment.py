@@ -55,6 +55,14 @@ class RunResult:
         """The audit's verdicts (level, sentence, evidence), or [] without an audit."""
         return list((self.audit or {}).get("verdicts") or [])
 
+    @property
+    def deployed(self) -> str | None:
+        """The stage the run deployed (``"source"`` or a run name), as it decided it once
+        (``method.audit_run``, else ``method.deploy``; ``metrics.json`` → ``deployment``);
+        None for a run folder written before that record. ``model(result.deployed)``."""
+        name = (self.metrics.get("deployment") or {}).get("model")
+        return None if name is None else ("source" if name == "source-only" else name)
+
     def target_accuracy(self, stage: str) -> float | None:
         """Target test accuracy of ``stage`` (``"source"`` or a run name), when labels are known."""
         entry = self.metrics.get("source") if stage == "source" else (

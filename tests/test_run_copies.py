@@ -89,3 +89,10 @@ def test_a_run_with_copies_trains_each_and_reports_their_spread(tmp_path):
     assert group["disagreement"]["mean"] == pytest.approx(d)
     assert len(dep["ranking"]) == 4  # source model, adabn, two copies: agreement decides
     assert dep["estimator"] == "agreement"
+    # from Python: the stage the run deployed, and its model
+    from domaingap.experiment import load_run
+
+    again = load_run(summary.run_dir)
+    deployed = summary.deployment.name
+    assert again.deployed == ("source" if deployed == "source-only" else deployed)
+    assert again.model(again.deployed) is not None
