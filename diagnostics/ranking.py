@@ -26,7 +26,7 @@ from adapt.accuracy_estimation.calibration import estimators_for
 from adapt.accuracy_estimation.cot import estimate_cot
 from adapt.selectors import chosen_epoch, run_score_key
 
-__all__ = ["selection_score", "rank_runs", "EstimateRanking", "rank_by_estimate"]
+__all__ = ["selection_score", "rank_runs", "oracle_ranks", "EstimateRanking", "rank_by_estimate"]
 
 #: the estimators a deployment ranking reads: they need only each model's target
 #: predictions (and the source label mix), not the model as deployed on the source
@@ -63,12 +63,17 @@ def rank_runs(selections: Mapping[str, Mapping | None], selector: str,
     names = list(selections)
     scores = {n: selection_score(selections[n], selector) for n in names}
     order = sorted(names, key=lambda n: (scores[n] is None, -(scores[n] or 0.0), names.index(n)))
-    acc = {n: (target_accuracy or {}).get(n) for n in names}
-    known = [n for n in names if acc[n] is not None]
-    by_acc = sorted(known, key=lambda n: (-float(acc[n]), names.index(n)))
-    oracle = {n: i + 1 for i, n in enumerate(by_acc)}
+    oracle = oracle_ranks(names, target_accuracy)
     return [{"run": n, "score": scores[n], "rank": i + 1, "oracle_rank": oracle.get(n)}
             for i, n in enumerate(order)]
+
+
+def oracle_ranks(names: list[str], target_accuracy: Mapping[str, float | None] | None) -> dict[str, int]:
+    """{name: rank by target accuracy} (1 = best; ties keep the order of ``names``) for the
+    models whose accuracy is known — the oracle beside a label-free ranking."""
+    acc = {n: (target_accuracy or {}).get(n) for n in names}
+    known = sorted((n for n in names if acc[n] is not None), key=lambda n: (-float(acc[n]), names.index(n)))
+    return {n: i + 1 for i, n in enumerate(known)}
 
 
 def recommended_run(selections: Mapping[str, Mapping | None], selector: str,
@@ -95,9 +100,12 @@ class EstimateRanking:
     estimates: dict[str, dict[str, float]]
     images: int
 
-    def rank(self, name: str) -> int | None:
-        """1 = the highest estimate; None for a model not ranked."""
-        return self.order.index(name) + 1 if name in self.order else None
+    def rows(self, target_accuracy: Mapping[str, float | None] | None = None) -> list[dict[str, Any]]:
+        """The ranking as :func:`rank_runs` gives it — ``[{run, score, rank, oracle_rank}]``,
+        every model, score = the ranking estimator's estimate."""
+        oracle = oracle_ranks(self.order, target_accuracy)
+        return [{"run": n, "score": self.estimates[n][self.estimator], "rank": i + 1, "oracle_rank": oracle.get(n)}
+                for i, n in enumerate(self.order)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": "estimate", "estimator": self.estimator, "corroborating": self.corroborating,

@@ -60,14 +60,10 @@ def _ranking_rows(summary: RunSummary, recipe: Recipe, deployment: Deployment) -
     by target test accuracy when target labels are known."""
     stages = {"source-only": summary.source, **summary.runs}
     acc = {n: (st.metrics.get("target_test") or {}).get("accuracy") for n, st in stages.items()}
-    r = deployment.ranking
-    if r is None:
-        return rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
-                         {n: acc[n] for n in summary.runs})
-    known = [n for n in r.order if acc.get(n) is not None]
-    oracle = {n: i + 1 for i, n in enumerate(sorted(known, key=lambda n: (-float(acc[n]), r.order.index(n))))}
-    return [{"run": n, "score": r.estimates[n][r.estimator], "rank": i + 1, "oracle_rank": oracle.get(n)}
-            for i, n in enumerate(r.order)]
+    if deployment.ranking is not None:
+        return deployment.ranking.rows(acc)
+    return rank_runs({n: st.selection for n, st in summary.runs.items()}, recipe.method.selection,
+                     {n: acc[n] for n in summary.runs})
 
 
 def _masks(ds) -> torch.Tensor | None:
