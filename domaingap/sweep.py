@@ -66,8 +66,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from adapt.errors import UserError
 from adapt.io import atomic_write_json, atomic_write_text
 from domaingap.pipeline import run_recipe
-from domaingap.sweep_storage import (close_storage, default_storage_url, open_storage, resolve_storage_url, retry_callback,
-                                     shown)
+from domaingap.sweep_storage import (close_storage, default_storage_url, open_storage, resolve_storage_url,
+                                     retry_callback, shown)
 from adapt.recipe import Recipe, format_validation_error, load_recipe
 from adapt.recipe_text import parse_yaml
 from adapt.selectors import SELECTOR_KEYS, chosen_epoch
@@ -436,34 +436,25 @@ def run_sweep(recipe_path: str | os.PathLike, sweep_path: str | os.PathLike, ove
             + f" -> {selector} {score:.4g}" + ("" if oracle is None else f" (oracle target acc {100 * oracle:.1f}%)"))
         return score
 
-    try:
-        return _work_through(study, objective, spec, planned, state, sweep_dir, selector, run, url, resolved,
-                             progress, say)
+    try:  # until the study has all its trials (another worker's running trial is waited for)
+        while True:
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial: failed, then queued again
+            trials = study.get_trials(deepcopy=False)
+            waiting, running, complete = (sum(t.state == s for t in trials)
+                                          for s in (state.WAITING, state.RUNNING, state.COMPLETE))
+            # grid and random points are all queued (and re-queued): only TPE samples new ones
+            more = waiting > 0 or (spec.sampler == "tpe" and complete + running < planned)
+            if more:
+                study.optimize(objective, n_trials=1, catch=())
+            elif running:
+                # another worker's trial, or a killed one that is not yet stale: wait, so that
+                # a dead worker's trial is run again and every worker ends with the full table
+                time.sleep(HEARTBEAT_S)
+            else:
+                break
+        result = _write_outputs(study, spec, sweep_dir, selector, run, shown(url), resolved)
     finally:  # the database connections this worker opened, closed (not left to the collector)
         close_storage(store)
-
-
-def _work_through(study, objective, spec: SweepSpec, planned: int, state, sweep_dir: Path, selector: str,
-                  run: str | None, url: str, resolved, progress: bool, say) -> SweepResult:
-    """Run trials until the study has all of its own (another worker's running trial is
-    waited for), then write the tables."""
-    optuna = _optuna()
-    while True:
-        optuna.storages.fail_stale_trials(study)  # a killed worker's trial: failed, then queued again
-        trials = study.get_trials(deepcopy=False)
-        waiting, running, complete = (sum(t.state == s for t in trials)
-                                      for s in (state.WAITING, state.RUNNING, state.COMPLETE))
-        # grid and random points are all queued (and re-queued): only TPE samples new ones
-        more = waiting > 0 or (spec.sampler == "tpe" and complete + running < planned)
-        if more:
-            study.optimize(objective, n_trials=1, catch=())
-        elif running:
-            # another worker's trial, or a killed one that is not yet stale: wait, so that
-            # a dead worker's trial is run again and every worker ends with the full table
-            time.sleep(HEARTBEAT_S)
-        else:
-            break
-    result = _write_outputs(study, spec, sweep_dir, selector, run, shown(url), resolved)
     if progress and result.best is not None:
         say(f"best trial {result.best['trial']} by {selector}: {result.best['score']:.4g}")
     return result
