@@ -79,7 +79,7 @@ def two_model_regrets(rows: list[dict]) -> np.ndarray:
     """A recipe with one run: the source model and that run are all there is. For every
     (case, run) pair: regret of always deploying the run (what ``deploy: selection`` does
     with one run) and of the estimate ranking over the two (COT for two models). [pairs, 2]."""
-    first, second = combos.estimator_order(2)
+    order = combos.estimator_order(2)
     out = []
     for case in sorted({(r["shift"], r["seed"]) for r in rows}):
         rs = [r for r in rows if (r["shift"], r["seed"]) == case]
@@ -88,8 +88,8 @@ def two_model_regrets(rows: list[dict]) -> np.ndarray:
             if r is src:
                 continue
             best = max(src["true_acc"], r["true_acc"])
-            key = lambda x: (x["scores"][first], x["scores"].get(second, 0.0))  # noqa: E731
-            pick = r if key(r) > key(src) else src  # ties: the source model
+            # the study's own `estimate` rule over the two (the source model first: it wins ties)
+            pick = combos.pick_run("estimate", [src, r], 0.0, 0, estimator_order=order)
             out.append((best - r["true_acc"], best - pick["true_acc"]))
     return np.asarray(out)
 
