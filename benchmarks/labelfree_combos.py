@@ -39,6 +39,16 @@ a DANN run that collapsed on texture highest) and **before** any of the three wa
   label mix: it separates two groups of models that agree only within each group);
 * ``mean(agreement_mean,cot)`` — the highest mean of the two estimates.
 
+Written on 2026-12-07 (session 13) after the pooled table above showed the pure label
+shift among the `estimate` rule's worst misses (every run loses to the source model there
+and no estimator sees a label shift), and **before** it was scored:
+
+* ``labelshift>estimate`` — check the source model's outputs for a pure label shift
+  (:func:`adapt.accuracy_estimation.label_shift.label_shift_check`: BBSE's prior, a χ² test
+  that the predicted classes changed, bootstrap moment checks that nothing else did); when
+  the verdict is "label shift", the source model (under a pure label shift its target
+  accuracy is identified, and aligning the marginals is what hurts); otherwise ``estimate``.
+
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
 * ``source_val>im`` / ``source_val>dev`` — the epochs within the binomial interval of the
@@ -100,6 +110,11 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
         best = max(sval(r) for r in rows)
         cand = [r for r in rows if sval(r) >= best - binomial_margin(best, n_source)]
         return _first_max(cand, lambda r: (agree(r), sval(r)))
+    if rule == "labelshift>estimate":
+        source = next((r for r in rows if r["model"] == "source-only"), None)
+        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label shift":
+            return source
+        rule = "estimate"
     if rule == "estimate":
         first, second = (estimator_order or ("agreement", "cot"))
         return _first_max(rows, lambda r: (r["scores"][first], r["scores"].get(second, 0.0)))
@@ -118,9 +133,11 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
 
 
 RUN_RULES = ("agreement>source_val", "source_val>agreement", "rank(agreement,source_val)",
-             "helped>source_val", "helped>agreement", "estimate", "agreement_mean>cot", "mean(agreement_mean,cot)")
+             "helped>source_val", "helped>agreement", "estimate", "agreement_mean>cot", "mean(agreement_mean,cot)",
+             "labelshift>estimate")
 #: what each combined rule reads (it is scored only where every model has these)
-RULE_NEEDS = {"estimate": ("agreement", "cot"), "agreement_mean>cot": ("agreement_mean", "cot"),
+RULE_NEEDS = {"estimate": ("agreement", "cot"), "labelshift>estimate": ("agreement", "cot"),
+              "agreement_mean>cot": ("agreement_mean", "cot"),
               "mean(agreement_mean,cot)": ("agreement_mean", "cot")}
 
 

@@ -61,6 +61,7 @@ from domaingap.runs import load_domains  # noqa: E402
 from adapt.selection import label_free_scores  # noqa: E402
 from adapt.accuracy_estimation import agreement_estimate, estimate_all  # noqa: E402
 from adapt.accuracy_estimation.calibration import CALIBRATION_PATH, most_accurate  # noqa: E402
+from adapt.accuracy_estimation.label_shift import label_shift_check  # noqa: E402
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
 
 SIZE = 16
@@ -173,6 +174,10 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
     """One row per model: true accuracy, every estimate, selector scores (no label used
     for anything but ``true_acc``)."""
     preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
+    src = models.get("source-only")
+    # one check per case, on the source model's outputs (labelfree_combos: labelshift>estimate)
+    shift = None if src is None else label_shift_check(src["source_probs"], src["source_labels"],
+                                                       src["target_probs"], seed=seed).to_dict()
     rows = []
     for name, m in models.items():
         others = [p for n, p in preds.items() if n != name]
@@ -187,7 +192,7 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
             "estimates": est,
             "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
                        "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},
-            "epochs": m["epochs"],
+            "epochs": m["epochs"], "label_shift": shift,
         })
     return rows
 
