@@ -43,11 +43,13 @@ Written on 2026-12-07 (session 13) after the pooled table above showed the pure 
 shift among the `estimate` rule's worst misses (every run loses to the source model there
 and no estimator sees a label shift), and **before** it was scored:
 
-* ``labelshift>estimate`` — check the source model's outputs for a pure label shift
-  (:func:`adapt.accuracy_estimation.label_shift.label_shift_check`: BBSE's prior, a χ² test
-  that the predicted classes changed, bootstrap moment checks that nothing else did); when
-  the verdict is "label shift", the source model (under a pure label shift its target
-  accuracy is identified, and aligning the marginals is what hurts); otherwise ``estimate``.
+* ``labelshift>estimate`` — the audit's reading of the source model's target predictions
+  without labels (:func:`diagnostics.collapse.collapse_report`: BBSE's label mix, and its
+  assumption — the source re-weighted to that mix matches the target — checked by the MMD
+  and classifier two-sample tests of :mod:`diagnostics.label_shift`); when it says
+  "label_shift", the source model (under a pure label shift its target accuracy follows
+  from its source recalls, and aligning the marginals is what hurts); otherwise
+  ``estimate``.
 
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
@@ -112,7 +114,7 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
         return _first_max(cand, lambda r: (agree(r), sval(r)))
     if rule == "labelshift>estimate":
         source = next((r for r in rows if r["model"] == "source-only"), None)
-        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label shift":
+        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
             return source
         rule = "estimate"
     if rule == "estimate":

@@ -61,7 +61,7 @@ from domaingap.runs import load_domains  # noqa: E402
 from adapt.selection import label_free_scores  # noqa: E402
 from adapt.accuracy_estimation import agreement_estimate, estimate_all  # noqa: E402
 from adapt.accuracy_estimation.calibration import CALIBRATION_PATH, most_accurate  # noqa: E402
-from adapt.accuracy_estimation.label_shift import label_shift_check  # noqa: E402
+from diagnostics.collapse import collapse_report  # noqa: E402
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
 
 SIZE = 16
@@ -175,9 +175,12 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
     for anything but ``true_acc``)."""
     preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
     src = models.get("source-only")
-    # one check per case, on the source model's outputs (labelfree_combos: labelshift>estimate)
-    shift = None if src is None else label_shift_check(src["source_probs"], src["source_labels"],
-                                                       src["target_probs"], seed=seed).to_dict()
+    # one reading per case: the audit's unlabelled collapse / label-shift verdict of the source
+    # model (BBSE, then its assumption checked; the model's outputs stand in for its
+    # features, which the cache does not keep) — labelfree_combos: labelshift>estimate
+    shift = None if src is None else {"verdict": collapse_report(
+        src["target_probs"], source_probs=src["source_probs"], source_labels=src["source_labels"],
+        source_features=src["source_probs"], target_features=src["target_probs"], seed=seed).verdict}
     rows = []
     for name, m in models.items():
         others = [p for n, p in preds.items() if n != name]
