@@ -47,6 +47,7 @@ from diagnostics.bbse import MAX_CONDITION as _MAX_CONDITION
 from diagnostics.bbse import BBSEResult, bbse_weights, conditional_from_joint
 from diagnostics.label_shift import LabelShiftCheck, label_shift_check
 from diagnostics.predictions import (confusion_matrix, im_score, marginal_entropy, mean_entropy, prediction_histogram,
+                                     prediction_shift_test,
                                      probability_matrix, shannon_entropy, to_numpy, total_variation)
 
 # Re-exported: the statistics moved to diagnostics.predictions / diagnostics.bbse.
@@ -128,6 +129,9 @@ class CollapseResult:
     true_target_mix: list[float] | None = None
     prediction_vs_truth: float | None = None
     over_predicted: list[str] = field(default_factory=list)
+    #: without target labels: the χ² p-value that the predicted classes differ from the
+    #: source's held-out predictions (computed when BBSE's mix is far from the prior)
+    mix_change_p: float | None = None
     label_shift_check: LabelShiftCheck | None = None
 
     def to_dict(self) -> dict:
@@ -308,6 +312,7 @@ def collapse_report(
             )
 
     check = label_shift_check_result
+    mix_change_p = None
     truth_dist = None
     over: list[str] = []
     level_override = None
@@ -355,8 +360,23 @@ def collapse_report(
         elif pile_up:
             collapsed_unlabelled = True
             reasons.append("no usable held-out source confusion: a label shift to one class cannot be ruled out")
+        # BBSE's mix is itself an estimate: on a few hundred images of many classes it
+        # lies 0.1 from the source prior by chance alone (it did on identical data). A
+        # changed mix is claimed only when the predicted classes themselves differ from
+        # the source's held-out predictions beyond chance (χ² test of homogeneity).
+        moved = None
+        if source_probs is not None and shift_dist is not None and shift_dist > shift_threshold and not pile_up:
+            counts_s = np.bincount(probability_matrix(source_probs, "source_probs").argmax(1), minlength=k)
+            mix_test = prediction_shift_test(counts_s, np.bincount(pt.argmax(1), minlength=k), seed=seed)
+            mix_change_p = float(mix_test["p_value"])
+            moved = mix_change_p < check_alpha
+            if not moved:
+                reasons.append(
+                    f"BBSE's mix differs from the source prior by {shift_dist:.3f}, but the predicted classes "
+                    f"do not differ from the source's held-out predictions beyond chance (χ² p = "
+                    f"{mix_change_p:.3g}, n = {int(counts_s.sum())} + {n_t}): no evidence that the label mix changed")
         claim = bbse is not None and not collapsed_unlabelled and (
-            pile_up or (shift_dist is not None and shift_dist > shift_threshold))
+            pile_up or (shift_dist is not None and shift_dist > shift_threshold and moved is not False))
         if claim and check is None and source_features is not None and target_features is not None \
                 and source_labels is not None:
             check = label_shift_check(source_features, source_labels, target_features, bbse.target_prior,
@@ -399,6 +419,6 @@ def collapse_report(
         label_shift=bool(label_shift), verdict=verdict, reasons=reasons,
         level=level_override or VERDICT_LEVELS[verdict],
         true_target_mix=None if truth is None else [float(v) for v in truth],
-        prediction_vs_truth=truth_dist, over_predicted=over, label_shift_check=check,
+        prediction_vs_truth=truth_dist, over_predicted=over, label_shift_check=check, mix_change_p=mix_change_p,
     )
 

@@ -55,6 +55,7 @@ from diagnostics.frechet import FrechetSampleSizeWarning, frechet_from_moments
 from diagnostics.gap import FailCondition, fired_conditions, parse_fail_on
 from diagnostics.mmd import MMDResult, mmd_permutation_test
 from diagnostics.moments import Moments
+from diagnostics.predictions import prediction_shift_test
 
 __all__ = [
     "REFERENCE_FILE",
@@ -239,38 +240,6 @@ def c2st_p_value(accuracy: float, n: int) -> float:
 
     correct = int(round(float(accuracy) * n))
     return float(binom.sf(correct - 1, n, 0.5))
-
-
-def prediction_shift_test(ref_counts, batch_counts, *, permutations: int = 2000,
-                          seed: int = 0) -> dict[str, Any]:
-    """χ² test of homogeneity of two predicted-class count vectors [K].
-
-    Statistic: Σ (O − E)² / E over the 2 × K table (classes nobody predicts dropped).
-    p from the χ² distribution with K' − 1 degrees of freedom when every expected count
-    is ≥ 5; otherwise by permuting the pooled predictions (p = (1 + #{χ²_b ≥ χ²}) / (1 + B)).
-    """
-    from scipy.stats import chi2_contingency  # late: scipy.stats takes seconds to import
-
-    table = np.vstack([np.asarray(ref_counts, np.int64), np.asarray(batch_counts, np.int64)])
-    table = table[:, table.sum(0) > 0]
-    if table.shape[1] < 2:  # both predict one and the same class: nothing differs
-        return {"chi2": 0.0, "p_value": 1.0, "dof": 0, "method": "degenerate"}
-    chi2, p, dof, expected = chi2_contingency(table, correction=False)
-    if expected.min() >= 5:
-        return {"chi2": float(chi2), "p_value": float(p), "dof": int(dof), "method": "chi2"}
-    rng = np.random.default_rng(seed)
-    pooled = np.repeat(np.arange(table.shape[1]), table.sum(0))
-    n_ref = int(table[0].sum())
-    col = table.sum(0)
-    exp_ref, exp_batch = col * n_ref / len(pooled), col * (len(pooled) - n_ref) / len(pooled)
-    exceed = 0
-    for _ in range(permutations):
-        perm = rng.permutation(pooled)
-        r = np.bincount(perm[:n_ref], minlength=len(col))
-        stat = ((r - exp_ref) ** 2 / exp_ref).sum() + (((col - r) - exp_batch) ** 2 / exp_batch).sum()
-        exceed += stat >= chi2 - 1e-12
-    return {"chi2": float(chi2), "p_value": (1 + exceed) / (1 + permutations), "dof": int(dof),
-            "method": f"permutation ({permutations}; an expected count < 5)"}
 
 
 def confidence_drop_test(ref_conf, batch_conf) -> dict[str, Any]:

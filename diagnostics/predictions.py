@@ -6,17 +6,21 @@ information-maximisation score, and the confusion matrix in BBSE's convention.
   Gomes et al. 2010, Liang et al. SHOT 2020);
 * C[pred, true] (Lipton et al. 2018: rows = predicted class, columns = true class).
   scikit-learn's ``confusion_matrix`` is [true, pred] — the transpose.
+* whether two predicted-class histograms differ (a χ² test of homogeneity): the drift
+  monitor's "the predictions moved" and the collapse report's "the label mix changed".
 
 Entropies are in nats.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from adapt.errors import UserError
 
 __all__ = ["prediction_histogram", "marginal_entropy", "mean_entropy", "im_score", "confusion_matrix",
-           "to_numpy", "probability_matrix", "shannon_entropy", "total_variation"]
+           "to_numpy", "probability_matrix", "shannon_entropy", "total_variation", "prediction_shift_test"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -115,3 +119,35 @@ def confusion_matrix(labels, predictions, num_classes: int, normalize: str | Non
     if normalize is None:
         return c
     raise UserError(f"normalize: {normalize!r} is not one of ['joint', 'conditional', None]")
+
+
+def prediction_shift_test(ref_counts, batch_counts, *, permutations: int = 2000,
+                          seed: int = 0) -> dict[str, Any]:
+    """χ² test of homogeneity of two predicted-class count vectors [K].
+
+    Statistic: Σ (O − E)² / E over the 2 × K table (classes nobody predicts dropped).
+    p from the χ² distribution with K' − 1 degrees of freedom when every expected count
+    is ≥ 5; otherwise by permuting the pooled predictions (p = (1 + #{χ²_b ≥ χ²}) / (1 + B)).
+    """
+    from scipy.stats import chi2_contingency  # late: scipy.stats takes seconds to import
+
+    table = np.vstack([np.asarray(ref_counts, np.int64), np.asarray(batch_counts, np.int64)])
+    table = table[:, table.sum(0) > 0]
+    if table.shape[1] < 2:  # both predict one and the same class: nothing differs
+        return {"chi2": 0.0, "p_value": 1.0, "dof": 0, "method": "degenerate"}
+    chi2, p, dof, expected = chi2_contingency(table, correction=False)
+    if expected.min() >= 5:
+        return {"chi2": float(chi2), "p_value": float(p), "dof": int(dof), "method": "chi2"}
+    rng = np.random.default_rng(seed)
+    pooled = np.repeat(np.arange(table.shape[1]), table.sum(0))
+    n_ref = int(table[0].sum())
+    col = table.sum(0)
+    exp_ref, exp_batch = col * n_ref / len(pooled), col * (len(pooled) - n_ref) / len(pooled)
+    exceed = 0
+    for _ in range(permutations):
+        perm = rng.permutation(pooled)
+        r = np.bincount(perm[:n_ref], minlength=len(col))
+        stat = ((r - exp_ref) ** 2 / exp_ref).sum() + (((col - r) - exp_batch) ** 2 / exp_batch).sum()
+        exceed += stat >= chi2 - 1e-12
+    return {"chi2": float(chi2), "p_value": (1 + exceed) / (1 + permutations), "dof": int(dof),
+            "method": f"permutation ({permutations}; an expected count < 5)"}
