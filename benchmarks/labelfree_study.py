@@ -151,13 +151,15 @@ def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False, 
         labels = json.loads(key.read_text())["labels"]
         truth = np.array([domains.classes.index(labels[Path(i).name]) for i in t_test.ids])
     for name, st in models.items():
-        t = predict(st.model, t_test, device)
+        t = predict(st.model, t_test, device, return_features=name == "source-only")
         if truth is not None:
             assert bool((t["labels"] < 0).all()), "the label-hidden run's target carries labels"
             t["labels"] = truth
         # as deployed on the source: a per-domain-BN run's source-statistics copy, kept by the run
-        s = predict(st.source_model, s_val, device)
-        out_models[name] = {
+        s = predict(st.source_model, s_val, device, return_features=name == "source-only")
+        # the source model's features: what the audit's label-shift reading tests (case_rows)
+        extra = {"source_features": s["features"], "target_features": t["features"]} if name == "source-only" else {}
+        out_models[name] = {**extra,
             "target_probs": t["probs"], "hidden_target_labels": t["labels"],
             "source_probs": s["probs"], "source_labels": s["labels"],
             "mixval": mixval_score(copy.deepcopy(st.model), t_test, device, seed=seed),
@@ -165,6 +167,34 @@ def run_case(kind: str, seed: int, out: Path, epochs: int, reuse: bool = False, 
         }
     atomic_write_bytes(cache, pickle.dumps(out_models))
     return out_models
+
+
+def with_source_features(kind: str, seed: int, out: Path, epochs: int, models: dict[str, Any],
+                         hidden: bool = False) -> dict[str, Any]:
+    """``models`` with the source model's features on the held-out source and target images
+    (``source_features``, ``target_features`` of ``models["source-only"]``), taken from the
+    run folder's source checkpoint when a cache written before they were kept lacks them
+    (checked: the same probabilities as cached)."""
+    if "source_features" in models["source-only"]:
+        return models
+    from adapt.models.checkpoints import load_checkpoint
+    from adapt.recipe import load_recipe
+
+    run_dir = out / "runs" / (f"{kind}_seed{seed}" + ("_hidden" if hidden else ""))
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    domains = load_domains(recipe)
+    model, _ = load_checkpoint(run_dir / "source" / "model.pt")
+    device = torch.device("cpu")
+    s = predict(model, domains.source_split["val"], device, return_features=True)
+    t = predict(model, domains.target_split["test"], device, return_features=True)
+    cached = models["source-only"]
+    for got, want, what in ((s["probs"], cached["source_probs"], "source"), (t["probs"], cached["target_probs"], "target")):
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
+            raise RuntimeError(f"{run_dir}: the source checkpoint's {what} probabilities differ from the cache")
+    models = {**models, "source-only": {**cached, "source_features": s["features"], "target_features": t["features"]}}
+    cache = out / "cases" / f"{kind}_seed{seed}_e{epochs}_v3{'_hidden' if hidden else ''}.pkl"
+    atomic_write_bytes(cache, pickle.dumps(models))
+    return models
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -176,11 +206,16 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
     preds = {n: m["target_probs"].argmax(1) for n, m in models.items()}
     src = models.get("source-only")
     # one reading per case: the audit's unlabelled collapse / label-shift verdict of the source
-    # model (BBSE, then its assumption checked; the model's outputs stand in for its
-    # features, which the cache does not keep) — labelfree_combos: labelshift>estimate
-    shift = None if src is None else {"verdict": collapse_report(
-        src["target_probs"], source_probs=src["source_probs"], source_labels=src["source_labels"],
-        source_features=src["source_probs"], target_features=src["target_probs"], seed=seed).verdict}
+    # model (BBSE, then its assumption checked on the model's features as the audit does;
+    # without them, on its outputs) — labelfree_combos: labelshift>estimate
+    shift = None
+    if src is not None:
+        feats = "source_features" in src
+        fs, ft = (src["source_features"], src["target_features"]) if feats else (src["source_probs"], src["target_probs"])
+        shift = {"verdict": collapse_report(src["target_probs"], source_probs=src["source_probs"],
+                                            source_labels=src["source_labels"], source_features=fs,
+                                            target_features=ft, seed=seed).verdict,
+                 "on": "features" if feats else "outputs"}
     rows = []
     for name, m in models.items():
         others = [p for n, p in preds.items() if n != name]
@@ -440,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.shifts:
             t = time.perf_counter()
             models = run_case(kind, seed, out, args.epochs, args.reuse, args.hide_labels)
+            models = with_source_features(kind, seed, out, args.epochs, models, args.hide_labels)
             rows += case_rows(kind, seed, models)
             peers.append(peer_count_errors(models))
             print(f"{kind} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)

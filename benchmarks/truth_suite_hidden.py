@@ -184,6 +184,15 @@ def selector_rows(case: str, scores: dict[str, Any]) -> tuple[list[dict], list[d
     return rows, verdicts
 
 
+def audit_label_shift_reading(audit_json: Path) -> dict | None:
+    """The audit's own label-free reading of the source model's target predictions (its
+    ``before`` collapse verdict, from the model's features), or None without an audit."""
+    if not audit_json.is_file():
+        return None
+    collapse = (json.loads(audit_json.read_text()).get("before") or {}).get("collapse") or {}
+    return {"verdict": collapse["verdict"], "on": "the audit"} if "verdict" in collapse else None
+
+
 def selector_regrets(cases: list["HiddenCase"], work: Path) -> dict[str, dict[tuple, float]]:
     """{selector: {(case, 0): regret}} over every model of each label-hidden case (source
     model, the case's runs, the peers) for the study's single and combined run selectors;
@@ -201,6 +210,9 @@ def selector_regrets(cases: list["HiddenCase"], work: Path) -> dict[str, dict[tu
         if "truth" not in scores:
             continue
         r, v = selector_rows(c.name, scores)
+        reading = audit_label_shift_reading(work / "hidden" / "runs" / f"{c.name}_hidden" / "audit.json")
+        for row in r if reading else []:
+            row["label_shift"] = reading
         rows += r
         verdicts += v
         err = measured_error("agreement", n_models=len(scores["models"]))

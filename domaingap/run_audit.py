@@ -191,12 +191,16 @@ def measure_stage(
     seed: int,
     reference_boxes: dict[str, list[int]] | None = None,
     source_model: nn.Module | None = None,
+    collapse: dict[str, Any] | None = None,
 ) -> tuple[StageResult, dict[str, Any]]:
     """Everything but the embedding for one model, from its features ``fs``/``ft`` of the
     held-out ``source``/``target`` images: gap statistics, collapse, label-free scores,
     spurious-feature analysis per domain, per-group metrics. A source-free run passes
     ``fs`` and ``source`` None: the gap statistics are left out and everything else is
     measured on the target alone.
+
+    ``collapse``: the collapse section of these very features, when it was already read
+    (the deployment ranking reads the source model's: :func:`domaingap.runs.estimate_ranking`).
 
     Returns the report's :class:`StageResult` and the raw result objects (for
     before/after comparisons such as :func:`diagnostics.attribution.compare_reliance`).
@@ -209,7 +213,8 @@ def measure_stage(
         timings["gap"] = time.perf_counter() - t
     # target labels (when known) make the true mix the judge; without them a label-shift
     # reading is checked against the features with the run's permutation budget
-    collapse = collapse_section(fs, ft, classes, seed=seed, permutations=cfg.permutations)
+    if collapse is None:
+        collapse = collapse_section(fs, ft, classes, seed=seed, permutations=cfg.permutations)
     label_free = label_free_scores(ft.probs)
     # each domain's images, the model that meets them, and its features (with its predictions) there
     domains = [(n, ds, m, f) for n, ds, m, f in (("source", source, source_model or model, fs),
@@ -295,10 +300,18 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
             return ranked[st.name]
         return extract_features(target, st.model, cfg.features, device=device, progress=False, shard=False)
 
-    # the audit runs on the main rank alone: no sharding across a process group
-    feats = [(extract_features(source, sm, cfg.features, device=device, progress=False, shard=False)
-              if has_source else None, on_target(st))
-             for _, st, sm in stages]
+    # the source model's features on these source images, extracted once when the ranking's
+    # label-shift reading read them (with that reading: the before stage's collapse section)
+    read_before = cfg.features == "model" and deployment.source_features is not None \
+        and _same_images(deployment.source_on, source) and _same_images(deployment.ranked_on, target)
+
+    def on_source(st, sm) -> Any:
+        if read_before and st is summary.source and sm is summary.source.model:
+            return deployment.source_features
+        # the audit runs on the main rank alone: no sharding across a process group
+        return extract_features(source, sm, cfg.features, device=device, progress=False, shard=False)
+
+    feats = [(on_source(st, sm) if has_source else None, on_target(st)) for _, st, sm in stages]
     pool = futures = None
     if cfg.umap and has_source:  # the embedding shows the two domains together
         pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -314,8 +327,11 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
             # beside UMAP's worker (one core: single-threaded with a seed) the measurements
             # take one thread: no oversubscription (diagnostics.threads), the same numbers
             with single_threaded() if pool is not None else contextlib.nullcontext():
+                known = deployment.source_reading if read_before and fs is deployment.source_features \
+                    and ft is ranked.get(st.name) else None
                 stage, raw = measure_stage(name, st.model, {**st.metrics, "guard": (st.fit or {}).get("guard")}, fs,
-                                           ft, reference_boxes=refs or None, source_model=sm, **common)
+                                           ft, reference_boxes=refs or None, source_model=sm, collapse=known,
+                                           **common)
             if not refs:  # the after-model is tested on the before-model's suspect regions
                 for dom in ("source", "target"):
                     r = raw.get(f"spurious_{dom}")

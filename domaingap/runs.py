@@ -34,6 +34,7 @@ from adapt.models import load_checkpoint
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from adapt.train import precise_bn_covers
 from diagnostics.features import FeatureSet, extract_features
+from diagnostics.gap import collapse_section
 from diagnostics.ranking import EstimateRanking, rank_by_estimate, recommended_run
 from diagnostics.run_spread import copy_groups, run_spread
 
@@ -142,7 +143,10 @@ class Deployment:
     source images. ``target_features``: its features and predictions on the held-out
     target images (``Domains.target_eval``), extracted once; None when there are none.
     ``ranked_features``: {stage name: FeatureSet} every model's features on the images the
-    ranking read (the audit's target images, ``ranked_on``), reused by the audit.
+    ranking read (the audit's target images, ``ranked_on``), reused by the audit;
+    ``source_features``: the source model's features on the audit's held-out source images
+    (``source_on``), which the ranking's label-shift reading read, and ``source_reading``
+    that reading (the audit's ``before`` collapse section, reused by it).
     """
 
     stage: StageOutcome
@@ -159,6 +163,9 @@ class Deployment:
     #: run-to-run spread of each group of copies (``method.runs[].copies``) on the ranked
     #: target images (:func:`diagnostics.run_spread.run_spread`)
     copies: list[dict[str, Any]] = field(default_factory=list)
+    source_on: DomainDataset | None = None
+    source_features: FeatureSet | None = None
+    source_reading: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -296,9 +303,9 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
     copy (the one its evaluation made) and, with ``target_features``, its held-out target
     features (extracted here, once, on this process alone: no sharding)."""
     method = recipe.method
-    ranking, ranked_on, ranked = None, None, {}
+    ranking, ranked_on, ranked, read = None, None, {}, (None, None, None)
     if method.deploy == "estimate" and summary.runs:  # also beside audit_run: the table shows it
-        ranking, ranked_on, ranked = estimate_ranking(summary, recipe, domains, device)
+        ranking, ranked_on, ranked, read = estimate_ranking(summary, recipe, domains, device)
     if method.audit_run is None and ranking is not None:
         name, rule = ranking.order[0], "estimate"
         audited = next((n for n in ranking.order if n in summary.runs), None)
@@ -319,7 +326,8 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
     return Deployment(stage=stage, run_cfg=run_cfg, batchnorm=batchnorm_statistics(run_cfg), on_source=on_source,
                       target_features=features, audited=audited if audited in summary.runs else None,
                       ranking=ranking, ranked_on=ranked_on, ranked_features=ranked, rule=rule,
-                      copies=copies_spread(summary, recipe, ranking, ranked))
+                      copies=copies_spread(summary, recipe, ranking, ranked),
+                      source_on=read[0], source_features=read[1], source_reading=read[2])
 
 
 def copies_spread(summary: RunSummary, recipe: Recipe, ranking: EstimateRanking | None,
@@ -343,22 +351,34 @@ def copies_spread(summary: RunSummary, recipe: Recipe, ranking: EstimateRanking 
 
 
 def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device
-                     ) -> tuple[EstimateRanking | None, DomainDataset | None, dict[str, FeatureSet]]:
+                     ) -> tuple[EstimateRanking | None, DomainDataset | None, dict[str, FeatureSet], tuple]:
     """Every model (the source model first, then the runs) ranked by its estimated accuracy
     on the held-out target images the audit measures (:func:`held_out_sample`), with the
-    source label mix of the audit's source images (COT); their features, kept for the
-    audit. (None, None, {}) when there are no held-out target images."""
+    source label mix of the audit's source images (COT) and the audit's label-shift reading
+    of the source model (its ``before`` collapse section, from the source model's features
+    on both held-out sets: a pure label shift ranks the source model first,
+    :func:`diagnostics.ranking.rank_by_estimate`). Returns the ranking, the target images,
+    every model's features on them, and (source images, the source model's features on
+    them, the reading) — all kept for the audit. (None, None, {}, (None,) * 3) when there
+    are no held-out target images."""
     n, seed = recipe.diagnostics.max_samples, recipe.seed
     target = held_out_sample(domains.target_eval, n, seed)
     if target is None or len(target) == 0:
-        return None, None, {}
+        return None, None, {}, (None, None, None)
     source = held_out_sample(domains.source_eval, n, seed) if domains.has_source else None
     stages = {"source-only": summary.source, **summary.runs}
     feats = {name: extract_features(target, st.model, "model", device=device, progress=False, shard=False)
              for name, st in stages.items()}
+    source_feats = reading = None
+    if source is not None and len(source) and bool((np.asarray(source.labels) >= 0).all()):
+        source_feats = extract_features(source, summary.source.model, "model", device=device, progress=False,
+                                        shard=False)
+        reading = collapse_section(source_feats, feats["source-only"], domains.classes, seed=seed,
+                                   permutations=recipe.diagnostics.permutations)
     ranking = rank_by_estimate({name: f.probs for name, f in feats.items()},
-                               None if source is None else np.asarray(source.labels), seed=seed)
-    return ranking, target, feats
+                               None if source is None else np.asarray(source.labels), seed=seed,
+                               source_reading=reading)
+    return ranking, target, feats, (source if source_feats is not None else None, source_feats, reading)
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

@@ -91,3 +91,6 @@ def test_label_hidden_case_never_reads_the_labels_and_is_scored_with_them(tmp_pa
     assert sorted(ranked) == sorted(acc)
     assert [r["model"] for r in audit["methods_table"] if r.get("label_free_rank") == 1] == ranked[:1]
     assert "| estimate |" in out and "| im |" in out
+    # one distribution on both sides: the label-free reading of the source model does not
+    # claim a label shift (it did, from BBSE's sampling noise alone, before the χ² gate)
+    assert dep["source_reading"]["verdict"] == audit["before"]["collapse"]["verdict"] == "no_shift"

@@ -13,7 +13,14 @@ def deployment_text(dep: Mapping | None) -> str | None:
     if not dep or not dep.get("model"):
         return None
     model, rule, audited = dep["model"], dep.get("rule"), dep.get("audited")
-    if rule == "estimate":
+    reading = dep.get("source_reading") or {}
+    if rule == "estimate" and reading.get("verdict") == "label_shift":
+        text = (f"Deployed: {model} — the shift reads as a pure label shift (only the class mix changed: "
+                "the label mix estimated from the source model's predictions differs from the source's beyond "
+                "chance, and the source images re-weighted to it match the target's features). Under a label "
+                "shift aligning the domains moves correct predictions towards the old class mix, and the accuracy "
+                "estimates rate that as a gain, so the source model is kept whatever they say")
+    elif rule == "estimate":
         ranking = dep.get("ranking") or []
         est = dep.get("estimator")
         text = (f"Deployed: {model} — the highest estimated target accuracy of the {len(ranking)} models "
@@ -22,7 +29,9 @@ def deployment_text(dep: Mapping | None) -> str | None:
         text = f"Deployed: {model} — named by the recipe (method.audit_run)"
     else:
         text = f"Deployed: {model} — the run the checkpoint selector scores highest (method.deploy: selection)"
-    if audited and audited != model:
+    if audited and audited != model and reading.get("verdict") == "label_shift" and rule == "estimate":
+        text += f"; the audit compares the best-ranked run, {audited}"
+    elif audited and audited != model:
         text += f". No run is estimated higher than the source model; the audit compares the best-ranked run, {audited}"
     text += "."
     for g in dep.get("copies") or []:  # run-to-run spread of copies that differ only in their seed
