@@ -39,6 +39,8 @@ import labelfree_combos as combos  # noqa: E402
 from labelfree_study import estimator_errors  # noqa: E402
 
 BASE = "im"
+#: the rule ``method.deploy: estimate`` applies now (diagnostics.ranking.rank_by_estimate)
+TOOL_RULE = "labelshift>estimate"
 
 
 def study_regrets(path: Path) -> dict[str, dict[tuple, float]]:
@@ -71,14 +73,19 @@ def truth_rows(work: Path) -> list[dict]:
     for p in sorted((work / "hidden").glob("*_hidden_scores.json")):
         scores = json.loads(p.read_text())
         if "truth" in scores:
-            rows += hidden.selector_rows(p.name[: -len("_hidden_scores.json")], scores)[0]
+            name = p.name[: -len("_hidden_scores.json")]
+            r = hidden.selector_rows(name, scores)[0]
+            # the audit's own label-shift reading of the source model, as selector_regrets reads it
+            reading = hidden.audit_label_shift_reading(work / "hidden" / "runs" / f"{name}_hidden" / "audit.json")
+            rows += [{**row, "label_shift": reading} for row in r] if reading else r
     return rows
 
 
 def two_model_regrets(rows: list[dict]) -> np.ndarray:
     """A recipe with one run: the source model and that run are all there is. For every
     (case, run) pair: regret of always deploying the run (what ``deploy: selection`` does
-    with one run) and of the estimate ranking over the two (COT for two models). [pairs, 2]."""
+    with one run) and of the tool's ranking over the two (:data:`TOOL_RULE`: COT for two
+    models, the source model under a pure label shift). [pairs, 2]."""
     order = combos.estimator_order(2)
     out = []
     for case in sorted({(r["shift"], r["seed"]) for r in rows}):
@@ -88,8 +95,8 @@ def two_model_regrets(rows: list[dict]) -> np.ndarray:
             if r is src:
                 continue
             best = max(src["true_acc"], r["true_acc"])
-            # the study's own `estimate` rule over the two (the source model first: it wins ties)
-            pick = combos.pick_run("estimate", [src, r], 0.0, 0, estimator_order=order)
+            # the study's own rule over the two (the source model first: it wins ties)
+            pick = combos.pick_run(TOOL_RULE, [src, r], 0.0, 0, estimator_order=order)
             out.append((best - r["true_acc"], best - pick["true_acc"]))
     return np.asarray(out)
 
@@ -147,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         if rule != BASE:
             p = combos.paired(pooled[rule], pooled[BASE])
             print(f"  {rule} − {BASE}: {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]")
+    if TOOL_RULE in pooled and "estimate" in pooled:
+        p = combos.paired(pooled[TOOL_RULE], pooled["estimate"])
+        differ = sum(abs(pooled[TOOL_RULE][k] - pooled["estimate"][k]) > 1e-12 for k in pooled["estimate"])
+        print(f"\n{TOOL_RULE} − estimate: {100 * p['mean']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] "
+              f"({differ} of {len(pooled['estimate'])} cases differ)")
     # each set's cases apart (the same shift name means other models in each set)
     tag = lambda rows, name: [{**r, "shift": f"{name}/{r['shift']}"} for r in rows]  # noqa: E731
     rows = (tag(study_rows(Path(args.study) / "labelfree_study.json"), "study")
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         boot = [rng.choice(d, len(d)).mean() for _ in range(2000)]
         print(f"\none run, {title} (source model + that run, {len(pairs)} pairs): always the run "
-              f"{100 * pairs[:, 0].mean():.1f} / {100 * pairs[:, 0].max():.1f}, estimate {100 * pairs[:, 1].mean():.1f} / "
+              f"{100 * pairs[:, 0].mean():.1f} / {100 * pairs[:, 0].max():.1f}, {TOOL_RULE} {100 * pairs[:, 1].mean():.1f} / "
               f"{100 * pairs[:, 1].max():.1f} (mean / worst); difference {100 * d.mean():+.1f} "
               f"[{100 * np.quantile(boot, 0.025):+.1f}, {100 * np.quantile(boot, 0.975):+.1f}]")
     return 0

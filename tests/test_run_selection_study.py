@@ -47,3 +47,18 @@ def test_leave_one_set_out_applies_the_rule_best_on_the_other_sets():
     text, table = study.pooled_table(sets)
     assert table["r1"]["pooled"] == pytest.approx((np.mean([0.0, 0.1, 0.0]), 0.1))
     assert text.index("| r1 |") < text.index("| r2 |")  # best pooled mean first
+
+
+def test_under_a_label_shift_reading_the_source_model_is_picked_whatever_the_estimates():
+    combos = _load("labelfree_combos")
+    study = _load("run_selection_study")
+    # the estimates prefer the run (COT 0.7 > 0.5); the truth prefers the source model
+    rows = [_row("ls", "source-only", 0.98, 0.50, 0.9), _row("ls", "aligned", 0.91, 0.70, 0.9)]
+    order = ("cot", "agreement")
+    assert combos.pick_run("estimate", rows, 0.0, 0, estimator_order=order)["model"] == "aligned"
+    shifted = [{**r, "label_shift": {"verdict": "label_shift"}} for r in rows]
+    assert combos.pick_run("labelshift>estimate", shifted, 0.0, 0, estimator_order=order)["model"] == "source-only"
+    # any other reading leaves the estimate to decide
+    other = [{**r, "label_shift": {"verdict": "covariate_shift"}} for r in rows]
+    assert combos.pick_run("labelshift>estimate", other, 0.0, 0, estimator_order=order)["model"] == "aligned"
+    np.testing.assert_allclose(study.two_model_regrets(shifted), [[0.07, 0.0]])
