@@ -242,3 +242,18 @@ def test_identical_domains_of_a_few_hundred_images_are_not_called_a_label_shift(
             gated += res.mix_change_p is not None and res.mix_change_p >= 0.05
     assert said <= 3, said
     assert gated >= 5, gated  # the noise the gate stops is common at this size
+
+
+def test_a_label_shift_check_without_enough_source_images_is_inconclusive_not_a_crash():
+    """BBSE's mix needs class 4, of which the held-out source has one image: the assumption
+    cannot be checked. The report (the audit's, and the deployment ranking's reading, which
+    runs even with diagnostics off) says so instead of ending the run with an error."""
+    rng = np.random.default_rng(0)
+    ys = np.r_[np.repeat([0, 1, 2, 3], 10), [4]]
+    ps = np.eye(5)[ys] * 0.9 + 0.02
+    yt = np.r_[np.full(30, 4), np.repeat([0, 1], 10)]
+    pt = np.eye(5)[yt] * 0.9 + 0.02
+    res = collapse_report(pt, source_probs=ps, source_labels=ys, source_features=ps + 0.01 * rng.standard_normal(ps.shape),
+                          target_features=pt + 0.01 * rng.standard_normal(pt.shape), check_permutations=99)
+    assert res.verdict == "inconclusive" and res.label_shift_check is None
+    assert any("could not run" in r and "fewer than 2" in r for r in res.reasons)
