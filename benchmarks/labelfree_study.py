@@ -62,6 +62,7 @@ from adapt.selection import label_free_scores  # noqa: E402
 from adapt.accuracy_estimation import agreement_estimate, estimate_all  # noqa: E402
 from adapt.accuracy_estimation.calibration import CALIBRATION_PATH, most_accurate  # noqa: E402
 from diagnostics.collapse import collapse_report  # noqa: E402
+from diagnostics.label_shift import change_bound_under_label_shift  # noqa: E402
 from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome  # noqa: E402
 
 SIZE = 16
@@ -216,6 +217,11 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
                                             source_labels=src["source_labels"], source_features=fs,
                                             target_features=ft, seed=seed).verdict,
                  "on": "features" if feats else "outputs"}
+    bounds = {}
+    if shift is not None and shift["verdict"] == "label_shift":  # what the audit's verdict reads then
+        bounds = {n: change_bound_under_label_shift(src["source_probs"], src["source_labels"], src["target_probs"],
+                                                    m["target_probs"], seed=seed)
+                  for n, m in models.items() if n != "source-only"}
     rows = []
     for name, m in models.items():
         others = [p for n, p in preds.items() if n != name]
@@ -230,7 +236,7 @@ def case_rows(kind: str, seed: int, models: dict[str, Any]) -> list[dict[str, An
             "estimates": est,
             "scores": {"im": lf["im"], "snd": lf["snd"], "mixval": m["mixval"],
                        "source_val": float(np.mean(m["source_probs"].argmax(1) == m["source_labels"])), **est},
-            "epochs": m["epochs"], "label_shift": shift,
+            "epochs": m["epochs"], "label_shift": shift, "label_shift_bound": bounds.get(name),
         })
     return rows
 
@@ -359,7 +365,9 @@ def verdict_checks(rows: list[dict[str, Any]], primary: str, secondary: str) -> 
                     estimates_after={k: r["estimates"][k] for k in (primary, secondary)},
                     change_bands={k: (cal.get(k) or {}).get("change_abs_error_p90") for k in (primary, secondary)},
                     largest_share_before=base["largest_share"], largest_share_after=r["largest_share"],
-                    n_classes=len(DIGIT_CLASSES))
+                    n_classes=len(DIGIT_CLASSES),
+                    label_shift_bound=(r["label_shift_bound"]["low"], r["label_shift_bound"]["high"])
+                    if r.get("label_shift_bound") else None)
                 outcome = labelfree_outcome(ev, primary, secondary)
                 out.append({"shift": shift, "seed": case[1], "model": r["model"],
                             "true_change": r["true_acc"] - base["true_acc"], "outcome": outcome.outcome,

@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
+from diagnostics.bbse import bbse_weights
 from diagnostics.mmd import mmd_permutation_test
+from diagnostics.predictions import confusion_matrix
 from diagnostics.two_sample import classifier_two_sample_test
 
-__all__ = ["LabelShiftCheck", "subsample_to_mix", "label_shift_check"]
+__all__ = ["LabelShiftCheck", "subsample_to_mix", "label_shift_check", "change_bound_under_label_shift"]
 
 
 def subsample_to_mix(labels, mix, seed: int = 0, min_per_class: int = 2) -> np.ndarray:
@@ -143,3 +145,63 @@ def label_shift_check(
         classifier_auc=float(c2.auc), alpha=float(alpha), n_source=int(len(idx)), n_target=int(len(xt)),
         mix=[float(v) for v in q], permutations=int(permutations), reason=reason,
     )
+
+
+def _bound_once(ps: np.ndarray, ys: np.ndarray, pt_source: np.ndarray, pred_run: np.ndarray, k: int):
+    """(low, high, source accuracy, agreement) of one (re)sample; see the caller."""
+    joint = confusion_matrix(ys, ps, k, normalize="joint")
+    hist = np.bincount(pt_source.argmax(1), minlength=k)[:k] / len(pt_source)
+    q = np.asarray(bbse_weights(joint, hist).target_prior)
+    pred = ps.argmax(1)
+    recall = np.array([np.mean(pred[ys == c] == c) if np.any(ys == c) else 0.0 for c in range(k)])
+    acc = float(q @ recall)
+    agree = float(np.mean(pt_source.argmax(1) == pred_run))
+    return agree - 1.0, agree + 1.0 - 2.0 * acc, acc, agree
+
+
+def change_bound_under_label_shift(source_probs, source_labels, source_target_probs, run_target_probs, *,
+                                   level: float = 0.95, n_boot: int = 400, seed: int = 0) -> dict:
+    """Bounds on a run's target accuracy change over the source model, valid under a pure
+    label shift (the images of each class unchanged: use it only where
+    :func:`label_shift_check` found no evidence against that).
+
+    Under a label shift the source model's target accuracy is identified from held-out
+    labelled source images (Lipton, Wang & Smola, ICML 2018):
+
+        acc_t(s) = Σ_y q_y · r_y,   r_y = P_s(s(x) = y | y),   q = BBSE's target label mix,
+
+    and any other model r agrees with s on the target exactly as often as the 0-1 triangle
+    inequality allows: |acc_t(r) − agree_t(r, s)| ≤ 1 − acc_t(s). So the change
+    Δ = acc_t(r) − acc_t(s) lies in
+
+        [agree − 1,  agree + 1 − 2 · acc_t(s)].
+
+    The upper end is below zero when the run disagrees with an accurate source model more
+    often than the source model errs — a loss, whatever the run's own confidence says. The
+    lower end is never above zero: a gain is never shown this way. Sampling error: the
+    bounds' ends are taken at ``level`` by a bootstrap over the source images (with their
+    labels) and the target images (both models' predictions of an image together), BBSE's
+    mix re-estimated in each replicate.
+
+    source_probs [n_s, K], source_labels [n_s]: the source model on held-out labelled source
+    images; source_target_probs [n_t, K] and run_target_probs [n_t, K]: the source model and
+    the run on the same target images. Returns {low, high, source_accuracy, agreement,
+    level, n_source, n_target} (fractions; low/high the bootstrap's outer quantiles)."""
+    ps = np.asarray(source_probs, dtype=np.float64)
+    ys = np.asarray(source_labels, dtype=np.int64).reshape(-1)
+    pt = np.asarray(source_target_probs, dtype=np.float64)
+    pr = np.asarray(run_target_probs, dtype=np.float64).argmax(1)
+    if len(ps) != len(ys) or len(pt) != len(pr) or len(ps) < 2 or len(pt) < 2 or ps.shape[1] != pt.shape[1]:
+        raise UserError(f"label-shift bound: {len(ps)} source predictions for {len(ys)} labels, "
+                        f"{len(pt)} and {len(pr)} target predictions")
+    k = ps.shape[1]
+    low, high, acc, agree = _bound_once(ps, ys, pt, pr, k)
+    rng = np.random.default_rng([int(seed), 0xB0])
+    lows, highs = np.empty(n_boot), np.empty(n_boot)
+    for b in range(n_boot):
+        i, j = rng.integers(0, len(ps), len(ps)), rng.integers(0, len(pt), len(pt))
+        lows[b], highs[b], _, _ = _bound_once(ps[i], ys[i], pt[j], pr[j], k)
+    tail = (1.0 - level) / 2
+    return {"low": float(min(low, np.quantile(lows, tail))), "high": float(max(high, np.quantile(highs, 1 - tail))),
+            "source_accuracy": acc, "agreement": agree, "level": float(level),
+            "n_source": int(len(ps)), "n_target": int(len(pt))}

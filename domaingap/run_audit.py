@@ -36,6 +36,7 @@ from diagnostics.audit import Coverage, StageResult, build_audit
 from diagnostics.embedding import umap_embedding
 from diagnostics.features import extract_features
 from diagnostics.gap import collapse_section, measure_gap
+from diagnostics.label_shift import change_bound_under_label_shift
 from diagnostics.labelfree_estimates import accuracy_estimates, estimate_text
 from diagnostics.paired import accuracy_change
 from diagnostics.ranking import rank_runs
@@ -360,6 +361,14 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         before.label_free["accuracy"] = estimates.get("source-only")
         if after is not None:
             after.label_free["accuracy"] = estimates.get(after_name)
+            fs, ft = feats[0]
+            # a pure label shift (the before stage's reading): the estimates are blind there,
+            # the change's bound is not (diagnostics/audit/labelfree_policy.py)
+            if (before.collapse or {}).get("verdict") == "label_shift" and fs is not None \
+                    and after.label_free["accuracy"] is not None:
+                after.label_free["accuracy"] = {**after.label_free["accuracy"], "label_shift_bound":
+                                                change_bound_under_label_shift(fs.probs, fs.labels, ft.probs,
+                                                                               feats[1][1].probs, seed=recipe.seed)}
     data = None
     if cfg.data_audit:  # opt-in: it reads every image of both domains (docs/data_audit.md)
         data = run_data_section(domains, recipe.seed, progress)

@@ -51,3 +51,31 @@ def test_covariate_shift_fails_even_with_the_right_mix():
     assert not res.passed and min(res.mmd_p, res.classifier_p) < 0.025
     assert "covariate shift" in res.reason
     json.dumps(res.to_dict())
+
+
+# ---------------------------------------------------------- the change bound under a label shift
+def test_the_change_bound_holds_the_true_change_of_a_run_that_rebalances_a_label_shift():
+    """Known truth: a pure label shift (a third each → 70 / 20 / 10 %), the source model
+    (the Bayes classifier of the source) and a run that moves predictions off class 0 (what
+    aligning the marginals does there). The true change, from the hidden labels, lies in the
+    bound; the bound's top is below zero — a loss shown without a target label."""
+    from diagnostics.label_shift import change_bound_under_label_shift
+
+    rng = np.random.default_rng(4)
+    xs, ys = _domain(rng, [1 / 3] * 3, 600)
+    xt, yt = _domain(rng, [0.7, 0.2, 0.1], 600)
+
+    def probs(x, bias=(0.0, 0.0, 0.0)):
+        logit = -0.5 * ((x[:, None, :] - MU[None]) ** 2).sum(-1) + np.asarray(bias)
+        p = np.exp(logit - logit.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    ps, pt_source, pt_run = probs(xs), probs(xt), probs(xt, bias=(-3.0, 1.5, 1.5))
+    true = float(np.mean(pt_run.argmax(1) == yt) - np.mean(pt_source.argmax(1) == yt))
+    bound = change_bound_under_label_shift(ps, ys, pt_source, pt_run, seed=0)
+    assert true < -0.05  # the run does lose
+    assert bound["low"] <= true <= bound["high"] < 0, (true, bound)
+    assert bound["source_accuracy"] == pytest.approx(np.mean(pt_source.argmax(1) == yt), abs=0.03)
+    # the run identical to the source model: no change, and the bound cannot show a loss
+    same = change_bound_under_label_shift(ps, ys, pt_source, pt_source, seed=0)
+    assert same["low"] <= 0.0 <= same["high"]

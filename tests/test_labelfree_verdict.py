@@ -179,3 +179,20 @@ def test_the_default_estimator_is_the_most_accurate_for_the_models_compared():
     assert (seven["default"], seven["corroborating"]) == ("agreement", "cot")
     assert most_accurate({"agreement": 0.1, "agreement_mean": 0.11, "doc": 0.3}) == ("agreement", "doc")
     assert most_accurate({"x": None}) == (None, None)
+
+
+def test_under_a_label_shift_the_bound_decides_and_the_blind_estimates_cannot_claim_a_gain():
+    from diagnostics.audit.labelfree_policy import LabelFreeEvidence, labelfree_outcome
+
+    def ev(d1, bound, after_share=0.3):
+        return LabelFreeEvidence({"agreement": 0.8, "cot": 0.8}, {"agreement": 0.8 + d1, "cot": 0.8 + d1},
+                                 {"agreement": 0.05, "cot": 0.05}, 0.3, after_share, label_shift_bound=bound)
+
+    # the estimates alone would say "helped" (+20 ± 5, both up): under a label shift they
+    # are blind, and the bound crosses 0 — can't tell
+    assert labelfree_outcome(ev(0.20, None), "agreement", "cot").outcome == "helped"
+    assert labelfree_outcome(ev(0.20, (-0.1, 0.02)), "agreement", "cot").outcome == "can't tell"
+    # the bound below 0: a loss; corroborated by the estimate's sign → negative transfer
+    assert labelfree_outcome(ev(-0.01, (-0.15, -0.04)), "agreement", "cot").outcome == "negative transfer"
+    out = labelfree_outcome(ev(0.02, (-0.15, -0.04)), "agreement", "cot")
+    assert out.outcome == "did not help" and any("pure label shift" in r for r in out.reasons)

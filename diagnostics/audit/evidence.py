@@ -297,6 +297,9 @@ class LabelFree:
     estimates: dict = field(default_factory=dict)  # {estimator: AccuracyEstimate}
     default: str | None = None
     corroborating: str | None = None
+    #: (low, high) of the change over the source model under a pure label shift
+    #: (:func:`diagnostics.label_shift.change_bound_under_label_shift`); adapted stage only
+    label_shift_bound: tuple[float, float] | None = None
 
     @classmethod
     def parse(cls, d: Mapping) -> LabelFree:
@@ -304,8 +307,11 @@ class LabelFree:
         est = {str(n): AccuracyEstimate(float(e["accuracy"]), _opt_float(e.get("band")),
                                         _opt_float(e.get("change_band")))
                for n, e in section(acc, "estimates").items() if number(e, "accuracy") is not None}
+        b = section(acc, "label_shift_bound")
+        bound = (float(b["low"]), float(b["high"])) if number(b, "low") is not None and \
+            number(b, "high") is not None else None
         return cls(number(d, "im_score"), number(d, "snd"), est, acc.get("default") or None,
-                   acc.get("corroborating") or None)
+                   acc.get("corroborating") or None, bound)
 
 
 # --------------------------------------------------------------------------- a stage, the audit

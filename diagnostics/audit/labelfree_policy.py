@@ -15,6 +15,18 @@ band its change estimate missed by in the measured study (90th percentile of
   measured band (an estimate without a measured error is not used).
 
 One indicator never decides a gain or a loss on its own.
+
+**Under a pure label shift** (the source model's collapse reading is "label_shift": BBSE's
+label mix changed beyond chance and its assumption passed the two-sample checks) the
+estimators above are blind — they read the changed class mix as lost accuracy. The
+verdict then reads the bound of :func:`diagnostics.label_shift.change_bound_under_label_shift`
+instead (``label_shift_bound``: the run's change lies in [low, high] at 95 %):
+
+* **negative transfer** — high < 0 (a loss, from the source model's identified accuracy
+  and how often the run disagrees with it) and the primary estimate's change is negative
+  too, or collapse appeared; **did not help** — high < 0 alone;
+* **can't tell** — otherwise: the bound cannot show a gain, and the blind estimates are
+  not used to claim one.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ class LabelFreeEvidence:
     largest_share_before: float | None = None
     largest_share_after: float | None = None
     n_classes: int | None = None
+    #: (low, high) of the change under a pure label shift, when the reading says so
+    label_shift_bound: tuple[float, float] | None = None
 
 
 @dataclass
@@ -72,6 +86,15 @@ def labelfree_outcome(ev: LabelFreeEvidence, primary: str, secondary: str | None
                        + " points")
     if collapse:
         reasons.append(f"collapse appeared ({100 * ev.largest_share_after:.0f} % of target predictions in one class)")
+    if ev.label_shift_bound is not None:
+        low, high = ev.label_shift_bound
+        reasons.append(f"a pure label shift: the change lies in [{100 * low:+.1f}, {100 * high:+.1f}] points "
+                       "(the source model's accuracy from its source recalls and BBSE's label mix, and how often "
+                       "the run disagrees with it; 95 %) — the accuracy estimates cannot see this shift")
+        if high < 0:
+            confirmed = collapse or d1 < 0
+            return LabelFreeOutcome("negative transfer" if confirmed else "did not help", d1, b1, reasons)
+        return LabelFreeOutcome("can't tell", d1, b1, reasons + ["the bound crosses 0"])
     if d1 - b1 > 0:
         if d2 is not None and d2 > 0 and not collapse:
             return LabelFreeOutcome("helped", d1, b1, reasons)

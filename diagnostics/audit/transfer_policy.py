@@ -132,12 +132,15 @@ def labelfree_verdict(before: StageEvidence, after: StageEvidence, evidence: dic
         estimates_after={n: ea.estimates[n].accuracy for n in names},
         change_bands={n: ea.estimates[n].change_band for n in names},
         largest_share_before=before.collapse.target.largest_share,
-        largest_share_after=after.collapse.target.largest_share)
+        largest_share_after=after.collapse.target.largest_share,
+        label_shift_bound=ea.label_shift_bound)
     out = labelfree_outcome(ev, primary, names[1] if len(names) > 1 else None)
     pb, pa = eb.estimates[primary], ea.estimates[primary]
     evidence.update(labelfree_outcome=out.outcome, estimator=primary,
                     estimated_target_accuracy_before=pb.accuracy, estimated_target_accuracy_after=pa.accuracy,
                     estimate_band=pa.band, estimated_change=out.change, estimated_change_band=out.band)
+    if ea.label_shift_bound is not None:
+        evidence["label_shift_change_bound"] = list(ea.label_shift_bound)
     est = (f"estimated target accuracy {100 * pb.accuracy:.0f} % ± {100 * pb.band:.0f} → "
            f"{100 * pa.accuracy:.0f} % ± {100 * pa.band:.0f} "
            f"({primary}; bands = measured 90th-percentile error)")
