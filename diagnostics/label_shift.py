@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from adapt.errors import UserError
-from diagnostics.bbse import bbse_weights
+from diagnostics.bbse import bbse_weights, conditional_from_joint
 from diagnostics.mmd import mmd_permutation_test
-from diagnostics.predictions import confusion_matrix
+from diagnostics.predictions import confusion_matrix, prediction_histogram
 from diagnostics.two_sample import classifier_two_sample_test
 
 __all__ = ["LabelShiftCheck", "subsample_to_mix", "label_shift_check", "change_bound_under_label_shift"]
@@ -150,10 +150,8 @@ def label_shift_check(
 def _bound_once(ps: np.ndarray, ys: np.ndarray, pt_source: np.ndarray, pred_run: np.ndarray, k: int):
     """(low, high, source accuracy, agreement) of one (re)sample; see the caller."""
     joint = confusion_matrix(ys, ps, k, normalize="joint")
-    hist = np.bincount(pt_source.argmax(1), minlength=k)[:k] / len(pt_source)
-    q = np.asarray(bbse_weights(joint, hist).target_prior)
-    pred = ps.argmax(1)
-    recall = np.array([np.mean(pred[ys == c] == c) if np.any(ys == c) else 0.0 for c in range(k)])
+    q = np.asarray(bbse_weights(joint, prediction_histogram(pt_source, k)).target_prior)
+    recall = np.diagonal(conditional_from_joint(joint)[0])  # P_s(ŷ = y | y); 0 for a class absent here
     acc = float(q @ recall)
     agree = float(np.mean(pt_source.argmax(1) == pred_run))
     return agree - 1.0, agree + 1.0 - 2.0 * acc, acc, agree

@@ -104,11 +104,6 @@ class EstimateRanking:
     #: given; "label_shift" put that model first
     source_reading: dict[str, str] | None = None
 
-    @property
-    def label_shift(self) -> bool:
-        """Whether the source model was ranked first because the shift reads as a pure label shift."""
-        return (self.source_reading or {}).get("verdict") == "label_shift"
-
     def rows(self, target_accuracy: Mapping[str, float | None] | None = None) -> list[dict[str, Any]]:
         """The ranking as :func:`rank_runs` gives it — ``[{run, score, rank, oracle_rank}]``,
         every model, score = the ranking estimator's estimate."""
