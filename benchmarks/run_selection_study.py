@@ -71,13 +71,8 @@ def truth_rows(work: Path) -> list[dict]:
 
     rows = []
     for p in sorted((work / "hidden").glob("*_hidden_scores.json")):
-        scores = json.loads(p.read_text())
-        if "truth" in scores:
-            name = p.name[: -len("_hidden_scores.json")]
-            r = hidden.selector_rows(name, scores)[0]
-            # the audit's own label-shift reading of the source model, as selector_regrets reads it
-            reading = hidden.audit_label_shift_reading(work / "hidden" / "runs" / f"{name}_hidden" / "audit.json")
-            rows += [{**row, "label_shift": reading} for row in r] if reading else r
+        got = hidden.hidden_case_rows(work, p.name[: -len("_hidden_scores.json")])
+        rows += got[0] if got else []
     return rows
 
 

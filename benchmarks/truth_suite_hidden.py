@@ -193,6 +193,23 @@ def audit_label_shift_reading(audit_json: Path) -> dict | None:
     return {"verdict": collapse["verdict"], "on": "the audit"} if "verdict" in collapse else None
 
 
+def hidden_case_rows(work: Path, name: str) -> tuple[list[dict], list[dict], int] | None:
+    """One label-hidden case's study rows and verdicts (:func:`selector_rows`), every row
+    carrying the audit's own label-shift reading of the source model, and its number of
+    models; None when the case left no scored predictions."""
+    path = work / "hidden" / f"{name}_hidden_scores.json"
+    if not path.is_file():
+        return None
+    scores = json.loads(path.read_text())
+    if "truth" not in scores:
+        return None
+    rows, verdicts = selector_rows(name, scores)
+    reading = audit_label_shift_reading(work / "hidden" / "runs" / f"{name}_hidden" / "audit.json")
+    if reading:
+        rows = [{**r, "label_shift": reading} for r in rows]
+    return rows, verdicts, len(scores["models"])
+
+
 def selector_regrets(cases: list["HiddenCase"], work: Path) -> dict[str, dict[tuple, float]]:
     """{selector: {(case, 0): regret}} over every model of each label-hidden case (source
     model, the case's runs, the peers) for the study's single and combined run selectors;
@@ -203,19 +220,13 @@ def selector_regrets(cases: list["HiddenCase"], work: Path) -> dict[str, dict[tu
 
     rows, verdicts, bands = [], [], {}
     for c in cases:
-        path = work / "hidden" / f"{c.name}_hidden_scores.json"
-        if c.error or not path.is_file():
+        got = None if c.error else hidden_case_rows(work, c.name)
+        if got is None:
             continue
-        scores = json.loads(path.read_text())
-        if "truth" not in scores:
-            continue
-        r, v = selector_rows(c.name, scores)
-        reading = audit_label_shift_reading(work / "hidden" / "runs" / f"{c.name}_hidden" / "audit.json")
-        for row in r if reading else []:
-            row["label_shift"] = reading
+        r, v, n_models = got
         rows += r
         verdicts += v
-        err = measured_error("agreement", n_models=len(scores["models"]))
+        err = measured_error("agreement", n_models=n_models)
         bands[c.name] = err.change_p90 if err is not None and err.change_p90 is not None else 0.0
     return combos.run_regrets(rows, bands, verdicts) if rows else {}
 
