@@ -13,8 +13,12 @@ makes the kNN search cheap) -> UMAP(random_state=seed) to 2-D. With a fixed seed
 runs single-threaded and is reproducible. ``method="pca"`` is a cheap deterministic
 2-D PCA for tests and quick runs.
 
-Cost note: the first UMAP call in a process compiles numba kernels (measured ≈10-20 s on
-a busy 2-core CPU); later calls on a few thousand points take a few seconds.
+Cost note: the first UMAP call in a process compiles numba kernels; up to
+:data:`EXACT_KNN_MAX_POINTS` points the neighbour graph is exact (:func:`exact_knn`), which
+spares the nearest-neighbour search's kernels (``benchmarks/bench_umap_knn.py``, one
+thread, 2,000 points: first call in a new process 16.7 → 8.6 s, a second call 4.6 → 1.9 s).
+The layout's random stream differs from NN-descent's (which drew from the same seed first),
+so the picture is another draw of the same layout, not the old coordinates.
 """
 from __future__ import annotations
 
@@ -172,15 +176,41 @@ def pca_embedding(source_features, target_features, source_labels=None, target_l
                           max_points=max_points, seed=seed, method="pca")
 
 
+#: up to this many points the neighbour graph is computed exactly (umap-learn before 0.5
+#: did the same below 4,096 points); above it UMAP's own approximate search (NN-descent)
+EXACT_KNN_MAX_POINTS = 4096
+
+
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of every row of ``x`` [M, D] among the rows, itself
+    first (Euclidean; brute force, O(M² D)): indices [M, k] int32 and distances [M, k]
+    float32, nearest first — the layout UMAP's ``precomputed_knn`` takes.
+
+    Why not UMAP's own search: on a few thousand points NN-descent (pynndescent) finds the
+    same graph (recall 0.9995 at 1,200 points, 0.9997 at 2,000: ``benchmarks/bench_umap_knn.py``)
+    but compiles its numba kernels in every new process — 6-8 s of the audit's embedding
+    worker, more than the whole layout takes."""
+    from sklearn.neighbors import NearestNeighbors  # late: scikit-learn is slow to import
+
+    dist, ind = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x)
+    return ind.astype(np.int32), dist.astype(np.float32)
+
+
 def _umap(x: np.ndarray, seed: int, n_neighbors: int, min_dist: float) -> np.ndarray:
     import umap  # late: umap (numba) takes seconds to import
 
     n_neighbors = int(max(2, min(n_neighbors, len(x) - 1)))
+    knn = exact_knn(x, n_neighbors) if len(x) <= EXACT_KNN_MAX_POINTS else None
     reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist,
-                        random_state=seed, init="spectral" if len(x) > n_neighbors + 2 else "random")
+                        random_state=seed, init="spectral" if len(x) > n_neighbors + 2 else "random",
+                        precomputed_knn=(*knn, None) if knn is not None else (None, None, None))
     with warnings.catch_warnings():
         # "n_jobs overridden to 1 by setting random_state": expected, that is the price
         # of reproducibility.
         warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
         warnings.filterwarnings("ignore", message=".*random_state.*")
+        # a precomputed graph has no search index: the embedding cannot place new points
+        # later (``transform``), which the audit never asks of it
+        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
+        warnings.filterwarnings("ignore", message=".*search index.*")
         return reducer.fit_transform(x)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adapt.errors import UserError
-from diagnostics.embedding import pca_embedding, stratified_cap, umap_embedding
+from diagnostics.embedding import exact_knn, pca_embedding, stratified_cap, umap_embedding
 
 
 def _two_domains(ns=300, nt=200, d=64, shift=3.0, seed=0):
@@ -63,6 +63,33 @@ def test_embedding_rejects_mismatched_inputs():
 
 
 @pytest.mark.slow
+def test_exact_knn_is_each_points_nearest_rows_itself_first():
+    """Known answer: the neighbours by a full distance matrix in float64 (distinct distances)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 12)).astype(np.float32)
+    ind, dist = exact_knn(x, 6)
+    full = np.sqrt(((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    want = np.argsort(full, axis=1, kind="stable")[:, :6]
+    assert ind.dtype == np.int32 and dist.dtype == np.float32 and ind.shape == dist.shape == (200, 6)
+    np.testing.assert_array_equal(ind, want)
+    assert (ind[:, 0] == np.arange(200)).all()
+    np.testing.assert_allclose(dist, np.take_along_axis(full, want, 1), atol=1e-4)
+
+
+def test_umap_on_a_few_thousand_points_skips_the_approximate_neighbour_search(monkeypatch):
+    """Up to EXACT_KNN_MAX_POINTS the neighbour graph is exact and handed to UMAP: its own
+    NN-descent (whose numba kernels cost ~9 s to compile in each new process) never runs."""
+    import umap.umap_ as umap_mod
+
+    def no_search(*a, **kw):
+        raise AssertionError("UMAP ran its own nearest-neighbour search")
+
+    monkeypatch.setattr(umap_mod, "nearest_neighbors", no_search)
+    xs, xt, ys, yt = _two_domains(ns=120, nt=80, shift=4.0)
+    r = umap_embedding(xs, xt, ys, yt, max_points=200, seed=1, n_neighbors=10)
+    assert r.coords.shape == (200, 2) and np.isfinite(r.coords).all()
+
+
 def test_umap_is_deterministic_capped_and_separates_domains():
     # The first UMAP call in a process compiles numba kernels (10-50 s on a busy CPU);
     # one test pays it, with a small input.
