@@ -343,8 +343,13 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         if futures is not None:
             for (stage, _), fut in zip(results, futures):
                 stage.embedding = _embedding_section(fut.result(), domains.classes)
-    finally:
         if pool is not None:
+            # every job is done: the worker's exit (interpreter and torch teardown, ~1.5 s)
+            # overlaps the report instead of holding the audit
+            pool.shutdown(wait=False)
+            pool = None
+    finally:
+        if pool is not None:  # an error: stop what has not started, wait for the rest
             pool.shutdown(cancel_futures=True)
 
     before = results[0][0]
