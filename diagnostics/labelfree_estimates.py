@@ -20,15 +20,17 @@ from adapt.accuracy_estimation.calibration import load_calibration, measured_err
 
 def accuracy_estimates(target_probs: np.ndarray, source_probs: np.ndarray | None = None,
                        source_labels: np.ndarray | None = None, other_target_preds: list[np.ndarray] | None = None,
-                       calibration: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+                       calibration: dict[str, Any] | None = None, seed: int = 0,
+                       known: dict[str, float] | None = None) -> dict[str, Any]:
     """``{"estimates": {name: {accuracy, band, change_band, mean_error, n_models}}, "default",
     "corroborating", "calibration": {cases, date, command}}`` for one model (fractions).
 
     ``target_probs`` [n_t, K]; ``source_probs`` [n_s, K] / ``source_labels`` [n_s]:
     held-out labelled source images as the model is deployed there; ``other_target_preds``
-    [M, n_t]: the other models' predicted labels on the same target images."""
+    [M, n_t]: the other models' predicted labels on the same target images; ``known``:
+    estimates already computed from the same inputs (:func:`adapt.accuracy_estimation.estimate.estimate_all`)."""
     cal = load_calibration() if calibration is None else calibration
-    raw = estimate_all(target_probs, source_probs, source_labels, other_target_preds, seed=seed)
+    raw = estimate_all(target_probs, source_probs, source_labels, other_target_preds, seed=seed, known=known)
     estimates, errors = {}, {}
     for name, value in raw.items():
         # agreement's error depends on how many models it compares: this one and its peers

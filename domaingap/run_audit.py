@@ -362,7 +362,11 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
         say("audit: estimating target accuracy without labels")
         measured = {name: (None, f) for name, f in ranked.items()}
         measured.update({st.name: f for (_, st, _), f in zip(stages, feats)})
-        estimates = _label_free_estimates(summary, measured, source, target, device, recipe.seed)
+        # the ranking's COT read the same target probabilities (``ranked``: these images, the
+        # models' own features) and the same source labels (``source_on``: these images)
+        known = deployment.ranking.estimates if deployment.ranking is not None and ranked \
+            and _same_images(deployment.source_on, source) else None
+        estimates = _label_free_estimates(summary, measured, source, target, device, recipe.seed, known)
         before.label_free["accuracy"] = estimates.get("source-only")
         if after is not None:
             after.label_free["accuracy"] = estimates.get(after_name)
@@ -416,14 +420,17 @@ def methods_rows(table: list[dict], ranking: list[dict], audited: str | None, re
 
 
 def _label_free_estimates(summary: RunSummary, measured: dict[str, tuple[Any, Any]], source, target,
-                          device: torch.device, seed: int) -> dict[str, Any]:
+                          device: torch.device, seed: int,
+                          known: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Every model's label-free accuracy estimates on the audit's target images (agreement
     with the other models; ATC, DoC, COT from the held-out source images as the model is
     deployed there: a per-domain-BN run's kept source-statistics copy):
     {model name: :func:`diagnostics.labelfree_estimates.accuracy_estimates`}.
 
     ``measured``: {stage name: (source, target) FeatureSets} of the models the audit has
-    already run over these same images; their predictions are reused, not computed again."""
+    already run over these same images; their predictions are reused, not computed again;
+    ``known``: {model name: estimates} the deployment ranking computed on these same target
+    and source images (its COT is taken, not solved again)."""
     stages = {"source-only": summary.source, **summary.runs}
     t_probs, s_out = {}, {}
     for name, st in stages.items():
@@ -443,7 +450,8 @@ def _label_free_estimates(summary: RunSummary, measured: dict[str, tuple[Any, An
     for name in stages:
         others = [p.argmax(1) for n, p in t_probs.items() if n != name]
         s_probs, s_labels = s_out[name] or (None, None)
-        out[name] = accuracy_estimates(t_probs[name], s_probs, s_labels, others or None, seed=seed)
+        out[name] = accuracy_estimates(t_probs[name], s_probs, s_labels, others or None, seed=seed,
+                                       known=(known or {}).get(name))
     return out
 
 

@@ -130,23 +130,26 @@ def recorded_run(recipe) -> E2ERun:
     run did — "adabn": the data of every BatchNorm re-estimation; "order": the batch size
     each layer-order probe ran; "on_source": the model of every deployed_on_source call;
     "features": (dataset, model) of every feature extraction; "predict": (dataset, model)
-    of every prediction pass; "decided": every deployment decision (decide_deployment)."""
+    of every prediction pass; "decided": every deployment decision (decide_deployment);
+    "cot": the target probabilities of every COT estimate (an optimal-transport solve)."""
+    import adapt.accuracy_estimation.estimate as estimate_mod
     import adapt.evaluate as evaluate_mod
     import adapt.methods.adabn as adabn_mod
     import adapt.selection as selection_mod
     import adapt.train as train_mod
     import diagnostics.drift as drift_mod
     import diagnostics.features as features_mod
+    import diagnostics.ranking as ranking_mod
     import domaingap.pipeline as pipeline_mod
     import domaingap.run_audit as audit_mod
     import domaingap.runs as runs_mod
 
     calls: dict[str, list] = {"adabn": [], "order": [], "on_source": [], "features": [], "predict": [],
-                              "decided": []}
+                              "decided": [], "cot": []}
     loaded = []
     real = dict(adabn=adabn_mod.adabn, order=adabn_mod._forward_order, on_source=runs_mod.deployed_on_source,
                 features=features_mod.extract_features, predict=evaluate_mod.predict,
-                decided=runs_mod.decide_deployment, load=pipeline_mod.load_domains)
+                decided=runs_mod.decide_deployment, load=pipeline_mod.load_domains, cot=estimate_mod.estimate_cot)
 
     def adabn_spy(model, data, *a, **kw):
         calls["adabn"].append(getattr(data, "dataset", data))
@@ -172,6 +175,10 @@ def recorded_run(recipe) -> E2ERun:
         calls["decided"].append(a)
         return real["decided"](*a, **kw)
 
+    def cot_spy(target_probs, *a, **kw):
+        calls["cot"].append(target_probs)
+        return real["cot"](target_probs, *a, **kw)
+
     def load_spy(rec):
         loaded.append(real["load"](rec))
         return loaded[-1]
@@ -191,6 +198,8 @@ def recorded_run(recipe) -> E2ERun:
         for mod in (runs_mod, pipeline_mod, audit_mod):  # wherever the deployed model is decided
             mp.setattr(mod, "decide_deployment", decided_spy, raising=False)
         mp.setattr(pipeline_mod, "load_domains", load_spy)
+        for mod in (estimate_mod, ranking_mod):  # every module that calls estimate_cot by name
+            mp.setattr(mod, "estimate_cot", cot_spy)
         summary = pipeline_mod.run_recipe(recipe, progress=False)
     finally:
         mp.undo()

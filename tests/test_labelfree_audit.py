@@ -92,3 +92,18 @@ def test_each_audited_model_runs_over_each_held_out_domain_once(lf):
     # the audit, the drift reference and the table read one decision
     assert len(calls["decided"]) == 1, len(calls["decided"])
     assert summary.deployment.stage is deployed
+
+
+def test_each_models_cot_is_solved_once_and_the_audit_shows_the_rankings(lf):
+    # the deployment ranking solves COT's transport problem for every model on the audit's
+    # held-out images; the audit's estimates read the same probabilities and source labels,
+    # so they take those values (was: every model solved twice)
+    summary, calls = lf.summary, lf.calls
+    ranking = summary.deployment.ranking
+    assert ranking is not None and all("cot" in ranking.estimates[m] for m in ("source-only", "adabn", "dann"))
+    assert len(calls["cot"]) == 3, len(calls["cot"])
+    audit = json.loads((summary.run_dir / "audit.json").read_text())
+    shown = {"source-only": audit["before"]["label_free"]["accuracy"],
+             summary.deployment.audited: audit["after"]["label_free"]["accuracy"]}
+    for name, section in shown.items():
+        assert section["estimates"]["cot"]["accuracy"] == pytest.approx(ranking.estimates[name]["cot"], abs=1e-12)
