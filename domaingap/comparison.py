@@ -1,6 +1,8 @@
 """The comparison printed at the end of ``adapt-run`` and written as ``comparison.md``:
 one row per model (source-only, each adapted run, each baseline) with source and target
 test accuracy and macro-F1, the label-free selected epoch, its IM score and the time.
+Where the target's labels are unknown, the deployment ranking's label-free estimate of each
+model's target accuracy with its measured band takes the place of the unknown accuracy.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 from domaingap.runs import RunSummary, StageOutcome
 from adapt.selectors import chosen_epoch
 
-__all__ = ["comparison_table", "format_table", "stage_line"]
+__all__ = ["comparison_table", "with_estimates", "format_table", "stage_line"]
 
 
 def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
@@ -47,6 +49,30 @@ def comparison_table(summary: RunSummary) -> list[dict[str, Any]]:
     return rows
 
 
+def with_estimates(rows: list[dict[str, Any]], ranking: Any) -> list[dict[str, Any]]:
+    """``rows`` with ``target_acc_estimated`` = {accuracy, band, estimator} (fractions) on each
+    row whose target accuracy is unknown and that the deployment ranking estimated
+    (:class:`diagnostics.ranking.EstimateRanking`: every model on the same held-out target
+    images); ``band``: the estimator's measured 90th-percentile error for this many models
+    (:func:`adapt.accuracy_estimation.calibration.measured_error`), None when never measured
+    — then no estimate is shown. Rows with a measured accuracy are returned unchanged."""
+    if ranking is None:
+        return rows
+    from adapt.accuracy_estimation.calibration import measured_error  # late: reads the calibration file
+
+    err = measured_error(ranking.estimator, n_models=len(ranking.order))
+    if err is None:
+        return rows
+    out = []
+    for r in rows:
+        est = (ranking.estimates.get(r["model"]) or {}).get(ranking.estimator)
+        if r["target_acc"] is None and est is not None:
+            r = {**r, "target_acc_estimated": {"accuracy": float(est), "band": err.accuracy_p90,
+                                               "estimator": ranking.estimator}}
+        out.append(r)
+    return out
+
+
 def _picks_columns(selection: dict[str, Any]) -> dict[str, Any]:
     """The audit's view of ``selection.json``'s picks: what each selector chose, and
     whether the label-free and source selectors agree (``last`` aside)."""
@@ -61,13 +87,20 @@ def _picks_columns(selection: dict[str, Any]) -> dict[str, Any]:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`comparison_table` rows."""
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    lines = ["| model | source acc % | target acc % | target F1 % | selected epoch | IM | time s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    # target labels unknown: the label-free estimate ± its measured band, marked as such
+    estimated = any(r.get("target_acc_estimated") for r in rows)
+    extra = " estimated target acc % (no target labels) |" if estimated else ""
+    lines = ["| model | source acc % | target acc % | target F1 % | selected epoch | IM | time s |" + extra,
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if estimated else "")]
     for r in rows:
         im = "—" if r["im"] is None else f"{r['im']:.3f}"
         ep = "—" if r["selected_epoch"] is None else str(r["selected_epoch"])
-        lines.append(f"| {r['model']} | {pct(r['source_acc'])} | {pct(r['target_acc'])} | "
-                     f"{pct(r['target_f1'])} | {ep} | {im} | {r['seconds']} |")
+        line = (f"| {r['model']} | {pct(r['source_acc'])} | {pct(r['target_acc'])} | "
+                f"{pct(r['target_f1'])} | {ep} | {im} | {r['seconds']} |")
+        if estimated:
+            e = r.get("target_acc_estimated")
+            line += (f" {100 * e['accuracy']:.0f} ± {100 * e['band']:.0f} ({e['estimator']}) |" if e else " — |")
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
-from domaingap.comparison import comparison_table, format_table, stage_line
+from domaingap.comparison import comparison_table, format_table, stage_line, with_estimates
 from domaingap.fairness_run import (check_fairness_inputs, fit_safeguards, group_column, group_metrics_section,
                                     source_score_fn)
 from domaingap.run_folder import check_run_inputs, run_session
@@ -404,6 +404,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
     summary.table = comparison_table(summary)
     if ctx.is_main:  # everything below runs on the main rank alone
         summary.deployment = decide_deployment(summary, recipe, domains, device)
+        summary.table = with_estimates(summary.table, summary.deployment.ranking)
         deployment = deployment_outputs(summary, recipe, domains, say)
         metrics = {
             "recipe": recipe.name,

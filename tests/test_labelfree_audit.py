@@ -107,3 +107,24 @@ def test_each_models_cot_is_solved_once_and_the_audit_shows_the_rankings(lf):
              summary.deployment.audited: audit["after"]["label_free"]["accuracy"]}
     for name, section in shown.items():
         assert section["estimates"]["cot"]["accuracy"] == pytest.approx(ranking.estimates[name]["cot"], abs=1e-12)
+
+
+def test_the_comparison_shows_each_models_estimate_with_its_band_when_target_labels_are_unknown(lf):
+    # the printed table and comparison.md had "—" for every target accuracy: the user saw no
+    # number at all without labels; now the ranking's estimate ± its measured band, marked
+    from adapt.accuracy_estimation.calibration import measured_error
+
+    summary = lf.summary
+    ranking = summary.deployment.ranking
+    band = measured_error(ranking.estimator, n_models=len(ranking.order)).accuracy_p90
+    text = (summary.run_dir / "comparison.md").read_text()
+    assert "estimated target acc % (no target labels)" in text.splitlines()[0]
+    metrics = json.loads((summary.run_dir / "metrics.json").read_text())
+    for row in metrics["comparison"]:
+        assert row["target_acc"] is None
+        est = row["target_acc_estimated"]
+        assert est["estimator"] == ranking.estimator
+        assert est["accuracy"] == pytest.approx(ranking.estimates[row["model"]][ranking.estimator])
+        assert est["band"] == pytest.approx(band)
+        cell = f"| {100 * est['accuracy']:.0f} ± {100 * band:.0f} ({ranking.estimator}) |"
+        assert any(line.startswith(f"| {row['model']} |") and line.endswith(cell) for line in text.splitlines())

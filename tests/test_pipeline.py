@@ -67,6 +67,9 @@ def test_run_folder_and_audit(run):
         assert (d / f).exists(), f
     metrics = json.loads((d / "metrics.json").read_text())
     assert set(metrics["runs"]) == {"adabn", "hist", "hurt"}
+    # target labels known: measured accuracies, no estimate beside them
+    assert all(r["target_acc"] is not None and "target_acc_estimated" not in r for r in metrics["comparison"])
+    assert "estimated" not in (d / "comparison.md").read_text()
     sel = json.loads((d / "methods/hist/selection.json").read_text())
     assert sel["selector"] == "im" and 1 <= sel["selected_epoch"] <= 2
     assert all("im" in e and "snd" in e for e in sel["epochs"])
