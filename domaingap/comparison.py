@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from domaingap.runs import RunSummary, StageOutcome
+from adapt.accuracy_estimation.calibration import measured_error
 from adapt.selectors import chosen_epoch
+from domaingap.runs import RunSummary, StageOutcome
 
 __all__ = ["comparison_table", "with_estimates", "format_table", "stage_line"]
 
@@ -58,8 +59,6 @@ def with_estimates(rows: list[dict[str, Any]], ranking: Any) -> list[dict[str, A
     — then no estimate is shown. Rows with a measured accuracy are returned unchanged."""
     if ranking is None:
         return rows
-    from adapt.accuracy_estimation.calibration import measured_error  # late: reads the calibration file
-
     err = measured_error(ranking.estimator, n_models=len(ranking.order))
     if err is None:
         return rows
