@@ -39,6 +39,7 @@ from adapt.methods.source_only import SourceOnly
 from adapt.models import build_model, load_checkpoint, save_checkpoint
 from adapt.progress import reporter
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
+from diagnostics.report.deployment_text import deployment_text
 from domaingap.comparison import comparison_table, format_table, stage_line, with_estimates
 from domaingap.fairness_run import (check_fairness_inputs, fit_safeguards, group_column, group_metrics_section,
                                     source_score_fn)
@@ -423,6 +424,8 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_text(run_dir / "comparison.md", format_table(summary.table) + "\n")
     say("\n" + format_table(summary.table))
+    if ctx.is_main and deployment_text(deployment):
+        say(deployment_text(deployment))  # which model ships and why, in the report's words
 
     run_diag = recipe.diagnostics.enabled if diagnostics is None else diagnostics
     if run_diag and ctx.is_main:

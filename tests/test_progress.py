@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -61,3 +62,7 @@ def test_adapt_run_in_a_log_has_no_carriage_returns_and_no_deprecation_noise(tmp
     assert ".tiny.partial" not in proc.stdout, proc.stdout
     assert any(line.startswith("drift reference: ") and str(tmp_path / "runs" / "tiny" / "drift_reference.npz")
                in line for line in lines), proc.stdout
+    # the log says which model ships and why — the deployment metrics.json records
+    deployed = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())["deployment"]["model"]
+    said = [line for line in lines if line.startswith("Deployed: ")]
+    assert len(said) == 1 and said[0].startswith(f"Deployed: {deployed} — "), proc.stdout
