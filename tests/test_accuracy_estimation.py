@@ -77,6 +77,19 @@ def test_cot_is_zero_when_predictions_carry_the_source_label_mix():
     assert cot_error(np.eye(2)[[0, 0]], np.array([0, 1])) == pytest.approx(0.5)
 
 
+def test_cot_equals_the_transport_between_every_prediction_and_every_source_label():
+    """Known answer: the W1 problem as the paper writes it, n_t × n_s (one point per source
+    label), solved by POT — COT solves it with the label side merged into its K vertices."""
+    import ot
+
+    rng = np.random.default_rng(5)
+    for k, n, m in ((2, 300, 250), (5, 120, 400), (10, 60, 90), (4, 200, 150)):
+        p = rng.dirichlet(np.full(k, 0.3), n)
+        y = rng.integers(0, k - 1 if k == 4 else k, m)  # k = 4: one class absent from the source labels
+        full = ot.emd2(np.full(n, 1 / n), np.full(m, 1 / m), 1.0 - p[:, y])
+        assert cot_error(p, y) == pytest.approx(full, abs=1e-12), (k, n, m)
+
+
 def test_estimate_all_uses_only_what_it_is_given():
     p = np.eye(3)[[0, 1, 2, 0]] * 0.9 + 0.1 / 3
     assert set(estimate_all(p)) == {"avg_conf"}
