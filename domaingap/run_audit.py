@@ -195,8 +195,9 @@ def audit_run(summary: RunSummary, recipe: Recipe, domains: Domains, device: tor
     """Diagnose the source model (before) and the audited run (after); write the report.
 
     Measured on held-out validation + test images of each domain (never trained on).
-    UMAP's first call spends ~20 s compiling numba code; it runs in a worker process while
-    this one computes the gap statistics and attributions, so the two overlap.
+    UMAP's first call in a process compiles numba code (6-9 s; more in a fresh venv, whose
+    pynndescent compiles once on import); it runs in a worker process while this one computes
+    the gap statistics and attributions, so the two overlap.
     """
     t0 = time.perf_counter()
     cfg = recipe.diagnostics
