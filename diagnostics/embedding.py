@@ -210,7 +210,7 @@ def _umap(x: np.ndarray, seed: int, n_neighbors: int, min_dist: float) -> np.nda
         warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
         warnings.filterwarnings("ignore", message=".*random_state.*")
         # a precomputed graph has no search index: the embedding cannot place new points
-        # later (``transform``), which the audit never asks of it
-        warnings.filterwarnings("ignore", message=".*precomputed_knn.*")
-        warnings.filterwarnings("ignore", message=".*search index.*")
+        # later (``transform``), which the audit never asks of it. Only that warning: one
+        # saying the graph is ignored (too few neighbours, other rows) must still be heard
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\] \(knn_search_index\) is not an NNDescent")
         return reducer.fit_transform(x)
