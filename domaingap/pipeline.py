@@ -424,8 +424,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
         atomic_write_json(run_dir / "metrics.json", metrics)
         atomic_write_text(run_dir / "comparison.md", format_table(summary.table) + "\n")
     say("\n" + format_table(summary.table))
-    if ctx.is_main and deployment_text(deployment):
-        say(deployment_text(deployment))  # which model ships and why, in the report's words
+    shipped = deployment_text(deployment) if ctx.is_main else None  # which model ships and why, in the report's words
+    if shipped:
+        say(shipped)
 
     run_diag = recipe.diagnostics.enabled if diagnostics is None else diagnostics
     if run_diag and ctx.is_main:
