@@ -80,6 +80,10 @@ test, scored only after this was committed:
   with the other models. Ties: ``estimate``'s order.
 * ``labelshift>rv`` — as ``labelshift>estimate``, with ``rv`` in place of ``estimate``.
 
+  Scored (``reverse_validation_study.py``): held out (truth suite 9, digits 3) 2.0 / 7.6
+  against ``labelshift>estimate``'s 1.5 / 6.9 — not adopted (docs/labelfree.md says why:
+  with the model's own linear head, the reverse classifier learns the head back).
+
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
 * ``source_val>im`` / ``source_val>dev`` — the epochs within the binomial interval of the

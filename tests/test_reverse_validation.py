@@ -1,0 +1,86 @@
+"""Reverse validation (adapt/reverse_validation.py): known answers on feature clouds whose
+truth is set by construction, and the blind spot the label-free study found."""
+
+import numpy as np
+import pytest
+
+from adapt.reverse_validation import reverse_validation_accuracy
+
+
+def _clouds(rng, means, per_class, spread=0.3):
+    x = np.concatenate([m + spread * rng.standard_normal((per_class, len(m))) for m in means])
+    y = np.repeat(np.arange(len(means)), per_class)
+    return x, y
+
+
+MEANS = np.eye(3) * 4.0  # three well-separated classes in 3-d
+
+
+def test_right_target_labels_transfer_to_the_source():
+    rng = np.random.default_rng(0)
+    xs, ys = _clouds(rng, MEANS, 100)
+    xt, yt = _clouds(rng, MEANS + 0.5, 80)  # a covariate shift that keeps the classes apart
+    assert reverse_validation_accuracy(xt, yt, xs, ys) >= 0.98
+
+
+def test_swapped_target_labels_are_exposed():
+    rng = np.random.default_rng(1)
+    xs, ys = _clouds(rng, MEANS, 100)
+    xt, yt = _clouds(rng, MEANS, 80)
+    swapped = np.array([1, 0, 2])[yt]  # classes 0 and 1 exchanged: 2/3 of the target wrong
+    rv = reverse_validation_accuracy(xt, swapped, xs, ys)
+    assert rv == pytest.approx(1 / 3, abs=0.03)
+
+
+def test_collapsed_predictions_score_the_share_of_that_class():
+    rng = np.random.default_rng(2)
+    xs, ys = _clouds(rng, MEANS, 50)
+    ys = ys[20:]  # class 0: 30 of 130 images
+    xs = xs[20:]
+    xt, _ = _clouds(rng, MEANS, 40)
+    assert reverse_validation_accuracy(xt, np.zeros(len(xt), int), xs, ys) == pytest.approx(30 / 130)
+
+
+def test_a_merged_class_costs_its_share():
+    rng = np.random.default_rng(3)
+    xs, ys = _clouds(rng, MEANS, 100)
+    xt, yt = _clouds(rng, MEANS, 100)
+    merged = np.where(yt == 2, 1, yt)  # the model calls class 2 class 1 on the target
+    assert reverse_validation_accuracy(xt, merged, xs, ys) == pytest.approx(2 / 3, abs=0.02)
+
+
+def test_symmetric_label_noise_barely_moves_it():
+    """A limit, not a virtue: 60 % of the target labels re-drawn at random (target accuracy
+    ≈ 60 %) still let the reverse classifier find the classes — RV falls, but by little."""
+    rng = np.random.default_rng(3)
+    xs, ys = _clouds(rng, MEANS, 100, spread=1.5)  # overlapping classes
+    xt, yt = _clouds(rng, MEANS, 100, spread=1.5)
+    noisy = yt.copy()
+    flip = rng.random(len(yt)) < 0.6
+    noisy[flip] = rng.integers(0, 3, flip.sum())
+    right, wrong = reverse_validation_accuracy(xt, yt, xs, ys), reverse_validation_accuracy(xt, noisy, xs, ys)
+    assert np.mean(noisy == yt) < 0.7
+    assert right > wrong > 0.75
+
+
+def test_blind_to_a_model_whose_target_features_moved_to_another_class():
+    """The limit documented in docs/labelfree.md: the model's predictions are a linear
+    function of its features, so a reverse classifier on those features can learn the head
+    back. A target whose class c lands where the source's class c+1 lies is labelled wrong
+    everywhere by a nearest-mean head — target accuracy 0 — and still scores RV ≈ 1."""
+    rng = np.random.default_rng(4)
+    xs, ys = _clouds(rng, MEANS, 100)
+    xt, yt = _clouds(rng, np.roll(MEANS, -1, axis=0), 100)  # target class c sits at source mean c+1
+    head = lambda x: ((x[:, None, :] - MEANS[None]) ** 2).sum(-1).argmin(1)  # noqa: E731
+    pred = head(xt)
+    assert np.mean(pred == yt) == 0.0
+    assert reverse_validation_accuracy(xt, pred, xs, ys) >= 0.98
+
+
+def test_bad_shapes_name_the_problem():
+    rng = np.random.default_rng(5)
+    xs, ys = _clouds(rng, MEANS, 10)
+    with pytest.raises(ValueError, match="same d"):
+        reverse_validation_accuracy(xs[:, :2], ys, xs, ys)
+    with pytest.raises(ValueError, match="predictions"):
+        reverse_validation_accuracy(xs, ys[:-1], xs, ys)
