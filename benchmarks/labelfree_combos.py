@@ -84,6 +84,20 @@ test, scored only after this was committed:
   against ``labelshift>estimate``'s 1.5 / 6.9 — not adopted (docs/labelfree.md says why:
   with the model's own linear head, the reverse classifier learns the head back).
 
+Written on 2026-12-08 (session 15) after ``rv`` failed its held-out test because the reverse
+classifier read the candidate's own features (and so learned its head back), and **before**
+it was computed on any case (no variant explored; every case of the four sets is its test):
+
+* ``rv_images`` — reverse validation as Zhong et al. define it, from the images: a new
+  network (the case's architecture, ``adapt.models.build_model``, from the same seeded
+  initial weights for every candidate of a case) trained on the target images the study
+  scores with the candidate's predictions as labels (Adam, lr 1e-3, batch 64, 20 epochs,
+  seeded order, no selection), its BatchNorm statistics then re-estimated on the source
+  images (AdaBN: the reverse network meets the source as an adapted model would), scored
+  by its accuracy on the labelled source training + validation images. The labels are the
+  only thing that differs between the candidates of a case. Ties: ``estimate``'s order.
+* ``labelshift>rv_images`` — the label-shift reading first, then ``rv_images``.
+
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
 * ``source_val>im`` / ``source_val>dev`` — the epochs within the binomial interval of the
@@ -155,6 +169,12 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
         if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
             return source
         rule = "rv+"
+    if rule == "labelshift>rv_images":
+        source = next((r for r in rows if r["model"] == "source-only"), None)
+        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
+            return source
+        first, second = (estimator_order or ("agreement", "cot"))
+        return _first_max(rows, lambda r: (r["scores"]["rv_images"], r["scores"][first], r["scores"].get(second, 0.0)))
     if rule == "rv+":  # rv, ties: estimate's order
         first, second = (estimator_order or ("agreement", "cot"))
         return _first_max(rows, lambda r: (r["scores"]["rv"], r["scores"][first], r["scores"].get(second, 0.0)))
@@ -177,10 +197,11 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
 
 RUN_RULES = ("agreement>source_val", "source_val>agreement", "rank(agreement,source_val)",
              "helped>source_val", "helped>agreement", "estimate", "agreement_mean>cot", "mean(agreement_mean,cot)",
-             "labelshift>estimate", "labelshift>rv")
+             "labelshift>estimate", "labelshift>rv", "labelshift>rv_images")
 #: what each combined rule reads (it is scored only where every model has these)
 RULE_NEEDS = {"estimate": ("agreement", "cot"), "labelshift>estimate": ("agreement", "cot"),
               "labelshift>rv": ("rv", "agreement", "cot"),
+              "labelshift>rv_images": ("rv_images", "agreement", "cot"),
               "agreement_mean>cot": ("agreement_mean", "cot"),
               "mean(agreement_mean,cot)": ("agreement_mean", "cot")}
 
