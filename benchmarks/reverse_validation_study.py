@@ -38,7 +38,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import labelfree_combos as combos  # noqa: E402
 
-RULES = ("labelshift>rv", "rv", "labelshift>estimate", "estimate", "agreement", "cot", "source_val", "im")
+RULES = ("labelshift>rv_images", "rv_images", "labelshift>rv", "rv", "labelshift>estimate", "estimate", "agreement", "cot", "source_val", "im")
 
 
 def model_rv(run_dir: Path, name: str, recipe, domains, target, want_target_probs: np.ndarray | None) -> float:
@@ -63,7 +63,18 @@ def model_rv(run_dir: Path, name: str, recipe, domains, target, want_target_prob
                                        np.concatenate([p["labels"] for p in parts]))
 
 
-def study_set(folder: Path, hidden: bool, epochs: int = 6) -> dict[str, dict[tuple, float]]:
+def rv_images(recipe, domains, target, target_predictions: np.ndarray, seed: int = 0) -> float:
+    """``rv_images`` (:func:`adapt.reverse_validation.reverse_validation_images`, the tool's
+    own function): scored on the source training + validation images."""
+    from adapt.models import build_model
+    from adapt.reverse_validation import reverse_validation_images
+
+    return reverse_validation_images(lambda: build_model(recipe.model.arch, len(domains.classes), recipe.data.channels),
+                                     target, target_predictions, domains.source_split["train"],
+                                     [domains.source_split["val"]], seed=seed)
+
+
+def study_set(folder: Path, hidden: bool, epochs: int = 6) -> tuple[dict[str, dict[tuple, float]], list[dict]]:
     """Regrets on a label-free study folder (``labelfree_study.py [--hide-labels]``)."""
     from labelfree_cases import case_cache, case_name
     from labelfree_study import estimator_errors
@@ -82,11 +93,13 @@ def study_set(folder: Path, hidden: bool, epochs: int = 6) -> dict[str, dict[tup
             if (r["shift"], r["seed"]) == (kind, seed):
                 r["scores"]["rv"] = model_rv(run_dir, r["model"], recipe, domains, domains.target_split["test"],
                                              cache[r["model"]]["target_probs"])
+                r["scores"]["rv_images"] = rv_images(recipe, domains, domains.target_split["test"],
+                                                     np.asarray(cache[r["model"]]["target_probs"]).argmax(1))
         print(f"  {folder.name} {kind} seed {seed}: rv computed", flush=True)
     shifts = {r["shift"] for r in rows}
     bands = {s: estimator_errors([r for r in rows if r["shift"] != s])["agreement"]["change_abs_error_p90"]
              for s in shifts}
-    return combos.run_regrets(rows, bands, doc["verdict_rows"])
+    return combos.run_regrets(rows, bands, doc["verdict_rows"]), rows
 
 
 def _labelled_by_key(domains, held, key: Path) -> np.ndarray:
@@ -94,7 +107,7 @@ def _labelled_by_key(domains, held, key: Path) -> np.ndarray:
     return np.array([domains.classes.index(doc["labels"][Path(i).name]) for i in held.ids])
 
 
-def truth_set(work: Path) -> dict[str, dict[tuple, float]]:
+def truth_set(work: Path) -> tuple[dict[str, dict[tuple, float]], list[dict]]:
     """Regrets on the truth suite's label-hidden cases (``truth_suite.py --hide-labels``)."""
     import truth_suite_hidden as hidden
 
@@ -116,15 +129,17 @@ def truth_set(work: Path) -> dict[str, dict[tuple, float]]:
         for row in r:
             row["scores"]["rv"] = model_rv(run_dir, row["model"], recipe, domains, domains.target_eval,
                                            np.asarray(scores["models"][row["model"]]["target_probs"]))
+            row["scores"]["rv_images"] = rv_images(recipe, domains, domains.target_eval, np.asarray(
+                scores["models"][row["model"]]["target_probs"]).argmax(1))
         rows += r
         verdicts += v
         err = measured_error("agreement", n_models=n_models)
         bands[name] = err.change_p90 if err is not None and err.change_p90 is not None else 0.0
         print(f"  truth {name}: rv computed", flush=True)
-    return combos.run_regrets(rows, bands, verdicts)
+    return combos.run_regrets(rows, bands, verdicts), rows
 
 
-def digits_set(folder: Path, shift: str = "textured") -> dict[str, dict[tuple, float]]:
+def digits_set(folder: Path, shift: str = "textured") -> tuple[dict[str, dict[tuple, float]], list[dict]]:
     """Regrets on the digits study's label-hidden seeds (``digits_study.py --hide-labels``):
     the held-out target images, the key the study wrote beside its data."""
     import torch
@@ -156,12 +171,14 @@ def digits_set(folder: Path, shift: str = "textured") -> dict[str, dict[tuple, f
         r, v = hidden.selector_rows(f"digits-{seed}", {"models": models, "truth": truth.tolist()})
         for row in r:
             row["scores"]["rv"] = model_rv(run_dir, row["model"], recipe, domains, domains.target_eval, None)
+            row["scores"]["rv_images"] = rv_images(recipe, domains, domains.target_eval,
+                                                   np.asarray(models[row["model"]]["target_probs"]).argmax(1))
         rows += r
         verdicts += v
         err = measured_error("agreement", n_models=len(models))
         bands[f"digits-{seed}"] = err.change_p90 if err is not None and err.change_p90 is not None else 0.0
         print(f"  digits {seed}: rv computed", flush=True)
-    return combos.run_regrets(rows, bands, verdicts)
+    return combos.run_regrets(rows, bands, verdicts), rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", default="runs/truth_suite_hidden")
     ap.add_argument("--digits", default="runs/digits_study")
     ap.add_argument("--epochs", type=int, default=6, help="the label-free study's --epochs")
+    ap.add_argument("--save", help="write every case's rows (true accuracy, scores with rv) to this JSON")
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    sets = {"study (explored)": study_set(Path(args.study), False, args.epochs),
-            "study, labels hidden (explored)": study_set(Path(args.study_hidden), True, args.epochs),
-            "truth suite, labels hidden (held out)": truth_set(Path(args.truth)),
-            "digits, labels hidden (held out)": digits_set(Path(args.digits))}
+    got = {"study (rv explored)": study_set(Path(args.study), False, args.epochs),
+           "study, labels hidden (rv explored)": study_set(Path(args.study_hidden), True, args.epochs),
+           "truth suite, labels hidden (held out)": truth_set(Path(args.truth)),
+           "digits, labels hidden (held out)": digits_set(Path(args.digits))}
+    sets = {name: regrets for name, (regrets, _) in got.items()}
+    rows = [{**r, "shift": f"{name}/{r['shift']}"} for name, (_, rs) in got.items() for r in rs]
+    if args.save:
+        Path(args.save).write_text(json.dumps(rows, indent=0, default=float))
     print("\n| rule (regret, points: mean / worst) | " + " | ".join(sets) + " | held out | pooled |")
     print("| --- |" + " ---: |" * (len(sets) + 2))
     pooled: dict[str, dict] = {}
@@ -192,18 +214,45 @@ def main(argv: list[str] | None = None) -> int:
             pooled.setdefault(rule, {}).update({(name, *k): x for k, x in s.get(rule, {}).items()})
         print(f"| {rule} | " + " | ".join(cells) + f" | {np.mean(held):.1f} / {np.max(held):.1f} | "
               f"{np.mean(allv):.1f} / {np.max(allv):.1f} |")
-    for scope, keep in (("pooled", lambda k: True), ("held out", lambda k: "held out" in k[0])):
-        a = {k: v for k, v in pooled["labelshift>rv"].items() if keep(k)}
-        b = {k: v for k, v in pooled["labelshift>estimate"].items() if keep(k)}
-        p = combos.paired(a, b)
-        print(f"\nlabelshift>rv − labelshift>estimate, {scope} ({p['cases']} cases): {100 * p['mean']:+.1f} "
-              f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] points (95 % paired bootstrap)")
-    print("\ncases where the two differ:")
-    for k in sorted(pooled["labelshift>rv"]):
-        a, b = pooled["labelshift>rv"][k], pooled["labelshift>estimate"][k]
-        if abs(a - b) > 1e-9:
-            print(f"  {k}: labelshift>rv {100 * a:.1f}, labelshift>estimate {100 * b:.1f}")
+    for rule in ("labelshift>rv_images", "labelshift>rv"):
+        for scope, keep in (("pooled", lambda k: True), ("held out", lambda k: "held out" in k[0])):
+            a = {k: v for k, v in pooled[rule].items() if keep(k)}
+            b = {k: v for k, v in pooled["labelshift>estimate"].items() if keep(k)}
+            p = combos.paired(a, b)
+            print(f"\n{rule} − labelshift>estimate, {scope} ({p['cases']} cases): {100 * p['mean']:+.1f} "
+                  f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] points (95 % paired bootstrap)")
+        print(f"\ncases where {rule} and labelshift>estimate differ:")
+        for k in sorted(pooled[rule]):
+            a, b = pooled[rule][k], pooled["labelshift>estimate"][k]
+            if abs(a - b) > 1e-9:
+                print(f"  {k}: {rule} {100 * a:.1f}, labelshift>estimate {100 * b:.1f}")
+    two_models(rows)
     return 0
+
+
+def two_models(rows: list[dict]) -> None:
+    """A recipe with one run: the source model and that run are all there is. Regret of
+    always deploying the run, and of each rule over the two, every (case, run) pair."""
+    out: dict[str, list[float]] = {"always the run": [], "labelshift>estimate": [], "labelshift>rv_images": []}
+    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
+        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+        src = next(r for r in rs if r["model"] == "source-only")
+        for r in rs:
+            if r is src:
+                continue
+            best = max(src["true_acc"], r["true_acc"])
+            out["always the run"].append(best - r["true_acc"])
+            for rule in ("labelshift>estimate", "labelshift>rv_images"):
+                pick = combos.pick_run(rule, [src, r], 0.0, 0, estimator_order=combos.estimator_order(2))
+                out[rule].append(best - pick["true_acc"])
+    n = len(out["always the run"])
+    print(f"\none run (the source model + that run, {n} pairs), regret mean / worst:")
+    for rule, v in out.items():
+        print(f"  {rule}: {100 * np.mean(v):.1f} / {100 * np.max(v):.1f}")
+    d = {k: {i: x for i, x in enumerate(v)} for k, v in out.items()}
+    p = combos.paired(d["labelshift>rv_images"], d["labelshift>estimate"])
+    print(f"  labelshift>rv_images − labelshift>estimate: {100 * p['mean']:+.1f} "
+          f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]")
 
 
 if __name__ == "__main__":

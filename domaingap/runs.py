@@ -31,11 +31,13 @@ from adapt.data.sources import load_sources
 from adapt.errors import UserError
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
+from adapt.models import build_model
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
+from adapt.reverse_validation import reverse_validation_images
 from adapt.train import precise_bn_covers
 from diagnostics.features import FeatureSet, extract_features
 from diagnostics.gap import collapse_section
-from diagnostics.ranking import EstimateRanking, rank_by_estimate, recommended_run
+from diagnostics.ranking import EstimateRanking, by_reverse_validation, rank_by_estimate, recommended_run
 from diagnostics.run_spread import copy_groups, run_spread
 
 
@@ -133,7 +135,8 @@ class Deployment:
     ``stage`` is the deployed model: the recipe's ``method.audit_run``; else, by
     ``method.deploy``, the model with the highest estimated target accuracy — the source
     model too (``ranking``: :class:`diagnostics.ranking.EstimateRanking`, made with
-    ``deploy: estimate`` even when ``audit_run`` decides, for the methods table) — or the
+    ``deploy: estimate`` even when ``audit_run`` decides, for the methods table; with
+    ``deploy: reverse_validation``, the default, re-ordered by reverse validation) — or the
     run the checkpoint selector scores highest; the source model when there are no runs.
     ``audited``: the run the audit compares with the source model — the deployed run, or,
     when the source model is deployed, the best-ranked run (the audit then shows what
@@ -304,10 +307,10 @@ def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, dev
     features (extracted here, once, on this process alone: no sharding)."""
     method = recipe.method
     ranking, ranked_on, ranked, read = None, None, {}, (None, None, None)
-    if method.deploy == "estimate" and summary.runs:  # also beside audit_run: the table shows it
+    if method.deploy in ("reverse_validation", "estimate") and summary.runs:  # also beside audit_run: the table
         ranking, ranked_on, ranked, read = estimate_ranking(summary, recipe, domains, device)
     if method.audit_run is None and ranking is not None:
-        name, rule = ranking.order[0], "estimate"
+        name, rule = ranking.order[0], ranking.rule
         audited = next((n for n in ranking.order if n in summary.runs), None)
     else:
         name = recommended_run({n: st.selection for n, st in summary.runs.items()}, method.selection,
@@ -378,7 +381,33 @@ def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, devi
     ranking = rank_by_estimate({name: f.probs for name, f in feats.items()},
                                None if source is None else np.asarray(source.labels), seed=seed,
                                source_reading=reading)
+    if ranking is not None and recipe.method.deploy == "reverse_validation":
+        scores = reverse_validation_scores(feats, target, recipe, domains, device)
+        ranking = by_reverse_validation(ranking, scores) if scores is not None else ranking
     return ranking, target, feats, (source if source_feats is not None else None, source_feats, reading)
+
+
+#: the reverse network: every case reverse validation was measured on used small_cnn, and a
+#: larger network from scratch would cost a training run per model on the CPU
+REVERSE_ARCH = "small_cnn"
+
+
+def reverse_validation_scores(feats: dict[str, FeatureSet], target: DomainDataset, recipe: Recipe,
+                              domains: Domains, device: torch.device) -> dict[str, float] | None:
+    """Every model's reverse-validation score (:func:`adapt.reverse_validation.reverse_validation_images`):
+    a small network trained on ``target`` as the model labels it, scored on the labelled
+    source training + validation images. None without labelled source images (a source-free
+    recipe): the ranking then stays by estimate."""
+    if not domains.has_source:
+        return None
+    train = domains.source_split.get("train")
+    evals = [domains.source_split[k] for k in ("val",) if k in domains.source_split]
+    if train is None or not len(train) or not bool((np.asarray(train.labels) >= 0).all()):
+        return None
+    k, channels = len(domains.classes), recipe.data.channels
+    return {name: reverse_validation_images(lambda: build_model(REVERSE_ARCH, k, channels), target,
+                                            f.probs.argmax(1), train, evals, seed=recipe.seed, device=device)
+            for name, f in feats.items()}
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

@@ -70,7 +70,7 @@ def case():
     truth = {n: float((p.argmax(1) == yt).mean()) for n, p in probs.items()}
     target = _domain("target", xt, np.full(len(xt), -1))  # labels hidden from the tool
     source = _domain("source", xs, ys)
-    domains = Domains(source, target, {}, {}, None, source_eval=source, target_eval=target)
+    domains = Domains(source, target, {"train": source}, {}, None, source_eval=source, target_eval=target)
 
     def stage(name):
         # the checkpoint selector's record of its chosen epoch: IM of the model's target predictions
@@ -102,7 +102,7 @@ def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_on
     cpu = torch.device("cpu")
     old = decide_deployment(summary, _recipe(deploy="selection"), domains, cpu, target_features=False)
     assert old.name == "confident-wrong" and old.rule == "selection"  # the rule before: IM's first run
-    new = decide_deployment(summary, _recipe(), domains, cpu, target_features=False)  # the default
+    new = decide_deployment(summary, _recipe(deploy="estimate"), domains, cpu, target_features=False)
     assert new.rule == "estimate" and new.name == "good" == new.audited
     assert new.ranking.estimator == "agreement"  # four models: the median agreement
     assert new.ranking.order[-1] == "confident-wrong"
@@ -113,6 +113,39 @@ def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_on
     named = decide_deployment(summary, _recipe(audit_run="noisy"), domains, cpu, target_features=False)
     assert named.name == "noisy" and named.rule == "audit_run" and named.audited == "noisy"
     assert named.ranking.order[0] == "good"  # still shown: the methods table's ★ recommended
+
+
+def test_reverse_validation_the_default_deploys_the_best_and_sees_the_confidently_wrong(case):
+    """The default rule (``deploy: reverse_validation``): a small network learns the target
+    as each model labels it and is tested on the labelled source. The confidently wrong
+    model's labels are a permutation of the truth: the network learns the permutation and
+    the source contradicts it — the case COT reads as right (below)."""
+    summary, domains, _, truth, _ = case
+    dep = decide_deployment(summary, _recipe(), domains, torch.device("cpu"), target_features=False)
+    assert dep.rule == "reverse_validation" and dep.name == "good" == max(truth, key=truth.get)
+    rv = dep.ranking.reverse_validation
+    assert dep.ranking.order[-1] == "confident-wrong" and rv["confident-wrong"] < 0.1
+    assert rv["good"] > 0.9
+    d = dep.to_dict()
+    assert d["rule"] == "reverse_validation" and d["ranking"][0]["reverse_validation"] == pytest.approx(rv["good"], abs=1e-6)
+    assert "agreement" in d["ranking"][0]  # the estimates stay beside it (the audit shows them)
+
+
+def test_reverse_validation_reorders_and_keeps_the_label_shift_rule(case):
+    from diagnostics.ranking import by_reverse_validation
+
+    _, _, probs, _, ys = case
+    three = {"source-only": probs["source-only"], "good": probs["good"], "noisy": probs["noisy"]}
+    r = rank_by_estimate(three, ys)
+    tied = by_reverse_validation(r, {n: 0.5 for n in three})
+    assert tied.order == r.order  # ties: the estimate's order
+    assert by_reverse_validation(r, {"source-only": 0.2, "good": 0.9, "noisy": 0.6}).order == [
+        "good", "noisy", "source-only"]
+    shifted = rank_by_estimate(three, ys, source_reading={"verdict": "label_shift", "reason": "r"})
+    kept = by_reverse_validation(shifted, {"source-only": 0.2, "good": 0.9, "noisy": 0.6})
+    assert kept.order[0] == "source-only" and kept.order[1:] == ["good", "noisy"]
+    with pytest.raises(ValueError, match="no score for noisy"):
+        by_reverse_validation(r, {"source-only": 0.2, "good": 0.9})
 
 
 def test_the_source_model_is_kept_when_no_run_is_estimated_higher(case):
@@ -180,6 +213,14 @@ def test_the_report_says_which_model_is_deployed_and_the_spread_of_copies():
     html = render_html(again)
     assert "Deployed: source-only — the highest estimated target accuracy of the 3 models (cot" in html
     assert "the audit compares the best-ranked run, dann." in html
+    from diagnostics.report.deployment_text import deployment_text
+
+    rv = {**dep, "rule": "reverse_validation", "model": "dann", "audited": "dann",
+          "ranking": [{"model": "dann", "rank": 1, "cot": 0.7, "reverse_validation": 0.93},
+                      {"model": "source-only", "rank": 2, "cot": 0.8, "reverse_validation": 0.61}], "copies": []}
+    assert deployment_text(rv) == ("Deployed: dann — the highest reverse-validation score of the 2 models: a small "
+                                   "network that learns the 120 held-out target images as dann labels them is right "
+                                   "on 93 % of the labelled source images (ties broken by cot).")
     assert "Run to run — dann, dann-2 (seeds 0, 1): estimated 60–70 % (cot); measured 47.5–71.8 %" in html
     assert "disagree on 21 % of the held-out target images" in html
 
@@ -241,7 +282,7 @@ def test_under_a_pure_label_shift_the_source_model_is_deployed_where_the_estimat
     xs, ys = _images(300, 1)
     xt, yt = _mixed_images(300, 2, [0.7, 0.2, 0.1])
     source, target = _domain("source", xs, ys), _domain("target", xt, np.full(len(xt), -1))
-    domains = Domains(source, target, {}, {}, None, source_eval=source, target_eval=target)
+    domains = Domains(source, target, {"train": source}, {}, None, source_eval=source, target_eval=target)
     models = {"source-only": BandReader(slice(0, None), 20.0), "rebalanced": Rebalanced()}
     with torch.no_grad():
         probs = {n: torch.softmax(m(xt), 1).numpy() for n, m in models.items()}
@@ -271,3 +312,12 @@ def test_without_a_label_shift_the_reading_changes_nothing(case):
     dep = decide_deployment(summary, _recipe(), domains, torch.device("cpu"), target_features=False)
     assert dep.ranking.source_reading["verdict"] != "label_shift"
     assert dep.name == "good"
+
+
+def test_without_labelled_source_images_the_ranking_stays_by_estimate(case):
+    from domaingap.runs import reverse_validation_scores
+
+    summary, domains, _, _, _ = case
+    no_source = Domains(None, domains.target, {}, {}, None, source_eval=None, target_eval=domains.target_eval)
+    feats = {"source-only": None}
+    assert reverse_validation_scores(feats, domains.target_eval, _recipe(), no_source, torch.device("cpu")) is None

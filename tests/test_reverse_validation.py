@@ -84,3 +84,76 @@ def test_bad_shapes_name_the_problem():
         reverse_validation_accuracy(xs[:, :2], ys, xs, ys)
     with pytest.raises(ValueError, match="predictions"):
         reverse_validation_accuracy(xs, ys[:-1], xs, ys)
+
+
+# ------------------------------------------------------------ from the images (the tool's rule)
+
+import torch  # noqa: E402
+
+from adapt.data.domain import DomainDataset  # noqa: E402
+from adapt.models import build_model  # noqa: E402
+from adapt.reverse_validation import reverse_validation_images, shrink  # noqa: E402
+
+SIZE = 16
+
+
+def _squares(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, np.ndarray]:
+    """Two classes by construction: a bright square top-left (class 0) or bottom-right
+    (class 1) under noise; ``shift`` darkens the whole image (the target's scanner)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = 0.4 + 0.15 * torch.randn(n, 1, SIZE, SIZE, generator=g)
+    x[y == 0, :, 2:7, 2:7] += 0.4
+    x[y == 1, :, 9:14, 9:14] += 0.4
+    return (x - shift).clamp(0, 1), y.numpy()
+
+
+def _domain(name: str, x: torch.Tensor, y: np.ndarray) -> DomainDataset:
+    return DomainDataset(name=name, classes=["a", "b"], labels=y, ids=[f"{name}/{i}" for i in range(len(x))],
+                         channels=1, image_size=SIZE, images=x)
+
+
+@pytest.fixture(scope="module")
+def squares():
+    xs, ys = _squares(200, 0)
+    xv, yv = _squares(60, 1)
+    xt, yt = _squares(160, 2, shift=0.15)
+    return _domain("source", xs, ys), _domain("val", xv, yv), _domain("target", xt, np.full(len(xt), -1)), yt
+
+
+def _rv(squares, labels, seed=0):
+    source, val, target, _ = squares
+    return reverse_validation_images(lambda: build_model("small_cnn", 2, 1), target, labels, source, [val], seed=seed)
+
+
+def test_images_right_labels_beat_wrong_ones(squares):
+    *_, yt = squares
+    right = _rv(squares, yt)
+    swapped = _rv(squares, 1 - yt)
+    collapsed = _rv(squares, np.zeros_like(yt))
+    rng = np.random.default_rng(0)
+    half = np.where(rng.random(len(yt)) < 0.5, yt, 1 - yt)  # half right: chance
+    assert right >= 0.9
+    assert swapped <= 0.1  # confidently, consistently wrong: the source contradicts it
+    assert collapsed == pytest.approx(0.5, abs=0.02)  # one class: that class's share of the source
+    assert right > _rv(squares, half) + 0.2
+
+
+def test_images_same_seed_same_score(squares):
+    *_, yt = squares
+    assert _rv(squares, yt, seed=3) == _rv(squares, yt, seed=3)
+
+
+def test_images_predictions_must_match_the_target(squares):
+    *_, yt = squares
+    with pytest.raises(ValueError, match="predictions for"):
+        _rv(squares, yt[:-1])
+
+
+def test_shrink_keeps_small_images_and_averages_large_ones():
+    small = torch.rand(1, 16, 16)
+    assert shrink(small) is small
+    big = torch.arange(64.0).reshape(1, 8, 8).repeat(1, 8, 8)  # 64 × 64
+    out = shrink(big)
+    assert out.shape == (1, 32, 32)
+    assert torch.allclose(out[0, 0, 0], big[0, :2, :2].mean())

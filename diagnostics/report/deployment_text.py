@@ -14,12 +14,20 @@ def deployment_text(dep: Mapping | None) -> str | None:
         return None
     model, rule, audited = dep["model"], dep.get("rule"), dep.get("audited")
     reading = dep.get("source_reading") or {}
-    if rule == "estimate" and reading.get("verdict") == "label_shift":
+    ranked = rule in ("estimate", "reverse_validation")
+    if ranked and reading.get("verdict") == "label_shift":
         text = (f"Deployed: {model} — the shift reads as a pure label shift (only the class mix changed: "
                 "the label mix estimated from the source model's predictions differs from the source's beyond "
                 "chance, and the source images re-weighted to it match the target's features). Under a label "
                 "shift aligning the domains moves correct predictions towards the old class mix, and the accuracy "
                 "estimates rate that as a gain, so the source model is kept whatever they say")
+    elif rule == "reverse_validation":
+        ranking = dep.get("ranking") or []
+        top = next((r.get("reverse_validation") for r in ranking if r.get("model") == model), None)
+        score = f"is right on {100 * top:.0f} % of the labelled source images" if top is not None else "scores"
+        text = (f"Deployed: {model} — the highest reverse-validation score of the {len(ranking)} models: a small "
+                f"network that learns the {dep.get('images')} held-out target images as {model} labels them "
+                f"{score} (ties broken by {dep.get('estimator')})")
     elif rule == "estimate":
         ranking = dep.get("ranking") or []
         est = dep.get("estimator")
@@ -29,10 +37,11 @@ def deployment_text(dep: Mapping | None) -> str | None:
         text = f"Deployed: {model} — named by the recipe (method.audit_run)"
     else:
         text = f"Deployed: {model} — the run the checkpoint selector scores highest (method.deploy: selection)"
-    if audited and audited != model and reading.get("verdict") == "label_shift" and rule == "estimate":
+    if audited and audited != model and reading.get("verdict") == "label_shift" and ranked:
         text += f"; the audit compares the best-ranked run, {audited}"
     elif audited and audited != model:
-        text += f". No run is estimated higher than the source model; the audit compares the best-ranked run, {audited}"
+        better = "scores higher" if rule == "reverse_validation" else "is estimated higher"
+        text += f". No run {better} than the source model; the audit compares the best-ranked run, {audited}"
     text += "."
     for g in dep.get("copies") or []:  # run-to-run spread of copies that differ only in their seed
         runs = ", ".join(g.get("runs") or [])
