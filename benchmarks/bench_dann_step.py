@@ -4,7 +4,7 @@ optimiser (Adam), rounds interleaved (ours, theirs, ours, …) so that a loaded 
 slows both alike.
 
     python benchmarks/bench_dann_step.py [--arch small_cnn resnet18] [--batch 64] [--size 64]
-                                         [--threads 1] [--rounds 15] [--channels-last]
+                                         [--threads 1] [--rounds 15] [--channels-last | --ours-channels-last]
 
 Prints, per architecture, the median step time of each and the ratio theirs / ours
 (> 1: ours is faster). Both compute the same losses and gradients (tests/test_dann.py).
@@ -45,7 +45,8 @@ def _pair(arch: str, seed: int = 0):
     return model, dann
 
 
-def bench(arch: str, batch: int, size: int, rounds: int, channels_last: bool) -> tuple[float, float]:
+def bench(arch: str, batch: int, size: int, rounds: int, channels_last: bool,
+          ours_channels_last: bool = False) -> tuple[float, float]:
     from pytorch_adapt.hooks import DANNHook
     from pytorch_adapt.weighters import SumWeighter
 
@@ -62,6 +63,8 @@ def bench(arch: str, batch: int, size: int, rounds: int, channels_last: bool) ->
     if channels_last:
         for m in (model, their_model):
             m.to(memory_format=torch.channels_last)
+    if ours_channels_last:  # what issue 20 proposed: our loop in channels-last, the hook fed as users feed it
+        model.to(memory_format=torch.channels_last)
     for m in (model, disc, their_model, their_disc):
         m.train()
     ours_opt = torch.optim.Adam(list(model.parameters()) + list(disc.parameters()), lr=1e-4)
@@ -72,8 +75,12 @@ def bench(arch: str, batch: int, size: int, rounds: int, channels_last: bool) ->
               "src_imgs": xs, "src_labels": ys, "target_imgs": xt,
               "src_domain": torch.zeros(batch), "target_domain": torch.ones(batch)}
 
+    ours_xs, ours_xt = xs, xt
+    if ours_channels_last:
+        ours_xs, ours_xt = (x.contiguous(memory_format=torch.channels_last) for x in (xs, xt))
+
     def ours() -> None:  # what adapt.train does per step: the objective's loss, backward, step
-        loss, _ = dann.loss(model, xs, ys, xt, 0.5)
+        loss, _ = dann.loss(model, ours_xs, ys, ours_xt, 0.5)
         ours_opt.zero_grad(set_to_none=True)
         loss.backward()
         ours_opt.step()
@@ -99,14 +106,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--channels-last", action="store_true", help="both sides in channels-last layout")
+    ap.add_argument("--ours-channels-last", action="store_true",
+                    help="our step in channels-last, the hook in NCHW (not adopted: changes results at a fixed seed)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"DANN step, {args.batch}+{args.batch} images {args.size}x{args.size}, {args.threads} thread(s), "
-          f"{'channels-last' if args.channels_last else 'NCHW'}, median of {args.rounds} interleaved rounds")
+          f"{'channels-last' if args.channels_last else 'ours channels-last, theirs NCHW' if args.ours_channels_last else 'NCHW'}, median of {args.rounds} interleaved rounds")
     print("| arch | ours ms | pytorch-adapt DANNHook ms | ratio (theirs / ours) |")
     print("| --- | ---: | ---: | ---: |")
     for arch in args.arch:
-        ours, theirs = bench(arch, args.batch, args.size, args.rounds, args.channels_last)
+        ours, theirs = bench(arch, args.batch, args.size, args.rounds, args.channels_last, args.ours_channels_last)
         print(f"| {arch} | {1e3 * ours:.1f} | {1e3 * theirs:.1f} | {theirs / ours:.2f}x |")
 
 

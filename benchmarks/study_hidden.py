@@ -7,7 +7,7 @@ run) is scored on the held-out target images the run's deployment ranking read; 
 run, its true change (run − source model), the estimated change ± the band measured for this
 many models, the label-free verdict (as the audit reads it: :func:`truth_suite_hidden.
 selector_rows`) and whether it is wrong by the issue's rules; and the model the tool
-deployed (``method.deploy: estimate``) with its regret (best true accuracy − the pick's).
+deployed (``method.deploy``: by default ``reverse_validation``) with its regret (best true accuracy − the pick's).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def hidden_seed(recipe_path: str | Path, seed: int, out: Path, overrides: list[s
     # the rule before (method.deploy: selection): the run IM scores highest at its chosen epoch
     im_pick = recommended_run({n: st.selection for n, st in summary.runs.items()}, "im")
     return {"seed": seed, "seconds": seconds, "accuracy": acc, "verdicts": verdicts, "pick": dep.name,
-            "estimator": dep.ranking.estimator, "regret": max(acc.values()) - acc[dep.name],
+            "estimator": dep.ranking.rule if dep.ranking.rule != "estimate" else dep.ranking.estimator,
+            "regret": max(acc.values()) - acc[dep.name],
             "im_pick": im_pick, "im_regret": max(acc.values()) - acc[im_pick]}
 
 
@@ -83,7 +84,7 @@ def print_hidden(results: list[dict[str, Any]]) -> int:
             print(f"| {res['seed']} | {v['model']} | {100 * res['accuracy'][v['model']]:.1f} | "
                   f"{100 * v['true_change']:+.1f} | {100 * v['estimated_change']:+.1f} ± {band} ({v['estimator']}) | "
                   f"{v['outcome']} | {'**YES**' if bad else 'no'} |")
-    print("\n| seed | source-only true % | best true % | deployed (estimate) | its true % | regret | "
+    print("\n| seed | source-only true % | best true % | deployed (rule) | its true % | regret | "
           "IM's run (the rule before) | its true % | regret | s |")
     print("| --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for res in results:

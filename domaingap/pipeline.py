@@ -404,7 +404,7 @@ def _run_stages(recipe: Recipe, run_dir: Path, domains: Domains, loaded: nn.Modu
     summary.sources = sources
     summary.table = comparison_table(summary)
     if ctx.is_main:  # everything below runs on the main rank alone
-        summary.deployment = decide_deployment(summary, recipe, domains, device)
+        summary.deployment = decide_deployment(summary, recipe, domains, device, progress=progress)
         summary.table = with_estimates(summary.table, summary.deployment.ranking)
         deployment = deployment_outputs(summary, recipe, domains, say)
         metrics = {

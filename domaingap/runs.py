@@ -32,6 +32,7 @@ from adapt.errors import UserError
 from adapt.methods.adabn import adabn
 from adapt.models import load_checkpoint
 from adapt.models import build_model
+from adapt.progress import progress_bar
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from adapt.reverse_validation import reverse_validation_images
 from adapt.train import precise_bn_covers
@@ -301,14 +302,14 @@ def held_out_sample(ds: DomainDataset | None, max_samples: int, seed: int) -> Do
 
 
 def decide_deployment(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
-                      target_features: bool = True) -> Deployment:
+                      target_features: bool = True, progress: bool = False) -> Deployment:
     """The run's :class:`Deployment`: which model is deployed, how, its source-statistics
     copy (the one its evaluation made) and, with ``target_features``, its held-out target
     features (extracted here, once, on this process alone: no sharding)."""
     method = recipe.method
     ranking, ranked_on, ranked, read = None, None, {}, (None, None, None)
     if method.deploy in ("reverse_validation", "estimate") and summary.runs:  # also beside audit_run: the table
-        ranking, ranked_on, ranked, read = estimate_ranking(summary, recipe, domains, device)
+        ranking, ranked_on, ranked, read = estimate_ranking(summary, recipe, domains, device, progress)
     if method.audit_run is None and ranking is not None:
         name, rule = ranking.order[0], ranking.rule
         audited = next((n for n in ranking.order if n in summary.runs), None)
@@ -353,7 +354,8 @@ def copies_spread(summary: RunSummary, recipe: Recipe, ranking: EstimateRanking 
     return out
 
 
-def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device
+def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, device: torch.device,
+                     progress: bool = False
                      ) -> tuple[EstimateRanking | None, DomainDataset | None, dict[str, FeatureSet], tuple]:
     """Every model (the source model first, then the runs) ranked by its estimated accuracy
     on the held-out target images the audit measures (:func:`held_out_sample`), with the
@@ -382,7 +384,7 @@ def estimate_ranking(summary: RunSummary, recipe: Recipe, domains: Domains, devi
                                None if source is None else np.asarray(source.labels), seed=seed,
                                source_reading=reading)
     if ranking is not None and recipe.method.deploy == "reverse_validation":
-        scores = reverse_validation_scores(feats, target, recipe, domains, device)
+        scores = reverse_validation_scores(feats, target, recipe, domains, device, progress)
         ranking = by_reverse_validation(ranking, scores) if scores is not None else ranking
     return ranking, target, feats, (source if source_feats is not None else None, source_feats, reading)
 
@@ -393,7 +395,8 @@ REVERSE_ARCH = "small_cnn"
 
 
 def reverse_validation_scores(feats: dict[str, FeatureSet], target: DomainDataset, recipe: Recipe,
-                              domains: Domains, device: torch.device) -> dict[str, float] | None:
+                              domains: Domains, device: torch.device, progress: bool = False
+                              ) -> dict[str, float] | None:
     """Every model's reverse-validation score (:func:`adapt.reverse_validation.reverse_validation_images`):
     a small network trained on ``target`` as the model labels it, scored on the labelled
     source training + validation images. None without labelled source images (a source-free
@@ -405,9 +408,11 @@ def reverse_validation_scores(feats: dict[str, FeatureSet], target: DomainDatase
     if train is None or not len(train) or not bool((np.asarray(train.labels) >= 0).all()):
         return None
     k, channels = len(domains.classes), recipe.data.channels
+    names = progress_bar(list(feats), enabled=progress, desc="deployment: reverse validation", unit="model", leave=False)
     return {name: reverse_validation_images(lambda: build_model(REVERSE_ARCH, k, channels), target,
-                                            f.probs.argmax(1), train, evals, seed=recipe.seed, device=device)
-            for name, f in feats.items()}
+                                            feats[name].probs.argmax(1), train, evals, seed=recipe.seed,
+                                            device=device)
+            for name in names}
 
 
 def deployed_on_source(model: nn.Module, domains: Domains, device: torch.device) -> nn.Module:

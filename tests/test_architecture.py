@@ -57,6 +57,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("adapt.methods", 1, "training"),
     ("adapt.selection", 1, "training"),
     ("adapt.mixval", 1, "training"),
+    ("adapt.reverse_validation", 1, "training"),  # fits a small network per model (the deployment rule)
     ("adapt.distributed", 1, "training"),
     ("adapt.fairness", 1, "training"),  # group DRO, parity penalties in the loop
     ("adapt.guard", 1, "training"),  # the per-epoch guard: rollback or stop
