@@ -147,6 +147,12 @@ def reverse_validation_images(build: Callable[[], nn.Module], target: Dataset, t
     if len(labels) != len(target):  # type: ignore[arg-type]
         raise ValueError(f"reverse validation: {len(labels)} predictions for {len(target)} target images")  # type: ignore[arg-type]
     images = torch.stack([shrink(target[i][0]) for i in range(len(labels))])
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        return _fit_and_score(build, images, labels, source_train, source_eval, seed, device)
+
+
+def _fit_and_score(build: Callable[[], nn.Module], images: Tensor, labels: Tensor, source_train: Dataset,
+                   source_eval: Sequence[Dataset], seed: int, device: torch.device | str) -> float:
     torch.manual_seed(seed)  # the same initial weights for every candidate
     net = build().to(device)
     opt = torch.optim.Adam(net.parameters(), lr=REVERSE_LR)

@@ -157,3 +157,12 @@ def test_shrink_keeps_small_images_and_averages_large_ones():
     out = shrink(big)
     assert out.shape == (1, 32, 32)
     assert torch.allclose(out[0, 0, 0], big[0, :2, :2].mean())
+
+
+def test_images_leave_the_callers_random_stream_alone(squares):
+    *_, yt = squares
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _rv(squares, yt)
+    assert torch.equal(torch.rand(3), expected)
