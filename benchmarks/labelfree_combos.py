@@ -242,6 +242,26 @@ def run_regrets(rows: list[dict], agreement_bands: dict[str, float],
     return out
 
 
+def one_run_regrets(rows: list[dict], rules: tuple[str, ...]) -> dict[str, list[float]]:
+    """A recipe with one run: the source model and that run are all there is. For every
+    (case, run) pair, the regret of always deploying the run (``"always the run"``: what
+    ``deploy: selection`` does with one run) and of each rule over the two (the source model
+    listed first: it wins ties)."""
+    out: dict[str, list[float]] = {"always the run": [], **{rule: [] for rule in rules}}
+    order = estimator_order(2)
+    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
+        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+        src = next(r for r in rs if r["model"] == "source-only")
+        for r in rs:
+            if r is src:
+                continue
+            best = max(src["true_acc"], r["true_acc"])
+            out["always the run"].append(best - r["true_acc"])
+            for rule in rules:
+                out[rule].append(best - pick_run(rule, [src, r], 0.0, 0, estimator_order=order)["true_acc"])
+    return out
+
+
 # ----------------------------------------------------------------------------- over epochs
 
 EPOCH_KEYS = {"im": "im", "snd": "snd", "dev": "dev", "source_val": "source_val_accuracy", "mixval": "mixval",

@@ -233,18 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 def two_models(rows: list[dict]) -> None:
     """A recipe with one run: the source model and that run are all there is. Regret of
     always deploying the run, and of each rule over the two, every (case, run) pair."""
-    out: dict[str, list[float]] = {"always the run": [], "labelshift>estimate": [], "labelshift>rv_images": []}
-    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
-        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
-        src = next(r for r in rs if r["model"] == "source-only")
-        for r in rs:
-            if r is src:
-                continue
-            best = max(src["true_acc"], r["true_acc"])
-            out["always the run"].append(best - r["true_acc"])
-            for rule in ("labelshift>estimate", "labelshift>rv_images"):
-                pick = combos.pick_run(rule, [src, r], 0.0, 0, estimator_order=combos.estimator_order(2))
-                out[rule].append(best - pick["true_acc"])
+    out = combos.one_run_regrets(rows, ("labelshift>estimate", "labelshift>rv_images"))
     n = len(out["always the run"])
     print(f"\none run (the source model + that run, {n} pairs), regret mean / worst:")
     for rule, v in out.items():

@@ -79,23 +79,11 @@ def truth_rows(work: Path) -> list[dict]:
 
 
 def two_model_regrets(rows: list[dict]) -> np.ndarray:
-    """A recipe with one run: the source model and that run are all there is. For every
-    (case, run) pair: regret of always deploying the run (what ``deploy: selection`` does
-    with one run) and of the tool's ranking over the two (:data:`TOOL_RULE`: COT for two
-    models, the source model under a pure label shift). [pairs, 2]."""
-    order = combos.estimator_order(2)
-    out = []
-    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
-        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
-        src = next(r for r in rs if r["model"] == "source-only")
-        for r in rs:
-            if r is src:
-                continue
-            best = max(src["true_acc"], r["true_acc"])
-            # the study's own rule over the two (the source model first: it wins ties)
-            pick = combos.pick_run(TOOL_RULE, [src, r], 0.0, 0, estimator_order=order)
-            out.append((best - r["true_acc"], best - pick["true_acc"]))
-    return np.asarray(out)
+    """Every (case, run) pair of a one-run recipe: regret of always deploying the run and of
+    the tool's ranking over the two (:data:`TOOL_RULE`: COT for two models, the source model
+    under a pure label shift). [pairs, 2]."""
+    got = combos.one_run_regrets(rows, (TOOL_RULE,))
+    return np.column_stack([got["always the run"], got[TOOL_RULE]])
 
 
 def pooled_table(sets: dict[str, dict[str, dict[tuple, float]]]) -> tuple[str, dict[str, dict]]:
