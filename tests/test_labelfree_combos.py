@@ -54,3 +54,22 @@ def test_leave_one_shift_out_never_chooses_on_the_shift_it_judges():
     out, chosen = c.loso(regrets)
     assert chosen == {"x": "B", "y": "B", "z": "B"}  # x's own figures would have chosen A
     assert out == {("x", 0): 0.2, ("y", 0): 0.0, ("z", 0): 0.0}
+
+
+def test_reverse_validation_rule_reads_the_label_shift_first_then_rv_ties_by_the_estimate():
+    c = _combos()
+
+    def row(model, true, rv, agreement, cot):
+        return {"shift": "s", "seed": 0, "model": model, "true_acc": true, "n_source": 200,
+                "scores": {"rv_images": rv, "agreement": agreement, "cot": cot}}
+
+    rows = [row("source-only", 0.5, 0.70, 0.6, 0.5), row("dann", 0.8, 0.90, 0.5, 0.4), row("adabn", 0.7, 0.90, 0.7, 0.6)]
+    order = ("agreement", "cot")
+    assert c.pick_run("labelshift>rv_images", rows, 0.0, 200, estimator_order=order)["model"] == "adabn"  # tie: agreement
+    rows[1]["scores"]["rv_images"] = 0.95
+    assert c.pick_run("labelshift>rv_images", rows, 0.0, 200, estimator_order=order)["model"] == "dann"
+    shifted = [{**r, "label_shift": {"verdict": "label_shift"}} for r in rows]
+    assert c.pick_run("labelshift>rv_images", shifted, 0.0, 200, estimator_order=order)["model"] == "source-only"
+    got = c.one_run_regrets(rows, ("labelshift>rv_images",))
+    # pairs (source, dann) and (source, adabn): the run is the better one both times
+    assert got["always the run"] == [0.0, 0.0] and got["labelshift>rv_images"] == [0.0, 0.0]
