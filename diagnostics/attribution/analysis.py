@@ -165,7 +165,8 @@ def spurious_analysis(
             box=box, source=source, share=rs.mean_share, area_share=float(rs.area_share),
             in_border=float(band[k].mean()),
             outside_roi=None if mean_roi is None else float((~mean_roi)[k].mean()),
-            occlusion=occlusion_flips(model, x[sel_rows], box, labels=lab[rows], predictions=preds[sel_rows]))
+            occlusion=occlusion_flips(model, x[sel_rows], box, labels=lab[rows], predictions=preds[sel_rows]),
+            rows=[int(r) for r in rows])
 
     # Candidates: the hottest window overall, and the hottest window in the suspect
     # zone (border band, or outside the anatomy) of the overall and per-class mean

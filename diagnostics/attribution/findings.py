@@ -91,9 +91,18 @@ def compare_reliance(before: SpuriousResult, after: SpuriousResult) -> dict:
     box = tuple(region) if isinstance(region, list) else before.hot_box
     cand = next((c for c in before.candidates if c.box == box), before.hot)
     same_ref = after.reference_box is not None and tuple(after.reference_box) == box
+    same_images = list(before.indices) == list(after.indices)
+    # the after-model's flips on the images the before-model's were counted on (the held-out
+    # half of the candidate's images — one class's, for a class candidate): otherwise the two
+    # figures count different images, and one model against itself reads as a change
+    on_rows = same_ref and same_images and cand.rows is not None
+    f1_all = None
+    if same_ref:
+        f1_all = np.zeros(after.reference_occlusion.n)
+        f1_all[after.reference_occlusion.flipped_indices] = 1.0
     if same_ref:
         a_share = after.reference_share
-        a_flips = after.reference_occlusion.flipped_share
+        a_flips = float(f1_all[cand.rows].mean()) if on_rows and len(cand.rows) else after.reference_occlusion.flipped_share
     else:
         a_share, a_flips = after.hot.share, after.hot.occlusion.flipped_share
     b_share = box_share(before.maps, box).mean_share
@@ -122,12 +131,11 @@ def compare_reliance(before: SpuriousResult, after: SpuriousResult) -> dict:
         out["share_change"] = mean_change(s0, s1, seed=0).to_dict()
     if same_ref:
         # per-image "prediction changed when hidden" indicators; the before-region was scored
-        # on the held-out half it was not chosen on, the after-model on every image: paired
-        # only when both cover the same images
+        # on the held-out half it was not chosen on, the after-model on every image — read
+        # on the same rows (paired) when both analysed the same images
         f0 = np.zeros(cand.occlusion.n)
         f0[cand.occlusion.flipped_indices] = 1.0
-        f1 = np.zeros(after.reference_occlusion.n)
-        f1[after.reference_occlusion.flipped_indices] = 1.0
-        paired = len(f0) == len(f1) == before.n and list(before.indices) == list(after.indices)
+        f1 = f1_all[cand.rows] if on_rows else f1_all
+        paired = on_rows or (len(f0) == len(f1) == before.n and same_images)
         out["flips_change"] = mean_change(f0, f1, paired=paired, seed=0).to_dict()
     return out

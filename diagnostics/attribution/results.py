@@ -53,7 +53,9 @@ class RegionScore:
         source (all images, or that class's), and the box's share of the image area.
     in_border / outside_roi: fraction of the box's pixels in the border band / outside
         the convex hull of the mean ROI mask (:func:`roi_hull`; None without masks).
-    occlusion: predictions over *all* analysed images with the box occluded.
+    occlusion: predictions with the box occluded, on ``rows``.
+    rows: the analysed images (positions) it was scored on — the half it was *not* chosen
+        on, of that source's images (all, or one class's).
     """
 
     box: Box
@@ -63,6 +65,7 @@ class RegionScore:
     in_border: float
     outside_roi: float | None
     occlusion: OcclusionResult
+    rows: list[int] | None = None
 
     @property
     def ratio(self) -> float:
