@@ -113,10 +113,12 @@ class EstimateRanking:
 
     def rows(self, target_accuracy: Mapping[str, float | None] | None = None) -> list[dict[str, Any]]:
         """The ranking as :func:`rank_runs` gives it — ``[{run, score, rank, oracle_rank}]``,
-        every model, score = the ranking estimator's estimate."""
+        every model, score = what ordered them: the reverse-validation score, or the ranking
+        estimator's estimate."""
         oracle = oracle_ranks(self.order, target_accuracy)
-        return [{"run": n, "score": self.estimates[n][self.estimator], "rank": i + 1, "oracle_rank": oracle.get(n)}
-                for i, n in enumerate(self.order)]
+        rv = self.reverse_validation if self.rule == "reverse_validation" else None
+        return [{"run": n, "score": rv[n] if rv else self.estimates[n][self.estimator], "rank": i + 1,
+                 "oracle_rank": oracle.get(n)} for i, n in enumerate(self.order)]
 
     def to_dict(self) -> dict[str, Any]:
         rv = self.reverse_validation or {}

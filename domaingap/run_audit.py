@@ -54,7 +54,7 @@ def _same_images(a, b) -> bool:
 
 def _ranking_rows(summary: RunSummary, recipe: Recipe, deployment: Deployment) -> list[dict[str, Any]]:
     """The label-free ranking the methods table shows: the deployment's estimate ranking
-    (every model, the source model too; score = the ranking estimator's estimate) when it
+    (every model, the source model too; score = what ordered them) when it
     made one, else the runs by the checkpoint selector's score; each with its oracle rank
     by target test accuracy when target labels are known."""
     stages = {"source-only": summary.source, **summary.runs}

@@ -321,3 +321,14 @@ def test_without_labelled_source_images_the_ranking_stays_by_estimate(case):
     no_source = Domains(None, domains.target, {}, {}, None, source_eval=None, target_eval=domains.target_eval)
     feats = {"source-only": None}
     assert reverse_validation_scores(feats, domains.target_eval, _recipe(), no_source, torch.device("cpu")) is None
+
+
+def test_the_ranking_rows_carry_the_score_that_ordered_them(case):
+    from diagnostics.ranking import by_reverse_validation
+
+    _, _, probs, _, ys = case
+    three = {"source-only": probs["source-only"], "good": probs["good"], "noisy": probs["noisy"]}
+    r = rank_by_estimate(three, ys)
+    assert [row["score"] for row in r.rows()] == [r.estimates[n][r.estimator] for n in r.order]
+    rv = by_reverse_validation(r, {"source-only": 0.2, "good": 0.9, "noisy": 0.6})
+    assert [(row["run"], row["score"]) for row in rv.rows()] == [("good", 0.9), ("noisy", 0.6), ("source-only", 0.2)]
