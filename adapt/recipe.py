@@ -166,14 +166,14 @@ class MethodConfig(RecipeSection):
     #: compare their picks in selection.json (the studies); off, only the selecting one runs
     compare_selectors: bool = False
     #: which model is deployed (and audited) when ``audit_run`` names none, among the source
-    #: model and every run: ``reverse_validation`` — the highest reverse-validation score (a
-    #: small network trained on the held-out target images as each model labels them, scored
-    #: on the labelled source images; ties and source-free recipes: by estimate);
-    #: ``estimate`` — the highest estimated target accuracy, by the estimator the audit shows
-    #: for that many models; ``selection`` — the run that ``selection`` scores highest at its
-    #: chosen epoch (never the source model; the rule before 2026-12-07). docs/labelfree.md
-    #: measures the three: reverse validation has the lowest regret
-    deploy: Literal["reverse_validation", "estimate", "selection"] = "reverse_validation"
+    #: model and every run: ``estimate`` — the highest estimated target accuracy, by the
+    #: estimator the audit shows for that many models; ``reverse_validation`` — the highest
+    #: reverse-validation score (a small network trained on the held-out target images as each
+    #: model labels them, scored on the labelled source images; lower mean regret, a worse
+    #: worst case and a result that depends on the reverse network's seed: not the default);
+    #: ``selection`` — the run that ``selection`` scores highest at its chosen epoch (never the
+    #: source model; the rule before 2026-12-07). docs/labelfree.md measures the three
+    deploy: Literal["estimate", "reverse_validation", "selection"] = "estimate"
     #: the run the audit compares against the source model, deployed (default: by ``deploy``;
     #: see diagnostics.ranking)
     audit_run: str | None = None

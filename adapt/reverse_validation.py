@@ -1,8 +1,9 @@
 """Reverse validation — does a model's labelling of the target carry the source's classes?
 
 Two forms: :func:`reverse_validation_images`, as Zhong et al. define it (a new network
-trained from the target *images*) — ``method.deploy: reverse_validation``, the default
-deployment rule since the label-free study measured it (docs/labelfree.md) — and
+trained from the target *images*) — ``method.deploy: reverse_validation``, measured against
+the default rule in docs/labelfree.md (a lower mean regret, a worse worst case, a result that
+depends on the reverse network's seed) — and
 :func:`reverse_validation_accuracy`, a cheap form on the model's own features that the study
 rejected (the reverse classifier learns the model's linear head back; kept, with its tests,
 as the record of why the network is needed).

@@ -63,12 +63,18 @@ def model_rv(run_dir: Path, name: str, recipe, domains, target, want_target_prob
                                        np.concatenate([p["labels"] for p in parts]))
 
 
-def rv_images(recipe, domains, target, target_predictions: np.ndarray, seed: int = 0) -> float:
+#: the reverse network's seed: None = the case recipe's seed, as the tool does (``--rv-seed``)
+RV_SEED: int | None = None
+
+
+def rv_images(recipe, domains, target, target_predictions: np.ndarray) -> float:
     """``rv_images`` (:func:`adapt.reverse_validation.reverse_validation_images`, the tool's
-    own function): scored on the source training + validation images."""
+    own function): scored on the source training + validation images; seeded by
+    :data:`RV_SEED` (None: the recipe's seed)."""
     from adapt.models import build_model
     from adapt.reverse_validation import reverse_validation_images
 
+    seed = recipe.seed if RV_SEED is None else RV_SEED
     return reverse_validation_images(lambda: build_model(recipe.model.arch, len(domains.classes), recipe.data.channels),
                                      target, target_predictions, domains.source_split["train"],
                                      [domains.source_split["val"]], seed=seed)
@@ -189,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--digits", default="runs/digits_study")
     ap.add_argument("--epochs", type=int, default=6, help="the label-free study's --epochs")
     ap.add_argument("--save", help="write every case's rows (true accuracy, scores with rv) to this JSON")
+    ap.add_argument("--rv-seed", default="recipe",
+                    help="the reverse network's seed: 'recipe' (each case's recipe seed, as adapt-run does) or a number")
     args = ap.parse_args(argv)
+    global RV_SEED
+    RV_SEED = None if args.rv_seed == "recipe" else int(args.rv_seed)
     import torch
 
     torch.set_num_threads(1)

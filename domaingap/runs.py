@@ -137,7 +137,7 @@ class Deployment:
     ``method.deploy``, the model with the highest estimated target accuracy — the source
     model too (``ranking``: :class:`diagnostics.ranking.EstimateRanking`, made with
     ``deploy: estimate`` even when ``audit_run`` decides, for the methods table; with
-    ``deploy: reverse_validation``, the default, re-ordered by reverse validation) — or the
+    ``deploy: reverse_validation``, re-ordered by reverse validation) — or the
     run the checkpoint selector scores highest; the source model when there are no runs.
     ``audited``: the run the audit compares with the source model — the deployed run, or,
     when the source model is deployed, the best-ranked run (the audit then shows what

@@ -102,7 +102,7 @@ def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_on
     cpu = torch.device("cpu")
     old = decide_deployment(summary, _recipe(deploy="selection"), domains, cpu, target_features=False)
     assert old.name == "confident-wrong" and old.rule == "selection"  # the rule before: IM's first run
-    new = decide_deployment(summary, _recipe(deploy="estimate"), domains, cpu, target_features=False)
+    new = decide_deployment(summary, _recipe(), domains, cpu, target_features=False)  # the default
     assert new.rule == "estimate" and new.name == "good" == new.audited
     assert new.ranking.estimator == "agreement"  # four models: the median agreement
     assert new.ranking.order[-1] == "confident-wrong"
@@ -115,13 +115,14 @@ def test_estimate_deploys_the_best_model_where_im_deploys_a_confidently_wrong_on
     assert named.ranking.order[0] == "good"  # still shown: the methods table's ★ recommended
 
 
-def test_reverse_validation_the_default_deploys_the_best_and_sees_the_confidently_wrong(case):
-    """The default rule (``deploy: reverse_validation``): a small network learns the target
-    as each model labels it and is tested on the labelled source. The confidently wrong
-    model's labels are a permutation of the truth: the network learns the permutation and
-    the source contradicts it — the case COT reads as right (below)."""
+def test_reverse_validation_deploys_the_best_and_sees_the_confidently_wrong(case):
+    """``deploy: reverse_validation``: a small network learns the target as each model
+    labels it and is tested on the labelled source. The confidently wrong model's labels are
+    a permutation of the truth: the network learns the permutation and the source
+    contradicts it — the case COT reads as right (below)."""
     summary, domains, _, truth, _ = case
-    dep = decide_deployment(summary, _recipe(), domains, torch.device("cpu"), target_features=False)
+    dep = decide_deployment(summary, _recipe(deploy="reverse_validation"), domains, torch.device("cpu"),
+                            target_features=False)
     assert dep.rule == "reverse_validation" and dep.name == "good" == max(truth, key=truth.get)
     rv = dep.ranking.reverse_validation
     assert dep.ranking.order[-1] == "confident-wrong" and rv["confident-wrong"] < 0.1
@@ -320,7 +321,8 @@ def test_without_labelled_source_images_the_ranking_stays_by_estimate(case):
     summary, domains, _, _, _ = case
     no_source = Domains(None, domains.target, {}, {}, None, source_eval=None, target_eval=domains.target_eval)
     feats = {"source-only": None}
-    assert reverse_validation_scores(feats, domains.target_eval, _recipe(), no_source, torch.device("cpu")) is None
+    recipe = _recipe(deploy="reverse_validation")
+    assert reverse_validation_scores(feats, domains.target_eval, recipe, no_source, torch.device("cpu")) is None
 
 
 def test_the_ranking_rows_carry_the_score_that_ordered_them(case):
@@ -332,3 +334,28 @@ def test_the_ranking_rows_carry_the_score_that_ordered_them(case):
     assert [row["score"] for row in r.rows()] == [r.estimates[n][r.estimator] for n in r.order]
     rv = by_reverse_validation(r, {"source-only": 0.2, "good": 0.9, "noisy": 0.6})
     assert [(row["run"], row["score"]) for row in rv.rows()] == [("good", 0.9), ("noisy", 0.6), ("source-only", 0.2)]
+
+
+def test_a_run_with_deploy_reverse_validation_records_it(tmp_path):
+    """End to end: ``method.deploy: reverse_validation`` decides and metrics.json records the
+    rule and every model's score, highest first."""
+    import json
+
+    from adapt.recipe import load_recipe
+    from domaingap.pipeline import run_recipe
+
+    path = tmp_path / "rv.yaml"
+    path.write_text(
+        "name: rv\nseed: 0\n"
+        "data: {source: {kind: phantom-cxr, site: A, n: 160}, target: {kind: phantom-cxr, site: B, n: 100},"
+        " image_size: 32}\n"
+        "train: {epochs: 2, batch_size: 32, device: cpu, patience: null, threads: 1}\n"
+        "method: {deploy: reverse_validation, runs: [{name: adabn, adabn: true, epochs: 0}]}\n"
+        f"diagnostics: {{enabled: false}}\noutput: {{dir: {tmp_path / 'runs'}}}\n")
+    run_recipe(load_recipe(path), progress=False, diagnostics=False)
+    dep = json.loads((tmp_path / "runs" / "rv" / "metrics.json").read_text())["deployment"]
+    assert dep["rule"] == "reverse_validation"
+    scores = {r["model"]: r["reverse_validation"] for r in dep["ranking"]}
+    assert set(scores) == {"source-only", "adabn"} and all(0.0 <= v <= 1.0 for v in scores.values())
+    ordered = [r["reverse_validation"] for r in dep["ranking"]]
+    assert dep["model"] == dep["ranking"][0]["model"] and ordered == sorted(ordered, reverse=True)

@@ -269,10 +269,7 @@ def test_the_quickstart_with_a_guard_does_not_trip(tmp_path):
     cell: epoch-to-epoch noise and DANN's small cost on site A stay within max_drop + 2 SE,
     so neither the source stage nor the DANN run is stopped (the guard's record is there)."""
     guard = "train.guard={metric: worst_group_accuracy, group: site, max_drop: 0.02, action: rollback}"
-    # which model is deployed is not what this test checks (reverse validation, the default,
-    # trains a network per model: tests/test_deploy_choice.py, the e2e run)
-    recipe = load_recipe("recipes/xray_to_xray.yaml", [guard, f"output.dir={tmp_path}", "train.device=cpu",
-                                                       "method.deploy=estimate"])
+    recipe = load_recipe("recipes/xray_to_xray.yaml", [guard, f"output.dir={tmp_path}", "train.device=cpu"])
     run_recipe(recipe, progress=False, diagnostics=False)
     metrics = json.loads((tmp_path / "xray_to_xray" / "metrics.json").read_text())
     fits = {"source": metrics["source"]["fit"], **{k: v["fit"] for k, v in metrics["runs"].items() if v["fit"]}}

@@ -85,8 +85,7 @@ def test_run_folder_and_audit(run):
 def test_rerun_with_resume_loads_finished_stages(run, capsys):
     recipe_path = run.run_dir / "recipe.yaml"
     before = (run.run_dir / "source" / "model.pt").read_bytes()
-    # method.deploy is output-only (resume accepts it); the deployment rule is checked elsewhere
-    assert adapt_main([str(recipe_path), "--resume", "--quiet", "--no-diagnostics", "method.deploy=estimate"]) == 0
+    assert adapt_main([str(recipe_path), "--resume", "--quiet", "--no-diagnostics"]) == 0
     assert (run.run_dir / "source" / "model.pt").read_bytes() == before
 
 

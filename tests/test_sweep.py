@@ -37,7 +37,6 @@ data:
 train: {epochs: 1, batch_size: 32, device: cpu, patience: null, threads: 1, precise_bn: false}
 method:
   selection: im
-  deploy: estimate  # the sweep's mechanics are tested here; reverse validation: test_deploy_choice
   runs:
     - {name: hist, objective: source_only, style: histogram, adabn: true, epochs: 1}
 diagnostics: {enabled: false}
