@@ -4,7 +4,7 @@ held-out test).
 
     python benchmarks/reverse_validation_study.py [--study runs/labelfree_study]
         [--study-hidden runs/labelfree_study_hidden] [--truth runs/truth_suite_hidden]
-        [--digits runs/digits_study]
+        [--digits runs/digits_study] [--rv-seed recipe|N] [--save rows.json]
 
 Reads the saved models of what the studies left (nothing is trained here): each model's
 features of the target images the study scores and of the labelled source images (training
@@ -14,6 +14,9 @@ Checks that the recomputed probabilities are the ones each study scored. Prints,
 the regret (best true accuracy − the pick's, points) of ``labelshift>rv``, ``rv``, the tool's
 rule ``labelshift>estimate`` and the single selectors, and a paired bootstrap interval of
 ``labelshift>rv`` − ``labelshift>estimate`` pooled.
+
+``--rv-seed``: the reverse network's seed — each case's recipe seed (what ``adapt-run`` does)
+or one number for every case; docs/labelfree.md reports seeds 0, 1 and the recipe's.
 
 Sets: the label-free study (explored with rv before the rule was written), the same study
 with the labels hidden from ``adapt-run`` (also explored), the truth suite's label-hidden

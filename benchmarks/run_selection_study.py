@@ -39,9 +39,9 @@ import labelfree_combos as combos  # noqa: E402
 from labelfree_study import estimator_errors  # noqa: E402
 
 BASE = "im"
-#: the rule ``method.deploy: estimate`` applies (diagnostics.ranking.rank_by_estimate) — the
-#: tool's default until 2026-12-08; the default since, ``reverse_validation``, trains a network
-#: per model and is scored from the saved models by ``reverse_validation_study.py``
+#: the rule ``method.deploy: estimate`` (the default) applies (diagnostics.ranking.rank_by_estimate);
+#: ``deploy: reverse_validation`` trains a network per model and is scored from the saved
+#: models by ``reverse_validation_study.py``
 TOOL_RULE = "labelshift>estimate"
 
 

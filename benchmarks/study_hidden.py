@@ -7,7 +7,7 @@ run) is scored on the held-out target images the run's deployment ranking read; 
 run, its true change (run − source model), the estimated change ± the band measured for this
 many models, the label-free verdict (as the audit reads it: :func:`truth_suite_hidden.
 selector_rows`) and whether it is wrong by the issue's rules; and the model the tool
-deployed (``method.deploy``: by default ``reverse_validation``) with its regret (best true accuracy − the pick's).
+deployed (``method.deploy``: by default ``estimate``) with its regret (best true accuracy − the pick's).
 """
 
 from __future__ import annotations
