@@ -102,6 +102,14 @@ it was computed on any case (no variant explored; every case of the four sets is
   0.6 / 7.2, 0.9 / 10.3, 1.2 / 10.3 against ``labelshift>estimate``'s 1.5 / 8.1; 11 of 32 picks
   change with the seed — offered as ``method.deploy: reverse_validation``, not the default.
 
+Written on 2026-12-08 (session 15) after the three-seed scoring above (seeds 0 and 1 seen; seed 2
+not yet computed), **before** seed 2 was:
+
+* ``labelshift>rv_images3`` — as ``labelshift>rv_images`` with the score averaged over three
+  reverse networks seeded 0, 1 and 2 (the plain cure for a seed-dependent score; three times
+  the cost). Its regret is computed from the saved per-seed scores
+  (``reverse_validation_study.py --save``).
+
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
 * ``source_val>im`` / ``source_val>dev`` — the epochs within the binomial interval of the
