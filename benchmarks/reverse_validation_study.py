@@ -200,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", help="write every case's rows (true accuracy, scores with rv) to this JSON")
     ap.add_argument("--rv-seed", default="recipe",
                     help="the reverse network's seed: 'recipe' (each case's recipe seed, as adapt-run does) or a number")
+    ap.add_argument("--average", nargs="+", metavar="ROWS_JSON",
+                    help="score nothing: read the --save files of runs with other --rv-seed values and "
+                         "score the rule on each model's rv_images averaged over them (labelshift>rv_images3)")
     args = ap.parse_args(argv)
+    if args.average:
+        return averaged(args.average)
     global RV_SEED
     RV_SEED = None if args.rv_seed == "recipe" else int(args.rv_seed)
     import torch
@@ -240,6 +245,47 @@ def main(argv: list[str] | None = None) -> int:
             if abs(a - b) > 1e-9:
                 print(f"  {k}: {rule} {100 * a:.1f}, labelshift>estimate {100 * b:.1f}")
     two_models(rows)
+    return 0
+
+
+def averaged(paths: list[str]) -> int:
+    """``labelshift>rv_images3``: each model's rv_images averaged over the runs saved in
+    ``paths`` (one per reverse-network seed), scored like the others, per set and pooled."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    key = lambda r: (r["shift"], r["seed"], r["model"])  # noqa: E731
+    scores = [{key(r): r["scores"]["rv_images"] for r in rows} for rows in runs]
+    rows = [{**r, "scores": {**r["scores"], "rv_images": float(np.mean([sc[key(r)] for sc in scores]))}}
+            for r in runs[0]]
+    regrets: dict[str, dict[tuple, float]] = {"labelshift>rv_images3": {}, "labelshift>estimate": {}}
+    for case in sorted({(r["shift"], r["seed"]) for r in rows}):
+        rs = [r for r in rows if (r["shift"], r["seed"]) == case]
+        best = max(r["true_acc"] for r in rs)
+        for rule, name in (("labelshift>rv_images", "labelshift>rv_images3"), ("labelshift>estimate",) * 2):
+            pick = combos.pick_run(rule, rs, 0.0, 0, estimator_order=combos.estimator_order(len(rs)))
+            regrets[name][case] = best - pick["true_acc"]
+    sets = sorted({c[0].split("/")[0] for c in regrets["labelshift>estimate"]})
+    print(f"\nrv_images averaged over {len(paths)} reverse networks ({', '.join(paths)})")
+    print("| rule (regret, points: mean / worst) | " + " | ".join(sets) + " | pooled |")
+    print("| --- |" + " ---: |" * (len(sets) + 1))
+    for name, reg in regrets.items():
+        cells = []
+        for st in sets:
+            v = [100 * x for c, x in reg.items() if c[0].split("/")[0] == st]
+            cells.append(f"{np.mean(v):.1f} / {np.max(v):.1f}")
+        allv = [100 * x for x in reg.values()]
+        print(f"| {name} | " + " | ".join(cells) + f" | {np.mean(allv):.1f} / {np.max(allv):.1f} |")
+    p = combos.paired(regrets["labelshift>rv_images3"], regrets["labelshift>estimate"])
+    print(f"\nlabelshift>rv_images3 − labelshift>estimate ({p['cases']} cases): {100 * p['mean']:+.1f} "
+          f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}] points (95 % paired bootstrap)")
+    for case in sorted(regrets["labelshift>estimate"]):
+        a, b = regrets["labelshift>rv_images3"][case], regrets["labelshift>estimate"][case]
+        if abs(a - b) > 1e-9:
+            print(f"  {case}: rv_images3 {100 * a:.1f}, estimate {100 * b:.1f}")
+    got = combos.one_run_regrets(rows, ("labelshift>estimate", "labelshift>rv_images"))
+    print(f"one run ({len(got['always the run'])} pairs): always the run "
+          f"{100 * np.mean(got['always the run']):.1f} / {100 * np.max(got['always the run']):.1f}, estimate "
+          f"{100 * np.mean(got['labelshift>estimate']):.1f} / {100 * np.max(got['labelshift>estimate']):.1f}, "
+          f"rv_images3 {100 * np.mean(got['labelshift>rv_images']):.1f} / {100 * np.max(got['labelshift>rv_images']):.1f}")
     return 0
 
 
