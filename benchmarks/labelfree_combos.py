@@ -110,6 +110,9 @@ not yet computed), **before** seed 2 was:
   the cost). Its regret is computed from the saved per-seed scores
   (``reverse_validation_study.py --save``).
 
+  Scored: 0.5 / 9.3 (``labelshift>estimate``: 1.5 / 8.1; −1.0 [−1.8, −0.3]) — a better mean, a
+  worse worst case, three times the cost; not adopted.
+
 over **epochs** (which checkpoint of one run; the per-epoch scores of ``selection.json``):
 
 * ``source_val>im`` / ``source_val>dev`` — the epochs within the binomial interval of the
