@@ -174,25 +174,14 @@ def pick_run(rule: str, rows: list[dict], agreement_band: float, n_source: int,
         best = max(sval(r) for r in rows)
         cand = [r for r in rows if sval(r) >= best - binomial_margin(best, n_source)]
         return _first_max(cand, lambda r: (agree(r), sval(r)))
-    if rule == "labelshift>estimate":
+    if rule.startswith("labelshift>"):  # the audit's label-shift reading first: then the source model
         source = next((r for r in rows if r["model"] == "source-only"), None)
         if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
             return source
-        rule = "estimate"
-    if rule == "labelshift>rv":
-        source = next((r for r in rows if r["model"] == "source-only"), None)
-        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
-            return source
-        rule = "rv+"
-    if rule == "labelshift>rv_images":
-        source = next((r for r in rows if r["model"] == "source-only"), None)
-        if source is not None and (source.get("label_shift") or {}).get("verdict") == "label_shift":
-            return source
-        first, second = (estimator_order or ("agreement", "cot"))
-        return _first_max(rows, lambda r: (r["scores"]["rv_images"], r["scores"][first], r["scores"].get(second, 0.0)))
-    if rule == "rv+":  # rv, ties: estimate's order
-        first, second = (estimator_order or ("agreement", "cot"))
-        return _first_max(rows, lambda r: (r["scores"]["rv"], r["scores"][first], r["scores"].get(second, 0.0)))
+        rule = rule.split(">", 1)[1]
+        if rule in ("rv", "rv_images"):  # reverse validation, ties: the estimate's order
+            first, second = (estimator_order or ("agreement", "cot"))
+            return _first_max(rows, lambda r: (r["scores"][rule], r["scores"][first], r["scores"].get(second, 0.0)))
     if rule == "estimate":
         first, second = (estimator_order or ("agreement", "cot"))
         return _first_max(rows, lambda r: (r["scores"][first], r["scores"].get(second, 0.0)))
