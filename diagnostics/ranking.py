@@ -183,9 +183,16 @@ def rank_by_estimate(target_probs: Mapping[str, np.ndarray], source_labels: np.n
     order = sorted(names, key=lambda n: tuple(-v for v in key(n)))  # stable: the first listed wins ties
     reading = None if source_reading is None else {"verdict": str(source_reading.get("verdict")),
                                                    "reason": str(source_reading.get("reason", ""))}
-    if reading is not None and reading["verdict"] == "label_shift":
-        order = [names[0]] + [n for n in order if n != names[0]]
+    order = _source_first_under_label_shift(order, names[0], reading)
     return EstimateRanking(order, first, second, est, int(len(next(iter(preds.values())))), reading)
+
+
+def _source_first_under_label_shift(order: list[str], source: str, reading: Mapping | None) -> list[str]:
+    """``order`` with ``source`` first when the audit's reading of its predictions is a pure
+    label shift (:func:`rank_by_estimate` says why), else ``order`` as it is."""
+    if reading is not None and reading.get("verdict") == "label_shift":
+        return [source] + [n for n in order if n != source]
+    return order
 
 
 def by_reverse_validation(ranking: EstimateRanking, scores: Mapping[str, float]) -> EstimateRanking:
@@ -200,8 +207,8 @@ def by_reverse_validation(ranking: EstimateRanking, scores: Mapping[str, float])
         raise ValueError(f"reverse validation: no score for {', '.join(missing)}")
     position = {n: i for i, n in enumerate(ranking.order)}
     order = sorted(ranking.order, key=lambda n: (-float(scores[n]), position[n]))
-    if ranking.source_reading is not None and ranking.source_reading.get("verdict") == "label_shift":
-        order = ranking.order[:1] + [n for n in order if n != ranking.order[0]]
+    # under a label shift rank_by_estimate put the source model (listed first) at the top
+    order = _source_first_under_label_shift(order, ranking.order[0], ranking.source_reading)
     return EstimateRanking(order, ranking.estimator, ranking.corroborating, ranking.estimates, ranking.images,
                            ranking.source_reading, rule="reverse_validation",
                            reverse_validation={n: float(scores[n]) for n in ranking.order})

@@ -30,8 +30,7 @@ from adapt.data.splits import stratified_subsample
 from adapt.data.sources import load_sources
 from adapt.errors import UserError
 from adapt.methods.adabn import adabn
-from adapt.models import load_checkpoint
-from adapt.models import build_model
+from adapt.models import build_model, load_checkpoint
 from adapt.progress import progress_bar
 from adapt.recipe import AdaptRunConfig, Recipe, TrainConfig
 from adapt.reverse_validation import reverse_validation_images
