@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = {name: regrets for name, (regrets, _) in got.items()}
     rows = [{**r, "shift": f"{name}/{r['shift']}"} for name, (_, rs) in got.items() for r in rs]
     if args.save:
-        Path(args.save).write_text(json.dumps(rows, indent=0, default=float))
+        from adapt.io import atomic_write_text
+
+        atomic_write_text(args.save, json.dumps(rows, indent=0, default=float))  # whole, or the old file kept
     print("\n| rule (regret, points: mean / worst) | " + " | ".join(sets) + " | held out | pooled |")
     print("| --- |" + " ---: |" * (len(sets) + 2))
     pooled: dict[str, dict] = {}
